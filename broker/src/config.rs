@@ -1,0 +1,362 @@
+//! Broker configuration: one typed struct, Kafka property names.
+//!
+//! A TOML file and `--set key=value` flags go through the same [`BrokerConfig::set`], so a
+//! property means the same thing wherever it is given. In TOML, properties may be written
+//! with dotted keys (`log.segment.bytes = 1048576`) or quoted (`"log.segment.bytes" = …`).
+
+use keel_storage::{FlushPolicy, LogConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown broker property `{0}`")]
+    Unknown(String),
+    #[error("property `{key}`: invalid value `{value}`: {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("config file is not valid TOML: {0}")]
+    Toml(String),
+}
+
+fn invalid(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Everything a broker process is told. `Default` runs a single local broker.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// `node.id`
+    pub node_id: i32,
+    /// `listeners`: address the Kafka listener binds (port 0 picks a free port).
+    pub listener: String,
+    /// `advertised.listeners`: address given to clients in Metadata; defaults to the bound one.
+    pub advertised_listener: Option<String>,
+    /// `log.dirs`: the data directory.
+    pub data_dir: PathBuf,
+    /// `metrics.listener`: where `/metrics` is served; `none` disables it.
+    pub metrics_listener: Option<String>,
+    /// `cluster.id`
+    pub cluster_id: String,
+    /// `auto.create.topics.enable` (off: an unknown topic is an error, not a new topic).
+    pub auto_create_topics: bool,
+    /// `num.partitions`: partitions of a topic created without a count.
+    pub num_partitions: i32,
+    /// `default.replication.factor`
+    pub default_replication_factor: i16,
+    /// `socket.request.max.bytes`: largest request frame accepted.
+    pub socket_request_max_bytes: usize,
+    /// `queued.max.requests`: requests read ahead on one connection before reading pauses.
+    pub max_inflight_per_connection: usize,
+    /// `log.flush.offset.checkpoint.interval.ms`: how often recovery points are saved.
+    pub checkpoint_interval_ms: u64,
+    /// `log.retention.check.interval.ms`
+    pub retention_check_interval_ms: u64,
+    /// `metrics.partition.interval.ms`: how often per-partition gauges are refreshed.
+    pub metrics_interval_ms: u64,
+    /// Defaults for every topic's log, from the `log.*` and `message.max.bytes` properties.
+    pub log: LogConfig,
+    /// `min.insync.replicas`
+    pub min_insync_replicas: i32,
+    /// `log.flush.interval.ms`: the period of `log.flush.policy=interval` (either order).
+    pub flush_interval_ms: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            listener: "127.0.0.1:9092".into(),
+            advertised_listener: None,
+            data_dir: PathBuf::from("./keel-data"),
+            metrics_listener: Some("127.0.0.1:9644".into()),
+            cluster_id: "keel-local".into(),
+            auto_create_topics: false,
+            num_partitions: 1,
+            default_replication_factor: 1,
+            socket_request_max_bytes: 100 * 1024 * 1024,
+            max_inflight_per_connection: 500,
+            checkpoint_interval_ms: 60_000,
+            retention_check_interval_ms: 300_000,
+            metrics_interval_ms: 1_000,
+            log: LogConfig::default(),
+            min_insync_replicas: 1,
+            flush_interval_ms: 1000,
+        }
+    }
+}
+
+fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .trim()
+        .parse()
+        .map_err(|e: T::Err| invalid(key, value, e.to_string()))
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid(key, value, "expected true or false")),
+    }
+}
+
+/// `-1` means "no limit", as in Kafka.
+fn parse_limit(key: &str, value: &str) -> Result<Option<u64>, ConfigError> {
+    let v: i64 = parse(key, value)?;
+    match v {
+        -1 => Ok(None),
+        v if v >= 0 => Ok(Some(v as u64)),
+        _ => Err(invalid(key, value, "expected -1 or a non-negative number")),
+    }
+}
+
+impl BrokerConfig {
+    /// Sets one property by its Kafka name.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        match key {
+            "node.id" | "broker.id" => self.node_id = parse(key, value)?,
+            "listeners" => self.listener = strip_scheme(value).to_string(),
+            "advertised.listeners" => {
+                self.advertised_listener = Some(strip_scheme(value).to_string())
+            }
+            "log.dirs" | "log.dir" | "data.dir" => self.data_dir = PathBuf::from(value),
+            "metrics.listener" => {
+                self.metrics_listener = match value {
+                    "" | "none" => None,
+                    v => Some(v.to_string()),
+                }
+            }
+            "cluster.id" => self.cluster_id = value.to_string(),
+            "auto.create.topics.enable" => self.auto_create_topics = parse_bool(key, value)?,
+            "num.partitions" => self.num_partitions = parse(key, value)?,
+            "default.replication.factor" => self.default_replication_factor = parse(key, value)?,
+            "socket.request.max.bytes" => self.socket_request_max_bytes = parse(key, value)?,
+            "queued.max.requests" => self.max_inflight_per_connection = parse(key, value)?,
+            "log.flush.offset.checkpoint.interval.ms" => {
+                self.checkpoint_interval_ms = parse(key, value)?
+            }
+            "log.retention.check.interval.ms" => {
+                self.retention_check_interval_ms = parse(key, value)?
+            }
+            "metrics.partition.interval.ms" => self.metrics_interval_ms = parse(key, value)?,
+            "min.insync.replicas" => self.min_insync_replicas = parse(key, value)?,
+            "message.max.bytes" => self.log.max_batch_bytes = parse(key, value)?,
+            "log.segment.bytes" => self.log.segment_bytes = parse(key, value)?,
+            "log.roll.ms" => self.log.segment_ms = parse_limit(key, value)?,
+            "log.roll.hours" => self.log.segment_ms = Some(parse::<u64>(key, value)? * 3_600_000),
+            "log.retention.ms" => self.log.retention_ms = parse_limit(key, value)?,
+            "log.retention.minutes" => {
+                self.log.retention_ms = parse_limit(key, value)?.map(|m| m * 60_000)
+            }
+            "log.retention.hours" => {
+                self.log.retention_ms = parse_limit(key, value)?.map(|h| h * 3_600_000)
+            }
+            "log.retention.bytes" => self.log.retention_bytes = parse_limit(key, value)?,
+            "log.index.interval.bytes" => self.log.index_interval_bytes = parse(key, value)?,
+            "log.index.size.max.bytes" => self.log.max_index_bytes = parse(key, value)?,
+            "log.flush.policy" => {
+                self.log.flush_policy = match value.trim() {
+                    "always" => FlushPolicy::Always,
+                    "interval" => FlushPolicy::Interval {
+                        ms: self.flush_interval_ms,
+                    },
+                    _ => return Err(invalid(key, value, "expected `always` or `interval`")),
+                }
+            }
+            "log.flush.interval.ms" => {
+                self.flush_interval_ms = parse(key, value)?;
+                if let FlushPolicy::Interval { ms } = &mut self.log.flush_policy {
+                    *ms = self.flush_interval_ms;
+                }
+            }
+            "log.cleanup.policy" => self.log.compact = parse_cleanup_policy(key, value)?,
+            _ => return Err(ConfigError::Unknown(key.to_string())),
+        }
+        Ok(())
+    }
+
+    /// Reads a TOML file's text: every (possibly nested) key becomes a dotted property.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Toml(e.to_string()))?;
+        let mut props = Vec::new();
+        flatten("", &toml::Value::Table(table), &mut props)?;
+        let mut config = Self::default();
+        for (key, value) in props {
+            config.set(&key, &value)?;
+        }
+        Ok(config)
+    }
+
+    /// Checks the whole config; call after every `set`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id < 0 {
+            return Err(invalid(
+                "node.id",
+                &self.node_id.to_string(),
+                "must be >= 0",
+            ));
+        }
+        parse_addr("listeners", &self.listener)?;
+        if let Some(a) = &self.advertised_listener {
+            parse_host_port("advertised.listeners", a)?;
+        }
+        if let Some(m) = &self.metrics_listener {
+            parse_addr("metrics.listener", m)?;
+        }
+        if self.num_partitions < 1 {
+            return Err(invalid(
+                "num.partitions",
+                &self.num_partitions.to_string(),
+                "must be >= 1",
+            ));
+        }
+        if self.socket_request_max_bytes < 1024 {
+            return Err(invalid(
+                "socket.request.max.bytes",
+                &self.socket_request_max_bytes.to_string(),
+                "must be at least 1024",
+            ));
+        }
+        if self.min_insync_replicas < 1 {
+            return Err(invalid(
+                "min.insync.replicas",
+                &self.min_insync_replicas.to_string(),
+                "must be >= 1",
+            ));
+        }
+        self.log
+            .validate()
+            .map_err(|e| invalid("log.*", "", e.to_string()))
+    }
+
+    /// The listener address to bind.
+    pub fn listener_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("listeners", &self.listener)
+    }
+}
+
+fn parse_cleanup_policy(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim() {
+        "delete" => Ok(false),
+        "compact" | "compact,delete" | "delete,compact" => Ok(true),
+        _ => Err(invalid(key, value, "expected delete or compact")),
+    }
+}
+
+fn strip_scheme(v: &str) -> &str {
+    let v = v.trim();
+    v.split_once("://").map_or(v, |(_, rest)| rest)
+}
+
+fn parse_addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    use std::net::ToSocketAddrs;
+    v.to_socket_addrs()
+        .map_err(|e| invalid(key, v, e.to_string()))?
+        .next()
+        .ok_or_else(|| invalid(key, v, "resolves to no address"))
+}
+
+/// `host:port` for advertising: host may be any name.
+pub fn parse_host_port(key: &str, v: &str) -> Result<(String, i32), ConfigError> {
+    let (host, port) = v
+        .rsplit_once(':')
+        .ok_or_else(|| invalid(key, v, "expected host:port"))?;
+    let port: u16 = port.parse().map_err(|_| invalid(key, v, "bad port"))?;
+    Ok((host.trim_matches(['[', ']']).to_string(), i32::from(port)))
+}
+
+fn flatten(
+    prefix: &str,
+    value: &toml::Value,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out)?;
+            }
+        }
+        toml::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+        toml::Value::Integer(i) => out.push((prefix.to_string(), i.to_string())),
+        toml::Value::Boolean(b) => out.push((prefix.to_string(), b.to_string())),
+        toml::Value::Float(f) => out.push((prefix.to_string(), f.to_string())),
+        other => {
+            return Err(ConfigError::Toml(format!(
+                "`{prefix}`: unsupported value {other}"
+            )))
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        BrokerConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn toml_dotted_and_quoted_keys_set_kafka_properties() {
+        let c = BrokerConfig::from_toml_str(
+            r#"
+            "node.id" = 7
+            listeners = "PLAINTEXT://127.0.0.1:0"
+            log.dirs = "/tmp/x"
+            log.segment.bytes = 4096
+            "log.retention.bytes" = -1
+            log.flush.interval.ms = 50
+            log.flush.policy = "interval"
+            auto.create.topics.enable = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.node_id, 7);
+        assert_eq!(c.listener, "127.0.0.1:0");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.log.segment_bytes, 4096);
+        assert_eq!(c.log.retention_bytes, None);
+        assert_eq!(c.log.flush_policy, FlushPolicy::Interval { ms: 50 });
+        assert!(c.auto_create_topics);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_named_errors() {
+        let cases = [
+            ("node.id", "x"),
+            ("log.flush.policy", "sometimes"),
+            ("auto.create.topics.enable", "yes"),
+            ("log.retention.ms", "-5"),
+        ];
+        for (k, v) in cases {
+            let err = BrokerConfig::default().set(k, v).unwrap_err().to_string();
+            assert!(err.contains(k), "{err}");
+        }
+        assert!(matches!(
+            BrokerConfig::default().set("no.such.thing", "1"),
+            Err(ConfigError::Unknown(_))
+        ));
+        assert!(BrokerConfig::from_toml_str("= nope").is_err());
+    }
+}

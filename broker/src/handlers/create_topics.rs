@@ -1,0 +1,129 @@
+//! CreateTopics: validates each topic (name, partitions, replication factor, configs),
+//! then creates its partition logs, unless `validate_only`.
+
+use super::{Ctx, Reply};
+use crate::topics::CreateError;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicResult, CreateTopicsResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use std::collections::{BTreeMap, HashSet};
+
+pub fn handle(ctx: &Ctx, req: CreateTopicsRequest) -> Reply {
+    let mut seen = HashSet::new();
+    let duplicates: HashSet<_> = req
+        .topics
+        .iter()
+        .filter(|t| !seen.insert(t.name.0.clone()))
+        .map(|t| t.name.0.clone())
+        .collect();
+    let results = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let name = t.name.clone();
+            let result = CreatableTopicResult::default().with_name(name.clone());
+            if duplicates.contains(&name.0) {
+                return fail(
+                    result,
+                    ResponseError::InvalidRequest,
+                    "topic named twice in one request",
+                );
+            }
+            match create_one(ctx, t, req.validate_only) {
+                Ok((id, partitions, rf)) => result
+                    .with_topic_id(id)
+                    .with_num_partitions(partitions)
+                    .with_replication_factor(rf),
+                Err((code, message)) => fail(result, code, &message),
+            }
+        })
+        .collect();
+    ctx.now(CreateTopicsResponse::default().with_topics(results))
+}
+
+fn fail(r: CreatableTopicResult, code: ResponseError, message: &str) -> CreatableTopicResult {
+    r.with_error_code(code.code())
+        .with_error_message(Some(StrBytes::from_string(message.to_string())))
+        .with_num_partitions(-1)
+        .with_replication_factor(-1)
+}
+
+type Created = (uuid::Uuid, i32, i16);
+
+fn create_one(
+    ctx: &Ctx,
+    t: CreatableTopic,
+    validate_only: bool,
+) -> Result<Created, (ResponseError, String)> {
+    let config = &ctx.shared.config;
+    let node = config.node_id;
+    let (partitions, rf) = if t.assignments.is_empty() {
+        let p = if t.num_partitions == -1 {
+            config.num_partitions
+        } else {
+            t.num_partitions
+        };
+        let rf = if t.replication_factor == -1 {
+            config.default_replication_factor
+        } else {
+            t.replication_factor
+        };
+        (p, rf)
+    } else {
+        if t.num_partitions != -1 || t.replication_factor != -1 {
+            return Err((
+                ResponseError::InvalidRequest,
+                "give either assignments or partitions and replication factor".into(),
+            ));
+        }
+        for (i, a) in t.assignments.iter().enumerate() {
+            if a.partition_index != i as i32 || a.broker_ids.iter().map(|b| b.0).ne([node]) {
+                return Err((
+                    ResponseError::InvalidReplicaAssignment,
+                    format!(
+                        "partition {} must be assigned to broker {node} alone",
+                        a.partition_index
+                    ),
+                ));
+            }
+        }
+        (t.assignments.len() as i32, 1)
+    };
+    let mut configs = BTreeMap::new();
+    for c in &t.configs {
+        let Some(value) = &c.value else {
+            return Err((
+                ResponseError::InvalidConfig,
+                format!("config {} has no value", c.name),
+            ));
+        };
+        configs.insert(c.name.to_string(), value.to_string());
+    }
+    let topics = &ctx.shared.topics;
+    let outcome = if validate_only {
+        topics
+            .validate_new(&t.name, partitions, rf, &configs)
+            .map(|()| uuid::Uuid::nil())
+    } else {
+        topics
+            .create(&t.name, partitions, rf, configs)
+            .map(|topic| topic.meta.id)
+    };
+    outcome.map(|id| (id, partitions, rf)).map_err(|e| {
+        let code = match &e {
+            CreateError::Exists(_) => ResponseError::TopicAlreadyExists,
+            CreateError::InvalidName { .. } => ResponseError::InvalidTopicException,
+            CreateError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+            CreateError::InvalidReplicationFactor { .. } => ResponseError::InvalidReplicationFactor,
+            CreateError::InvalidConfig(_) => ResponseError::InvalidConfig,
+            CreateError::Broker(_) => ResponseError::KafkaStorageError,
+        };
+        if code == ResponseError::KafkaStorageError {
+            tracing::error!(topic = %t.name.0, error = %e, "creating topic failed");
+        }
+        (code, e.to_string())
+    })
+}

@@ -1,0 +1,61 @@
+//! ListOffsets: earliest (-2), latest (-1: the high watermark, which is also the last
+//! stable offset as Keel has no transactions), or the first offset at/after a timestamp.
+
+use super::{Ctx, Reply};
+use crate::error::storage_error_code;
+use kafka_protocol::messages::list_offsets_request::ListOffsetsRequest;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::ResponseError;
+
+pub const LATEST: i64 = -1;
+pub const EARLIEST: i64 = -2;
+
+pub fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> Reply {
+    let topics = &ctx.shared.topics;
+    let version = ctx.version;
+    let responses = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let r = ListOffsetsPartitionResponse::default()
+                        .with_partition_index(p.partition_index)
+                        .with_timestamp(-1)
+                        .with_offset(-1);
+                    let Some(replica) = topics.replica(&t.name, p.partition_index) else {
+                        return r.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                    };
+                    let log = replica.log();
+                    let hw = replica.high_watermark();
+                    // The field exists from v4; an older response must leave it at -1.
+                    let r = if version >= 4 {
+                        r.with_leader_epoch(replica.leader_epoch())
+                    } else {
+                        r
+                    };
+                    match p.timestamp {
+                        LATEST => r.with_offset(hw),
+                        EARLIEST => r.with_offset(log.log_start_offset()),
+                        ts if ts >= 0 => match log.offset_for_timestamp(ts) {
+                            Ok(Some((offset, found_ts))) if offset < hw => {
+                                r.with_offset(offset).with_timestamp(found_ts)
+                            }
+                            Ok(_) => r,
+                            Err(e) => r.with_error_code(storage_error_code(&e).code()),
+                        },
+                        _ => r.with_error_code(ResponseError::InvalidRequest.code()),
+                    }
+                })
+                .collect();
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    ctx.now(ListOffsetsResponse::default().with_topics(responses))
+}

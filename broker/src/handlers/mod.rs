@@ -1,0 +1,125 @@
+//! One file per Kafka API. [`dispatch`] decodes the body and calls the handler; a handler
+//! does its ordered, synchronous part at once and returns a [`Reply`] future for the rest.
+
+pub mod api_versions;
+pub mod create_topics;
+pub mod delete_topics;
+pub mod describe_configs;
+pub mod fetch;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+use crate::metrics as m;
+use crate::server::RequestError;
+use crate::Shared;
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use keel_protocol::api::ParsedRequest;
+use keel_protocol::gather::GatherBuf;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the writer sends for one request: encoded chunks, or nothing (acks=0).
+pub type Reply = Pin<Box<dyn Future<Output = Option<Vec<Bytes>>> + Send>>;
+
+/// Who asked and how to answer: enough to encode the response.
+#[derive(Clone)]
+pub struct Ctx {
+    pub shared: Arc<Shared>,
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub correlation_id: i32,
+    pub started: Instant,
+}
+
+impl Ctx {
+    /// Encodes `body` behind its response header; `zero_copy` slices are not copied.
+    pub fn encode<R: Encodable>(&self, body: &R, zero_copy: &[Bytes]) -> Option<Vec<Bytes>> {
+        let mut buf = GatherBuf::new();
+        for b in zero_copy {
+            buf.register(b);
+        }
+        let header_version = self.api_key.response_header_version(self.version);
+        let header = ResponseHeader::default().with_correlation_id(self.correlation_id);
+        let encoded = header
+            .encode(&mut buf, header_version)
+            .and_then(|()| body.encode(&mut buf, self.version));
+        metrics::histogram!(m::REQUEST_DURATION_SECONDS, "api" => api_name(self.api_key))
+            .record(self.started.elapsed().as_secs_f64());
+        match encoded {
+            Ok(()) => Some(buf.into_chunks()),
+            Err(e) => {
+                // A response we cannot encode is a bug; the client sees a timeout.
+                tracing::error!(api = ?self.api_key, version = self.version, error = %e, "cannot encode response");
+                None
+            }
+        }
+    }
+
+    /// A reply that is ready now.
+    pub fn now<R: Encodable>(&self, body: R) -> Reply {
+        let out = self.encode(&body, &[]);
+        Box::pin(std::future::ready(out))
+    }
+}
+
+fn decode<T: Decodable>(req: &mut ParsedRequest) -> Result<T, RequestError> {
+    T::decode(&mut req.body, req.header.request_api_version).map_err(|e| RequestError::Body {
+        api: req.api_key,
+        version: req.header.request_api_version,
+        reason: e.to_string(),
+    })
+}
+
+pub fn api_name(key: ApiKey) -> &'static str {
+    match key {
+        ApiKey::Produce => "produce",
+        ApiKey::Fetch => "fetch",
+        ApiKey::ListOffsets => "list_offsets",
+        ApiKey::Metadata => "metadata",
+        ApiKey::ApiVersions => "api_versions",
+        ApiKey::CreateTopics => "create_topics",
+        ApiKey::DeleteTopics => "delete_topics",
+        ApiKey::DescribeConfigs => "describe_configs",
+        _ => "other",
+    }
+}
+
+/// Decodes the request body and runs its handler. `Ok(None)`: nothing to send.
+pub fn dispatch(
+    shared: &Arc<Shared>,
+    mut req: ParsedRequest,
+) -> Result<Option<Reply>, RequestError> {
+    let ctx = Ctx {
+        shared: shared.clone(),
+        api_key: req.api_key,
+        version: req.header.request_api_version,
+        correlation_id: req.header.correlation_id,
+        started: Instant::now(),
+    };
+    metrics::counter!(m::REQUESTS_TOTAL, "api" => api_name(req.api_key)).increment(1);
+    tracing::debug!(api = ?req.api_key, version = ctx.version, correlation_id = ctx.correlation_id, "request");
+    let reply = match req.api_key {
+        ApiKey::ApiVersions => api_versions::handle(&ctx),
+        ApiKey::Metadata => metadata::handle(&ctx, decode(&mut req)?),
+        ApiKey::Produce => return Ok(produce::handle(ctx, decode(&mut req)?)),
+        ApiKey::Fetch => fetch::handle(ctx, decode(&mut req)?),
+        ApiKey::ListOffsets => list_offsets::handle(&ctx, decode(&mut req)?),
+        ApiKey::CreateTopics => create_topics::handle(&ctx, decode(&mut req)?),
+        ApiKey::DeleteTopics => delete_topics::handle(&ctx, decode(&mut req)?),
+        ApiKey::DescribeConfigs => describe_configs::handle(&ctx, decode(&mut req)?),
+        other => {
+            // parse_request only lets through keys in the supported table.
+            return Err(RequestError::Body {
+                api: other,
+                version: ctx.version,
+                reason: "no handler".into(),
+            });
+        }
+    };
+    Ok(Some(reply))
+}

@@ -1,0 +1,142 @@
+//! Produce: append each partition's batches as leader (now, in request order), then wait
+//! for the acknowledgement level `acks` asks for (in the reply future).
+
+use super::{Ctx, Reply};
+use crate::error::storage_error_code;
+use crate::metrics as m;
+use crate::replica::{Replica, WaitError};
+use kafka_protocol::messages::produce_request::ProduceRequest;
+use kafka_protocol::messages::produce_response::{
+    PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One partition's outcome so far: appended and waiting, or already failed.
+enum Outcome {
+    Appended {
+        replica: Arc<Replica>,
+        base_offset: i64,
+        end_offset: i64,
+    },
+    Failed(ResponseError, Option<String>),
+}
+
+pub fn handle(ctx: Ctx, req: ProduceRequest) -> Option<Reply> {
+    let acks = req.acks;
+    let topics = &ctx.shared.topics;
+    let valid_acks = matches!(acks, -1..=1);
+    let mut results = Vec::with_capacity(req.topic_data.len());
+    for topic in req.topic_data {
+        let mut parts = Vec::with_capacity(topic.partition_data.len());
+        for p in topic.partition_data {
+            let outcome = if !valid_acks {
+                Outcome::Failed(ResponseError::InvalidRequiredAcks, None)
+            } else if req.transactional_id.is_some() {
+                Outcome::Failed(
+                    ResponseError::TransactionalIdAuthorizationFailed,
+                    Some("transactions are not supported".into()),
+                )
+            } else {
+                append(
+                    topics.replica(&topic.name, p.index),
+                    acks,
+                    p.records.as_deref(),
+                )
+            };
+            parts.push((p.index, outcome));
+        }
+        results.push((topic.name, parts));
+    }
+    if acks == 0 {
+        return None;
+    }
+    let timeout = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0));
+    Some(Box::pin(async move {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut responses = Vec::with_capacity(results.len());
+        for (name, parts) in results {
+            let mut partition_responses = Vec::with_capacity(parts.len());
+            for (index, outcome) in parts {
+                let mut r = PartitionProduceResponse::default()
+                    .with_index(index)
+                    .with_base_offset(-1)
+                    .with_log_append_time_ms(-1);
+                match outcome {
+                    Outcome::Appended {
+                        replica,
+                        base_offset,
+                        end_offset,
+                    } => {
+                        let waited = replica
+                            .wait_acked(
+                                acks,
+                                end_offset,
+                                deadline.saturating_duration_since(tokio::time::Instant::now()),
+                            )
+                            .await;
+                        r = match waited {
+                            Ok(()) => r.with_base_offset(base_offset),
+                            Err(WaitError::TimedOut) => {
+                                r.with_error_code(ResponseError::RequestTimedOut.code())
+                            }
+                            Err(WaitError::Gone) => {
+                                r.with_error_code(ResponseError::NotLeaderOrFollower.code())
+                            }
+                        };
+                        r.log_start_offset = replica.log().log_start_offset();
+                    }
+                    Outcome::Failed(e, message) => {
+                        r = r
+                            .with_error_code(e.code())
+                            .with_error_message(message.map(StrBytes::from_string));
+                    }
+                }
+                partition_responses.push(r);
+            }
+            responses.push(
+                TopicProduceResponse::default()
+                    .with_name(name)
+                    .with_partition_responses(partition_responses),
+            );
+        }
+        ctx.encode(&ProduceResponse::default().with_responses(responses), &[])
+    }))
+}
+
+fn append(replica: Option<Arc<Replica>>, acks: i16, records: Option<&[u8]>) -> Outcome {
+    let Some(replica) = replica.filter(|r| !r.is_deleted()) else {
+        return Outcome::Failed(ResponseError::UnknownTopicOrPartition, None);
+    };
+    let Some(records) = records.filter(|r| !r.is_empty()) else {
+        return Outcome::Failed(
+            ResponseError::CorruptMessage,
+            Some("no record batches".into()),
+        );
+    };
+    // Single broker: the ISR is the leader alone.
+    if acks == -1 && replica.min_insync_replicas() > 1 {
+        return Outcome::Failed(ResponseError::NotEnoughReplicas, None);
+    }
+    match replica.append(records) {
+        Ok(info) => {
+            metrics::counter!(m::PRODUCE_BYTES_TOTAL).increment(records.len() as u64);
+            Outcome::Appended {
+                base_offset: info.base_offset,
+                end_offset: info.last_offset + 1,
+                replica,
+            }
+        }
+        Err(e) => {
+            let code = storage_error_code(&e);
+            if code == ResponseError::KafkaStorageError {
+                tracing::error!(topic = %replica.topic, partition = replica.partition, error = %e, "append failed");
+            } else {
+                tracing::debug!(topic = %replica.topic, partition = replica.partition, error = %e, "append refused");
+            }
+            Outcome::Failed(code, Some(e.to_string()))
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Periodic work on every log: recovery-point checkpoints, time-based segment roll,
+//! retention, and the fsync timer of `log.flush.policy=interval`.
+
+use crate::config::BrokerConfig;
+use crate::replica::FatalSignal;
+use crate::topics::Topics;
+use keel_storage::FlushPolicy;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Starts every periodic task; each stops when `stop` is cancelled.
+pub fn spawn_all(
+    config: &BrokerConfig,
+    topics: Arc<Topics>,
+    stop: CancellationToken,
+    fatal: FatalSignal,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = vec![
+        every(
+            Duration::from_millis(config.checkpoint_interval_ms.max(100)),
+            topics.clone(),
+            stop.clone(),
+            |topics| {
+                for_each_log(topics, "checkpoint", |r| r.log().checkpoint().map(|_| ()));
+            },
+        ),
+        every(
+            Duration::from_millis(config.retention_check_interval_ms.clamp(100, 60_000)),
+            topics.clone(),
+            stop.clone(),
+            |topics| {
+                let now = now_ms();
+                for_each_log(topics, "roll", |r| r.log().maybe_roll(now).map(|_| ()));
+                for_each_log(topics, "retention", |r| {
+                    let out = r.log().enforce_retention(now)?;
+                    if out.segments_deleted > 0 {
+                        tracing::info!(topic = %r.topic, partition = r.partition, segments = out.segments_deleted, bytes = out.bytes_deleted, "retention deleted segments");
+                    }
+                    Ok(())
+                });
+            },
+        ),
+    ];
+    if let FlushPolicy::Interval { ms } = config.log.flush_policy {
+        tasks.push(every(
+            Duration::from_millis(ms.max(1)),
+            topics,
+            stop,
+            move |topics| {
+                for topic in topics.all() {
+                    for r in &topic.replicas {
+                        if let Err(e) = r.flush() {
+                            if !r.is_deleted() {
+                                fatal.raise(format!(
+                                    "{}-{}: flush failed: {e}",
+                                    r.topic, r.partition
+                                ));
+                            }
+                        }
+                    }
+                }
+            },
+        ));
+    }
+    tasks
+}
+
+fn every<F>(
+    period: Duration,
+    topics: Arc<Topics>,
+    stop: CancellationToken,
+    work: F,
+) -> JoinHandle<()>
+where
+    F: Fn(&Topics) + Send + Sync + 'static,
+{
+    let work = Arc::new(work);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let (topics, work) = (topics.clone(), work.clone());
+            if let Err(e) = tokio::task::spawn_blocking(move || work(&topics)).await {
+                tracing::error!(error = %e, "maintenance task panicked");
+            }
+        }
+    })
+}
+
+fn for_each_log(
+    topics: &Topics,
+    what: &str,
+    f: impl Fn(&crate::replica::Replica) -> Result<(), keel_storage::StorageError>,
+) {
+    for topic in topics.all() {
+        for r in &topic.replicas {
+            if r.is_deleted() {
+                continue;
+            }
+            if let Err(e) = f(r) {
+                tracing::warn!(topic = %r.topic, partition = r.partition, error = %e, "{what} failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! One partition replica on this broker: its log, its high watermark, and the waits that
+//! produce and fetch requests do on them.
+//!
+//! The rules are pure functions at the bottom ([`compute_hw`]); this file wires them to
+//! the log and to `watch` channels. Today every replica leads an ISR of one (itself);
+//! replication adds followers to the same computation.
+//!
+//! Durability: under `log.flush.policy=always` a per-partition flusher task fsyncs after
+//! appends (one fsync covers every append that arrived while the previous one ran: group
+//! commit), and only fsynced offsets count toward the high watermark and toward acks.
+//! Under `interval` the leader's log end counts at once and a timer fsyncs.
+
+use crate::error::BrokerError;
+use keel_storage::{AppendInfo, FlushPolicy, Log, LogConfig, ReadInfo, StorageError};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Leader epoch of every partition until the controller assigns epochs (replication).
+pub const INITIAL_LEADER_EPOCH: i32 = 0;
+
+pub struct Replica {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    log: Arc<Log>,
+    flush_always: bool,
+    /// Log end offset after the latest append (wakes the flusher).
+    appended: watch::Sender<i64>,
+    /// Offsets below this are on disk (fsynced).
+    durable: watch::Sender<i64>,
+    /// High watermark: consumers read below it, acks=all waits for it.
+    hw: watch::Sender<i64>,
+    leader_epoch: i32,
+    deleted: AtomicBool,
+    min_insync_replicas: i32,
+}
+
+/// Why an acknowledgement wait ended without success.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WaitError {
+    TimedOut,
+    /// The replica was deleted or the broker is stopping.
+    Gone,
+}
+
+impl Replica {
+    /// Opens (recovering if needed) the log in `dir` and starts its flusher.
+    pub fn open(
+        topic: &str,
+        partition: i32,
+        dir: PathBuf,
+        config: LogConfig,
+        min_insync_replicas: i32,
+        stop: &CancellationToken,
+        fatal: &FatalSignal,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let flush_always = config.flush_policy == FlushPolicy::Always;
+        let log = Arc::new(Log::open(&dir, config)?);
+        let leo = log.log_end_offset();
+        let durable = log.durable_end_offset();
+        let info = log.recovery_info();
+        if info.hw_above_leo {
+            // Single node: there is no one to catch up from. Say so loudly; replication
+            // will make such a replica ineligible to lead until it has caught up.
+            tracing::error!(
+                topic,
+                partition,
+                leo,
+                "recovered log ends below its checkpointed high watermark: acknowledged data was lost"
+            );
+        }
+        tracing::info!(
+            topic,
+            partition,
+            log_start = log.log_start_offset(),
+            leo,
+            clean = info.clean_shutdown,
+            scanned_segments = info.scanned_segments,
+            truncated_bytes = info.truncated_bytes,
+            "opened replica"
+        );
+        let hw = compute_hw(
+            log.high_watermark(),
+            leader_ack_offset(flush_always, leo, durable),
+            &[],
+        );
+        log.set_high_watermark(hw);
+        let replica = Arc::new(Self {
+            topic: Arc::from(topic),
+            partition,
+            log,
+            flush_always,
+            appended: watch::Sender::new(leo),
+            durable: watch::Sender::new(durable),
+            hw: watch::Sender::new(hw),
+            leader_epoch: INITIAL_LEADER_EPOCH,
+            deleted: AtomicBool::new(false),
+            min_insync_replicas,
+        });
+        if flush_always {
+            tokio::spawn(flusher(replica.clone(), stop.clone(), fatal.clone()));
+        }
+        Ok(replica)
+    }
+
+    pub fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch
+    }
+
+    pub fn min_insync_replicas(&self) -> i32 {
+        self.min_insync_replicas
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        *self.hw.borrow()
+    }
+
+    pub fn subscribe_hw(&self) -> watch::Receiver<i64> {
+        self.hw.subscribe()
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Appends a produce request's batches as leader. Returns once the bytes are in the
+    /// log (page cache); acknowledgement waits are separate ([`Replica::wait_acked`]).
+    pub fn append(&self, records: &[u8]) -> Result<AppendInfo, StorageError> {
+        let info = self.log.append_as_leader(records, self.leader_epoch)?;
+        self.appended.send_replace(info.log_end_offset);
+        if !self.flush_always {
+            self.advance_hw(info.log_end_offset);
+        }
+        Ok(info)
+    }
+
+    /// Waits until `end_offset` (one past the last appended offset) is acknowledged at
+    /// the level `acks` asks for: 1 = on the leader (durable under `always`), -1 = below
+    /// the high watermark.
+    pub async fn wait_acked(
+        &self,
+        acks: i16,
+        end_offset: i64,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
+        let mut rx = if acks == -1 || !self.flush_always {
+            self.hw.subscribe()
+        } else {
+            self.durable.subscribe()
+        };
+        let reached = tokio::time::timeout(timeout, async {
+            rx.wait_for(|&v| v >= end_offset || self.is_deleted())
+                .await
+                .is_ok()
+        })
+        .await;
+        match reached {
+            Ok(true) if !self.is_deleted() => Ok(()),
+            Ok(_) => Err(WaitError::Gone),
+            Err(_) => Err(WaitError::TimedOut),
+        }
+    }
+
+    /// Reads for a consumer: only below the high watermark.
+    pub fn read_committed(&self, offset: i64, max_bytes: usize) -> Result<ReadInfo, StorageError> {
+        self.log.read(offset, max_bytes, self.high_watermark())
+    }
+
+    /// Flushes everything appended so far (for `interval` policy and shutdown).
+    pub fn flush(&self) -> Result<(), StorageError> {
+        let durable = self.log.flush()?;
+        self.durable.send_replace(durable);
+        Ok(())
+    }
+
+    fn advance_hw(&self, leader_ack: i64) {
+        self.hw.send_if_modified(|hw| {
+            let new = compute_hw(*hw, leader_ack, &[]);
+            if new != *hw {
+                *hw = new;
+                true
+            } else {
+                false
+            }
+        });
+        self.log.set_high_watermark(self.high_watermark());
+    }
+
+    /// Marks the replica deleted: waiters wake up and see [`WaitError::Gone`].
+    pub fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+        self.hw.send_modify(|_| {});
+        self.durable.send_modify(|_| {});
+        self.appended.send_modify(|_| {});
+    }
+}
+
+/// Raised by any task that hits an error the broker cannot survive (an fsync failure:
+/// after one, the kernel may have dropped dirty pages, so nobody knows what is on disk).
+#[derive(Clone, Default)]
+pub struct FatalSignal {
+    token: CancellationToken,
+    reason: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl FatalSignal {
+    pub fn raise(&self, reason: String) {
+        tracing::error!(%reason, "fatal error, stopping the broker");
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(reason);
+        self.token.cancel();
+    }
+
+    pub async fn raised(&self) -> String {
+        self.token.cancelled().await;
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+}
+
+/// Group commit: fsync whenever something was appended since the last fsync. Appends
+/// that land while an fsync runs are covered by the next one.
+async fn flusher(replica: Arc<Replica>, stop: CancellationToken, fatal: FatalSignal) {
+    let mut appended = replica.appended.subscribe();
+    loop {
+        let target = *appended.borrow_and_update();
+        if target > *replica.durable.borrow() {
+            let r = replica.clone();
+            match tokio::task::spawn_blocking(move || r.log.flush()).await {
+                Ok(Ok(durable)) => {
+                    replica.durable.send_replace(durable);
+                    replica.advance_hw(durable);
+                }
+                Ok(Err(e)) => {
+                    if replica.is_deleted() {
+                        return;
+                    }
+                    fatal.raise(format!(
+                        "{}-{}: flush failed: {e}",
+                        replica.topic, replica.partition
+                    ));
+                    return;
+                }
+                Err(e) => {
+                    fatal.raise(format!("flush task panicked: {e}"));
+                    return;
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            changed = appended.changed() => if changed.is_err() { return },
+            _ = stop.cancelled() => return,
+        }
+        if replica.is_deleted() {
+            return;
+        }
+    }
+}
+
+/// The offset up to which the leader's own log counts toward acks and the HW.
+pub fn leader_ack_offset(flush_always: bool, leo: i64, durable: i64) -> i64 {
+    if flush_always {
+        durable
+    } else {
+        leo
+    }
+}
+
+/// High watermark rule: the minimum acknowledged end offset over the leader and the
+/// in-sync followers, never moving backwards.
+pub fn compute_hw(current: i64, leader: i64, isr_followers: &[i64]) -> i64 {
+    let min = isr_followers.iter().copied().fold(leader, i64::min);
+    current.max(min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hw_is_min_over_isr_and_never_moves_back() {
+        // (current, leader, followers, expected)
+        let table: &[(i64, i64, &[i64], i64)] = &[
+            (0, 10, &[], 10),
+            (0, 10, &[7, 12], 7),
+            (8, 10, &[7], 8),
+            (8, 5, &[], 8),
+            (3, 3, &[3, 3], 3),
+        ];
+        for &(current, leader, followers, want) in table {
+            assert_eq!(
+                compute_hw(current, leader, followers),
+                want,
+                "{current} {leader} {followers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn leader_counts_durable_offset_only_under_always() {
+        assert_eq!(leader_ack_offset(true, 10, 4), 4);
+        assert_eq!(leader_ack_offset(false, 10, 4), 10);
+    }
+}

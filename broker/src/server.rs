@@ -1,0 +1,178 @@
+//! The Kafka listener: accepts connections and runs one reader and one writer per
+//! connection.
+//!
+//! The reader takes frames off the socket, parses the header and starts the request's
+//! handler. Handlers do their synchronous part at once, in arrival order (a produce
+//! appends to the log here, so pipelined produces to one partition keep their order),
+//! and return a future for the rest (waiting for acks, long-poll fetches). The writer
+//! awaits those futures in request order and writes the responses, so responses go back
+//! in the order the requests came, as Kafka requires.
+
+use crate::handlers::{self, Reply};
+use crate::metrics as m;
+use crate::Shared;
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::ApiKey;
+use keel_protocol::api::{parse_request, HeaderError};
+use keel_protocol::frame::take_frame;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+/// Accepts connections until the broker stops.
+pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tracker: TaskTracker) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shared.stop.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tracker.spawn(async move {
+            metrics::gauge!(m::CONNECTIONS_ACTIVE).increment(1.0);
+            serve_connection(shared, stream, peer).await;
+            metrics::gauge!(m::CONNECTIONS_ACTIVE).decrement(1.0);
+        });
+    }
+}
+
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let (mut rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<Reply>(shared.config.max_inflight_per_connection.max(1));
+    let writer = tokio::spawn(write_loop(wr, rx, peer));
+    let max = shared.config.socket_request_max_bytes;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    'conn: loop {
+        loop {
+            let frame = match take_frame(&mut buf, max) {
+                Ok(Some(frame)) => frame.freeze(),
+                Ok(None) => break,
+                Err(e) => {
+                    close_on_error(peer, "bad frame", &e);
+                    break 'conn;
+                }
+            };
+            match handle_frame(&shared, frame) {
+                Ok(Some(reply)) => {
+                    if tx.send(reply).await.is_err() {
+                        break 'conn; // writer gone: the socket failed
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    close_on_error(peer, "bad request", &e);
+                    break 'conn;
+                }
+            }
+        }
+        let read = tokio::select! {
+            r = rd.read_buf(&mut buf) => r,
+            _ = shared.stop.cancelled() => break,
+        };
+        match read {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection read failed");
+                break;
+            }
+        }
+    }
+    // Dropping the sender lets the writer finish the replies already started, in order.
+    drop(tx);
+    let _ = writer.await;
+}
+
+fn close_on_error(peer: SocketAddr, what: &str, e: &dyn std::fmt::Display) {
+    tracing::warn!(%peer, error = %e, "{what}; closing the connection");
+    metrics::counter!(m::CONNECTIONS_CLOSED_ON_ERROR_TOTAL).increment(1);
+}
+
+/// Why a connection is closed instead of answered.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    #[error("cannot decode {api:?} v{version} request body: {reason}")]
+    Body {
+        api: ApiKey,
+        version: i16,
+        reason: String,
+    },
+}
+
+fn handle_frame(shared: &Arc<Shared>, frame: Bytes) -> Result<Option<Reply>, RequestError> {
+    let req = match parse_request(frame) {
+        Ok(req) => req,
+        Err(HeaderError::UnsupportedVersion {
+            api_key: ApiKey::ApiVersions,
+            correlation_id,
+            version,
+            ..
+        }) => {
+            // A client newer than us: answer in v0 with the table so it can retry.
+            metrics::counter!(m::REQUEST_ERRORS_TOTAL, "reason" => "unsupported_version")
+                .increment(1);
+            tracing::debug!(version, "unsupported ApiVersions version, answering v0");
+            return Ok(Some(handlers::api_versions::unsupported_version(
+                correlation_id,
+            )));
+        }
+        Err(e) => {
+            let reason = match e {
+                HeaderError::UnknownApiKey { .. } => "unknown_api_key",
+                HeaderError::UnsupportedVersion { .. } => "unsupported_version",
+                _ => "malformed_header",
+            };
+            metrics::counter!(m::REQUEST_ERRORS_TOTAL, "reason" => reason).increment(1);
+            return Err(e.into());
+        }
+    };
+    handlers::dispatch(shared, req)
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Reply>, peer: SocketAddr) {
+    while let Some(reply) = rx.recv().await {
+        let Some(chunks) = reply.await else {
+            continue; // acks=0 produce: no response
+        };
+        if let Err(e) = write_chunks(&mut wr, &chunks).await {
+            tracing::debug!(%peer, error = %e, "connection write failed");
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+/// Writes a size prefix and the chunks with as few syscalls as the kernel allows.
+async fn write_chunks(wr: &mut OwnedWriteHalf, chunks: &[Bytes]) -> std::io::Result<()> {
+    let total: usize = chunks.iter().map(Bytes::len).sum();
+    let size = i32::try_from(total)
+        .map_err(|_| std::io::Error::other("response larger than 2 GiB"))?
+        .to_be_bytes();
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(chunks.len() + 1);
+    slices.push(IoSlice::new(&size));
+    slices.extend(chunks.iter().map(|c| IoSlice::new(c)));
+    let mut rest: &mut [IoSlice<'_>] = &mut slices;
+    while !rest.is_empty() {
+        let n = wr.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
+}

@@ -1,0 +1,434 @@
+//! The topics this broker holds: their metadata (persisted in `<data>/topics.toml`) and
+//! the replica of each partition.
+//!
+//! Create and delete take the registry's write lock for the whole check-and-change, so a
+//! create racing a delete of the same name cannot leave an orphan directory or a replica
+//! writing into a deleted one. A deleted replica's directory is renamed `*-delete` at
+//! once and removed in the background.
+
+use crate::error::BrokerError;
+use crate::replica::{FatalSignal, Replica};
+use keel_storage::LogConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use tokio_util::sync::CancellationToken;
+
+/// What is stored about a topic.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TopicMeta {
+    pub name: String,
+    pub id: uuid::Uuid,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    #[serde(default)]
+    pub configs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct TopicsFile {
+    version: u32,
+    #[serde(default, rename = "topic")]
+    topics: Vec<TopicMeta>,
+}
+
+pub struct Topic {
+    pub meta: TopicMeta,
+    pub replicas: Vec<Arc<Replica>>,
+}
+
+/// Why a topic could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("topic `{0}` already exists")]
+    Exists(String),
+    #[error("invalid topic name `{name}`: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    #[error("invalid partition count {0}")]
+    InvalidPartitions(i32),
+    #[error("replication factor {factor} is larger than the {brokers} available broker(s)")]
+    InvalidReplicationFactor { factor: i16, brokers: i32 },
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+pub struct Topics {
+    data_dir: PathBuf,
+    defaults: LogConfig,
+    min_insync_replicas: i32,
+    stop: CancellationToken,
+    fatal: FatalSignal,
+    map: RwLock<HashMap<String, Arc<Topic>>>,
+}
+
+const TOPICS_FILE: &str = "topics.toml";
+
+impl Topics {
+    /// Loads `topics.toml` and opens (recovers) every partition it lists.
+    pub fn load(
+        data_dir: &Path,
+        defaults: LogConfig,
+        min_insync_replicas: i32,
+        stop: CancellationToken,
+        fatal: FatalSignal,
+    ) -> Result<Self, BrokerError> {
+        let topics = Self {
+            data_dir: data_dir.to_path_buf(),
+            defaults,
+            min_insync_replicas,
+            stop,
+            fatal,
+            map: RwLock::new(HashMap::new()),
+        };
+        let path = data_dir.join(TOPICS_FILE);
+        let file: TopicsFile = match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| BrokerError::TopicMetadata {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => TopicsFile::default(),
+            Err(e) => return Err(BrokerError::io(format!("reading {}", path.display()), e)),
+        };
+        let mut map = HashMap::new();
+        for meta in file.topics {
+            let topic = topics.open_topic(meta)?;
+            map.insert(topic.meta.name.clone(), Arc::new(topic));
+        }
+        *topics.map.write().unwrap_or_else(|p| p.into_inner()) = map;
+        Ok(topics)
+    }
+
+    fn open_topic(&self, meta: TopicMeta) -> Result<Topic, BrokerError> {
+        let config = topic_log_config(&self.defaults, &meta.configs).map_err(|e| {
+            BrokerError::TopicMetadata {
+                path: TOPICS_FILE.into(),
+                reason: format!("topic {}: {e}", meta.name),
+            }
+        })?;
+        let min_isr = meta
+            .configs
+            .get("min.insync.replicas")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(self.min_insync_replicas);
+        let replicas = (0..meta.partitions)
+            .map(|p| {
+                Replica::open(
+                    &meta.name,
+                    p,
+                    self.partition_dir(&meta.name, p),
+                    config.clone(),
+                    min_isr,
+                    &self.stop,
+                    &self.fatal,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Topic { meta, replicas })
+    }
+
+    pub fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
+        self.data_dir.join(format!("{topic}-{partition}"))
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub fn replica(&self, name: &str, partition: i32) -> Option<Arc<Replica>> {
+        let topic = self.get(name)?;
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| topic.replicas.get(p).cloned())
+    }
+
+    /// Every topic, sorted by name.
+    pub fn all(&self) -> Vec<Arc<Topic>> {
+        let mut v: Vec<_> = self
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+        v
+    }
+
+    /// Validates a topic spec without creating anything (also used by `validate_only`).
+    pub fn validate_new(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<(), CreateError> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        self.validate_new_locked(&map, name, partitions, replication_factor, configs)
+    }
+
+    /// Creates a topic, its partition directories and logs, and persists the registry.
+    pub fn create(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Arc<Topic>, CreateError> {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        self.validate_new_locked(&map, name, partitions, replication_factor, &configs)?;
+        let meta = TopicMeta {
+            name: name.to_string(),
+            id: uuid::Uuid::new_v4(),
+            partitions,
+            replication_factor,
+            configs,
+        };
+        // A leftover directory of the same name (from a crash between delete steps) is
+        // moved aside before the new topic's logs are created.
+        for p in 0..partitions {
+            let dir = self.partition_dir(name, p);
+            if dir.exists() {
+                let moved = keel_storage::delete_log_dir(&dir).map_err(BrokerError::from)?;
+                remove_in_background(moved);
+            }
+        }
+        let topic = Arc::new(self.open_topic(meta)?);
+        map.insert(name.to_string(), topic.clone());
+        self.persist(&map)?;
+        tracing::info!(topic = name, partitions, "created topic");
+        Ok(topic)
+    }
+
+    fn validate_new_locked(
+        &self,
+        map: &HashMap<String, Arc<Topic>>,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<(), CreateError> {
+        if map.contains_key(name) {
+            return Err(CreateError::Exists(name.to_string()));
+        }
+        validate_topic_name(name)?;
+        if !(1..=100_000).contains(&partitions) {
+            return Err(CreateError::InvalidPartitions(partitions));
+        }
+        if replication_factor != 1 {
+            return Err(CreateError::InvalidReplicationFactor {
+                factor: replication_factor,
+                brokers: 1,
+            });
+        }
+        topic_log_config(&self.defaults, configs).map_err(CreateError::InvalidConfig)?;
+        Ok(())
+    }
+
+    /// Deletes a topic: unregisters it, stops its replicas, renames their directories
+    /// `*-delete` and removes them in the background. Returns false if it did not exist.
+    pub fn delete(&self, name: &str) -> Result<bool, BrokerError> {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let Some(topic) = map.remove(name) else {
+            return Ok(false);
+        };
+        self.persist(&map)?;
+        for replica in &topic.replicas {
+            replica.mark_deleted();
+            if let Err(e) = replica.log().close() {
+                tracing::warn!(topic = name, partition = replica.partition, error = %e, "closing deleted replica");
+            }
+            let moved = keel_storage::delete_log_dir(replica.log().dir())?;
+            remove_in_background(moved);
+        }
+        tracing::info!(topic = name, "deleted topic");
+        Ok(true)
+    }
+
+    fn persist(&self, map: &HashMap<String, Arc<Topic>>) -> Result<(), BrokerError> {
+        let mut topics: Vec<TopicMeta> = map.values().map(|t| t.meta.clone()).collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        let text = toml::to_string(&TopicsFile { version: 1, topics }).map_err(|e| {
+            BrokerError::TopicMetadata {
+                path: TOPICS_FILE.into(),
+                reason: e.to_string(),
+            }
+        })?;
+        write_atomically(&self.data_dir.join(TOPICS_FILE), text.as_bytes())
+    }
+
+    /// Flushes and closes every log (clean shutdown).
+    pub fn close_all(&self) {
+        for topic in self.all() {
+            for r in &topic.replicas {
+                if let Err(e) = r.log().close() {
+                    tracing::error!(topic = %r.topic, partition = r.partition, error = %e, "closing log");
+                }
+            }
+        }
+    }
+}
+
+fn remove_in_background(dir: PathBuf) {
+    std::thread::spawn(move || {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing deleted replica directory");
+        }
+    });
+}
+
+/// Writes `path` so that a crash leaves either the old or the new content.
+pub fn write_atomically(path: &Path, data: &[u8]) -> Result<(), BrokerError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let ctx = |what: &str| format!("{what} {}", tmp.display());
+    let mut f = std::fs::File::create(&tmp).map_err(|e| BrokerError::io(ctx("creating"), e))?;
+    f.write_all(data)
+        .map_err(|e| BrokerError::io(ctx("writing"), e))?;
+    f.sync_all()
+        .map_err(|e| BrokerError::io(ctx("syncing"), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| BrokerError::io(ctx("renaming"), e))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| BrokerError::io(format!("syncing {}", dir.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Kafka's topic-name rules.
+pub fn validate_topic_name(name: &str) -> Result<(), CreateError> {
+    let bad = |reason| {
+        Err(CreateError::InvalidName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name == "." || name == ".." {
+        return bad("`.` and `..` are not allowed");
+    }
+    if name.len() > 249 {
+        return bad("longer than 249 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return bad("only ASCII letters, digits, `.`, `_` and `-` are allowed");
+    }
+    Ok(())
+}
+
+/// Topic-level configs Keel accepts, applied over the broker's log defaults.
+pub const TOPIC_CONFIG_KEYS: &[&str] = &[
+    "cleanup.policy",
+    "retention.ms",
+    "retention.bytes",
+    "segment.bytes",
+    "segment.ms",
+    "max.message.bytes",
+    "min.insync.replicas",
+];
+
+pub fn topic_log_config(
+    defaults: &LogConfig,
+    configs: &BTreeMap<String, String>,
+) -> Result<LogConfig, String> {
+    let mut c = defaults.clone();
+    for (k, v) in configs {
+        let num = || {
+            v.trim()
+                .parse::<i64>()
+                .map_err(|_| format!("{k}: `{v}` is not a number"))
+        };
+        let limit = || -> Result<Option<u64>, String> {
+            match num()? {
+                -1 => Ok(None),
+                n if n >= 0 => Ok(Some(n as u64)),
+                _ => Err(format!("{k}: expected -1 or a non-negative number")),
+            }
+        };
+        let positive = || -> Result<u64, String> {
+            match num()? {
+                n if n > 0 => Ok(n as u64),
+                _ => Err(format!("{k}: must be positive")),
+            }
+        };
+        match k.as_str() {
+            "cleanup.policy" => {
+                c.compact = match v.trim() {
+                    "delete" => false,
+                    "compact" | "compact,delete" | "delete,compact" => true,
+                    _ => return Err(format!("{k}: expected delete or compact, got `{v}`")),
+                }
+            }
+            "retention.ms" => c.retention_ms = limit()?,
+            "retention.bytes" => c.retention_bytes = limit()?,
+            "segment.bytes" => {
+                let n = positive()?;
+                if n < 1024 {
+                    return Err(format!("{k}: must be at least 1024"));
+                }
+                c.segment_bytes = n
+            }
+            "segment.ms" => c.segment_ms = Some(positive()?),
+            "max.message.bytes" => {
+                c.max_batch_bytes =
+                    u32::try_from(positive()?).map_err(|_| format!("{k}: too large"))?
+            }
+            "min.insync.replicas" => {
+                positive()?;
+            }
+            _ => return Err(format!("unknown topic config `{k}`")),
+        }
+    }
+    c.validate().map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        for ok in ["a", "orders.v1", "x_y-z", &"n".repeat(249)] {
+            validate_topic_name(ok).unwrap();
+        }
+        for bad in ["", ".", "..", "a b", "ü", "a/b", &"n".repeat(250)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn topic_configs_override_defaults_and_reject_unknowns() {
+        let d = LogConfig::default();
+        let mut m = BTreeMap::new();
+        m.insert("retention.ms".to_string(), "1000".to_string());
+        m.insert("segment.bytes".to_string(), "4096".to_string());
+        m.insert("retention.bytes".to_string(), "-1".to_string());
+        let c = topic_log_config(&d, &m).unwrap();
+        assert_eq!(c.retention_ms, Some(1000));
+        assert_eq!(c.segment_bytes, 4096);
+        assert_eq!(c.retention_bytes, None);
+        for (k, v) in [
+            ("segment.bytes", "0"),
+            ("nope", "1"),
+            ("cleanup.policy", "x"),
+            ("retention.ms", "-7"),
+        ] {
+            let mut m = BTreeMap::new();
+            m.insert(k.to_string(), v.to_string());
+            assert!(topic_log_config(&d, &m).is_err(), "{k}={v}");
+        }
+    }
+}

@@ -1,0 +1,481 @@
+//! The producer's record accumulator: per-partition queues of batches, and the rule deciding
+//! which batches are ready to send. Pure (no I/O, time passed in) so it is table-testable.
+//!
+//! A partition's front batch is ready when it is full (`batch_size` reached, or a newer batch
+//! exists behind it), when `linger` has passed since it was opened, when a flush or close is
+//! in progress, or — for a retried batch — when its backoff has passed. `drain` takes ready
+//! front batches whose leader is known and whose broker may take another request, groups them
+//! by broker and caps each group at `max_request_size`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::records::Record;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+
+use crate::config::Compression;
+use crate::error::ClientError;
+use crate::record::{encode_batch, place_in_batch, RecordMetadata, BATCH_HEADER_BYTES};
+
+/// A record waiting for delivery, with its completion channel and reserved buffer memory.
+pub(crate) struct PendingRecord {
+    pub(crate) record: Record,
+    pub(crate) size: usize,
+    pub(crate) delivery: oneshot::Sender<Result<RecordMetadata, ClientError>>,
+    /// Buffer memory held until the record is delivered or failed (then dropped).
+    pub(crate) _memory: Option<OwnedSemaphorePermit>,
+}
+
+/// Records bound for one partition, sent (and retried) together.
+pub(crate) struct ProducerBatch {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) records: Vec<PendingRecord>,
+    pub(crate) bytes: usize,
+    pub(crate) created: Instant,
+    /// Sends (or leader look-ups) that failed retriably so far.
+    pub(crate) attempts: u32,
+    pub(crate) retry_at: Option<Instant>,
+}
+
+impl ProducerBatch {
+    fn new(topic: &str, partition: i32, now: Instant) -> Self {
+        ProducerBatch {
+            topic: topic.to_owned(),
+            partition,
+            records: Vec::new(),
+            bytes: BATCH_HEADER_BYTES,
+            created: now,
+            attempts: 0,
+            retry_at: None,
+        }
+    }
+
+    /// Encodes the batch (offsets 0..n) as one v2 record batch.
+    pub(crate) fn encode(&self, compression: Compression) -> Result<Bytes, ClientError> {
+        let records: Vec<Record> = self.records.iter().map(|r| r.record.clone()).collect();
+        encode_batch(&records, compression)
+    }
+
+    /// Resolves every delivery: record `i` is at `base_offset + i` (or -1 when unknown).
+    /// Returns how many records were resolved.
+    pub(crate) fn complete(self, base_offset: i64, log_append_time: i64) -> usize {
+        let n = self.records.len();
+        for (i, r) in self.records.into_iter().enumerate() {
+            let offset = if base_offset < 0 {
+                -1
+            } else {
+                base_offset + i as i64
+            };
+            let timestamp = if log_append_time >= 0 {
+                log_append_time
+            } else {
+                r.record.timestamp
+            };
+            let _ = r.delivery.send(Ok(RecordMetadata {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                offset,
+                timestamp,
+            }));
+        }
+        n
+    }
+
+    /// Fails every delivery with `err`. Returns how many records were failed.
+    pub(crate) fn fail(self, err: &ClientError) -> usize {
+        let n = self.records.len();
+        for r in self.records {
+            let _ = r.delivery.send(Err(err.clone()));
+        }
+        n
+    }
+}
+
+/// What an append did, for waking the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Append {
+    /// The record opened a new batch.
+    pub(crate) new_batch: bool,
+    /// The batch the record went into is now full.
+    pub(crate) batch_full: bool,
+}
+
+/// The outcome of one drain.
+#[derive(Default)]
+pub(crate) struct Drain {
+    /// Batches to send, by leader broker id.
+    pub(crate) by_broker: HashMap<i32, Vec<ProducerBatch>>,
+    /// Ready partitions without a known leader: metadata should be refreshed.
+    pub(crate) no_leader: Vec<(String, i32)>,
+    /// Batches that found no leader more than `retries` times; to be failed.
+    pub(crate) expired: Vec<ProducerBatch>,
+}
+
+type TopicPartition = (String, i32);
+
+/// Per-partition batch queues.
+pub(crate) struct Accumulator {
+    batch_size: usize,
+    linger: Duration,
+    retries: u32,
+    retry_backoff: Duration,
+    queues: BTreeMap<TopicPartition, VecDeque<ProducerBatch>>,
+    /// Rotates the drain start so no partition is always last under `max_request_size`.
+    drain_cursor: usize,
+}
+
+impl Accumulator {
+    pub(crate) fn new(
+        batch_size: usize,
+        linger: Duration,
+        retries: u32,
+        retry_backoff: Duration,
+    ) -> Self {
+        Accumulator {
+            batch_size,
+            linger,
+            retries,
+            retry_backoff,
+            queues: BTreeMap::new(),
+            drain_cursor: 0,
+        }
+    }
+
+    /// Appends a record to the open batch of `topic`-`partition`, opening one if there is none
+    /// or the record does not fit.
+    pub(crate) fn append(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        mut rec: PendingRecord,
+        now: Instant,
+    ) -> Append {
+        let batch_size = self.batch_size;
+        let queue = self
+            .queues
+            .entry((topic.to_owned(), partition))
+            .or_default();
+        let fits = |b: &ProducerBatch| b.attempts == 0 && b.bytes + rec.size <= batch_size;
+        let new_batch = !queue.back().is_some_and(fits);
+        if new_batch {
+            queue.push_back(ProducerBatch::new(topic, partition, now));
+        }
+        let batch = queue.back_mut().expect("a batch was just ensured");
+        place_in_batch(&mut rec.record, batch.records.len() as i64);
+        batch.bytes += rec.size;
+        batch.records.push(rec);
+        Append {
+            new_batch,
+            batch_full: batch.bytes >= batch_size,
+        }
+    }
+
+    /// Puts a batch that failed retriably back at the front of its partition's queue.
+    pub(crate) fn requeue(&mut self, batch: ProducerBatch) {
+        let key = (batch.topic.clone(), batch.partition);
+        self.queues.entry(key).or_default().push_front(batch);
+    }
+
+    /// Whether nothing is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queues.values().all(VecDeque::is_empty)
+    }
+
+    /// Topics with queued batches.
+    pub(crate) fn topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.queues.keys().map(|(t, _)| t.clone()).collect();
+        topics.dedup();
+        topics
+    }
+
+    fn is_ready(&self, queue: &VecDeque<ProducerBatch>, now: Instant, flushing: bool) -> bool {
+        let Some(front) = queue.front() else {
+            return false;
+        };
+        match front.retry_at {
+            Some(at) => at <= now,
+            None => {
+                queue.len() > 1
+                    || front.bytes >= self.batch_size
+                    || flushing
+                    || now >= front.created + self.linger
+            }
+        }
+    }
+
+    /// Takes the ready front batches that can be sent now.
+    ///
+    /// `leader` maps a partition to its leader; `can_send` is asked once per broker whether it
+    /// may take another request (it reserves an in-flight slot when it says yes).
+    pub(crate) fn drain(
+        &mut self,
+        now: Instant,
+        flushing: bool,
+        max_request_size: usize,
+        leader: impl Fn(&str, i32) -> Option<i32>,
+        mut can_send: impl FnMut(i32) -> bool,
+    ) -> Drain {
+        let mut out = Drain::default();
+        let mut allowed: HashMap<i32, bool> = HashMap::new();
+        let mut request_bytes: HashMap<i32, usize> = HashMap::new();
+        let keys: Vec<TopicPartition> = self.queues.keys().cloned().collect();
+        let start = if keys.is_empty() {
+            0
+        } else {
+            self.drain_cursor % keys.len()
+        };
+        self.drain_cursor = self.drain_cursor.wrapping_add(1);
+        for key in keys[start..].iter().chain(&keys[..start]) {
+            let queue = &self.queues[key];
+            if !self.is_ready(queue, now, flushing) {
+                continue;
+            }
+            let queue = self.queues.get_mut(key).expect("key from this map");
+            let Some(broker) = leader(&key.0, key.1) else {
+                let front = queue.front_mut().expect("ready queue is non-empty");
+                front.attempts += 1;
+                front.retry_at = Some(now + self.retry_backoff);
+                out.no_leader.push(key.clone());
+                if front.attempts > self.retries {
+                    out.expired.extend(queue.pop_front());
+                }
+                continue;
+            };
+            if !*allowed.entry(broker).or_insert_with(|| can_send(broker)) {
+                continue;
+            }
+            let size = queue.front().map_or(0, |b| b.bytes);
+            let used = request_bytes.entry(broker).or_insert(0);
+            if *used > 0 && *used + size > max_request_size {
+                continue;
+            }
+            *used += size;
+            let mut batch = queue.pop_front().expect("ready queue is non-empty");
+            batch.retry_at = None;
+            out.by_broker.entry(broker).or_default().push(batch);
+        }
+        self.queues.retain(|_, q| !q.is_empty());
+        out
+    }
+
+    /// When the earliest not-yet-ready batch becomes ready (linger or backoff expiry).
+    /// Ready batches waiting on a broker slot are not included: a completing request wakes
+    /// the sender instead.
+    pub(crate) fn next_deadline(&self, now: Instant, flushing: bool) -> Option<Instant> {
+        self.queues
+            .values()
+            .filter(|q| !self.is_ready(q, now, flushing))
+            .filter_map(|q| q.front())
+            .map(|b| b.retry_at.unwrap_or(b.created + self.linger))
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::ProducerRecord;
+
+    fn rec(
+        value_len: usize,
+    ) -> (
+        PendingRecord,
+        oneshot::Receiver<Result<RecordMetadata, ClientError>>,
+    ) {
+        let r = ProducerRecord::new("t", vec![b'x'; value_len]);
+        let size = r.estimated_size();
+        let (tx, rx) = oneshot::channel();
+        let pending = PendingRecord {
+            record: r.into_wire(0, 0),
+            size,
+            delivery: tx,
+            _memory: None,
+        };
+        (pending, rx)
+    }
+
+    fn acc(batch_size: usize, linger_ms: u64) -> Accumulator {
+        Accumulator::new(
+            batch_size,
+            Duration::from_millis(linger_ms),
+            2,
+            Duration::from_millis(100),
+        )
+    }
+
+    fn leader_0(_: &str, _: i32) -> Option<i32> {
+        Some(0)
+    }
+
+    #[test]
+    fn batches_split_by_size() {
+        let mut a = acc(1000, 10_000);
+        let now = Instant::now();
+        let mut outcomes = Vec::new();
+        for _ in 0..10 {
+            outcomes.push(a.append("t", 0, rec(200).0, now));
+        }
+        // 61 header + ~240 per record: 3 records per 1000-byte batch, 4th opens a new one.
+        assert!(outcomes[0].new_batch);
+        assert!(!outcomes[1].new_batch && !outcomes[2].new_batch);
+        assert!(outcomes[3].new_batch);
+        let d = a.drain(now, false, usize::MAX, leader_0, |_| true);
+        let sent = &d.by_broker[&0];
+        assert_eq!(
+            sent.len(),
+            1,
+            "only the front batch of a partition per drain"
+        );
+        assert_eq!(sent[0].records.len(), 3);
+        let offsets: Vec<i64> = sent[0].records.iter().map(|r| r.record.offset).collect();
+        assert_eq!(offsets, vec![0, 1, 2], "offsets are positions in the batch");
+    }
+
+    #[test]
+    fn linger_holds_a_small_batch_until_it_expires() {
+        let mut a = acc(1 << 20, 5);
+        let t0 = Instant::now();
+        a.append("t", 0, rec(10).0, t0);
+        let d = a.drain(
+            t0 + Duration::from_millis(4),
+            false,
+            usize::MAX,
+            leader_0,
+            |_| true,
+        );
+        assert!(d.by_broker.is_empty());
+        assert_eq!(
+            a.next_deadline(t0, false),
+            Some(t0 + Duration::from_millis(5))
+        );
+        let d = a.drain(
+            t0 + Duration::from_millis(5),
+            false,
+            usize::MAX,
+            leader_0,
+            |_| true,
+        );
+        assert_eq!(d.by_broker[&0].len(), 1);
+        assert!(a.is_empty());
+    }
+
+    #[test]
+    fn flush_makes_everything_ready() {
+        let mut a = acc(1 << 20, 60_000);
+        let t0 = Instant::now();
+        a.append("t", 0, rec(10).0, t0);
+        a.append("t", 1, rec(10).0, t0);
+        let d = a.drain(t0, true, usize::MAX, leader_0, |_| true);
+        assert_eq!(d.by_broker[&0].len(), 2, "two partitions, one request");
+    }
+
+    #[test]
+    fn groups_by_leader_and_respects_slots_and_request_size() {
+        let mut a = acc(1 << 20, 0);
+        let t0 = Instant::now();
+        for p in 0..4 {
+            a.append("t", p, rec(400).0, t0);
+        }
+        let leader = |_: &str, p: i32| Some(p % 2);
+        // Broker 1 has no free slot; broker 0's request holds one ~500-byte batch.
+        let d = a.drain(t0, false, 600, leader, |b| b == 0);
+        assert_eq!(d.by_broker.len(), 1);
+        assert_eq!(d.by_broker[&0].len(), 1);
+        let d = a.drain(t0, false, 600, leader, |_| true);
+        assert_eq!(d.by_broker[&0].len(), 1);
+        assert_eq!(d.by_broker[&1].len(), 1);
+        let d = a.drain(t0, false, 600, leader, |_| true);
+        assert_eq!(d.by_broker[&1].len(), 1);
+        assert!(a.is_empty());
+    }
+
+    #[test]
+    fn no_leader_backs_off_then_expires() {
+        let mut a = acc(1 << 20, 0);
+        let t0 = Instant::now();
+        a.append("t", 0, rec(10).0, t0);
+        let none = |_: &str, _: i32| None;
+        let d = a.drain(t0, false, usize::MAX, none, |_| true);
+        assert_eq!(d.no_leader, vec![("t".to_owned(), 0)]);
+        assert!(d.expired.is_empty());
+        // Within the backoff nothing is ready; the deadline is the backoff end.
+        let d = a.drain(
+            t0 + Duration::from_millis(50),
+            false,
+            usize::MAX,
+            none,
+            |_| true,
+        );
+        assert!(d.no_leader.is_empty());
+        assert_eq!(
+            a.next_deadline(t0, false),
+            Some(t0 + Duration::from_millis(100))
+        );
+        let mut t = t0;
+        let mut expired = 0;
+        for _ in 0..3 {
+            t += Duration::from_millis(100);
+            expired += a.drain(t, false, usize::MAX, none, |_| true).expired.len();
+        }
+        assert_eq!(expired, 1, "fails after retries (2) + 1 attempts");
+        assert!(a.is_empty());
+    }
+
+    #[test]
+    fn requeued_batch_goes_first_after_backoff() {
+        let mut a = acc(1 << 20, 0);
+        let t0 = Instant::now();
+        a.append("t", 0, rec(10).0, t0);
+        let mut d = a.drain(t0, false, usize::MAX, leader_0, |_| true);
+        let mut batch = d.by_broker.remove(&0).unwrap().remove(0);
+        a.append("t", 0, rec(20).0, t0); // a newer batch behind it
+        batch.attempts = 1;
+        batch.retry_at = Some(t0 + Duration::from_millis(100));
+        a.requeue(batch);
+        let d = a.drain(
+            t0 + Duration::from_millis(10),
+            false,
+            usize::MAX,
+            leader_0,
+            |_| true,
+        );
+        assert!(
+            d.by_broker.is_empty(),
+            "the retried batch blocks its partition during backoff"
+        );
+        let d = a.drain(
+            t0 + Duration::from_millis(100),
+            false,
+            usize::MAX,
+            leader_0,
+            |_| true,
+        );
+        assert_eq!(d.by_broker[&0][0].attempts, 1);
+    }
+
+    #[test]
+    fn complete_and_fail_resolve_deliveries() {
+        let mut a = acc(1 << 20, 0);
+        let t0 = Instant::now();
+        let (r0, rx0) = rec(1);
+        let (r1, rx1) = rec(1);
+        a.append("t", 3, r0, t0);
+        a.append("t", 3, r1, t0);
+        let mut d = a.drain(t0, false, usize::MAX, leader_0, |_| true);
+        let batch = d.by_broker.remove(&0).unwrap().remove(0);
+        assert_eq!(batch.complete(41, -1), 2);
+        assert_eq!(rx0.blocking_recv().unwrap().unwrap().offset, 41);
+        let m1 = rx1.blocking_recv().unwrap().unwrap();
+        assert_eq!((m1.partition, m1.offset), (3, 42));
+
+        let (r2, rx2) = rec(1);
+        a.append("t", 0, r2, t0);
+        let mut d = a.drain(t0, false, usize::MAX, leader_0, |_| true);
+        let batch = d.by_broker.remove(&0).unwrap().remove(0);
+        batch.fail(&ClientError::kafka(10, "produce to t-0"));
+        let err = rx2.blocking_recv().unwrap().unwrap_err();
+        assert_eq!(err.kafka_code(), Some(10));
+    }
+}

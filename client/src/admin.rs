@@ -1,0 +1,398 @@
+//! Cluster administration: topics (create, delete, list, describe), brokers and offsets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::{
+    BrokerId, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, ListOffsetsRequest,
+    TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use tracing::debug;
+
+use crate::cluster::{BrokerInfo, Cluster, PartitionInfo};
+use crate::config::ClientConfig;
+use crate::consumer::Offset;
+use crate::error::{kafka_error_name, ClientError};
+
+/// NOT_CONTROLLER: an admin request reached a broker that is no longer the controller.
+const NOT_CONTROLLER: i16 = 41;
+/// DescribeConfigs resource type of a topic.
+const RESOURCE_TOPIC: i8 = 2;
+/// How long `create_topics` waits for new topics to get leaders.
+const CREATE_SETTLE_MAX: Duration = Duration::from_secs(10);
+const ADMIN_ATTEMPTS: u32 = 3;
+const ADMIN_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A topic to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Topic name.
+    pub name: String,
+    /// Partition count (-1 = broker default).
+    pub partitions: i32,
+    /// Replication factor (-1 = broker default).
+    pub replication_factor: i16,
+    /// Topic configs, e.g. `("retention.ms", "60000")`.
+    pub configs: Vec<(String, String)>,
+}
+
+/// A topic as described by Metadata and DescribeConfigs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicDescription {
+    /// Topic name.
+    pub name: String,
+    /// Partitions, sorted by index.
+    pub partitions: Vec<PartitionInfo>,
+    /// Configs from DescribeConfigs, sorted by name; empty if that request failed.
+    pub configs: Vec<(String, String)>,
+    /// The topic-level error name (e.g. `UNKNOWN_TOPIC_OR_PARTITION`), if any.
+    pub error: Option<String>,
+}
+
+/// Administrative client.
+pub struct Admin {
+    cluster: Arc<Cluster>,
+}
+
+fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_owned())
+}
+
+fn timeout_ms(d: Duration) -> i32 {
+    d.as_millis().min(i32::MAX as u128) as i32
+}
+
+impl Admin {
+    /// Connects to the cluster.
+    pub async fn new(client: ClientConfig) -> Result<Admin, ClientError> {
+        Ok(Admin {
+            cluster: Cluster::connect(client).await?,
+        })
+    }
+
+    /// Creates topics; fails with the first per-topic error (e.g. TOPIC_ALREADY_EXISTS), named
+    /// with its topic. On success, waits (up to 10 s) until every new partition has a leader.
+    pub async fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), ClientError> {
+        let mut req = CreateTopicsRequest::default();
+        req.timeout_ms = timeout_ms(self.cluster.config().request_timeout);
+        req.topics = topics
+            .iter()
+            .map(|spec| {
+                let mut t = CreatableTopic::default();
+                t.name = TopicName(str_bytes(&spec.name));
+                t.num_partitions = spec.partitions;
+                t.replication_factor = spec.replication_factor;
+                t.configs = spec
+                    .configs
+                    .iter()
+                    .map(|(k, v)| {
+                        let mut c = CreatableTopicConfig::default();
+                        c.name = str_bytes(k);
+                        c.value = Some(str_bytes(v));
+                        c
+                    })
+                    .collect();
+                t
+            })
+            .collect();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let resp = self.cluster.controller_connection().await?.send(&req).await;
+            let err = match resp {
+                Ok(resp) => {
+                    let failed = resp.topics.iter().find(|t| t.error_code != 0);
+                    match failed {
+                        None => break,
+                        Some(t) => ClientError::kafka_with_message(
+                            t.error_code,
+                            format!("create topic {}", t.name.0),
+                            t.error_message.as_deref(),
+                        ),
+                    }
+                }
+                Err(e) => e,
+            };
+            let retry = err.kafka_code() == Some(NOT_CONTROLLER)
+                || (err.kafka_code().is_none() && err.is_retriable());
+            if !retry || attempt >= ADMIN_ATTEMPTS {
+                return Err(err);
+            }
+            tokio::time::sleep(ADMIN_BACKOFF).await;
+            self.cluster.refresh(Some(&[])).await?;
+        }
+        let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
+        self.wait_for_leaders(&names).await;
+        Ok(())
+    }
+
+    /// Polls metadata until every partition of `names` has a leader, for at most 10 s.
+    /// New topics that are slow to settle are not an error: producers retry.
+    async fn wait_for_leaders(&self, names: &[String]) {
+        let deadline =
+            Instant::now() + CREATE_SETTLE_MAX.min(self.cluster.config().request_timeout);
+        while Instant::now() < deadline {
+            if self.cluster.refresh(Some(names)).await.is_ok() {
+                let settled = names.iter().all(|n| {
+                    self.cluster.topic(n).is_some_and(|t| {
+                        t.error == 0
+                            && !t.partitions.is_empty()
+                            && t.partitions.iter().all(|p| p.leader >= 0)
+                    })
+                });
+                if settled {
+                    return;
+                }
+            }
+            tokio::time::sleep(ADMIN_BACKOFF).await;
+        }
+        debug!(?names, "created topics have no leader yet");
+    }
+
+    /// Deletes topics; fails with the first per-topic error, named with its topic.
+    pub async fn delete_topics(&self, names: &[String]) -> Result<(), ClientError> {
+        let conn = self.cluster.controller_connection().await?;
+        let version = conn.version::<DeleteTopicsRequest>()?;
+        let mut req = DeleteTopicsRequest::default();
+        req.timeout_ms = timeout_ms(self.cluster.config().request_timeout);
+        if version >= 6 {
+            req.topics = names
+                .iter()
+                .map(|n| {
+                    let mut t = DeleteTopicState::default();
+                    t.name = Some(TopicName(str_bytes(n)));
+                    t
+                })
+                .collect();
+        } else {
+            req.topic_names = names.iter().map(|n| TopicName(str_bytes(n))).collect();
+        }
+        let resp = conn.send(&req).await?;
+        if let Some(t) = resp.responses.iter().find(|t| t.error_code != 0) {
+            let name = t
+                .name
+                .as_ref()
+                .map_or_else(String::new, |n| n.0.to_string());
+            return Err(ClientError::kafka_with_message(
+                t.error_code,
+                format!("delete topic {name}"),
+                t.error_message.as_deref(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Names of all topics, sorted.
+    pub async fn list_topics(&self) -> Result<Vec<String>, ClientError> {
+        self.cluster.refresh(None).await?;
+        let names = self.cluster.topic_names();
+        Ok(names
+            .into_iter()
+            .filter(|n| self.cluster.topic(n).is_some_and(|t| t.error == 0))
+            .collect())
+    }
+
+    /// Partitions and configs of each topic. A missing topic is a description with `error`
+    /// set, not an `Err`.
+    pub async fn describe_topics(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<TopicDescription>, ClientError> {
+        self.cluster.refresh(Some(names)).await?;
+        let mut out: Vec<TopicDescription> = names
+            .iter()
+            .map(|name| match self.cluster.topic(name) {
+                Some(t) if t.error == 0 => TopicDescription {
+                    name: name.clone(),
+                    partitions: t.partitions.clone(),
+                    configs: Vec::new(),
+                    error: None,
+                },
+                other => TopicDescription {
+                    name: name.clone(),
+                    partitions: Vec::new(),
+                    configs: Vec::new(),
+                    error: Some(kafka_error_name(other.map_or(3, |t| t.error)).to_owned()),
+                },
+            })
+            .collect();
+        let found: Vec<String> = out
+            .iter()
+            .filter(|d| d.error.is_none())
+            .map(|d| d.name.clone())
+            .collect();
+        match self.topic_configs(&found).await {
+            Ok(mut configs) => {
+                for d in &mut out {
+                    d.configs = configs.remove(&d.name).unwrap_or_default();
+                }
+            }
+            Err(e) => debug!(error = %e, "describe configs failed"),
+        }
+        Ok(out)
+    }
+
+    async fn topic_configs(
+        &self,
+        names: &[String],
+    ) -> Result<HashMap<String, Vec<(String, String)>>, ClientError> {
+        if names.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut req = DescribeConfigsRequest::default();
+        req.resources = names
+            .iter()
+            .map(|n| {
+                let mut r = DescribeConfigsResource::default();
+                r.resource_type = RESOURCE_TOPIC;
+                r.resource_name = str_bytes(n);
+                r.configuration_keys = None;
+                r
+            })
+            .collect();
+        let resp = self.cluster.any_connection().await?.send(&req).await?;
+        let mut out = HashMap::new();
+        for r in resp.results.into_iter().filter(|r| r.error_code == 0) {
+            let configs: BTreeMap<String, String> = r
+                .configs
+                .into_iter()
+                .filter_map(|c| Some((c.name.to_string(), c.value?.to_string())))
+                .collect();
+            out.insert(r.resource_name.to_string(), configs.into_iter().collect());
+        }
+        Ok(out)
+    }
+
+    /// Brokers in the cluster, sorted by node id.
+    pub async fn brokers(&self) -> Result<Vec<BrokerInfo>, ClientError> {
+        self.cluster.refresh(Some(&[])).await?;
+        Ok(self.cluster.brokers())
+    }
+
+    /// The offset `spec` resolves to on one partition (ListOffsets; `At(n)` is `n`).
+    pub async fn list_offsets(
+        &self,
+        topic: &str,
+        partition: i32,
+        spec: Offset,
+    ) -> Result<i64, ClientError> {
+        let offsets = resolve_offsets(&self.cluster, topic, &[partition], spec, 0).await?;
+        offsets
+            .get(&partition)
+            .copied()
+            .ok_or_else(|| ClientError::kafka(3, format!("list offsets of {topic}-{partition}")))
+    }
+}
+
+/// Resolves `spec` for `partitions` of `topic` with ListOffsets to each leader, retrying
+/// retriable errors after a metadata refresh. `Timestamp(t)` with no record at or after `t`
+/// resolves to the log end.
+pub(crate) async fn resolve_offsets(
+    cluster: &Cluster,
+    topic: &str,
+    partitions: &[i32],
+    spec: Offset,
+    isolation_level: i8,
+) -> Result<HashMap<i32, i64>, ClientError> {
+    let timestamp = match spec {
+        Offset::At(n) => return Ok(partitions.iter().map(|&p| (p, n)).collect()),
+        Offset::Earliest => -2,
+        Offset::Latest => -1,
+        Offset::Timestamp(t) => t,
+    };
+    let mut out =
+        list_offsets_with_retry(cluster, topic, partitions, timestamp, isolation_level).await?;
+    let past_end: Vec<i32> = out
+        .iter()
+        .filter(|(_, &o)| o < 0)
+        .map(|(&p, _)| p)
+        .collect();
+    if !past_end.is_empty() {
+        out.extend(list_offsets_with_retry(cluster, topic, &past_end, -1, isolation_level).await?);
+    }
+    Ok(out)
+}
+
+async fn list_offsets_with_retry(
+    cluster: &Cluster,
+    topic: &str,
+    partitions: &[i32],
+    timestamp: i64,
+    isolation_level: i8,
+) -> Result<HashMap<i32, i64>, ClientError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match list_offsets_once(cluster, topic, partitions, timestamp, isolation_level).await {
+            Ok(offsets) => return Ok(offsets),
+            Err(e) if e.is_retriable() && attempt < 5 => {
+                debug!(topic, attempt, error = %e, "list offsets retry");
+                tokio::time::sleep(ADMIN_BACKOFF).await;
+                cluster.refresh(Some(&[topic.to_owned()])).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn list_offsets_once(
+    cluster: &Cluster,
+    topic: &str,
+    partitions: &[i32],
+    timestamp: i64,
+    isolation_level: i8,
+) -> Result<HashMap<i32, i64>, ClientError> {
+    let meta = cluster.topic_metadata(topic).await?;
+    let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+    for &p in partitions {
+        if !meta.partitions.iter().any(|i| i.partition == p) {
+            return Err(ClientError::kafka(
+                3,
+                format!("topic {topic} has no partition {p}"),
+            ));
+        }
+        let leader = meta
+            .leader(p)
+            .ok_or_else(|| ClientError::kafka(5, format!("list offsets of {topic}-{p}")))?;
+        by_leader.entry(leader).or_default().push(p);
+    }
+    let mut out = HashMap::new();
+    for (leader, parts) in by_leader {
+        let conn = cluster.connection(leader).await?;
+        let version = conn.version::<ListOffsetsRequest>()?;
+        let mut req = ListOffsetsRequest::default();
+        req.replica_id = BrokerId(-1);
+        if version >= 2 {
+            req.isolation_level = isolation_level;
+        }
+        let mut t = ListOffsetsTopic::default();
+        t.name = TopicName(str_bytes(topic));
+        t.partitions = parts
+            .iter()
+            .map(|&p| {
+                let mut lp = ListOffsetsPartition::default();
+                lp.partition_index = p;
+                lp.timestamp = timestamp;
+                lp
+            })
+            .collect();
+        req.topics = vec![t];
+        let resp = conn.send(&req).await?;
+        for p in resp.topics.iter().flat_map(|t| t.partitions.iter()) {
+            if p.error_code != 0 {
+                return Err(ClientError::kafka(
+                    p.error_code,
+                    format!("list offsets of {topic}-{}", p.partition_index),
+                ));
+            }
+            out.insert(p.partition_index, p.offset);
+        }
+    }
+    Ok(out)
+}

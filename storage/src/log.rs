@@ -1,0 +1,752 @@
+//! [`Log`]: one partition replica's log — append, read, flush, roll, truncate, retention.
+//!
+//! Locking (always taken in this order, each optional):
+//! `writer` (serialises mutations; held across append I/O, which readers never wait on) →
+//! `flush_lock` (one fsync at a time; group commit) → `ckpt_lock` (checkpoint files) →
+//! `state` (an `RwLock` held only for short in-memory sections: readers snapshot a segment
+//! `Arc` and its published size, the writer publishes new sizes and offsets).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+use keel_protocol::batch::{batches, set_base_offset, set_partition_leader_epoch, BatchHeader};
+
+use crate::checkpoint::{self, Checkpoints};
+use crate::config::LogConfig;
+use crate::epoch_cache::EpochCache;
+use crate::error::{Result, StorageError};
+use crate::recovery::{self, RecoveryInfo};
+use crate::retention::{self, RetentionOutcome, SegmentStat};
+use crate::segment::Segment;
+
+/// Result of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub log_end_offset: i64,
+    pub max_timestamp: i64,
+    pub bytes: usize,
+    pub batches: usize,
+}
+
+/// Result of a read: whole batches, zero-copy over the segment mapping.
+#[derive(Debug, Clone)]
+pub struct ReadInfo {
+    pub records: Bytes,
+    /// Base offset of the first returned batch, or the requested offset if none.
+    pub first_offset: i64,
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+}
+
+#[derive(Debug)]
+struct State {
+    segments: BTreeMap<i64, Arc<Segment>>,
+    log_start: i64,
+    log_end: i64,
+    high_watermark: i64,
+    epochs: EpochCache,
+}
+
+impl State {
+    fn active(&self) -> &Arc<Segment> {
+        // Invariant: there is always at least one segment (recovery and truncation create one).
+        match self.segments.values().next_back() {
+            Some(s) => s,
+            None => unreachable!("a log always has an active segment"),
+        }
+    }
+}
+
+/// A partition replica's log. `Send + Sync`; every method takes `&self`.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    recovery: RecoveryInfo,
+    state: RwLock<State>,
+    writer: Mutex<Vec<u8>>,
+    flush_lock: Mutex<()>,
+    ckpt_lock: Mutex<()>,
+    durable: AtomicI64,
+    closed: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What validation learned about an append's batches.
+struct Plan {
+    batches: usize,
+    /// Offsets the leader assigns: sum of (lastOffsetDelta + 1).
+    offsets: i64,
+    max_timestamp: i64,
+}
+
+impl Log {
+    /// Opens the log in `dir` (created if absent) and runs recovery.
+    pub fn open(dir: &Path, config: LogConfig) -> Result<Log> {
+        config.validate()?;
+        let r = recovery::recover(dir, &config)?;
+        tracing::info!(
+            dir = %dir.display(),
+            log_start = r.log_start,
+            log_end = r.log_end,
+            clean = r.info.clean_shutdown,
+            scanned = r.info.scanned_segments,
+            truncated_bytes = r.info.truncated_bytes,
+            "log opened"
+        );
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            config,
+            recovery: r.info,
+            durable: AtomicI64::new(r.log_end),
+            state: RwLock::new(State {
+                segments: r.segments,
+                log_start: r.log_start,
+                log_end: r.log_end,
+                high_watermark: r.high_watermark,
+                epochs: r.epochs,
+            }),
+            writer: Mutex::new(Vec::new()),
+            flush_lock: Mutex::new(()),
+            ckpt_lock: Mutex::new(()),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    pub fn recovery_info(&self) -> &RecoveryInfo {
+        &self.recovery
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Closed {
+                dir: self.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks every batch (complete, magic 2, sane length, CRC, size limit) before any write.
+    fn validate(&self, records: &[u8]) -> Result<Plan> {
+        let mut plan = Plan {
+            batches: 0,
+            offsets: 0,
+            max_timestamp: -1,
+        };
+        let corrupt = |position: usize, reason: String| StorageError::CorruptBatch {
+            context: format!("append to {}", self.dir.display()),
+            position: position as u64,
+            reason,
+        };
+        if records.is_empty() {
+            return Err(corrupt(0, "no record batches".into()));
+        }
+        let mut pos = 0;
+        for b in batches(records) {
+            let b = b.map_err(|e| corrupt(pos, e.to_string()))?;
+            if b.bytes.len() > self.config.max_batch_bytes as usize {
+                return Err(StorageError::RecordTooLarge {
+                    size: b.bytes.len(),
+                    position: b.pos,
+                    max: self.config.max_batch_bytes,
+                });
+            }
+            b.header
+                .validate(b.bytes)
+                .map_err(|e| corrupt(b.pos, e.to_string()))?;
+            plan.batches += 1;
+            plan.offsets += i64::from(b.header.last_offset_delta()) + 1;
+            plan.max_timestamp = plan.max_timestamp.max(b.header.max_timestamp());
+            pos = b.pos + b.bytes.len();
+        }
+        Ok(plan)
+    }
+
+    /// Appends batches produced by a client: every batch is validated (length, magic, CRC,
+    /// `max_batch_bytes`) before anything is written; offsets are assigned from the LEO and
+    /// `partitionLeaderEpoch` stamped (both outside the CRC). All or nothing. A new, higher
+    /// `leader_epoch` is recorded in the epoch cache; a lower one is stamped but not recorded
+    /// (fencing stale leaders is the broker's job).
+    pub fn append_as_leader(&self, records: &[u8], leader_epoch: i32) -> Result<AppendInfo> {
+        self.check_open()?;
+        let plan = self.validate(records)?;
+        let mut buf = lock(&self.writer);
+        self.check_open()?;
+        let base = self.read_state().log_end;
+        buf.clear();
+        buf.extend_from_slice(records);
+        let mut next = base;
+        let mut pos = 0;
+        while pos < buf.len() {
+            let (len, delta) = match BatchHeader::parse(&buf[pos..]) {
+                Ok(h) => (h.total_len(), i64::from(h.last_offset_delta())),
+                Err(_) => unreachable!("validated above"),
+            };
+            set_base_offset(&mut buf[pos..], next);
+            set_partition_leader_epoch(&mut buf[pos..], leader_epoch);
+            next += delta + 1;
+            pos += len;
+        }
+        let last = base + plan.offsets - 1;
+        self.write_locked(&buf, &plan, last, Some(leader_epoch))?;
+        Ok(AppendInfo {
+            base_offset: base,
+            last_offset: last,
+            log_end_offset: last + 1,
+            max_timestamp: plan.max_timestamp,
+            bytes: records.len(),
+            batches: plan.batches,
+        })
+    }
+
+    /// Appends batches fetched from the leader verbatim. The first batch must start at the LEO
+    /// and base offsets must increase (else `NonMonotonicOffset`); CRCs are checked; batch
+    /// leader epochs newer than the cache's latest are recorded.
+    pub fn append_as_follower(&self, records: &[u8]) -> Result<AppendInfo> {
+        self.check_open()?;
+        let plan = self.validate(records)?;
+        let _w = lock(&self.writer);
+        self.check_open()?;
+        let leo = self.read_state().log_end;
+        let mut expected = leo;
+        let mut last = leo - 1;
+        for b in batches(records).map_while(|b| b.ok()) {
+            let base = b.header.base_offset();
+            let ok = if expected == leo {
+                base == leo
+            } else {
+                base >= expected
+            };
+            if !ok {
+                return Err(StorageError::NonMonotonicOffset {
+                    expected,
+                    got: base,
+                });
+            }
+            last = b.header.last_offset();
+            expected = last + 1;
+        }
+        self.write_locked(records, &plan, last, None)?;
+        Ok(AppendInfo {
+            base_offset: leo,
+            last_offset: last,
+            log_end_offset: last + 1,
+            max_timestamp: plan.max_timestamp,
+            bytes: records.len(),
+            batches: plan.batches,
+        })
+    }
+
+    /// Writes validated, stamped batches at the end of the active segment (rolling first if
+    /// needed) and publishes them. Caller holds the writer lock.
+    fn write_locked(
+        &self,
+        data: &[u8],
+        plan: &Plan,
+        last: i64,
+        leader_epoch: Option<i32>,
+    ) -> Result<()> {
+        let needs_roll = |seg: &Segment| {
+            let size = seg.size();
+            size > 0
+                && (size + data.len() as u64 > self.config.segment_bytes
+                    || seg.indexes().free_entries() < plan.batches
+                    || last - seg.base_offset() > i64::from(u32::MAX))
+        };
+        let mut active = self.read_state().active().clone();
+        if needs_roll(&active) {
+            self.roll_locked()?;
+            active = self.read_state().active().clone();
+        }
+        if last - active.base_offset() > i64::from(u32::MAX) {
+            return Err(StorageError::CorruptBatch {
+                context: format!("append to segment {}", active.name()),
+                position: 0,
+                reason: format!("offsets up to {last} overflow the segment's relative offsets"),
+            });
+        }
+        let pos = active.size();
+        active.write_at(pos, data)?;
+        {
+            let mut idx = active.indexes();
+            for b in batches(data).map_while(|b| b.ok()) {
+                idx.add_batch(
+                    pos + b.pos as u64,
+                    &b.header,
+                    self.config.index_interval_bytes,
+                );
+            }
+        }
+        let mut st = self.write_state();
+        active.set_size(pos + data.len() as u64);
+        match leader_epoch {
+            Some(e) => {
+                let start = st.log_end;
+                st.epochs.assign(e, start)
+            }
+            None => {
+                for b in batches(data).map_while(|b| b.ok()) {
+                    st.epochs
+                        .assign(b.header.partition_leader_epoch(), b.header.base_offset());
+                }
+            }
+        }
+        st.log_end = last + 1;
+        Ok(())
+    }
+
+    /// Reads whole batches starting with the batch containing `offset`, only batches whose
+    /// last offset is below `max_offset` (the HW for consumers, the LEO for followers), up to
+    /// `max_bytes` but always at least one whole batch if one qualifies. Zero-copy; reads from
+    /// at most one segment. `offset == LEO` or `offset >= max_offset` gives an empty result;
+    /// `offset < log start` or `> LEO` is `OffsetOutOfRange`.
+    pub fn read(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Result<ReadInfo> {
+        self.check_open()?;
+        let (mut seg, mut end, log_start, log_end) = {
+            let st = self.read_state();
+            if offset < st.log_start || offset > st.log_end {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start: st.log_start,
+                    log_end: st.log_end,
+                });
+            }
+            let seg = st
+                .segments
+                .range(..=offset)
+                .next_back()
+                .or_else(|| st.segments.iter().next())
+                .map(|(_, s)| s.clone());
+            match seg {
+                Some(s) => {
+                    let end = s.size();
+                    (s, end, st.log_start, st.log_end)
+                }
+                None => unreachable!("a log always has an active segment"),
+            }
+        };
+        let empty = ReadInfo {
+            records: Bytes::new(),
+            first_offset: offset,
+            log_start_offset: log_start,
+            log_end_offset: log_end,
+        };
+        if offset == log_end || offset >= max_offset {
+            return Ok(empty);
+        }
+        loop {
+            if let Some(start) = seg.find(offset, end) {
+                let map = seg.view();
+                let mut stop = start;
+                let mut first_offset = None;
+                for b in batches(&map[start as usize..end as usize]).map_while(|b| b.ok()) {
+                    let len = b.bytes.len() as u64;
+                    if b.header.last_offset() >= max_offset
+                        || (first_offset.is_some() && stop - start + len > max_bytes as u64)
+                    {
+                        break;
+                    }
+                    first_offset.get_or_insert(b.header.base_offset());
+                    stop += len;
+                }
+                return Ok(match first_offset {
+                    Some(first) => ReadInfo {
+                        records: seg.slice(start, stop),
+                        first_offset: first,
+                        ..empty
+                    },
+                    None => empty,
+                });
+            }
+            // `offset` lies past this segment's batches: continue in the next one.
+            let st = self.read_state();
+            match st.segments.range(seg.base_offset() + 1..).next() {
+                Some((_, s)) => {
+                    seg = s.clone();
+                    end = seg.size();
+                }
+                None => return Ok(empty),
+            }
+        }
+    }
+
+    /// Makes everything appended so far durable (fdatasync) and returns the durable end offset.
+    ///
+    /// Group commit: safe to call from many threads and concurrently with appends. A caller
+    /// whose data is already durable returns at once; otherwise callers queue on one mutex and
+    /// the first one syncs for everyone appended before its sync started; the others find
+    /// their data durable when they get the lock. An error is `FsyncFailed`: the broker must
+    /// stop (the kernel may have dropped the dirty pages, a retry proves nothing).
+    pub fn flush(&self) -> Result<i64> {
+        self.check_open()?;
+        self.flush_inner()
+    }
+
+    fn flush_inner(&self) -> Result<i64> {
+        let target = self.read_state().log_end;
+        let durable = self.durable.load(Ordering::Acquire);
+        if durable >= target {
+            return Ok(durable);
+        }
+        let _f = lock(&self.flush_lock);
+        let (end, active) = {
+            let st = self.read_state();
+            (st.log_end, st.active().clone())
+        };
+        let durable = self.durable.load(Ordering::Acquire);
+        if durable >= end {
+            return Ok(durable);
+        }
+        // Sealed segments were synced when sealed; only the active one can hold dirty data.
+        active.sync()?;
+        Ok(self.durable.fetch_max(end, Ordering::AcqRel).max(end))
+    }
+
+    pub fn durable_end_offset(&self) -> i64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// Removes every offset >= `offset`. If `offset` falls inside a batch, the whole batch goes:
+    /// the new LEO is that batch's base offset (<= `offset`). Offsets at or past the LEO are a
+    /// no-op; an offset below the log start empties the log and restarts it at `offset` (as
+    /// [`Log::truncate_fully_and_start_at`]). Truncates the epoch cache, lowers the HW and the
+    /// durable offset, deletes later segments and writes the checkpoints. A reader still
+    /// holding bytes of the removed range may see them turn to zeros.
+    pub fn truncate_to(&self, offset: i64) -> Result<()> {
+        self.check_open()?;
+        let _w = lock(&self.writer);
+        let _f = lock(&self.flush_lock);
+        let (seg, log_start, log_end) = {
+            let st = self.read_state();
+            let seg = st
+                .segments
+                .range(..=offset)
+                .next_back()
+                .map(|(_, s)| s.clone());
+            (seg, st.log_start, st.log_end)
+        };
+        if offset >= log_end {
+            return Ok(());
+        }
+        let seg = match seg {
+            Some(s) if offset >= log_start => s,
+            _ => return self.truncate_fully_locked(offset),
+        };
+        let size = seg.size();
+        let (pos, new_end) = match seg.find(offset, size) {
+            Some(pos) => {
+                let map = seg.view();
+                let base = BatchHeader::parse(&map[pos as usize..])
+                    .map(|h| h.base_offset())
+                    .unwrap_or(offset);
+                (pos, base.min(offset))
+            }
+            None => (size, offset),
+        };
+        tracing::info!(dir = %self.dir.display(), offset, new_end, "truncating log");
+        let removed: Vec<Arc<Segment>> = {
+            let mut st = self.write_state();
+            let later: Vec<i64> = st
+                .segments
+                .range(seg.base_offset() + 1..)
+                .map(|(&b, _)| b)
+                .collect();
+            let removed = later.iter().filter_map(|b| st.segments.remove(b)).collect();
+            seg.set_size(pos);
+            st.log_end = new_end;
+            st.log_start = st.log_start.min(new_end);
+            st.high_watermark = st.high_watermark.min(new_end);
+            st.epochs.truncate_from_end(new_end);
+            self.durable.fetch_min(new_end, Ordering::AcqRel);
+            removed
+        };
+        seg.truncate_at(pos, new_end, &self.config)?;
+        self.write_checkpoints()?;
+        for s in removed.iter().rev() {
+            s.delete_files(&self.dir)?;
+        }
+        checkpoint::sync_dir(&self.dir)
+    }
+
+    /// Deletes every segment and starts an empty log at `offset` (log start = LEO = HW =
+    /// `offset`, empty epoch cache).
+    pub fn truncate_fully_and_start_at(&self, offset: i64) -> Result<()> {
+        self.check_open()?;
+        let _w = lock(&self.writer);
+        let _f = lock(&self.flush_lock);
+        self.truncate_fully_locked(offset)
+    }
+
+    fn truncate_fully_locked(&self, offset: i64) -> Result<()> {
+        tracing::info!(dir = %self.dir.display(), offset, "truncating log fully");
+        let old: Vec<Arc<Segment>> = self.read_state().segments.values().cloned().collect();
+        // Newest first: a crash in between leaves an older, shorter, consistent log. The new
+        // segment gets a new inode, so mappings readers hold on the old files stay valid.
+        for s in old.iter().rev() {
+            s.delete_files(&self.dir)?;
+        }
+        let seg = Arc::new(Segment::create(&self.dir, offset, &self.config)?);
+        checkpoint::sync_dir(&self.dir)?;
+        {
+            let mut st = self.write_state();
+            st.segments.clear();
+            st.segments.insert(offset, seg);
+            st.log_start = offset;
+            st.log_end = offset;
+            st.high_watermark = offset;
+            st.epochs.clear();
+            self.durable.store(offset, Ordering::Release);
+        }
+        self.write_checkpoints()
+    }
+
+    /// Seals the active segment and starts a new one at the LEO (no-op if it is empty).
+    pub fn roll(&self) -> Result<()> {
+        self.check_open()?;
+        let _w = lock(&self.writer);
+        self.roll_locked()
+    }
+
+    fn roll_locked(&self) -> Result<()> {
+        let (active, log_end) = {
+            let st = self.read_state();
+            (st.active().clone(), st.log_end)
+        };
+        if active.size() == 0 {
+            return Ok(());
+        }
+        // Sealing syncs the segment, so every sealed segment is durable and recovery only has
+        // to scan the active one.
+        active.seal()?;
+        self.durable.fetch_max(log_end, Ordering::AcqRel);
+        let seg = Arc::new(Segment::create(&self.dir, log_end, &self.config)?);
+        checkpoint::sync_dir(&self.dir)?;
+        tracing::info!(dir = %self.dir.display(), base_offset = log_end, "rolled segment");
+        self.write_state().segments.insert(log_end, seg);
+        Ok(())
+    }
+
+    /// Rolls a non-empty active segment older than `segment_ms` (age counted from when the
+    /// segment was created or, after a restart, opened). True if it rolled.
+    pub fn maybe_roll(&self, now_ms: i64) -> Result<bool> {
+        self.check_open()?;
+        let Some(segment_ms) = self.config.segment_ms else {
+            return Ok(false);
+        };
+        let _w = lock(&self.writer);
+        let active = self.read_state().active().clone();
+        if active.size() == 0 || now_ms.saturating_sub(active.created_ms()) < segment_ms as i64 {
+            return Ok(false);
+        }
+        self.roll_locked()?;
+        Ok(true)
+    }
+
+    /// Deletes whole sealed segments by `retention_bytes` and `retention_ms` (see
+    /// [`crate::retention`]), never the active one, never at or above the HW, and advances the
+    /// log start offset.
+    pub fn enforce_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
+        self.check_open()?;
+        let _w = lock(&self.writer);
+        let (segs, hw) = {
+            let st = self.read_state();
+            (
+                st.segments.values().cloned().collect::<Vec<_>>(),
+                st.high_watermark,
+            )
+        };
+        let log_end = self.log_end_offset();
+        let stats: Vec<SegmentStat> = segs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SegmentStat {
+                end_offset: segs.get(i + 1).map_or(log_end, |n| n.base_offset()),
+                size: s.size(),
+                max_timestamp: s.max_timestamp(),
+            })
+            .collect();
+        let n = retention::segments_to_delete(&stats, hw, now_ms, &self.config);
+        if n == 0 {
+            return Ok(RetentionOutcome::default());
+        }
+        {
+            let mut st = self.write_state();
+            for s in &segs[..n] {
+                st.segments.remove(&s.base_offset());
+            }
+            let start = st.active_start();
+            st.log_start = st.log_start.max(start);
+            let ls = st.log_start;
+            st.epochs.truncate_from_start(ls);
+        }
+        self.write_checkpoints()?;
+        let mut outcome = RetentionOutcome::default();
+        for s in &segs[..n] {
+            outcome.bytes_deleted += s.file_len().unwrap_or(s.size());
+            s.delete_files(&self.dir)?;
+            outcome.segments_deleted += 1;
+        }
+        tracing::info!(
+            dir = %self.dir.display(),
+            segments = outcome.segments_deleted,
+            bytes = outcome.bytes_deleted,
+            log_start = self.log_start_offset(),
+            "retention deleted segments"
+        );
+        Ok(outcome)
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.read_state().log_start
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.read_state().log_end
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.read_state().high_watermark
+    }
+
+    /// Stores `hw` clamped to `[log start, LEO]` and returns the stored value. (Keeping the HW
+    /// monotonic is the replication layer's rule.)
+    pub fn set_high_watermark(&self, hw: i64) -> i64 {
+        let mut st = self.write_state();
+        st.high_watermark = hw.clamp(st.log_start, st.log_end);
+        st.high_watermark
+    }
+
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.read_state().epochs.latest()
+    }
+
+    /// OffsetForLeaderEpoch: the largest epoch <= `epoch` and its end offset (the start of the
+    /// next epoch, or the LEO if it is the latest). `None` below the earliest known epoch.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
+        let st = self.read_state();
+        st.epochs.end_offset_for(epoch, st.log_end)
+    }
+
+    /// `(epoch, start offset)` pairs, oldest first.
+    pub fn epoch_entries(&self) -> Vec<(i32, i64)> {
+        self.read_state().epochs.entries().to_vec()
+    }
+
+    /// The first batch whose max timestamp is >= `ts`: `(base offset, max timestamp)` of that
+    /// batch (records are not decoded, so this is batch granularity).
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>> {
+        self.check_open()?;
+        let segs: Vec<(Arc<Segment>, u64)> = {
+            let st = self.read_state();
+            st.segments
+                .values()
+                .map(|s| (s.clone(), s.size()))
+                .collect()
+        };
+        Ok(segs
+            .iter()
+            .filter(|(s, _)| s.max_timestamp() >= ts)
+            .find_map(|(s, end)| s.find_timestamp(ts, *end)))
+    }
+
+    /// Bytes of the live segments' `.log` files, from file metadata.
+    pub fn size_bytes(&self) -> u64 {
+        let segs: Vec<Arc<Segment>> = self.read_state().segments.values().cloned().collect();
+        segs.iter().map(|s| s.file_len().unwrap_or(s.size())).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.read_state().segments.len()
+    }
+
+    /// Writes the checkpoints: recovery point (= durable end offset), HW, log start, leader
+    /// epochs — each atomically (temp file, fsync, rename, directory fsync).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.check_open()?;
+        self.write_checkpoints()
+    }
+
+    fn write_checkpoints(&self) -> Result<()> {
+        let _c = lock(&self.ckpt_lock);
+        let c = {
+            let st = self.read_state();
+            Checkpoints {
+                recovery_point: self.durable.load(Ordering::Acquire).min(st.log_end),
+                high_watermark: st.high_watermark,
+                log_start: st.log_start,
+                epochs: st.epochs.entries().to_vec(),
+            }
+        };
+        checkpoint::store(&self.dir, &c)
+    }
+
+    /// Clean shutdown: flush, trim indexes, checkpoint, write the clean-shutdown marker. Every
+    /// later call on this log fails with `Closed` (bytes already returned by `read` stay valid).
+    pub fn close(&self) -> Result<()> {
+        let _w = lock(&self.writer);
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Err(StorageError::Closed {
+                dir: self.dir.clone(),
+            });
+        }
+        self.flush_inner()?;
+        let active = self.read_state().active().clone();
+        active.trim_for_close()?;
+        self.write_checkpoints()?;
+        checkpoint::write_clean_marker(&self.dir)?;
+        tracing::info!(dir = %self.dir.display(), "log closed");
+        Ok(())
+    }
+}
+
+impl State {
+    fn active_start(&self) -> i64 {
+        self.segments.keys().next().copied().unwrap_or(self.log_end)
+    }
+}
+
+/// Renames `dir` to `<dir>.<unique>-delete` and fsyncs the parent so the replica is gone for
+/// good; the caller removes the returned path in the background (`std::fs::remove_dir_all`).
+pub fn delete_log_dir(dir: &Path) -> Result<PathBuf> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let unique = format!(
+        "{:x}{:x}{}",
+        crate::segment::now_ms(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let target = parent.join(format!("{name}.{unique}-delete"));
+    std::fs::rename(dir, &target).map_err(|e| {
+        StorageError::io(
+            format!("rename {} to {}", dir.display(), target.display()),
+            e,
+        )
+    })?;
+    checkpoint::sync_dir(parent)?;
+    Ok(target)
+}

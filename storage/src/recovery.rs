@@ -1,0 +1,263 @@
+//! Opening a log directory: find segments, load checkpoints, scan what may be torn.
+//!
+//! Without the clean-shutdown marker, only the segments from the one holding the recovery
+//! point onwards are scanned (every batch's length and CRC checked); the first bad batch and
+//! everything after it (including later segments) is removed. Sealed segments are fsynced when
+//! they are sealed, so the active segment, always among the scanned ones, is the only place a
+//! torn write can be. Indexes of unscanned segments are sanity-checked and rebuilt if missing
+//! or bad. With the marker, nothing is scanned, the marker is deleted.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::checkpoint::{self, Checkpoints};
+use crate::config::LogConfig;
+use crate::epoch_cache::EpochCache;
+use crate::error::{Result, StorageError};
+use crate::segment::{Segment, INDEX_EXT, LOG_EXT, TIME_INDEX_EXT};
+
+/// What [`crate::Log::open`] found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryInfo {
+    /// The previous run ended with [`crate::Log::close`].
+    pub clean_shutdown: bool,
+    /// Segments whose batches were read and CRC-checked.
+    pub scanned_segments: usize,
+    /// Bytes removed: a torn or corrupt tail plus any segments after it.
+    pub truncated_bytes: u64,
+    /// Unscanned segments whose index files were missing or failed the sanity check and were
+    /// rebuilt from the log (scanned segments always get fresh indexes and are not counted).
+    pub rebuilt_indexes: usize,
+    /// The checkpointed high watermark is above the recovered log end: committed data was lost
+    /// here, so this replica must not lead until it has caught up. The HW is clamped to the LEO.
+    pub hw_above_leo: bool,
+    /// The high watermark found in the checkpoint, if it was readable.
+    pub checkpointed_hw: Option<i64>,
+    /// One message per checkpoint file that was corrupt or unreadable. A corrupt recovery
+    /// point or leader-epoch file forces a full scan; a corrupt HW falls back to the log start;
+    /// a corrupt log start falls back to the first segment's base offset.
+    pub corrupt_checkpoints: Vec<String>,
+}
+
+/// The state recovered from disk.
+pub(crate) struct Recovered {
+    pub(crate) segments: BTreeMap<i64, Arc<Segment>>,
+    pub(crate) log_start: i64,
+    pub(crate) log_end: i64,
+    pub(crate) high_watermark: i64,
+    pub(crate) epochs: EpochCache,
+    pub(crate) info: RecoveryInfo,
+}
+
+fn parse_name(name: &str) -> Option<(i64, &str)> {
+    let (stem, ext) = name.split_once('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((stem.parse().ok()?, ext))
+}
+
+fn remove(path: &Path) -> Result<()> {
+    std::fs::remove_file(path)
+        .map_err(|e| StorageError::io(format!("remove {}", path.display()), e))
+}
+
+/// Opens (creating if needed) and repairs the log in `dir`.
+pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StorageError::io(format!("create {}", dir.display()), e))?;
+    let clean_marker = dir.join(checkpoint::CLEAN_SHUTDOWN).exists();
+    let loaded = checkpoint::load(dir);
+    let mut info = RecoveryInfo {
+        clean_shutdown: clean_marker,
+        corrupt_checkpoints: loaded.corrupt.clone(),
+        checkpointed_hw: loaded.high_watermark,
+        ..Default::default()
+    };
+
+    // Inventory: segment bases, orphan index files, leftover temp files.
+    let mut bases = Vec::new();
+    let mut index_files = Vec::new();
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| StorageError::io(format!("list {}", dir.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::io(format!("list {}", dir.display()), e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") {
+            remove(&entry.path())?;
+            continue;
+        }
+        match parse_name(&name) {
+            Some((base, LOG_EXT)) => bases.push(base),
+            Some((base, INDEX_EXT | TIME_INDEX_EXT)) => index_files.push((base, entry.path())),
+            _ => {}
+        }
+    }
+    bases.sort_unstable();
+    for (base, path) in index_files {
+        if bases.binary_search(&base).is_err() {
+            remove(&path)?;
+        }
+    }
+
+    // Segments entirely below the checkpointed log start were deleted by retention before a
+    // crash made the unlink undone; drop them again.
+    let mut log_start = loaded.log_start.unwrap_or(i64::MIN);
+    while bases.len() > 1 && bases[1] <= log_start {
+        for ext in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT] {
+            let p = dir.join(crate::segment::file_name(bases[0], ext));
+            if p.exists() {
+                remove(&p)?;
+            }
+        }
+        bases.remove(0);
+    }
+    if bases.is_empty() {
+        let base = log_start.max(0);
+        Segment::create(dir, base, config)?;
+        checkpoint::sync_dir(dir)?;
+        bases.push(base);
+    }
+    log_start = log_start.max(bases[0]);
+
+    let full_scan = loaded.recovery_point.is_none() || loaded.epochs.is_none();
+    let clean = clean_marker && loaded.corrupt.is_empty() && !full_scan;
+    let first_scan = if clean {
+        bases.len()
+    } else if full_scan {
+        0
+    } else {
+        let rp = loaded.recovery_point.unwrap_or(i64::MIN);
+        bases.iter().rposition(|&b| b <= rp).unwrap_or(0)
+    };
+    let mut epochs = EpochCache::from_entries(loaded.epochs.clone().unwrap_or_default());
+    if first_scan < bases.len() {
+        epochs.truncate_from_end(bases[first_scan]);
+    }
+
+    let mut segments = BTreeMap::new();
+    let mut log_end = bases[0];
+    let mut i = 0;
+    while i < bases.len() {
+        let base = bases[i];
+        let last = i + 1 == bases.len();
+        let index_missing = !dir
+            .join(crate::segment::file_name(base, INDEX_EXT))
+            .exists()
+            || !dir
+                .join(crate::segment::file_name(base, TIME_INDEX_EXT))
+                .exists();
+        let seg = Segment::open(dir, base, config, last)?;
+        if i < first_scan {
+            let end_offset = bases.get(i + 1).copied().unwrap_or(i64::MAX);
+            if index_missing || !seg.check_indexes(end_offset)? {
+                tracing::info!(segment = seg.name(), "rebuilding index");
+                seg.rebuild(config, false, |_| {})?;
+                info.rebuilt_indexes += 1;
+                if !last {
+                    seg.seal()?;
+                }
+            }
+            if last {
+                let (end, next) = seg.find_end()?;
+                seg.set_size(end);
+                seg.discard_tail(end)?;
+                seg.unseal(config)?;
+                log_end = next;
+            }
+        } else {
+            info.scanned_segments += 1;
+            let file_len = seg.file_len()?;
+            let (end, next, err) = seg.rebuild(config, true, |h| {
+                epochs.assign(h.partition_leader_epoch(), h.base_offset())
+            })?;
+            seg.set_size(end);
+            if end < file_len {
+                tracing::warn!(
+                    segment = seg.name(),
+                    position = end,
+                    bytes = file_len - end,
+                    error = err.as_ref().map(|e| e.to_string()),
+                    "truncating torn or corrupt tail"
+                );
+                info.truncated_bytes += file_len - end;
+                seg.discard_tail(end)?;
+                if !last {
+                    // Everything after a bad batch goes, newest segment first so that a crash
+                    // in between leaves a shorter but consistent log.
+                    for &later in bases[i + 1..].iter().rev() {
+                        let s = Segment::open(dir, later, config, false)?;
+                        info.truncated_bytes += s.file_len()?;
+                        s.delete_files(dir)?;
+                    }
+                    bases.truncate(i + 1);
+                    seg.unseal(config)?;
+                }
+            }
+            let last = i + 1 == bases.len();
+            if last {
+                seg.sync()?;
+                log_end = next;
+            } else {
+                seg.seal()?;
+            }
+        }
+        segments.insert(base, Arc::new(seg));
+        i += 1;
+    }
+    if info.truncated_bytes > 0 {
+        checkpoint::sync_dir(dir)?;
+    }
+
+    log_start = log_start.min(log_end);
+    epochs.truncate_from_end(log_end);
+    epochs.truncate_from_start(log_start);
+    let mut high_watermark = loaded.high_watermark.unwrap_or(log_start);
+    if high_watermark > log_end {
+        tracing::warn!(
+            dir = %dir.display(),
+            checkpointed_hw = high_watermark,
+            log_end,
+            "checkpointed high watermark above recovered log end"
+        );
+        info.hw_above_leo = true;
+        high_watermark = log_end;
+    }
+    high_watermark = high_watermark.max(log_start);
+
+    checkpoint::store(
+        dir,
+        &Checkpoints {
+            recovery_point: log_end,
+            high_watermark,
+            log_start,
+            epochs: epochs.entries().to_vec(),
+        },
+    )?;
+    checkpoint::take_clean_marker(dir)?;
+    Ok(Recovered {
+        segments,
+        log_start,
+        log_end,
+        high_watermark,
+        epochs,
+        info,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_name;
+
+    #[test]
+    fn names() {
+        assert_eq!(parse_name("00000000000000001024.log"), Some((1024, "log")));
+        assert_eq!(
+            parse_name("00000000000000001024.timeindex"),
+            Some((1024, "timeindex"))
+        );
+        assert_eq!(parse_name("1024.log"), None);
+        assert_eq!(parse_name("leader-epoch-checkpoint"), None);
+    }
+}
