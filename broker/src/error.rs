@@ -8,7 +8,7 @@ use keel_storage::StorageError;
 pub enum BrokerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot listen on {addr} for {what}: {source}")]
+    #[error("cannot listen on {addr} for {what}")]
     Bind {
         what: &'static str,
         addr: String,
@@ -16,7 +16,7 @@ pub enum BrokerError {
     },
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         context: String,
         source: std::io::Error,

@@ -4,6 +4,13 @@
 //! have yet: Produce v13 and Fetch v13+ address topics by id only, and ListOffsets v7
 //! adds the max-timestamp query (-3), which needs a time index scan; Keel serves the
 //! versions that still carry topic names. Clients negotiate down through ApiVersions.
+//!
+//! Two entries exist for client compatibility rather than function, as in Apache Kafka
+//! 4.0 (KAFKA-18659): librdkafka before 2.11 enables gzip, snappy and lz4 only if Produce
+//! is advertised from v0, and lz4 only if FindCoordinator is advertised at all. So
+//! Produce is listed from v0, but v0–v2 (message formats 0 and 1) are refused
+//! ([`PRODUCE_MIN_SERVED`]); FindCoordinator answers COORDINATOR_NOT_AVAILABLE until
+//! Keel has group coordination.
 
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::{ApiKey, RequestHeader};
@@ -23,15 +30,19 @@ const fn api(key: ApiKey, min: i16, max: i16) -> ApiSupport {
 
 /// Every API Keel answers, in key order. ApiVersions reports exactly this table.
 pub const SUPPORTED_APIS: &[ApiSupport] = &[
-    api(ApiKey::Produce, 3, 12),
+    api(ApiKey::Produce, 0, 12),
     api(ApiKey::Fetch, 4, 12),
     api(ApiKey::ListOffsets, 1, 6),
     api(ApiKey::Metadata, 0, 12),
+    api(ApiKey::FindCoordinator, 0, 6),
     api(ApiKey::ApiVersions, 0, 3),
     api(ApiKey::CreateTopics, 2, 7),
     api(ApiKey::DeleteTopics, 1, 6),
     api(ApiKey::DescribeConfigs, 1, 4),
 ];
+
+/// Produce versions below this are advertised (see the module doc) but refused.
+pub const PRODUCE_MIN_SERVED: i16 = 3;
 
 /// The supported version range of `key`, if Keel serves it at all.
 pub fn supported(key: ApiKey) -> Option<ApiSupport> {
@@ -137,10 +148,12 @@ mod tests {
         }
         for a in SUPPORTED_APIS {
             let codec = a.key.valid_versions();
-            assert!(
-                a.min >= codec.min && a.max <= codec.max,
-                "{a:?} vs {codec:?}"
-            );
+            let min = if a.key == ApiKey::Produce {
+                PRODUCE_MIN_SERVED
+            } else {
+                a.min
+            };
+            assert!(min >= codec.min && a.max <= codec.max, "{a:?} vs {codec:?}");
         }
     }
 
@@ -155,6 +168,8 @@ mod tests {
             (0, 13, Some("unsupported")),  // Produce v13 (topic ids)
             (9999, 0, Some("unknown")),    // no such key
             (8, 2, Some("unknown")),       // OffsetCommit: not served
+            (10, 2, None),                 // FindCoordinator v2
+            (0, 2, None),                  // Produce v2: advertised, refused by the broker
         ];
         for &(key, version, want_err) in cases {
             let got = parse_request(header_bytes(key, version, 42));

@@ -6,6 +6,7 @@ pub mod create_topics;
 pub mod delete_topics;
 pub mod describe_configs;
 pub mod fetch;
+pub mod find_coordinator;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
@@ -16,7 +17,7 @@ use crate::Shared;
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
-use keel_protocol::api::ParsedRequest;
+use keel_protocol::api::{ParsedRequest, PRODUCE_MIN_SERVED};
 use keel_protocol::gather::GatherBuf;
 use std::future::Future;
 use std::pin::Pin;
@@ -85,6 +86,7 @@ pub fn api_name(key: ApiKey) -> &'static str {
         ApiKey::CreateTopics => "create_topics",
         ApiKey::DeleteTopics => "delete_topics",
         ApiKey::DescribeConfigs => "describe_configs",
+        ApiKey::FindCoordinator => "find_coordinator",
         _ => "other",
     }
 }
@@ -106,7 +108,15 @@ pub fn dispatch(
     let reply = match req.api_key {
         ApiKey::ApiVersions => api_versions::handle(&ctx),
         ApiKey::Metadata => metadata::handle(&ctx, decode(&mut req)?),
+        ApiKey::Produce if ctx.version < PRODUCE_MIN_SERVED => {
+            return Err(RequestError::Body {
+                api: ApiKey::Produce,
+                version: ctx.version,
+                reason: "message formats 0 and 1 (produce v0-v2) are not supported".into(),
+            })
+        }
         ApiKey::Produce => return Ok(produce::handle(ctx, decode(&mut req)?)),
+        ApiKey::FindCoordinator => find_coordinator::handle(&ctx, decode(&mut req)?),
         ApiKey::Fetch => fetch::handle(ctx, decode(&mut req)?),
         ApiKey::ListOffsets => list_offsets::handle(&ctx, decode(&mut req)?),
         ApiKey::CreateTopics => create_topics::handle(&ctx, decode(&mut req)?),

@@ -1,0 +1,7 @@
+//! One module per `keel` subcommand; each has its clap arguments and a `run`.
+
+pub mod bench;
+pub mod broker;
+pub mod consume;
+pub mod produce;
+pub mod topic;

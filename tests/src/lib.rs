@@ -1,0 +1,26 @@
+//! Test support for the integration, compatibility and bad-input suites.
+//!
+//! Every suite runs the real `keel` binary (as `keel-testbin`, built by cargo for the
+//! integration tests) and talks to it over 127.0.0.1 only.
+//!
+//! - [`broker`]: [`TestBroker`], one broker process with its own temp data dir, killed on drop.
+//! - [`command`]: run a child process with stdin, a timeout and captured output; the
+//!   [`keel`] CLI helper.
+//! - [`tools`]: find external tools (`kcat`, `python3` modules); a missing tool fails the test.
+//! - [`wait`]: [`wait_until`], the only way tests wait for a condition.
+//! - [`raw`]: a small blocking Kafka connection built on the `kafka-protocol` codecs, used as an
+//!   independent oracle and to send malformed requests.
+//! - [`data`]: deterministic keyed records with headers, and their text forms for kcat.
+
+pub mod broker;
+pub mod command;
+pub mod data;
+pub mod raw;
+pub mod tools;
+pub mod wait;
+
+pub use broker::{BrokerOpts, TestBroker};
+pub use command::{keel, keel_bin, run, CmdOutput};
+pub use data::TestRecord;
+pub use tools::{require_python_modules, require_tool};
+pub use wait::{wait_for, wait_until};
