@@ -58,7 +58,9 @@ impl Replica {
         fatal: &FatalSignal,
     ) -> Result<Arc<Self>, BrokerError> {
         let flush_always = config.flush_policy == FlushPolicy::Always;
+        let started = std::time::Instant::now();
         let log = Arc::new(Log::open(&dir, config)?);
+        let open_ms = started.elapsed().as_millis() as u64;
         let leo = log.log_end_offset();
         let durable = log.durable_end_offset();
         let info = log.recovery_info();
@@ -80,6 +82,7 @@ impl Replica {
             clean = info.clean_shutdown,
             scanned_segments = info.scanned_segments,
             truncated_bytes = info.truncated_bytes,
+            open_ms,
             "opened replica"
         );
         let hw = compute_hw(

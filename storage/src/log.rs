@@ -543,7 +543,9 @@ impl Log {
         checkpoint::sync_dir(&self.dir)?;
         tracing::info!(dir = %self.dir.display(), base_offset = log_end, "rolled segment");
         self.write_state().segments.insert(log_end, seg);
-        Ok(())
+        // Everything below the new segment is on disk: move the recovery point there, so a
+        // crash later scans the active segment only, however large the log.
+        self.write_checkpoints()
     }
 
     /// Rolls a non-empty active segment older than `segment_ms` (age counted from when the

@@ -106,7 +106,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     m.epoch += 1;
                 }
                 let mut b = batch(count, len, i as u64, i as i64);
+                let segments = log.segment_count();
                 let a = log.append_as_leader(&b, m.epoch).unwrap();
+                if log.segment_count() > segments {
+                    // A roll checkpoints (the append itself does not move the HW).
+                    m.ckpt_hw = log.high_watermark();
+                }
                 prop_assert_eq!(a.base_offset, m.log_end);
                 set_base_offset(&mut b, a.base_offset);
                 set_partition_leader_epoch(&mut b, m.epoch);
@@ -145,7 +150,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert!(start < m.log_end || (start == m.log_end && e >= 0));
                 }
             }
-            Op::Roll => log.roll().unwrap(),
+            Op::Roll => {
+                let segments = log.segment_count();
+                log.roll().unwrap();
+                if log.segment_count() > segments {
+                    m.ckpt_hw = log.high_watermark();
+                }
+            }
             Op::SetHw { at } => {
                 let hw = m.pick(at);
                 prop_assert_eq!(log.set_high_watermark(hw), hw);
