@@ -141,6 +141,15 @@ impl Topics {
             .cloned()
     }
 
+    pub fn get_by_id(&self, id: uuid::Uuid) -> Option<Arc<Topic>> {
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find(|t| t.meta.id == id)
+            .cloned()
+    }
+
     pub fn replica(&self, name: &str, partition: i32) -> Option<Arc<Replica>> {
         let topic = self.get(name)?;
         usize::try_from(partition)

@@ -1,7 +1,8 @@
 //! The API keys and version ranges Keel serves, and request-header parsing.
 //!
 //! Version ranges are capped where a newer version would need a feature Keel does not
-//! have yet: Produce v13 and Fetch v13+ address topics by id only, and ListOffsets v7
+//! have yet: Produce v13 addresses topics by id only, Fetch v16+ adds leader endpoints and
+//! replica directories, and ListOffsets v7
 //! adds the max-timestamp query (-3), which needs a time index scan; Keel serves the
 //! versions that still carry topic names. Clients negotiate down through ApiVersions.
 //!
@@ -31,13 +32,14 @@ const fn api(key: ApiKey, min: i16, max: i16) -> ApiSupport {
 /// Every API Keel answers, in key order. ApiVersions reports exactly this table.
 pub const SUPPORTED_APIS: &[ApiSupport] = &[
     api(ApiKey::Produce, 0, 12),
-    api(ApiKey::Fetch, 4, 12),
+    api(ApiKey::Fetch, 4, 15),
     api(ApiKey::ListOffsets, 1, 6),
     api(ApiKey::Metadata, 0, 12),
     api(ApiKey::FindCoordinator, 0, 6),
     api(ApiKey::ApiVersions, 0, 3),
     api(ApiKey::CreateTopics, 2, 7),
     api(ApiKey::DeleteTopics, 1, 6),
+    api(ApiKey::OffsetForLeaderEpoch, 2, 4),
     api(ApiKey::DescribeConfigs, 1, 4),
 ];
 

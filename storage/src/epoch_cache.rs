@@ -56,13 +56,24 @@ impl EpochCache {
         self.entries.clear();
     }
 
-    /// OffsetForLeaderEpoch: the largest known epoch <= `epoch` and its end offset (the start
-    /// of the next epoch, or `log_end` for the latest). `None` if `epoch` is below the earliest
-    /// known epoch or the cache is empty.
+    /// OffsetForLeaderEpoch, with Kafka's semantics (`LeaderEpochFileCache.endOffsetFor`):
+    /// - an undefined (negative) epoch, an empty cache, or an epoch above the latest known
+    ///   one: `None` (the caller answers UNDEFINED_EPOCH / UNDEFINED_EPOCH_OFFSET);
+    /// - the latest epoch: `(epoch, log_end)`;
+    /// - an epoch below the earliest known one: `(epoch, start of the earliest)`;
+    /// - otherwise the largest known epoch `<= epoch` and the start offset of the next one.
     pub(crate) fn end_offset_for(&self, epoch: i32, log_end: i64) -> Option<(i32, i64)> {
-        let i = self.entries.iter().rposition(|&(e, _)| e <= epoch)?;
-        let end = self.entries.get(i + 1).map_or(log_end, |&(_, o)| o);
-        Some((self.entries[i].0, end))
+        let &(latest, _) = self.entries.last()?;
+        if epoch < 0 || epoch > latest {
+            return None;
+        }
+        if epoch == latest {
+            return Some((epoch, log_end));
+        }
+        match self.entries.iter().rposition(|&(e, _)| e <= epoch) {
+            None => Some((epoch, self.entries[0].1)),
+            Some(i) => Some((self.entries[i].0, self.entries[i + 1].1)),
+        }
     }
 }
 
@@ -95,14 +106,15 @@ mod tests {
     fn end_offset_table() {
         let c = cache(&[(2, 0), (4, 10), (7, 30)]);
         let table = [
-            (0, None),
-            (1, None),
+            (-1, None),
+            (0, Some((0, 0))),
+            (1, Some((1, 0))),
             (2, Some((2, 10))),
             (3, Some((2, 10))),
             (4, Some((4, 30))),
             (6, Some((4, 30))),
             (7, Some((7, 55))),
-            (9, Some((7, 55))),
+            (9, None),
         ];
         for (epoch, want) in table {
             assert_eq!(c.end_offset_for(epoch, 55), want, "epoch {epoch}");

@@ -642,8 +642,8 @@ impl Log {
         self.read_state().epochs.latest()
     }
 
-    /// OffsetForLeaderEpoch: the largest epoch <= `epoch` and its end offset (the start of the
-    /// next epoch, or the LEO if it is the latest). `None` below the earliest known epoch.
+    /// OffsetForLeaderEpoch with Kafka's semantics (see `EpochCache::end_offset_for`): the end
+    /// offset of the largest epoch <= `epoch`; `None` for an undefined or future epoch.
     pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
         let st = self.read_state();
         st.epochs.end_offset_for(epoch, st.log_end)

@@ -140,7 +140,8 @@ fn follower_append_is_verbatim_and_monotonic() {
     assert_eq!(log.epoch_entries(), vec![(2, 0), (4, 10)]);
     assert_eq!(log.end_offset_for_epoch(3), Some((2, 10)));
     assert_eq!(log.end_offset_for_epoch(4), Some((4, 11)));
-    assert_eq!(log.end_offset_for_epoch(1), None);
+    assert_eq!(log.end_offset_for_epoch(1), Some((1, 0)));
+    assert_eq!(log.end_offset_for_epoch(5), None);
 
     let mut wrong = batch(1, 10, 2, 1);
     set_base_offset(&mut wrong, 12);

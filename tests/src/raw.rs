@@ -381,6 +381,12 @@ impl RawConn {
         Ok(resp.base_offset)
     }
 
+    /// The topic's id from Metadata (nil if the topic is unknown).
+    pub fn topic_id(&mut self, topic: &str) -> Result<uuid::Uuid> {
+        let md = self.metadata(Some(&[topic]))?;
+        Ok(md.topics.first().map(|t| t.topic_id).unwrap_or_default())
+    }
+
     /// One Fetch of `topic`/`partition` from `offset`.
     pub fn fetch_once(&mut self, topic: &str, partition: i32, offset: i64) -> Result<Fetched> {
         let mut p = FetchPartition::default();
@@ -392,6 +398,8 @@ impl RawConn {
         p.partition_max_bytes = 4 << 20;
         let mut t = FetchTopic::default();
         t.topic = topic_name(topic);
+        // Fetch v13+ names topics by id only.
+        t.topic_id = self.topic_id(topic)?;
         t.partitions = vec![p];
         let mut req = FetchRequest::default();
         req.replica_id = BrokerId(-1);
@@ -501,6 +509,18 @@ impl RawConn {
             .context("ListOffsets response without partitions")?;
         ensure!(p.error_code == 0, "ListOffsets error {}", p.error_code);
         Ok(p.offset)
+    }
+}
+
+/// The codec named as on the kcat and Python clients' command lines.
+pub fn codec_of(name: &str) -> Compression {
+    match name {
+        "none" => Compression::None,
+        "gzip" => Compression::Gzip,
+        "snappy" => Compression::Snappy,
+        "lz4" => Compression::Lz4,
+        "zstd" => Compression::Zstd,
+        other => panic!("unknown codec {other}"),
     }
 }
 

@@ -6,10 +6,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kafka_protocol::records::Compression;
 use keel_client::{ClientConfig, Consumer, ConsumerRecord, Offset};
 use keel_tests::data::{first_difference, generate, kcat_expected_output, kcat_input, TestRecord};
-use keel_tests::raw::{to_test_record, RawConn};
+use keel_tests::raw::{codec_of, to_test_record, RawConn};
 use keel_tests::{require_tool, run, BrokerOpts, CmdOutput, TestBroker};
 
 const N: usize = 10_000;
@@ -76,17 +75,6 @@ fn expected_headers() -> Vec<(String, Vec<u8>)> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
         .collect()
-}
-
-fn codec_of(name: &str) -> Compression {
-    match name {
-        "none" => Compression::None,
-        "gzip" => Compression::Gzip,
-        "snappy" => Compression::Snappy,
-        "lz4" => Compression::Lz4,
-        "zstd" => Compression::Zstd,
-        other => panic!("unknown codec {other}"),
-    }
 }
 
 #[test]

@@ -21,29 +21,43 @@ use tokio::sync::watch;
 
 struct Wanted {
     topic: TopicName,
+    topic_id: uuid::Uuid,
+    /// Set when the request named a topic id this broker does not know (v13+).
+    unknown_id: bool,
     partitions: Vec<(i32, i64, usize, Option<Arc<Replica>>)>,
 }
 
 pub fn handle(ctx: Ctx, req: FetchRequest) -> Reply {
     let topics = &ctx.shared.topics;
+    let by_id = ctx.version >= 13;
     let wanted: Vec<Wanted> = req
         .topics
         .into_iter()
-        .map(|t| Wanted {
-            partitions: t
-                .partitions
-                .iter()
-                .map(|p| {
-                    let max = usize::try_from(p.partition_max_bytes).unwrap_or(0);
-                    (
-                        p.partition,
-                        p.fetch_offset,
-                        max,
-                        topics.replica(&t.topic, p.partition),
-                    )
-                })
-                .collect(),
-            topic: t.topic,
+        .map(|t| {
+            // v13+ addresses topics by id only; older versions by name.
+            let topic = if by_id {
+                topics.get_by_id(t.topic_id)
+            } else {
+                topics.get(&t.topic)
+            };
+            Wanted {
+                partitions: t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let max = usize::try_from(p.partition_max_bytes).unwrap_or(0);
+                        let replica = topic.as_ref().and_then(|topic| {
+                            usize::try_from(p.partition)
+                                .ok()
+                                .and_then(|i| topic.replicas.get(i).cloned())
+                        });
+                        (p.partition, p.fetch_offset, max, replica)
+                    })
+                    .collect(),
+                unknown_id: by_id && topic.is_none(),
+                topic: t.topic,
+                topic_id: t.topic_id,
+            }
         })
         .collect();
     let max_bytes = usize::try_from(req.max_bytes).unwrap_or(0);
@@ -104,7 +118,12 @@ fn read_all(wanted: &[Wanted], max_bytes: usize) -> (FetchResponse, Vec<Bytes>, 
                         .with_records(Some(Bytes::new()));
                     let Some(replica) = replica.as_ref().filter(|r| !r.is_deleted()) else {
                         errors = true;
-                        return data.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                        let code = if w.unknown_id {
+                            ResponseError::UnknownTopicId
+                        } else {
+                            ResponseError::UnknownTopicOrPartition
+                        };
+                        return data.with_error_code(code.code());
                     };
                     let hw = replica.high_watermark();
                     let log = replica.log();
@@ -135,6 +154,7 @@ fn read_all(wanted: &[Wanted], max_bytes: usize) -> (FetchResponse, Vec<Bytes>, 
                 .collect();
             FetchableTopicResponse::default()
                 .with_topic(w.topic.clone())
+                .with_topic_id(w.topic_id)
                 .with_partitions(partitions)
         })
         .collect();

@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod find_coordinator;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 
 use crate::metrics as m;
@@ -87,6 +88,7 @@ pub fn api_name(key: ApiKey) -> &'static str {
         ApiKey::DeleteTopics => "delete_topics",
         ApiKey::DescribeConfigs => "describe_configs",
         ApiKey::FindCoordinator => "find_coordinator",
+        ApiKey::OffsetForLeaderEpoch => "offset_for_leader_epoch",
         _ => "other",
     }
 }
@@ -117,6 +119,7 @@ pub fn dispatch(
         }
         ApiKey::Produce => return Ok(produce::handle(ctx, decode(&mut req)?)),
         ApiKey::FindCoordinator => find_coordinator::handle(&ctx, decode(&mut req)?),
+        ApiKey::OffsetForLeaderEpoch => offset_for_leader_epoch::handle(&ctx, decode(&mut req)?),
         ApiKey::Fetch => fetch::handle(ctx, decode(&mut req)?),
         ApiKey::ListOffsets => list_offsets::handle(&ctx, decode(&mut req)?),
         ApiKey::CreateTopics => create_topics::handle(&ctx, decode(&mut req)?),
