@@ -155,7 +155,7 @@ struct WriteOp {
 }
 
 /// One connection to one broker. Cheap to share (`Arc<Connection>`); all methods take `&self`.
-pub(crate) struct Connection {
+pub struct Connection {
     addr: String,
     client_id: StrBytes,
     request_timeout: Duration,
@@ -163,6 +163,8 @@ pub(crate) struct Connection {
     writes: mpsc::Sender<WriteOp>,
     pending: Arc<Pending>,
     versions: HashMap<i16, Negotiated>,
+    /// The broker's ApiVersions table: (key, min, max).
+    broker_versions: Vec<(i16, i16, i16)>,
     reader: JoinHandle<()>,
 }
 
@@ -174,7 +176,7 @@ impl Drop for Connection {
 
 impl Connection {
     /// Connects to `addr`, starts the reader and writer tasks and negotiates API versions.
-    pub(crate) async fn connect(
+    pub async fn connect(
         addr: &str,
         client_id: &str,
         connect_timeout: Duration,
@@ -206,9 +208,11 @@ impl Connection {
             writes,
             pending,
             versions: HashMap::new(),
+            broker_versions: Vec::new(),
             reader,
         };
-        conn.versions = negotiate(&conn.fetch_api_versions().await?);
+        conn.broker_versions = conn.fetch_api_versions().await?;
+        conn.versions = negotiate(&conn.broker_versions);
         debug!(addr, "connected");
         Ok(conn)
     }
@@ -263,17 +267,17 @@ impl Connection {
     }
 
     /// The broker address this connection is to.
-    pub(crate) fn addr(&self) -> &str {
+    pub fn addr(&self) -> &str {
         &self.addr
     }
 
     /// Whether the connection has failed (it is then never used again).
-    pub(crate) fn is_closed(&self) -> bool {
+    pub fn is_closed(&self) -> bool {
         self.pending.lock().closed.is_some() || self.writes.is_closed()
     }
 
     /// The negotiated version of request `R`, or why there is none.
-    pub(crate) fn version<R: Request>(&self) -> Result<i16, ClientError> {
+    pub fn version<R: Request>(&self) -> Result<i16, ClientError> {
         let unsupported = |n: Option<&Negotiated>| {
             let (cmin, cmax) = CLIENT_VERSIONS
                 .iter()
@@ -294,12 +298,12 @@ impl Connection {
     }
 
     /// Sends `req` at its negotiated version and awaits the response.
-    pub(crate) async fn send<R: Request>(&self, req: &R) -> Result<R::Response, ClientError> {
+    pub async fn send<R: Request>(&self, req: &R) -> Result<R::Response, ClientError> {
         self.send_with_timeout(req, self.request_timeout).await
     }
 
     /// Like [`Connection::send`] with an explicit timeout (e.g. a long-polling fetch).
-    pub(crate) async fn send_with_timeout<R: Request>(
+    pub async fn send_with_timeout<R: Request>(
         &self,
         req: &R,
         timeout: Duration,
@@ -309,8 +313,40 @@ impl Connection {
         decode_response::<R::Response>(&self.addr, body, version)
     }
 
+    /// Sends `req` at an explicit `version`, which must be inside the broker's range for
+    /// it (inter-broker calls pick versions for their fields, e.g. Fetch v15 for the
+    /// replica's broker epoch). The client's own version table is not consulted.
+    pub async fn send_version<R: Request>(
+        &self,
+        req: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, ClientError> {
+        let (lo, hi) = self.broker_range(R::KEY);
+        if version < lo || version > hi {
+            return Err(ClientError::UnsupportedVersion {
+                addr: self.addr.clone(),
+                api: api_name(R::KEY),
+                broker_min: lo,
+                broker_max: hi,
+                client_min: version,
+                client_max: version,
+            });
+        }
+        let body = self.round_trip(req, version, timeout).await?;
+        decode_response::<R::Response>(&self.addr, body, version)
+    }
+
+    /// The broker's advertised version range for `key`, or (-1, -1).
+    pub fn broker_range(&self, key: i16) -> (i16, i16) {
+        self.broker_versions
+            .iter()
+            .find(|(k, ..)| *k == key)
+            .map_or((-1, -1), |&(_, lo, hi)| (lo, hi))
+    }
+
     /// Sends `req` expecting no response (Produce with acks=0); returns once written.
-    pub(crate) async fn send_oneway<R: Request>(&self, req: &R) -> Result<(), ClientError> {
+    pub async fn send_oneway<R: Request>(&self, req: &R) -> Result<(), ClientError> {
         let version = self.version::<R>()?;
         let frame = self.encode_frame(req, version, self.next_correlation_id())?;
         let (tx, rx) = oneshot::channel();

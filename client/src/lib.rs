@@ -7,8 +7,8 @@
 //! - [`error`] — [`ClientError`], Kafka error-code names, what is retriable.
 //! - [`config`] — [`ClientConfig`], [`ProducerConfig`], [`ConsumerConfig`], [`Acks`],
 //!   [`Compression`].
-//! - `connection` — one TCP connection: version negotiation, pipelined requests routed by
-//!   correlation id, request timeouts.
+//! - [`connection`] — one TCP connection: version negotiation, pipelined requests routed by
+//!   correlation id, request timeouts. Public for the broker's own inter-broker calls.
 //! - `cluster` — bootstrap, the Metadata cache (brokers, topic → partitions → leader) and the
 //!   connection pool.
 //! - [`admin`] — [`Admin`]: create/delete/list/describe topics, brokers, offsets.
@@ -39,7 +39,7 @@ mod accumulator;
 pub mod admin;
 mod cluster;
 pub mod config;
-mod connection;
+pub mod connection;
 pub mod consumer;
 pub mod error;
 pub mod partitioner;

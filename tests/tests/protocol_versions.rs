@@ -106,3 +106,48 @@ fn offset_for_leader_epoch_answers_like_kafka() {
         );
     }
 }
+
+/// The client's connection, as the broker will use it for inter-broker calls: an explicit
+/// version inside the broker's range is sent as is; one outside it is refused locally.
+#[test]
+fn connection_sends_explicit_versions_within_the_broker_range() {
+    use keel_client::connection::Connection;
+    use keel_client::ClientError;
+    use std::time::Duration;
+
+    let b = TestBroker::start(BrokerOpts::default());
+    let mut c = RawConn::connect(b.kafka_addr()).unwrap();
+    c.create_topic_ok("explicit", 1).unwrap();
+    c.produce_ok(
+        "explicit",
+        0,
+        &generate("k", 5, 10, 0, 3),
+        Compression::None,
+    )
+    .unwrap();
+    let id = c.topic_id("explicit").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let timeout = Duration::from_secs(5);
+        let conn = Connection::connect(&b.bootstrap(), "t", timeout, timeout)
+            .await
+            .unwrap();
+        assert_eq!(conn.broker_range(1), (4, 15));
+        let resp = conn
+            .send_version(&fetch_request("", id), 15, timeout)
+            .await
+            .unwrap();
+        assert_eq!(resp.responses[0].partitions[0].high_watermark, 5);
+        let refused = conn
+            .send_version(&fetch_request("", id), 16, timeout)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, ClientError::UnsupportedVersion { .. }),
+            "{refused}"
+        );
+    });
+}
