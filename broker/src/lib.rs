@@ -11,6 +11,7 @@
 //! - [`error`]: errors and the single mapping to Kafka error codes.
 
 pub mod config;
+pub mod controller;
 pub mod error;
 pub mod handlers;
 pub mod maintenance;

@@ -512,6 +512,16 @@ impl RawConn {
     }
 }
 
+/// Whether stored batches show that a client really used `want`: at least one batch is
+/// compressed with it and every other one is uncompressed. librdkafka and kafka-python
+/// both send a batch uncompressed when compressing would not make it smaller (a small
+/// batch of random values), so which batches are compressed depends on timing; a client
+/// that silently dropped the codec (as librdkafka does when ApiVersions makes it think
+/// the broker lacks it) stores no batch with it.
+pub fn used_codec(stored: &[Compression], want: Compression) -> bool {
+    stored.contains(&want) && stored.iter().all(|c| *c == want || *c == Compression::None)
+}
+
 /// The codec named as on the kcat and Python clients' command lines.
 pub fn codec_of(name: &str) -> Compression {
     match name {

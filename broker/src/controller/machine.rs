@@ -1,0 +1,448 @@
+//! The controller state machine: commands in, metadata records out.
+
+use super::changes::Changes;
+use super::error::ControllerError;
+use super::image::{BrokerInfo, MetadataImage};
+use super::records::{MetadataRecord, PartitionRecord, NO_LEADER};
+use super::METADATA_TOPIC;
+use crate::topics::{topic_log_config, validate_topic_name, CreateError};
+use keel_storage::LogConfig;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use uuid::Uuid;
+
+/// Largest partition count a topic may be created with.
+pub const MAX_PARTITIONS: i32 = 100_000;
+
+/// Controller settings (Kafka names in the field docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerConfig {
+    /// `broker.session.timeout.ms`: an unfenced broker silent for longer is fenced.
+    pub session_timeout_ms: u64,
+    /// `default.replication.factor`, for topics created without one.
+    pub default_replication_factor: i16,
+    /// `min.insync.replicas`, written into the configs of topics created without one.
+    pub default_min_insync_replicas: i32,
+    /// `num.partitions`, for topics created without a partition count.
+    pub default_partitions: i32,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            session_timeout_ms: 9000,
+            default_replication_factor: 1,
+            default_min_insync_replicas: 1,
+            default_partitions: 1,
+        }
+    }
+}
+
+impl ControllerConfig {
+    pub fn validate(&self) -> Result<(), ControllerError> {
+        let bad = |what: &str| Err(ControllerError::InvalidConfig(what.to_string()));
+        if self.session_timeout_ms == 0 {
+            return bad("broker.session.timeout.ms must be positive");
+        }
+        if self.default_replication_factor < 1 {
+            return bad("default.replication.factor must be at least 1");
+        }
+        if self.default_min_insync_replicas < 1 {
+            return bad("min.insync.replicas must be at least 1");
+        }
+        if !(1..=MAX_PARTITIONS).contains(&self.default_partitions) {
+            return bad("num.partitions must be between 1 and 100000");
+        }
+        Ok(())
+    }
+}
+
+/// The answer to a broker heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatReply {
+    /// Fenced once the returned records are applied.
+    pub fenced: bool,
+    /// The broker asked to shut down, is fenced and leads nothing in the committed image.
+    pub should_shutdown: bool,
+}
+
+/// A leader's ISR change (Kafka AlterPartition, one partition).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlterPartitionRequest {
+    pub broker_id: i32,
+    pub broker_epoch: i64,
+    pub topic: String,
+    pub partition: i32,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    /// (replica id, its broker epoch as the leader knows it).
+    pub new_isr: Vec<(i32, i64)>,
+}
+
+/// The controller: the committed image plus runtime liveness state.
+///
+/// Every command returns records and changes nothing in the image; the driver persists
+/// the records and then calls [`Controller::apply`] for each, in order, before it steps
+/// the next command (a broker epoch is the offset its `RegisterBroker` record will get,
+/// so commands must not be pipelined ahead of their records).
+#[derive(Debug, Clone)]
+pub struct Controller {
+    image: MetadataImage,
+    config: ControllerConfig,
+    /// Last heartbeat (or registration) time per broker. Runtime only: after a restart
+    /// every unfenced broker gets a full session from the first tick.
+    last_heartbeat_ms: HashMap<i32, u64>,
+    /// Brokers that were unfenced at the end of the previous tick: only those may take
+    /// preferred leadership back, so a broker that has just been unfenced first gets one
+    /// tick to learn its follower state. Runtime only.
+    settled: BTreeSet<i32>,
+}
+
+impl Controller {
+    pub fn new(config: ControllerConfig) -> Self {
+        Self::from_image(config, MetadataImage::new())
+    }
+
+    /// A controller over an image replayed from the metadata log.
+    pub fn from_image(config: ControllerConfig, image: MetadataImage) -> Self {
+        Self {
+            image,
+            config,
+            last_heartbeat_ms: HashMap::new(),
+            settled: BTreeSet::new(),
+        }
+    }
+
+    pub fn image(&self) -> &MetadataImage {
+        &self.image
+    }
+
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
+    }
+
+    /// Applies a record the driver has persisted at `offset`.
+    pub fn apply(&mut self, offset: i64, record: &MetadataRecord) -> bool {
+        self.image.apply(offset, record)
+    }
+
+    /// Registers (or re-registers, after a restart) a broker. Returns its new epoch,
+    /// which is greater than any epoch the id had before. The broker starts fenced and,
+    /// since a new incarnation has lost its predecessor's in-memory state, leaves every
+    /// ISR the way a fenced broker does.
+    pub fn register(
+        &mut self,
+        id: i32,
+        host: &str,
+        port: i32,
+        now_ms: u64,
+    ) -> Result<(i64, Vec<MetadataRecord>), ControllerError> {
+        if id < 0 {
+            return Err(ControllerError::InvalidRequest(format!(
+                "broker id {id} is negative"
+            )));
+        }
+        if host.is_empty() || !(1..=65535).contains(&port) {
+            return Err(ControllerError::InvalidRequest(format!(
+                "broker {id}: invalid endpoint {host}:{port}"
+            )));
+        }
+        let previous = self.image.broker(id).map_or(-1, |b| b.epoch);
+        let epoch = (self.image.offset() + 1).max(previous + 1);
+        let mut changes = Changes::new(&self.image);
+        changes.push(MetadataRecord::RegisterBroker {
+            id,
+            epoch,
+            host: host.to_string(),
+            port,
+        });
+        changes.fence(id, epoch);
+        self.last_heartbeat_ms.insert(id, now_ms);
+        self.settled.remove(&id);
+        tracing::info!(broker = id, epoch, host, port, "registering broker");
+        Ok((epoch, changes.into_records()))
+    }
+
+    /// A broker heartbeat. Unfences a fenced broker that has caught up with the metadata
+    /// log up to its own registration; fences a broker that wants to shut down (which
+    /// moves its leaderships away in the same records), and tells it to go once the
+    /// committed image shows it leading nothing.
+    pub fn heartbeat(
+        &mut self,
+        id: i32,
+        epoch: i64,
+        metadata_offset: i64,
+        want_shutdown: bool,
+        now_ms: u64,
+    ) -> Result<(HeartbeatReply, Vec<MetadataRecord>), ControllerError> {
+        let broker = check_broker(&self.image, id, epoch)?;
+        self.last_heartbeat_ms.insert(id, now_ms);
+        let mut changes = Changes::new(&self.image);
+        if want_shutdown {
+            if !broker.fenced {
+                tracing::info!(broker = id, "controlled shutdown");
+                changes.fence(id, epoch);
+                self.settled.remove(&id);
+            }
+        } else if broker.fenced && metadata_offset >= broker.registered_at {
+            changes.unfence(id, epoch);
+        }
+        let reply = HeartbeatReply {
+            fenced: !changes.is_unfenced(id),
+            should_shutdown: want_shutdown
+                && broker.fenced
+                && self.image.partitions_led_by(id).next().is_none(),
+        };
+        Ok((reply, changes.into_records()))
+    }
+
+    /// Periodic work: fences every unfenced broker silent for longer than the session
+    /// timeout, elects leaders for leaderless partitions that have an unfenced ISR
+    /// member, and gives leadership back to preferred replicas (`replicas[0]`) that are
+    /// in the ISR and were already unfenced at the previous tick.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<MetadataRecord> {
+        let mut expired = Vec::new();
+        for b in self.image.unfenced_brokers() {
+            let last = *self.last_heartbeat_ms.entry(b.id).or_insert(now_ms);
+            let silent = now_ms.saturating_sub(last);
+            if silent > self.config.session_timeout_ms {
+                tracing::warn!(broker = b.id, silent_ms = silent, "broker session expired");
+                expired.push((b.id, b.epoch));
+            }
+        }
+        let mut changes = Changes::new(&self.image);
+        changes.fence_all(&expired);
+        changes.elect_leaderless();
+        changes.rebalance(&self.settled);
+        self.settled = self
+            .image
+            .brokers()
+            .map(|b| b.id)
+            .filter(|id| changes.is_unfenced(*id))
+            .collect();
+        changes.into_records()
+    }
+
+    /// Creates a topic: validates it and assigns replicas round-robin over the sorted
+    /// unfenced brokers, starting at the assignment cursor (partition `p`, replica `j`
+    /// goes to `brokers[(cursor + p + j) % n]`) and moving the cursor past this topic.
+    /// `None` or `-1` take the configured defaults. A `min.insync.replicas` config is
+    /// added from the defaults when absent, so brokers read it from the image alone.
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: Option<i32>,
+        replication_factor: Option<i16>,
+        mut configs: BTreeMap<String, String>,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        validate_topic_name(name).map_err(|e| ControllerError::InvalidTopicName {
+            name: name.to_string(),
+            reason: match e {
+                CreateError::InvalidName { reason, .. } => reason.to_string(),
+                other => other.to_string(),
+            },
+        })?;
+        if name == METADATA_TOPIC {
+            return Err(ControllerError::InvalidTopicName {
+                name: name.to_string(),
+                reason: "reserved for the metadata log".to_string(),
+            });
+        }
+        if self.image.topic(name).is_some() {
+            return Err(ControllerError::TopicExists(name.to_string()));
+        }
+        let partitions = match partitions {
+            None | Some(-1) => self.config.default_partitions,
+            Some(p) => p,
+        };
+        if !(1..=MAX_PARTITIONS).contains(&partitions) {
+            return Err(ControllerError::InvalidPartitions(partitions));
+        }
+        let brokers: Vec<i32> = self.image.unfenced_brokers().map(|b| b.id).collect();
+        let factor = match replication_factor {
+            None | Some(-1) => self.config.default_replication_factor,
+            Some(f) => f,
+        };
+        let rf = usize::try_from(factor).unwrap_or(0);
+        if rf < 1 || rf > brokers.len() {
+            return Err(ControllerError::InvalidReplicationFactor {
+                factor,
+                brokers: brokers.len(),
+            });
+        }
+        topic_log_config(&LogConfig::default(), &configs)
+            .map_err(ControllerError::InvalidConfig)?;
+        configs
+            .entry("min.insync.replicas".to_string())
+            .or_insert_with(|| self.config.default_min_insync_replicas.to_string());
+
+        let cursor = self.image.assignment_cursor();
+        let n = brokers.len() as u64;
+        let mut records = Vec::with_capacity(partitions as usize + 2);
+        records.push(MetadataRecord::Topic {
+            name: name.to_string(),
+            id: Uuid::new_v4(),
+            configs,
+        });
+        for p in 0..partitions {
+            let replicas: Vec<i32> = (0..rf as u64)
+                .map(|j| brokers[((u64::from(cursor) + p as u64 + j) % n) as usize])
+                .collect();
+            records.push(MetadataRecord::Partition(PartitionRecord {
+                topic: name.to_string(),
+                partition: p,
+                isr: replicas.clone(),
+                leader: replicas[0],
+                replicas,
+                leader_epoch: 0,
+                partition_epoch: 0,
+            }));
+        }
+        records.push(MetadataRecord::AssignmentCursor {
+            next: cursor.wrapping_add(partitions as u32),
+        });
+        tracing::info!(
+            topic = name,
+            partitions,
+            replication_factor = factor,
+            "creating topic"
+        );
+        Ok(records)
+    }
+
+    /// Deletes a topic; brokers remove their replicas when they replay the record.
+    pub fn delete_topic(&self, name: &str) -> Result<Vec<MetadataRecord>, ControllerError> {
+        let topic = self
+            .image
+            .topic(name)
+            .ok_or_else(|| ControllerError::UnknownTopic(name.to_string()))?;
+        tracing::info!(topic = name, "deleting topic");
+        Ok(vec![MetadataRecord::RemoveTopic {
+            name: name.to_string(),
+            id: topic.id,
+        }])
+    }
+
+    /// A leader's ISR change, as a compare-and-set on (leader epoch, partition epoch)
+    /// like Kafka's `validateAlterPartitionData`. Returns the partition state the leader
+    /// should adopt (the current one if nothing changes) and the records to persist.
+    /// The new ISR is stored in `replicas` order.
+    pub fn alter_partition(
+        &self,
+        req: &AlterPartitionRequest,
+    ) -> Result<(PartitionRecord, Vec<MetadataRecord>), ControllerError> {
+        let (topic, partition) = (req.topic.clone(), req.partition);
+        match check_broker(&self.image, req.broker_id, req.broker_epoch) {
+            Err(ControllerError::BrokerIdNotRegistered { id }) => {
+                return Err(ControllerError::StaleBrokerEpoch {
+                    id,
+                    given: req.broker_epoch,
+                    current: -1,
+                })
+            }
+            other => other?,
+        };
+        let cur = self
+            .image
+            .partition(&req.topic, req.partition)
+            .ok_or_else(|| ControllerError::UnknownTopicOrPartition {
+                topic: topic.clone(),
+                partition,
+            })?;
+        if req.leader_epoch > cur.leader_epoch {
+            return Err(ControllerError::UnknownLeaderEpoch {
+                topic,
+                partition,
+                given: req.leader_epoch,
+                current: cur.leader_epoch,
+            });
+        }
+        if req.leader_epoch < cur.leader_epoch || req.broker_id != cur.leader {
+            return Err(ControllerError::FencedLeaderEpoch {
+                topic,
+                partition,
+                broker: req.broker_id,
+                given: req.leader_epoch,
+                leader: cur.leader,
+                current: cur.leader_epoch,
+            });
+        }
+        if req.partition_epoch != cur.partition_epoch {
+            return Err(ControllerError::InvalidUpdateVersion {
+                topic,
+                partition,
+                given: req.partition_epoch,
+                current: cur.partition_epoch,
+            });
+        }
+        let members: BTreeSet<i32> = req.new_isr.iter().map(|(id, _)| *id).collect();
+        if members.len() != req.new_isr.len() {
+            return Err(ControllerError::InvalidRequest(format!(
+                "{topic}-{partition}: duplicate replica in the new isr"
+            )));
+        }
+        if !members.contains(&cur.leader) {
+            return Err(ControllerError::InvalidRequest(format!(
+                "{topic}-{partition}: the new isr does not contain the leader {}",
+                cur.leader
+            )));
+        }
+        if let Some(r) = members.iter().find(|r| !cur.replicas.contains(r)) {
+            return Err(ControllerError::InvalidRequest(format!(
+                "{topic}-{partition}: isr member {r} is not a replica"
+            )));
+        }
+        for &(replica, epoch) in &req.new_isr {
+            if cur.isr.contains(&replica) {
+                continue;
+            }
+            let ineligible = |reason| ControllerError::IneligibleReplica {
+                topic: topic.clone(),
+                partition,
+                replica,
+                reason,
+            };
+            match self.image.broker(replica) {
+                None => return Err(ineligible("not registered")),
+                Some(b) if b.fenced => return Err(ineligible("fenced")),
+                Some(b) if b.epoch != epoch => return Err(ineligible("stale broker epoch")),
+                Some(_) => {}
+            }
+        }
+        let isr: Vec<i32> = cur
+            .replicas
+            .iter()
+            .copied()
+            .filter(|r| members.contains(r))
+            .collect();
+        if isr == cur.isr {
+            return Ok((cur.clone(), Vec::new()));
+        }
+        debug_assert_ne!(cur.leader, NO_LEADER);
+        let next = PartitionRecord {
+            isr,
+            partition_epoch: cur.partition_epoch + 1,
+            ..cur.clone()
+        };
+        tracing::info!(topic, partition, isr = ?next.isr, partition_epoch = next.partition_epoch, "isr change");
+        Ok((next.clone(), vec![MetadataRecord::Partition(next)]))
+    }
+}
+
+/// The registered broker `id`, if `epoch` is its current epoch.
+fn check_broker(
+    image: &MetadataImage,
+    id: i32,
+    epoch: i64,
+) -> Result<&BrokerInfo, ControllerError> {
+    let broker = image
+        .broker(id)
+        .ok_or(ControllerError::BrokerIdNotRegistered { id })?;
+    if broker.epoch != epoch {
+        return Err(ControllerError::StaleBrokerEpoch {
+            id,
+            given: epoch,
+            current: broker.epoch,
+        });
+    }
+    Ok(broker)
+}

@@ -1,0 +1,331 @@
+//! register, heartbeat and tick.
+
+use super::*;
+use crate::controller::*;
+
+// ---- register -------------------------------------------------------------------------
+
+#[test]
+fn register_new_broker_starts_fenced_with_the_next_offset_as_epoch() {
+    let mut h = Harness::new();
+    let (epoch, records) = h.register(1);
+    assert_eq!(epoch, 0);
+    assert_eq!(
+        records,
+        vec![
+            MetadataRecord::RegisterBroker {
+                id: 1,
+                epoch: 0,
+                host: HOST.into(),
+                port: 9001
+            },
+            MetadataRecord::FenceBroker { id: 1, epoch: 0 },
+        ]
+    );
+    let b = h.image().broker(1).unwrap();
+    assert!(b.fenced);
+    assert_eq!((b.registered_at, b.host.as_str(), b.port), (0, HOST, 9001));
+    assert_eq!(h.image().unfenced_brokers().count(), 0);
+
+    let (epoch2, _) = h.register(2);
+    assert_eq!(epoch2, 2, "the offset the RegisterBroker record gets");
+}
+
+#[test]
+fn register_rejects_bad_input() {
+    let mut c = Controller::new(ControllerConfig::default());
+    for (id, host, port) in [
+        (-1, HOST, 9092),
+        (1, "", 9092),
+        (1, HOST, 0),
+        (1, HOST, 70000),
+    ] {
+        let e = c.register(id, host, port, 0).unwrap_err();
+        assert_eq!(e.code(), 42, "{e}");
+    }
+}
+
+#[test]
+fn re_registration_gets_a_greater_epoch_and_leaves_every_isr() {
+    // (name, topic rf, re-registered broker, expected partition after re-registration)
+    let table = [
+        (
+            "leader with followers",
+            3,
+            1,
+            part(&[1, 2, 3], &[2, 3], 2, 1, 1),
+        ),
+        ("follower", 3, 2, part(&[1, 2, 3], &[1, 3], 1, 0, 1)),
+        ("last isr member", 1, 1, part(&[1], &[1], NO_LEADER, 1, 1)),
+        ("not a replica", 1, 3, part(&[1], &[1], 1, 0, 0)),
+    ];
+    for (name, rf, id, want) in table {
+        let mut h = Harness::cluster(3);
+        h.create("t", 1, rf);
+        let old = h.epoch(id);
+        let (epoch, _) = h.register(id);
+        assert!(epoch > old, "{name}");
+        assert!(h.image().broker(id).unwrap().fenced, "{name}");
+        assert_eq!(h.p("t", 0), want, "{name}");
+        // The new incarnation is unfenced by a caught-up heartbeat; a leaderless
+        // partition whose last ISR member it is gets it back as leader.
+        let (reply, _) = h.heartbeat(id);
+        assert!(!reply.fenced, "{name}");
+        if want.leader == NO_LEADER {
+            assert_eq!(h.p("t", 0), part(&[1], &[1], 1, 2, 2), "{name}");
+        }
+    }
+}
+
+// ---- heartbeat ------------------------------------------------------------------------
+
+#[test]
+fn heartbeat_errors() {
+    let mut h = Harness::cluster(2);
+    let old = h.epoch(2);
+    h.register(2);
+    let now = h.now;
+    let table = [
+        (9, 0, ControllerError::BrokerIdNotRegistered { id: 9 }, 102),
+        (
+            2,
+            old,
+            ControllerError::StaleBrokerEpoch {
+                id: 2,
+                given: old,
+                current: h.epoch(2),
+            },
+            77,
+        ),
+        (
+            1,
+            h.epoch(1) + 1,
+            ControllerError::StaleBrokerEpoch {
+                id: 1,
+                given: h.epoch(1) + 1,
+                current: h.epoch(1),
+            },
+            77,
+        ),
+    ];
+    for (id, epoch, want, code) in table {
+        let e = h.c.heartbeat(id, epoch, 100, false, now).unwrap_err();
+        assert_eq!(e, want);
+        assert_eq!(e.code(), code);
+    }
+}
+
+#[test]
+fn heartbeat_unfences_only_once_caught_up_to_its_registration() {
+    let mut h = Harness::new();
+    let (epoch, _) = h.register(1);
+    let registered_at = h.image().broker(1).unwrap().registered_at;
+    // (metadata offset, fenced afterwards, records)
+    let table = [
+        (-1, true, vec![]),
+        (registered_at - 1, true, vec![]),
+        (
+            registered_at,
+            false,
+            vec![MetadataRecord::UnfenceBroker { id: 1, epoch }],
+        ),
+    ];
+    for (offset, fenced, records) in table {
+        let (reply, got) = h.c.heartbeat(1, epoch, offset, false, h.now).unwrap();
+        assert_eq!(
+            reply,
+            HeartbeatReply {
+                fenced,
+                should_shutdown: false
+            },
+            "offset {offset}"
+        );
+        assert_eq!(got, records, "offset {offset}");
+    }
+    // Not committed yet: still fenced in the image. Commit, then heartbeats are no-ops.
+    assert!(h.image().broker(1).unwrap().fenced);
+    h.heartbeat(1);
+    assert!(h.image().is_unfenced(1));
+    assert_eq!(h.heartbeat(1).1, vec![]);
+}
+
+#[test]
+fn unfenced_broker_leads_the_leaderless_partitions_whose_isr_it_is() {
+    let mut h = Harness::cluster(3);
+    h.create("t", 3, 1); // one replica each on 1, 2, 3
+    let (p0, p1) = (h.p("t", 0), h.p("t", 1));
+    h.pass(10_000, &[2, 3]); // broker 1 expires
+    assert_eq!(h.p("t", 0).leader, NO_LEADER);
+    h.now += 1;
+    let (reply, records) = h.heartbeat(1); // same epoch: the session comes back
+    assert!(!reply.fenced);
+    assert_eq!(
+        partitions_of(&records),
+        vec![PartitionRecord {
+            leader: 1,
+            leader_epoch: p0.leader_epoch + 2,
+            partition_epoch: p0.partition_epoch + 2,
+            ..p0
+        }]
+    );
+    assert_eq!(h.p("t", 1), p1, "other partitions untouched");
+}
+
+#[test]
+fn controlled_shutdown_moves_leadership_then_says_go() {
+    let mut h = Harness::cluster(3);
+    h.create("t", 1, 3);
+    let epoch = h.epoch(1);
+    let offset = h.image().offset();
+    let (reply, records) = h.c.heartbeat(1, epoch, offset, true, h.now).unwrap();
+    assert_eq!(
+        reply,
+        HeartbeatReply {
+            fenced: true,
+            should_shutdown: false
+        }
+    );
+    assert_eq!(records[0], MetadataRecord::FenceBroker { id: 1, epoch });
+    assert_eq!(
+        partitions_of(&records),
+        vec![part(&[1, 2, 3], &[2, 3], 2, 1, 1)]
+    );
+    h.commit(records);
+    let (reply, records) =
+        h.c.heartbeat(1, epoch, h.image().offset(), true, h.now)
+            .unwrap();
+    assert_eq!(
+        reply,
+        HeartbeatReply {
+            fenced: true,
+            should_shutdown: true
+        }
+    );
+    assert!(records.is_empty());
+    // It stays fenced while it shuts down: no rebalance back to it.
+    h.pass(1000, &[2, 3]);
+    h.pass(1000, &[2, 3]);
+    assert_eq!(h.p("t", 0).leader, 2);
+}
+
+// ---- tick -----------------------------------------------------------------------------
+
+#[test]
+fn tick_fences_exactly_after_the_session_timeout() {
+    // (silence in ms, fenced)
+    for (silent, fenced) in [(0, false), (9000, false), (9001, true)] {
+        let mut h = Harness::cluster(2);
+        h.now += silent;
+        h.heartbeat(2);
+        let records = h.tick();
+        assert_eq!(!h.image().is_unfenced(1), fenced, "silent {silent}");
+        assert_eq!(records.is_empty(), !fenced, "silent {silent}");
+        assert!(h.image().is_unfenced(2));
+    }
+}
+
+#[test]
+fn tick_fencing_the_leader_elects_the_next_isr_member_in_replica_order() {
+    // (topic rf, brokers that stay alive, expected partition 0 after broker 1 expires)
+    let table = [
+        (
+            "rf3 all alive",
+            3,
+            vec![2, 3],
+            part(&[1, 2, 3], &[2, 3], 2, 1, 1),
+        ),
+        (
+            "rf3 only 3 alive",
+            3,
+            vec![3],
+            part(&[1, 2, 3], &[3], 3, 1, 2),
+        ),
+        (
+            "rf2 follower alive",
+            2,
+            vec![2, 3],
+            part(&[1, 2], &[2], 2, 1, 1),
+        ),
+        (
+            "rf1 last member",
+            1,
+            vec![2, 3],
+            part(&[1], &[1], NO_LEADER, 1, 1),
+        ),
+        (
+            "rf3 nobody alive",
+            3,
+            vec![],
+            part(&[1, 2, 3], &[3], NO_LEADER, 1, 2),
+        ),
+    ];
+    for (name, rf, alive, want) in table {
+        let mut h = Harness::cluster(3);
+        h.create("t", 1, rf);
+        assert_eq!(h.p("t", 0).leader, 1);
+        h.pass(10_000, &alive);
+        assert!(!h.image().is_unfenced(1), "{name}");
+        let mut got = h.p("t", 0);
+        got.topic = "t".into();
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn a_broker_never_heard_from_is_timed_from_its_registration_or_the_first_tick() {
+    let mut h = Harness::cluster(2);
+    // A controller restarted over the same image has no heartbeat times: every broker
+    // gets a full session from the first tick.
+    let mut c = Controller::from_image(ControllerConfig::default(), h.image().clone());
+    let t0 = h.now + 50_000;
+    assert!(c.tick(t0).is_empty());
+    assert!(c.tick(t0 + 9000).is_empty());
+    let fenced: Vec<_> = c
+        .tick(t0 + 9001)
+        .into_iter()
+        .filter(|r| matches!(r, MetadataRecord::FenceBroker { .. }))
+        .collect();
+    assert_eq!(fenced.len(), 2);
+    // A registered broker that never heartbeats stays fenced and is not fenced again.
+    h.register(3);
+    assert!(h.pass(20_000, &[1, 2]).is_empty());
+    assert!(!h.image().is_unfenced(3));
+}
+
+#[test]
+fn rebalance_to_the_preferred_replica_waits_one_tick_after_unfencing() {
+    let mut h = Harness::cluster(3);
+    h.create("t", 1, 3);
+    h.pass(10_000, &[2, 3]); // 1 expires, 2 leads
+    assert_eq!(h.p("t", 0), part(&[1, 2, 3], &[2, 3], 2, 1, 1));
+
+    // 1 restarts: registers, catches up, is unfenced, and the leader takes it back in.
+    h.register(1);
+    h.heartbeat(1);
+    let (_, records) = h.c.alter_partition(&h.alter("t", 2, &[1, 2, 3])).unwrap();
+    h.commit(records);
+    assert_eq!(h.p("t", 0), part(&[1, 2, 3], &[1, 2, 3], 2, 1, 2));
+
+    // First tick: 1 is unfenced but not settled yet.
+    assert!(h.pass(1000, &[1, 2, 3]).is_empty());
+    // Second tick: leadership goes back to replicas[0].
+    let records = h.pass(1000, &[1, 2, 3]);
+    assert_eq!(
+        partitions_of(&records),
+        vec![part(&[1, 2, 3], &[1, 2, 3], 1, 2, 3)]
+    );
+    assert!(h.pass(1000, &[1, 2, 3]).is_empty(), "stable");
+}
+
+#[test]
+fn rebalance_needs_the_preferred_replica_in_the_isr() {
+    let mut h = Harness::cluster(3);
+    h.create("t", 1, 3);
+    h.pass(10_000, &[2, 3]);
+    h.register(1);
+    h.heartbeat(1);
+    for _ in 0..3 {
+        assert!(h.pass(1000, &[1, 2, 3]).is_empty());
+    }
+    assert_eq!(h.p("t", 0).leader, 2);
+}
