@@ -47,7 +47,8 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             max_index_bytes: 10 << 20,
             flush_policy: FlushPolicy::Always,
-            max_batch_bytes: (1 << 20) + 12 + 1024,
+            // Kafka's message.max.bytes default: 1 MiB of batch plus its 12-byte overhead.
+            max_batch_bytes: (1 << 20) + 12,
             compact: false,
         }
     }

@@ -40,19 +40,23 @@
 //!   partition epoch. ISR changes from leaders are compare-and-sets on both.
 
 mod changes;
+pub mod driver;
 mod error;
 mod image;
 mod machine;
+pub mod metadata_log;
 mod records;
 
 #[cfg(test)]
 mod tests;
 
+pub use driver::{ControllerDriver, DriverError};
 pub use error::ControllerError;
 pub use image::{diff, BrokerInfo, MetadataImage, ReplicaChange, TopicImage};
 pub use machine::{
     AlterPartitionRequest, Controller, ControllerConfig, HeartbeatReply, MAX_PARTITIONS,
 };
+pub use metadata_log::{decode_batches, MetadataLog, MetadataLogError};
 pub use records::{MetadataRecord, PartitionRecord, NO_LEADER};
 
 /// Name of the metadata log (partition 0) and a reserved topic name.

@@ -1,0 +1,211 @@
+//! The controller's I/O driver: steps the [`Controller`] one command at a time, persists
+//! the records the command returns to the [`MetadataLog`] (fsynced), and only then applies
+//! them and answers. Every method blocks on disk I/O; async callers use `spawn_blocking`.
+//!
+//! A failed metadata write is fatal ([`DriverError::Storage`]): the controller can no
+//! longer tell what is durable, so its process must stop rather than answer.
+
+use super::image::MetadataImage;
+use super::machine::{AlterPartitionRequest, Controller, ControllerConfig, HeartbeatReply};
+use super::metadata_log::{MetadataLog, MetadataLogError};
+use super::records::{MetadataRecord, PartitionRecord};
+use super::ControllerError;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The command was refused; nothing was written.
+    #[error(transparent)]
+    Refused(#[from] ControllerError),
+    /// The metadata log failed: the controller must stop.
+    #[error("metadata log: {0}")]
+    Storage(#[from] MetadataLogError),
+}
+
+struct Inner {
+    controller: Controller,
+    log: MetadataLog,
+}
+
+pub struct ControllerDriver {
+    inner: Mutex<Inner>,
+    /// The metadata log end offset, for brokers' long-polling metadata fetches.
+    end: watch::Sender<i64>,
+}
+
+impl ControllerDriver {
+    /// Opens the metadata log in `dir` and replays it into a fresh controller.
+    pub fn open(dir: &Path, config: ControllerConfig) -> Result<Self, DriverError> {
+        let log = MetadataLog::open(dir)?;
+        let mut image = MetadataImage::new();
+        let replayed = log.replay(&mut image)?;
+        tracing::info!(
+            records = replayed,
+            offset = image.offset(),
+            "replayed metadata log"
+        );
+        let end = log.next_offset();
+        Ok(Self {
+            inner: Mutex::new(Inner {
+                controller: Controller::from_image(config, image),
+                log,
+            }),
+            end: watch::Sender::new(end),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Persists then applies a command's records.
+    fn commit(
+        &self,
+        inner: &mut Inner,
+        records: &[MetadataRecord],
+        now_ms: u64,
+    ) -> Result<(), DriverError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let first = inner.log.append(records, now_ms as i64)?;
+        for (i, r) in records.iter().enumerate() {
+            inner.controller.apply(first + i as i64, r);
+        }
+        self.end.send_replace(inner.log.next_offset());
+        Ok(())
+    }
+
+    /// A copy of the committed image.
+    pub fn image(&self) -> MetadataImage {
+        self.lock().controller.image().clone()
+    }
+
+    /// Watches the metadata log's end offset.
+    pub fn subscribe_end(&self) -> watch::Receiver<i64> {
+        self.end.subscribe()
+    }
+
+    /// Runs `f` with the metadata log (to serve metadata fetches).
+    pub fn with_log<T>(&self, f: impl FnOnce(&MetadataLog) -> T) -> T {
+        f(&self.lock().log)
+    }
+
+    pub fn register(
+        &self,
+        id: i32,
+        host: &str,
+        port: i32,
+        now_ms: u64,
+    ) -> Result<i64, DriverError> {
+        let mut inner = self.lock();
+        let (epoch, records) = inner.controller.register(id, host, port, now_ms)?;
+        self.commit(&mut inner, &records, now_ms)?;
+        tracing::info!(broker = id, epoch, host, port, "registered broker");
+        Ok(epoch)
+    }
+
+    pub fn heartbeat(
+        &self,
+        id: i32,
+        epoch: i64,
+        metadata_offset: i64,
+        want_shutdown: bool,
+        now_ms: u64,
+    ) -> Result<HeartbeatReply, DriverError> {
+        let mut inner = self.lock();
+        let (reply, records) =
+            inner
+                .controller
+                .heartbeat(id, epoch, metadata_offset, want_shutdown, now_ms)?;
+        self.commit(&mut inner, &records, now_ms)?;
+        Ok(reply)
+    }
+
+    /// Fences silent brokers and moves leaderships; returns how many records it wrote.
+    pub fn tick(&self, now_ms: u64) -> Result<usize, DriverError> {
+        let mut inner = self.lock();
+        let records = inner.controller.tick(now_ms);
+        self.commit(&mut inner, &records, now_ms)?;
+        Ok(records.len())
+    }
+
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: Option<i32>,
+        replication_factor: Option<i16>,
+        configs: BTreeMap<String, String>,
+        now_ms: u64,
+    ) -> Result<(), DriverError> {
+        let mut inner = self.lock();
+        let records =
+            inner
+                .controller
+                .create_topic(name, partitions, replication_factor, configs)?;
+        self.commit(&mut inner, &records, now_ms)
+    }
+
+    pub fn delete_topic(&self, name: &str, now_ms: u64) -> Result<(), DriverError> {
+        let mut inner = self.lock();
+        let records = inner.controller.delete_topic(name)?;
+        self.commit(&mut inner, &records, now_ms)
+    }
+
+    pub fn alter_partition(
+        &self,
+        req: &AlterPartitionRequest,
+        now_ms: u64,
+    ) -> Result<PartitionRecord, DriverError> {
+        let mut inner = self.lock();
+        let (record, records) = inner.controller.alter_partition(req)?;
+        self.commit(&mut inner, &records, now_ms)?;
+        Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_survive_a_controller_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ControllerConfig::default();
+        let image = {
+            let d = ControllerDriver::open(dir.path(), config.clone()).unwrap();
+            let mut end = d.subscribe_end();
+            for id in 1..=3 {
+                let epoch = d.register(id, "127.0.0.1", 9000 + id, 0).unwrap();
+                let offset = d.image().offset();
+                assert!(!d.heartbeat(id, epoch, offset, false, 1).unwrap().fenced);
+            }
+            assert!(end.has_changed().unwrap());
+            assert_eq!(*end.borrow_and_update(), d.image().offset() + 1);
+            d.create_topic("t", Some(2), Some(3), BTreeMap::new(), 2)
+                .unwrap();
+            end.borrow_and_update();
+            let refused = d.create_topic("t", Some(1), Some(1), BTreeMap::new(), 3);
+            assert!(matches!(
+                refused,
+                Err(DriverError::Refused(ControllerError::TopicExists(_)))
+            ));
+            assert!(
+                !end.has_changed().unwrap(),
+                "a refused command writes nothing"
+            );
+            d.image()
+        };
+        let d = ControllerDriver::open(dir.path(), config).unwrap();
+        assert_eq!(d.image(), image);
+        let t = d.image().topic("t").cloned().unwrap();
+        assert_eq!(t.partitions.len(), 2);
+        assert!(t.partitions.iter().all(|p| p.isr.len() == 3));
+        // Brokers re-register after the restart and get newer epochs.
+        let before = image.broker(1).unwrap().epoch;
+        assert!(d.register(1, "127.0.0.1", 9001, 10).unwrap() > before);
+    }
+}
