@@ -17,6 +17,7 @@ pub mod handlers;
 pub mod maintenance;
 pub mod metrics;
 pub mod replica;
+pub mod replication;
 pub mod server;
 pub mod topics;
 
@@ -41,6 +42,31 @@ pub struct Shared {
     pub advertised: (String, i32),
     /// Cancelled when the broker stops taking requests.
     pub stop: CancellationToken,
+}
+
+impl server::Service for Shared {
+    fn apis(&self) -> &'static [keel_protocol::api::ApiSupport] {
+        keel_protocol::api::SUPPORTED_APIS
+    }
+
+    fn max_frame(&self) -> usize {
+        self.config.socket_request_max_bytes
+    }
+
+    fn max_inflight(&self) -> usize {
+        self.config.max_inflight_per_connection
+    }
+
+    fn stop(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    fn dispatch(
+        self: &Arc<Self>,
+        req: keel_protocol::api::ParsedRequest,
+    ) -> Result<Option<handlers::Reply>, server::RequestError> {
+        handlers::dispatch(self, req)
+    }
 }
 
 pub struct Broker;

@@ -10,10 +10,9 @@
 
 use crate::handlers::{self, Reply};
 use crate::metrics as m;
-use crate::Shared;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::ApiKey;
-use keel_protocol::api::{parse_request, HeaderError};
+use keel_protocol::api::{parse_request, ApiSupport, HeaderError, ParsedRequest};
 use keel_protocol::frame::take_frame;
 use std::io::IoSlice;
 use std::net::SocketAddr;
@@ -22,10 +21,26 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Accepts connections until the broker stops.
-pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tracker: TaskTracker) {
+/// What a listener serves: its API table, limits, and the request dispatch. The Kafka
+/// listener (`Shared`) and the controller listener implement it.
+pub trait Service: Send + Sync + 'static {
+    /// The API keys and versions this listener answers (also its ApiVersions response).
+    fn apis(&self) -> &'static [ApiSupport];
+    /// Largest request frame accepted.
+    fn max_frame(&self) -> usize;
+    /// Requests read ahead on one connection before reading pauses.
+    fn max_inflight(&self) -> usize;
+    /// Cancelled when the listener stops taking requests.
+    fn stop(&self) -> &CancellationToken;
+    /// Decodes the body and starts the request's handler.
+    fn dispatch(self: &Arc<Self>, req: ParsedRequest) -> Result<Option<Reply>, RequestError>;
+}
+
+/// Accepts connections until the service stops.
+pub async fn accept_loop<S: Service>(shared: Arc<S>, listener: TcpListener, tracker: TaskTracker) {
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -37,7 +52,7 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tracker: Ta
                     continue;
                 }
             },
-            _ = shared.stop.cancelled() => return,
+            _ = shared.stop().cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
@@ -49,11 +64,11 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tracker: Ta
     }
 }
 
-async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+async fn serve_connection<S: Service>(shared: Arc<S>, stream: TcpStream, peer: SocketAddr) {
     let (mut rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<Reply>(shared.config.max_inflight_per_connection.max(1));
+    let (tx, rx) = mpsc::channel::<Reply>(shared.max_inflight().max(1));
     let writer = tokio::spawn(write_loop(wr, rx, peer));
-    let max = shared.config.socket_request_max_bytes;
+    let max = shared.max_frame();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     'conn: loop {
         loop {
@@ -80,7 +95,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
         }
         let read = tokio::select! {
             r = rd.read_buf(&mut buf) => r,
-            _ = shared.stop.cancelled() => break,
+            _ = shared.stop().cancelled() => break,
         };
         match read {
             Ok(0) => break,
@@ -114,8 +129,8 @@ pub enum RequestError {
     },
 }
 
-fn handle_frame(shared: &Arc<Shared>, frame: Bytes) -> Result<Option<Reply>, RequestError> {
-    let req = match parse_request(frame) {
+fn handle_frame<S: Service>(shared: &Arc<S>, frame: Bytes) -> Result<Option<Reply>, RequestError> {
+    let req = match parse_request(frame, shared.apis()) {
         Ok(req) => req,
         Err(HeaderError::UnsupportedVersion {
             api_key: ApiKey::ApiVersions,
@@ -128,6 +143,7 @@ fn handle_frame(shared: &Arc<Shared>, frame: Bytes) -> Result<Option<Reply>, Req
                 .increment(1);
             tracing::debug!(version, "unsupported ApiVersions version, answering v0");
             return Ok(Some(handlers::api_versions::unsupported_version(
+                shared.apis(),
                 correlation_id,
             )));
         }
@@ -141,7 +157,7 @@ fn handle_frame(shared: &Arc<Shared>, frame: Bytes) -> Result<Option<Reply>, Req
             return Err(e.into());
         }
     };
-    handlers::dispatch(shared, req)
+    shared.dispatch(req)
 }
 
 async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Reply>, peer: SocketAddr) {

@@ -46,9 +46,21 @@ pub const SUPPORTED_APIS: &[ApiSupport] = &[
 /// Produce versions below this are advertised (see the module doc) but refused.
 pub const PRODUCE_MIN_SERVED: i16 = 3;
 
-/// The supported version range of `key`, if Keel serves it at all.
-pub fn supported(key: ApiKey) -> Option<ApiSupport> {
-    SUPPORTED_APIS.iter().copied().find(|a| a.key == key)
+/// What a controller listener serves to brokers (and to admin tools).
+pub const CONTROLLER_APIS: &[ApiSupport] = &[
+    api(ApiKey::Fetch, 4, 15),
+    api(ApiKey::Metadata, 0, 12),
+    api(ApiKey::ApiVersions, 0, 3),
+    api(ApiKey::CreateTopics, 2, 7),
+    api(ApiKey::DeleteTopics, 1, 6),
+    api(ApiKey::AlterPartition, 2, 3),
+    api(ApiKey::BrokerRegistration, 0, 4),
+    api(ApiKey::BrokerHeartbeat, 0, 1),
+];
+
+/// The supported version range of `key` in `table`, if it is served at all.
+pub fn supported(table: &[ApiSupport], key: ApiKey) -> Option<ApiSupport> {
+    table.iter().copied().find(|a| a.key == key)
 }
 
 /// A request whose header has been parsed; `body` is the rest of the frame, undecoded.
@@ -84,15 +96,18 @@ pub enum HeaderError {
 }
 
 /// Parses the request header at the front of `frame`, checking the key and version
-/// against [`SUPPORTED_APIS`] before decoding anything version-dependent.
-pub fn parse_request(mut frame: Bytes) -> Result<ParsedRequest, HeaderError> {
+/// against `table` (e.g. [`SUPPORTED_APIS`]) before decoding anything version-dependent.
+pub fn parse_request(mut frame: Bytes, table: &[ApiSupport]) -> Result<ParsedRequest, HeaderError> {
     if frame.len() < 8 {
         return Err(HeaderError::TooShort(frame.len()));
     }
     let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-    let Some(support) = ApiKey::try_from(raw_key).ok().and_then(supported) else {
+    let Some(support) = ApiKey::try_from(raw_key)
+        .ok()
+        .and_then(|k| supported(table, k))
+    else {
         return Err(HeaderError::UnknownApiKey {
             api_key: raw_key,
             correlation_id,
@@ -145,10 +160,12 @@ mod tests {
 
     #[test]
     fn table_is_sorted_and_within_what_the_codec_supports() {
-        for pair in SUPPORTED_APIS.windows(2) {
-            assert!((pair[0].key as i16) < (pair[1].key as i16));
+        for table in [SUPPORTED_APIS, CONTROLLER_APIS] {
+            for pair in table.windows(2) {
+                assert!((pair[0].key as i16) < (pair[1].key as i16));
+            }
         }
-        for a in SUPPORTED_APIS {
+        for a in SUPPORTED_APIS.iter().chain(CONTROLLER_APIS) {
             let codec = a.key.valid_versions();
             let min = if a.key == ApiKey::Produce {
                 PRODUCE_MIN_SERVED
@@ -174,7 +191,7 @@ mod tests {
             (0, 2, None),                  // Produce v2: advertised, refused by the broker
         ];
         for &(key, version, want_err) in cases {
-            let got = parse_request(header_bytes(key, version, 42));
+            let got = parse_request(header_bytes(key, version, 42), SUPPORTED_APIS);
             match (want_err, got) {
                 (None, Ok(req)) => {
                     assert_eq!(req.header.correlation_id, 42);
@@ -197,13 +214,13 @@ mod tests {
     #[test]
     fn short_and_malformed_headers_are_errors_not_panics() {
         assert_eq!(
-            parse_request(Bytes::from_static(b"\0\x12\0")).unwrap_err(),
+            parse_request(Bytes::from_static(b"\0\x12\0"), SUPPORTED_APIS).unwrap_err(),
             HeaderError::TooShort(3)
         );
         // ApiVersions v3 header whose client id claims 300 bytes that are not there.
         let bad = Bytes::from_static(&[0, 18, 0, 3, 0, 0, 0, 1, 1, 44, b'x']);
         assert!(matches!(
-            parse_request(bad),
+            parse_request(bad, SUPPORTED_APIS),
             Err(HeaderError::Malformed { .. })
         ));
     }

@@ -7,14 +7,13 @@ use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsRes
 use kafka_protocol::messages::ResponseHeader;
 use kafka_protocol::protocol::Encodable;
 use kafka_protocol::ResponseError;
-use keel_protocol::api::SUPPORTED_APIS;
+use keel_protocol::api::ApiSupport;
 
-fn table(error: i16) -> ApiVersionsResponse {
+fn table(apis: &[ApiSupport], error: i16) -> ApiVersionsResponse {
     ApiVersionsResponse::default()
         .with_error_code(error)
         .with_api_keys(
-            SUPPORTED_APIS
-                .iter()
+            apis.iter()
                 .map(|a| {
                     ApiVersion::default()
                         .with_api_key(a.key as i16)
@@ -25,18 +24,18 @@ fn table(error: i16) -> ApiVersionsResponse {
         )
 }
 
-pub fn handle(ctx: &Ctx) -> Reply {
-    ctx.now(table(0))
+pub fn handle(ctx: &Ctx, apis: &[ApiSupport]) -> Reply {
+    ctx.now(table(apis, 0))
 }
 
 /// The answer to an ApiVersions request of a version newer than ours: v0 (header v0),
 /// error UNSUPPORTED_VERSION and the table, so the client retries with a version we have.
-pub fn unsupported_version(correlation_id: i32) -> Reply {
+pub fn unsupported_version(apis: &[ApiSupport], correlation_id: i32) -> Reply {
     let mut buf = BytesMut::new();
     let encoded = ResponseHeader::default()
         .with_correlation_id(correlation_id)
         .encode(&mut buf, 0)
-        .and_then(|()| table(ResponseError::UnsupportedVersion.code()).encode(&mut buf, 0));
+        .and_then(|()| table(apis, ResponseError::UnsupportedVersion.code()).encode(&mut buf, 0));
     let out = match encoded {
         Ok(()) => Some(vec![buf.freeze()]),
         Err(e) => {

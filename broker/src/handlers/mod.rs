@@ -18,7 +18,7 @@ use crate::Shared;
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
-use keel_protocol::api::{ParsedRequest, PRODUCE_MIN_SERVED};
+use keel_protocol::api::{ParsedRequest, PRODUCE_MIN_SERVED, SUPPORTED_APIS};
 use keel_protocol::gather::GatherBuf;
 use std::future::Future;
 use std::pin::Pin;
@@ -108,7 +108,7 @@ pub fn dispatch(
     metrics::counter!(m::REQUESTS_TOTAL, "api" => api_name(req.api_key)).increment(1);
     tracing::debug!(api = ?req.api_key, version = ctx.version, correlation_id = ctx.correlation_id, "request");
     let reply = match req.api_key {
-        ApiKey::ApiVersions => api_versions::handle(&ctx),
+        ApiKey::ApiVersions => api_versions::handle(&ctx, SUPPORTED_APIS),
         ApiKey::Metadata => metadata::handle(&ctx, decode(&mut req)?),
         ApiKey::Produce if ctx.version < PRODUCE_MIN_SERVED => {
             return Err(RequestError::Body {
