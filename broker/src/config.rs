@@ -67,6 +67,31 @@ pub struct BrokerConfig {
     pub min_insync_replicas: i32,
     /// `log.flush.interval.ms`: the period of `log.flush.policy=interval` (either order).
     pub flush_interval_ms: u64,
+    /// `process.roles`: `broker`, `controller` or `controller,broker`. Only read in cluster
+    /// mode, i.e. when `controller.quorum.voters` is set; otherwise the node is a
+    /// standalone broker that keeps its own topic registry.
+    pub roles: Roles,
+    /// `controller.listener`: where a controller node serves brokers.
+    pub controller_listener: String,
+    /// `controller.quorum.voters`: `id@host:port` of the controller (one voter for now).
+    pub controller_voter: Option<(i32, String)>,
+    /// `broker.heartbeat.interval.ms`
+    pub heartbeat_interval_ms: u64,
+    /// `broker.session.timeout.ms`: a broker silent this long is fenced.
+    pub session_timeout_ms: u64,
+    /// `replica.lag.time.max.ms`: a follower not caught up for this long leaves the ISR.
+    pub replica_lag_time_max_ms: u64,
+    /// `replica.fetch.max.bytes`: per-partition cap of a follower fetch (one batch always goes).
+    pub replica_fetch_max_bytes: i32,
+    /// `replica.fetch.wait.max.ms`: how long a follower fetch long-polls.
+    pub replica_fetch_wait_max_ms: i32,
+}
+
+/// What a node runs in cluster mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub broker: bool,
+    pub controller: bool,
 }
 
 impl Default for BrokerConfig {
@@ -89,6 +114,17 @@ impl Default for BrokerConfig {
             log: LogConfig::default(),
             min_insync_replicas: 1,
             flush_interval_ms: 1000,
+            roles: Roles {
+                broker: true,
+                controller: false,
+            },
+            controller_listener: "127.0.0.1:9093".into(),
+            controller_voter: None,
+            heartbeat_interval_ms: 2000,
+            session_timeout_ms: 9000,
+            replica_lag_time_max_ms: 30_000,
+            replica_fetch_max_bytes: 1 << 20,
+            replica_fetch_wait_max_ms: 500,
         }
     }
 }
@@ -109,6 +145,23 @@ fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
         "false" => Ok(false),
         _ => Err(invalid(key, value, "expected true or false")),
     }
+}
+
+/// A count of `unit`s, in milliseconds; refused if it overflows.
+fn scaled(key: &str, value: &str, unit: u64) -> Result<u64, ConfigError> {
+    parse::<u64>(key, value)?
+        .checked_mul(unit)
+        .ok_or_else(|| invalid(key, value, "too large"))
+}
+
+/// Like [`scaled`], with `-1` meaning "no limit".
+fn scaled_limit(key: &str, value: &str, unit: u64) -> Result<Option<u64>, ConfigError> {
+    parse_limit(key, value)?
+        .map(|v| {
+            v.checked_mul(unit)
+                .ok_or_else(|| invalid(key, value, "too large"))
+        })
+        .transpose()
 }
 
 /// `-1` means "no limit", as in Kafka.
@@ -154,14 +207,10 @@ impl BrokerConfig {
             "message.max.bytes" => self.log.max_batch_bytes = parse(key, value)?,
             "log.segment.bytes" => self.log.segment_bytes = parse(key, value)?,
             "log.roll.ms" => self.log.segment_ms = parse_limit(key, value)?,
-            "log.roll.hours" => self.log.segment_ms = Some(parse::<u64>(key, value)? * 3_600_000),
+            "log.roll.hours" => self.log.segment_ms = Some(scaled(key, value, 3_600_000)?),
             "log.retention.ms" => self.log.retention_ms = parse_limit(key, value)?,
-            "log.retention.minutes" => {
-                self.log.retention_ms = parse_limit(key, value)?.map(|m| m * 60_000)
-            }
-            "log.retention.hours" => {
-                self.log.retention_ms = parse_limit(key, value)?.map(|h| h * 3_600_000)
-            }
+            "log.retention.minutes" => self.log.retention_ms = scaled_limit(key, value, 60_000)?,
+            "log.retention.hours" => self.log.retention_ms = scaled_limit(key, value, 3_600_000)?,
             "log.retention.bytes" => self.log.retention_bytes = parse_limit(key, value)?,
             "log.index.interval.bytes" => self.log.index_interval_bytes = parse(key, value)?,
             "log.index.size.max.bytes" => self.log.max_index_bytes = parse(key, value)?,
@@ -181,6 +230,16 @@ impl BrokerConfig {
                 }
             }
             "log.cleanup.policy" => self.log.compact = parse_cleanup_policy(key, value)?,
+            "process.roles" => self.roles = parse_roles(key, value)?,
+            "controller.listener" | "controller.listeners" => {
+                self.controller_listener = strip_scheme(value).to_string()
+            }
+            "controller.quorum.voters" => self.controller_voter = Some(parse_voter(key, value)?),
+            "broker.heartbeat.interval.ms" => self.heartbeat_interval_ms = parse(key, value)?,
+            "broker.session.timeout.ms" => self.session_timeout_ms = parse(key, value)?,
+            "replica.lag.time.max.ms" => self.replica_lag_time_max_ms = parse(key, value)?,
+            "replica.fetch.max.bytes" => self.replica_fetch_max_bytes = parse(key, value)?,
+            "replica.fetch.wait.max.ms" => self.replica_fetch_wait_max_ms = parse(key, value)?,
             _ => return Err(ConfigError::Unknown(key.to_string())),
         }
         Ok(())
@@ -237,15 +296,69 @@ impl BrokerConfig {
                 "must be >= 1",
             ));
         }
+        if self.roles.controller {
+            parse_addr("controller.listener", &self.controller_listener)?;
+        }
+        if self.is_cluster()
+            && self.roles.broker
+            && self.controller_voter.is_none()
+            && !self.roles.controller
+        {
+            return Err(invalid(
+                "controller.quorum.voters",
+                "",
+                "a broker in cluster mode needs the controller's id@host:port",
+            ));
+        }
         self.log
             .validate()
             .map_err(|e| invalid("log.*", "", e.to_string()))
+    }
+
+    /// Cluster mode: a controller is configured (this node or another).
+    pub fn is_cluster(&self) -> bool {
+        self.controller_voter.is_some() || self.roles.controller
     }
 
     /// The listener address to bind.
     pub fn listener_addr(&self) -> Result<SocketAddr, ConfigError> {
         parse_addr("listeners", &self.listener)
     }
+}
+
+fn parse_roles(key: &str, value: &str) -> Result<Roles, ConfigError> {
+    let mut roles = Roles {
+        broker: false,
+        controller: false,
+    };
+    for role in value.split(',').map(str::trim) {
+        match role {
+            "broker" => roles.broker = true,
+            "controller" => roles.controller = true,
+            _ => return Err(invalid(key, value, "expected broker, controller or both")),
+        }
+    }
+    Ok(roles)
+}
+
+/// One `id@host:port` voter (Keel runs a single controller voter for now).
+fn parse_voter(key: &str, value: &str) -> Result<(i32, String), ConfigError> {
+    if value.contains(',') {
+        return Err(invalid(
+            key,
+            value,
+            "one controller voter is supported for now",
+        ));
+    }
+    let (id, addr) = value
+        .split_once('@')
+        .ok_or_else(|| invalid(key, value, "expected id@host:port"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|_| invalid(key, value, "bad voter id"))?;
+    parse_host_port(key, addr.trim())?;
+    Ok((id, addr.trim().to_string()))
 }
 
 fn parse_cleanup_policy(key: &str, value: &str) -> Result<bool, ConfigError> {
@@ -342,12 +455,43 @@ mod tests {
     }
 
     #[test]
+    fn cluster_properties() {
+        let mut c = BrokerConfig::default();
+        assert!(!c.is_cluster());
+        c.set("process.roles", "broker").unwrap();
+        c.set("controller.quorum.voters", "0@127.0.0.1:9093")
+            .unwrap();
+        c.set("replica.lag.time.max.ms", "500").unwrap();
+        assert!(c.is_cluster());
+        assert_eq!(c.controller_voter, Some((0, "127.0.0.1:9093".into())));
+        assert_eq!(c.replica_lag_time_max_ms, 500);
+        c.validate().unwrap();
+        c.set("process.roles", "controller,broker").unwrap();
+        assert_eq!(
+            c.roles,
+            Roles {
+                broker: true,
+                controller: true
+            }
+        );
+        for (k, v) in [
+            ("process.roles", "router"),
+            ("controller.quorum.voters", "127.0.0.1:9093"),
+            ("controller.quorum.voters", "0@a:1,1@b:2"),
+        ] {
+            assert!(BrokerConfig::default().set(k, v).is_err(), "{k}={v}");
+        }
+    }
+
+    #[test]
     fn bad_values_are_named_errors() {
         let cases = [
             ("node.id", "x"),
             ("log.flush.policy", "sometimes"),
             ("auto.create.topics.enable", "yes"),
             ("log.retention.ms", "-5"),
+            ("log.retention.hours", "9999999999999999"),
+            ("log.roll.hours", "99999999999999999"),
         ];
         for (k, v) in cases {
             let err = BrokerConfig::default().set(k, v).unwrap_err().to_string();

@@ -1,6 +1,7 @@
 //! The Keel broker library.
 //!
 //! Module map:
+//! - [`alloc_guard`]: the global allocator guard against hostile array length prefixes.
 //! - [`config`]: [`BrokerConfig`], Kafka property names, TOML and `--set` overrides.
 //! - [`server`]: the Kafka listener; per-connection reader and in-order writer.
 //! - [`handlers`]: one file per Kafka API.
@@ -10,6 +11,7 @@
 //! - [`metrics`]: metric names, the Prometheus recorder and `/metrics`.
 //! - [`error`]: errors and the single mapping to Kafka error codes.
 
+pub mod alloc_guard;
 pub mod config;
 pub mod controller;
 pub mod error;
@@ -88,6 +90,17 @@ impl Broker {
     /// Recovers the data directory, binds the listeners and starts serving.
     pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         config.validate()?;
+        if config.is_cluster() {
+            // The controller and replication cores exist (see docs/REPLICATION.md) but are
+            // not wired to listeners yet: refuse rather than run standalone silently.
+            return Err(BrokerError::Config(ConfigError::Invalid {
+                key: "controller.quorum.voters / process.roles".into(),
+                value: String::new(),
+                reason:
+                    "cluster mode is not available yet; run without them for a standalone broker"
+                        .into(),
+            }));
+        }
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             BrokerError::io(
                 format!("creating data dir {}", config.data_dir.display()),
@@ -189,8 +202,14 @@ impl BrokerHandle {
         self.node_id
     }
 
-    pub fn kafka_addr(&self) -> SocketAddr {
-        self.kafka_addr
+    /// The Kafka listener's bound address (none on a controller-only node).
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        Some(self.kafka_addr)
+    }
+
+    /// The controller listener's bound address, on a node with the controller role.
+    pub fn controller_addr(&self) -> Option<SocketAddr> {
+        None
     }
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {

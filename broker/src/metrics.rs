@@ -5,6 +5,8 @@
 
 use crate::topics::Topics;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -78,7 +80,10 @@ pub fn recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
+            // Gauges not set for a minute disappear: a deleted topic's partitions stop
+            // being reported. Every gauge is refreshed by `partition_gauges`.
             let recorder = PrometheusBuilder::new()
+                .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(60)))
                 .set_buckets(&[
                     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                     0.5, 1.0, 2.5, 5.0,
@@ -152,6 +157,9 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, stop: Cancel
     }
 }
 
+/// Open client connections; published as a gauge by [`partition_gauges`].
+pub static OPEN_CONNECTIONS: AtomicI64 = AtomicI64::new(0);
+
 /// Refreshes the per-partition gauges every `interval` until `stop`.
 pub async fn partition_gauges(topics: Arc<Topics>, interval: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(interval);
@@ -178,5 +186,6 @@ pub async fn partition_gauges(topics: Arc<Topics>, interval: Duration, stop: Can
             }
         }
         metrics::gauge!(PARTITIONS).set(count as f64);
+        metrics::gauge!(CONNECTIONS_ACTIVE).set(OPEN_CONNECTIONS.load(Ordering::Relaxed) as f64);
     }
 }

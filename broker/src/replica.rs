@@ -11,7 +11,7 @@
 //! Under `interval` the leader's log end counts at once and a timer fsyncs.
 
 use crate::error::BrokerError;
-use keel_storage::{AppendInfo, FlushPolicy, Log, LogConfig, ReadInfo, StorageError};
+use keel_storage::{AppendInfo, FlushPolicy, Log, LogConfig, StorageError};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -169,11 +169,6 @@ impl Replica {
             Ok(_) => Err(WaitError::Gone),
             Err(_) => Err(WaitError::TimedOut),
         }
-    }
-
-    /// Reads for a consumer: only below the high watermark.
-    pub fn read_committed(&self, offset: i64, max_bytes: usize) -> Result<ReadInfo, StorageError> {
-        self.log.read(offset, max_bytes, self.high_watermark())
     }
 
     /// Flushes everything appended so far (for `interval` policy and shutdown).

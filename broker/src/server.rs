@@ -57,9 +57,9 @@ pub async fn accept_loop<S: Service>(shared: Arc<S>, listener: TcpListener, trac
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         tracker.spawn(async move {
-            metrics::gauge!(m::CONNECTIONS_ACTIVE).increment(1.0);
+            m::OPEN_CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             serve_connection(shared, stream, peer).await;
-            metrics::gauge!(m::CONNECTIONS_ACTIVE).decrement(1.0);
+            m::OPEN_CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         });
     }
 }

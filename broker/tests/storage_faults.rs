@@ -27,7 +27,7 @@ async fn start(dir: &Path) -> BrokerHandle {
 }
 
 async fn setup(broker: &BrokerHandle, topic: &str) -> (ClientConfig, Producer) {
-    let client = ClientConfig::new(&broker.kafka_addr().to_string());
+    let client = ClientConfig::new(&broker.kafka_addr().unwrap().to_string());
     Admin::new(client.clone())
         .await
         .unwrap()

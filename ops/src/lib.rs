@@ -18,6 +18,8 @@ pub mod cmd;
 pub mod connect;
 pub mod histogram;
 
+pub use keel_broker::alloc_guard::HugeAllocGuard;
+
 use std::process::ExitCode;
 use std::time::Duration;
 

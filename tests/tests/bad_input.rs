@@ -193,6 +193,35 @@ fn unsupported_produce_version() {
     assert_serves(&b, "Produce v99");
 }
 
+/// An array length prefix of 2^31 - 1 in a 12-byte request: the decoder reserves room
+/// for the claimed elements before reading them. The broker must answer or close, not
+/// abort on a failed 150 GB allocation.
+#[test]
+fn huge_array_length_prefix_does_not_kill_the_broker() {
+    let b = start();
+    for (key, version, flexible) in [(3, 1, false), (0, 7, false), (1, 12, true)] {
+        let mut c = RawConn::connect(b.kafka_addr()).unwrap();
+        let mut body = raw_header(key, version, 45, flexible);
+        if key == 0 {
+            body.put_slice(&[0xff, 0xff, 0, 0, 0, 0, 0x75, 0x30]); // null txn id, acks, timeout
+        }
+        if key == 1 {
+            // Fetch v12 fields before the topics array, then a compact length of u32::MAX.
+            body.put_slice(&[
+                0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0,
+            ]);
+            body.put_slice(&[
+                0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f,
+            ]);
+        } else {
+            body.put_slice(&0x7fff_ffffi32.to_be_bytes());
+        }
+        c.write_raw(&frame(&body)).unwrap();
+        assert_closed_or_answered(&mut c, 45, "huge array length");
+        assert_serves(&b, "huge array length");
+    }
+}
+
 /// Produce v0–v2 is advertised for librdkafka's feature detection but refused: message
 /// formats 0 and 1 are not stored.
 #[test]

@@ -1,7 +1,7 @@
 //! ApiVersions: the supported key/version table. Default-valued tagged fields are left
 //! out (kafka-protocol does so), which older librdkafka needs to parse the response.
 
-use super::{Ctx, Reply};
+use super::{Reply, Responder};
 use bytes::BytesMut;
 use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
 use kafka_protocol::messages::ResponseHeader;
@@ -24,7 +24,7 @@ fn table(apis: &[ApiSupport], error: i16) -> ApiVersionsResponse {
         )
 }
 
-pub fn handle(ctx: &Ctx, apis: &[ApiSupport]) -> Reply {
+pub fn handle(ctx: &Responder, apis: &[ApiSupport]) -> Reply {
     ctx.now(table(apis, 0))
 }
 

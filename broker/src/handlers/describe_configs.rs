@@ -82,7 +82,8 @@ fn describe(shared: &Shared, r: &DescribeConfigsResource) -> DescribeConfigsResu
                 .with_error_message(Some(StrBytes::from_static_str("unsupported resource type")))
         }
     };
-    let keys = r.configuration_keys.as_ref();
+    // Kafka treats an empty key list like a null one: everything.
+    let keys = r.configuration_keys.as_ref().filter(|k| !k.is_empty());
     let configs = entries
         .into_iter()
         .filter(|(k, ..)| keys.is_none_or(|keys| keys.iter().any(|x| x.as_str() == *k)))

@@ -76,12 +76,19 @@ pub fn handle(ctx: Ctx, req: FetchRequest) -> Reply {
             }
             let (response, records, bytes, errors) = read_all(&wanted, max_bytes);
             let now = tokio::time::Instant::now();
-            if bytes >= min_bytes.max(1) || errors || now >= deadline || watches.is_empty() {
+            let stopping = ctx.shared.stop.is_cancelled();
+            if bytes >= min_bytes || errors || now >= deadline || watches.is_empty() || stopping {
                 metrics::counter!(m::FETCH_BYTES_TOTAL).increment(bytes as u64);
                 return ctx.encode(&response, &records);
             }
             // Nothing (enough) yet: wait for any high watermark to move, or the deadline.
-            let changed = futures_any_changed(&mut watches);
+            // A stopping broker answers at once with what it has.
+            let changed = async {
+                tokio::select! {
+                    _ = futures_any_changed(&mut watches) => {}
+                    _ = ctx.shared.stop.cancelled() => {}
+                }
+            };
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 let (response, records, bytes, _) = read_all(&wanted, max_bytes);
                 metrics::counter!(m::FETCH_BYTES_TOTAL).increment(bytes as u64);
@@ -131,13 +138,15 @@ fn read_all(wanted: &[Wanted], max_bytes: usize) -> (FetchResponse, Vec<Bytes>, 
                         .with_high_watermark(hw)
                         .with_last_stable_offset(hw)
                         .with_log_start_offset(log.log_start_offset());
-                    // KIP-74: once something is in the response, respect the request cap;
-                    // the first batch always goes, however large.
+                    // KIP-74: the first batch of the first non-empty partition always
+                    // goes, however large; after that, the caps hold.
                     let budget = (*part_max).min(max_bytes.saturating_sub(total));
                     if budget == 0 && total > 0 {
                         return data;
                     }
-                    match replica.read_committed(*offset, budget.max(1)) {
+                    // One HW snapshot bounds the read and is what the response reports.
+                    match log.read(*offset, budget.max(1), hw) {
+                        Ok(read) if total > 0 && read.records.len() > budget => data,
                         Ok(read) => {
                             total += read.records.len();
                             if !read.records.is_empty() {

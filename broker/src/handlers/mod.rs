@@ -28,17 +28,27 @@ use std::time::Instant;
 /// What the writer sends for one request: encoded chunks, or nothing (acks=0).
 pub type Reply = Pin<Box<dyn Future<Output = Option<Vec<Bytes>>> + Send>>;
 
-/// Who asked and how to answer: enough to encode the response.
+/// How to answer one request: enough to encode its response.
 #[derive(Clone)]
-pub struct Ctx {
-    pub shared: Arc<Shared>,
+pub struct Responder {
     pub api_key: ApiKey,
     pub version: i16,
     pub correlation_id: i32,
     pub started: Instant,
 }
 
-impl Ctx {
+impl Responder {
+    pub fn new(req: &ParsedRequest) -> Self {
+        metrics::counter!(m::REQUESTS_TOTAL, "api" => api_name(req.api_key)).increment(1);
+        tracing::debug!(api = ?req.api_key, version = req.header.request_api_version, correlation_id = req.header.correlation_id, "request");
+        Self {
+            api_key: req.api_key,
+            version: req.header.request_api_version,
+            correlation_id: req.header.correlation_id,
+            started: Instant::now(),
+        }
+    }
+
     /// Encodes `body` behind its response header; `zero_copy` slices are not copied.
     pub fn encode<R: Encodable>(&self, body: &R, zero_copy: &[Bytes]) -> Option<Vec<Bytes>> {
         let mut buf = GatherBuf::new();
@@ -69,7 +79,22 @@ impl Ctx {
     }
 }
 
-fn decode<T: Decodable>(req: &mut ParsedRequest) -> Result<T, RequestError> {
+/// A request on the Kafka listener: how to answer it, and the broker state it may read.
+#[derive(Clone)]
+pub struct Ctx {
+    pub shared: Arc<Shared>,
+    pub resp: Responder,
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = Responder;
+
+    fn deref(&self) -> &Responder {
+        &self.resp
+    }
+}
+
+pub fn decode<T: Decodable>(req: &mut ParsedRequest) -> Result<T, RequestError> {
     T::decode(&mut req.body, req.header.request_api_version).map_err(|e| RequestError::Body {
         api: req.api_key,
         version: req.header.request_api_version,
@@ -87,6 +112,9 @@ pub fn api_name(key: ApiKey) -> &'static str {
         ApiKey::CreateTopics => "create_topics",
         ApiKey::DeleteTopics => "delete_topics",
         ApiKey::DescribeConfigs => "describe_configs",
+        ApiKey::BrokerRegistration => "broker_registration",
+        ApiKey::BrokerHeartbeat => "broker_heartbeat",
+        ApiKey::AlterPartition => "alter_partition",
         ApiKey::FindCoordinator => "find_coordinator",
         ApiKey::OffsetForLeaderEpoch => "offset_for_leader_epoch",
         _ => "other",
@@ -100,13 +128,8 @@ pub fn dispatch(
 ) -> Result<Option<Reply>, RequestError> {
     let ctx = Ctx {
         shared: shared.clone(),
-        api_key: req.api_key,
-        version: req.header.request_api_version,
-        correlation_id: req.header.correlation_id,
-        started: Instant::now(),
+        resp: Responder::new(&req),
     };
-    metrics::counter!(m::REQUESTS_TOTAL, "api" => api_name(req.api_key)).increment(1);
-    tracing::debug!(api = ?req.api_key, version = ctx.version, correlation_id = ctx.correlation_id, "request");
     let reply = match req.api_key {
         ApiKey::ApiVersions => api_versions::handle(&ctx, SUPPORTED_APIS),
         ApiKey::Metadata => metadata::handle(&ctx, decode(&mut req)?),

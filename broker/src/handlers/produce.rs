@@ -116,6 +116,9 @@ fn append(replica: Option<Arc<Replica>>, acks: i16, records: Option<&[u8]>) -> O
             Some("no record batches".into()),
         );
     };
+    if let Some(problem) = batch_shape_problem(records) {
+        return Outcome::Failed(ResponseError::InvalidRecord, Some(problem));
+    }
     // Single broker: the ISR is the leader alone.
     if acks == -1 && replica.min_insync_replicas() > 1 {
         return Outcome::Failed(ResponseError::NotEnoughReplicas, None);
@@ -138,5 +141,70 @@ fn append(replica: Option<Arc<Replica>>, acks: i16, records: Option<&[u8]>) -> O
             }
             Outcome::Failed(code, Some(e.to_string()))
         }
+    }
+}
+
+/// A producer's batch must hold at least one record and its offset range must match its
+/// record count (Kafka rejects it with INVALID_RECORD otherwise). A follower's copy of a
+/// compacted batch may have gaps, so storage itself does not require this.
+fn batch_shape_problem(records: &[u8]) -> Option<String> {
+    for (i, b) in keel_protocol::batch::batches(records).enumerate() {
+        let Ok(b) = b else {
+            return None; // framing errors are storage's to report (CORRUPT_MESSAGE)
+        };
+        let (count, delta) = (b.header.records_count(), b.header.last_offset_delta());
+        if count < 1 || i64::from(delta) != i64::from(count) - 1 {
+            return Some(format!(
+                "batch {i}: {count} records but last offset delta {delta}"
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    fn batch(n: usize) -> BytesMut {
+        let records: Vec<Record> = (0..n)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: -1 + i as i32,
+                timestamp: 0,
+                key: None,
+                value: Some(bytes::Bytes::from_static(b"v")),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut buf, records.iter(), &options).unwrap();
+        buf
+    }
+
+    #[test]
+    fn offset_range_must_match_the_record_count() {
+        assert_eq!(batch_shape_problem(&batch(3)), None);
+        let mut bad = batch(3);
+        bad[23..27].copy_from_slice(&1_000_000i32.to_be_bytes()); // lastOffsetDelta
+        assert!(batch_shape_problem(&bad).unwrap().contains("3 records"));
+        let mut empty = batch(1);
+        empty[57..61].copy_from_slice(&0i32.to_be_bytes()); // recordsCount
+        assert!(batch_shape_problem(&empty).is_some());
     }
 }

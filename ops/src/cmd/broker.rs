@@ -2,6 +2,7 @@
 //! announce readiness on stdout, and shut down cleanly on SIGTERM or SIGINT.
 
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
@@ -137,18 +138,27 @@ pub async fn run(args: BrokerArgs) -> anyhow::Result<()> {
     let mut handle = Broker::start(config)
         .await
         .context("broker failed to start")?;
-    let metrics = handle
-        .metrics_addr()
-        .map_or_else(|| "none".to_string(), |a| a.to_string());
-    announce_ready(handle.node_id(), handle.kafka_addr(), &metrics)?;
+    announce_ready(
+        handle.node_id(),
+        handle.kafka_addr(),
+        handle.metrics_addr(),
+        handle.controller_addr(),
+    )?;
     let metrics_hint = match handle.metrics_addr() {
         Some(addr) => format!(", metrics on http://{addr}/metrics"),
         None => String::new(),
     };
+    let serves = match (handle.kafka_addr(), handle.controller_addr()) {
+        (Some(k), Some(c)) => {
+            format!("kafka clients connect to {k}, brokers to the controller at {c}")
+        }
+        (Some(k), None) => format!("kafka clients connect to {k}"),
+        (None, Some(c)) => format!("brokers connect to the controller at {c}"),
+        (None, None) => "nothing".to_string(),
+    };
     eprintln!(
-        "keel broker {} is ready: kafka clients connect to {}{metrics_hint}; Ctrl-C stops it",
-        handle.node_id(),
-        handle.kafka_addr()
+        "keel node {} is ready: {serves}{metrics_hint}; Ctrl-C stops it",
+        handle.node_id()
     );
 
     let stopped_by_itself = tokio::select! {
@@ -170,15 +180,31 @@ pub async fn run(args: BrokerArgs) -> anyhow::Result<()> {
 }
 
 /// The line tests and scripts wait for; flushed so a pipe reader sees it now.
-fn announce_ready(node_id: i32, kafka: std::net::SocketAddr, metrics: &str) -> anyhow::Result<()> {
+fn announce_ready(
+    node_id: i32,
+    kafka: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+    controller: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", ready_line(node_id, kafka, metrics))
+    writeln!(out, "{}", ready_line(node_id, kafka, metrics, controller))
         .and_then(|()| out.flush())
         .context("cannot write the ready line to stdout")
 }
 
-fn ready_line(node_id: i32, kafka: std::net::SocketAddr, metrics: &str) -> String {
-    format!("KEEL_READY node={node_id} kafka={kafka} metrics={metrics}")
+fn ready_line(
+    node_id: i32,
+    kafka: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+    controller: Option<SocketAddr>,
+) -> String {
+    let show = |a: Option<SocketAddr>| a.map_or_else(|| "none".to_string(), |a| a.to_string());
+    format!(
+        "KEEL_READY node={node_id} kafka={} metrics={} controller={}",
+        show(kafka),
+        show(metrics),
+        show(controller)
+    )
 }
 
 #[cfg(test)]
@@ -291,14 +317,15 @@ mod tests {
 
     #[test]
     fn ready_line_format() {
-        let addr = "127.0.0.1:40123".parse().unwrap();
+        let a: SocketAddr = "127.0.0.1:40123".parse().unwrap();
+        let m: SocketAddr = "127.0.0.1:9644".parse().unwrap();
         assert_eq!(
-            ready_line(1, addr, "127.0.0.1:9644"),
-            "KEEL_READY node=1 kafka=127.0.0.1:40123 metrics=127.0.0.1:9644"
+            ready_line(1, Some(a), Some(m), None),
+            "KEEL_READY node=1 kafka=127.0.0.1:40123 metrics=127.0.0.1:9644 controller=none"
         );
         assert_eq!(
-            ready_line(2, addr, "none"),
-            "KEEL_READY node=2 kafka=127.0.0.1:40123 metrics=none"
+            ready_line(0, None, None, Some(a)),
+            "KEEL_READY node=0 kafka=none metrics=none controller=127.0.0.1:40123"
         );
     }
 

@@ -1,0 +1,96 @@
+//! Fetch limits and waits as Kafka defines them (KIP-74 and min_bytes).
+
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+use kafka_protocol::messages::BrokerId;
+use kafka_protocol::records::Compression;
+use keel_tests::data::generate;
+use keel_tests::raw::{topic_name, RawConn};
+use keel_tests::{BrokerOpts, TestBroker};
+
+fn request(
+    topic: &str,
+    partitions: &[i32],
+    max_bytes: i32,
+    min_bytes: i32,
+    max_wait_ms: i32,
+) -> FetchRequest {
+    let mut t = FetchTopic::default();
+    t.topic = topic_name(topic);
+    t.partitions = partitions
+        .iter()
+        .map(|&p| {
+            let mut fp = FetchPartition::default();
+            fp.partition = p;
+            fp.current_leader_epoch = -1;
+            fp.last_fetched_epoch = -1;
+            fp.log_start_offset = -1;
+            fp.partition_max_bytes = 1 << 20;
+            fp
+        })
+        .collect();
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.max_wait_ms = max_wait_ms;
+    req.min_bytes = min_bytes;
+    req.max_bytes = max_bytes;
+    req.session_epoch = -1;
+    req.topics = vec![t];
+    req
+}
+
+/// Record bytes per partition in a v12 fetch response.
+fn sizes(c: &mut RawConn, req: &FetchRequest) -> Vec<usize> {
+    let resp = c.request(12, req).unwrap();
+    resp.responses[0]
+        .partitions
+        .iter()
+        .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
+        .collect()
+}
+
+#[test]
+fn only_the_first_batch_may_exceed_max_bytes() {
+    let b = TestBroker::start(BrokerOpts::default());
+    let mut c = RawConn::connect(b.kafka_addr()).unwrap();
+    c.create_topic_ok("caps", 2).unwrap();
+    for p in 0..2 {
+        c.produce_ok(
+            "caps",
+            p,
+            &generate("k", 20, 2000, 0, p as u64),
+            Compression::None,
+        )
+        .unwrap();
+    }
+    let whole = sizes(&mut c, &request("caps", &[0, 1], 50 << 20, 1, 0));
+    assert!(whole.iter().all(|&n| n > 10_000), "{whole:?}");
+    // Room for the first partition's batch and a little more: the second batch does not fit.
+    let capped = sizes(
+        &mut c,
+        &request("caps", &[0, 1], whole[0] as i32 + 100, 1, 0),
+    );
+    assert_eq!(capped, vec![whole[0], 0]);
+    // A cap below the first batch still returns it whole, and nothing after it.
+    let tiny = sizes(&mut c, &request("caps", &[0, 1], 10, 1, 0));
+    assert_eq!(tiny, vec![whole[0], 0]);
+}
+
+#[test]
+fn min_bytes_zero_answers_without_waiting() {
+    let b = TestBroker::start(BrokerOpts::default());
+    let mut c = RawConn::connect(b.kafka_addr()).unwrap();
+    c.create_topic_ok("idle", 1).unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        sizes(&mut c, &request("idle", &[0], 1 << 20, 0, 10_000)),
+        vec![0]
+    );
+    // The long-poll would hold it for 10 s; min_bytes 0 means "answer now".
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
