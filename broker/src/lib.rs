@@ -12,6 +12,7 @@
 //! - [`error`]: errors and the single mapping to Kafka error codes.
 
 pub mod alloc_guard;
+pub mod cluster;
 pub mod config;
 pub mod controller;
 pub mod error;
@@ -73,12 +74,15 @@ impl server::Service for Shared {
 
 pub struct Broker;
 
-/// A running broker.
+/// A running node: a Kafka listener (standalone broker), a controller listener, or both.
 pub struct BrokerHandle {
     node_id: i32,
-    kafka_addr: SocketAddr,
+    kafka_addr: Option<SocketAddr>,
+    controller_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
-    shared: Arc<Shared>,
+    topics: Option<Arc<Topics>>,
+    /// Cancelled first on shutdown: the listeners stop taking requests.
+    listeners_stop: CancellationToken,
     background: CancellationToken,
     connections: TaskTracker,
     tasks: Vec<JoinHandle<()>>,
@@ -86,19 +90,32 @@ pub struct BrokerHandle {
     _lock: DataDirLock,
 }
 
+async fn bind(what: &'static str, addr: &str) -> Result<(TcpListener, SocketAddr), BrokerError> {
+    let bind_err = |source| BrokerError::Bind {
+        what,
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| BrokerError::io(format!("reading the {what} listener address"), e))?;
+    Ok((listener, local))
+}
+
 impl Broker {
     /// Recovers the data directory, binds the listeners and starts serving.
     pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         config.validate()?;
-        if config.is_cluster() {
-            // The controller and replication cores exist (see docs/REPLICATION.md) but are
-            // not wired to listeners yet: refuse rather than run standalone silently.
+        if config.is_cluster() && config.roles.broker {
+            // Brokers in cluster mode (registration, metadata, replication) are the next
+            // step of docs/REPLICATION.md; refuse rather than run standalone silently.
             return Err(BrokerError::Config(ConfigError::Invalid {
-                key: "controller.quorum.voters / process.roles".into(),
-                value: String::new(),
-                reason:
-                    "cluster mode is not available yet; run without them for a standalone broker"
-                        .into(),
+                key: "process.roles".into(),
+                value: "broker".into(),
+                reason: "brokers in cluster mode are not available yet; run a standalone broker \
+                         (no controller properties) or a controller-only node"
+                    .into(),
             }));
         }
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
@@ -111,44 +128,14 @@ impl Broker {
         let metrics_handle = metrics::recorder();
 
         let background = CancellationToken::new();
+        let listeners_stop = CancellationToken::new();
         let fatal = FatalSignal::default();
-        let topics = Arc::new(Topics::load(
-            &config.data_dir,
-            config.log.clone(),
-            config.min_insync_replicas,
-            background.clone(),
-            fatal.clone(),
-        )?);
-
-        let addr = config.listener_addr()?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| BrokerError::Bind {
-                what: "kafka",
-                addr: config.listener.clone(),
-                source,
-            })?;
-        let kafka_addr = listener
-            .local_addr()
-            .map_err(|e| BrokerError::io("reading listener address", e))?;
-        let advertised = match &config.advertised_listener {
-            Some(a) => config::parse_host_port("advertised.listeners", a)?,
-            None => (kafka_addr.ip().to_string(), i32::from(kafka_addr.port())),
-        };
-
+        let connections = TaskTracker::new();
         let mut tasks = Vec::new();
+
         let metrics_addr = match &config.metrics_listener {
             Some(m) => {
-                let l = TcpListener::bind(m)
-                    .await
-                    .map_err(|source| BrokerError::Bind {
-                        what: "metrics",
-                        addr: m.clone(),
-                        source,
-                    })?;
-                let a = l
-                    .local_addr()
-                    .map_err(|e| BrokerError::io("reading metrics address", e))?;
+                let (l, a) = bind("metrics", m).await?;
                 tasks.push(tokio::spawn(metrics::serve(
                     l,
                     metrics_handle,
@@ -158,36 +145,39 @@ impl Broker {
             }
             None => None,
         };
-        tasks.push(tokio::spawn(metrics::partition_gauges(
-            topics.clone(),
-            Duration::from_millis(config.metrics_interval_ms.max(100)),
-            background.clone(),
-        )));
-        tasks.extend(maintenance::spawn_all(
-            &config,
-            topics.clone(),
-            background.clone(),
-            fatal.clone(),
-        ));
 
-        let shared = Arc::new(Shared {
-            config,
-            topics,
-            advertised,
-            stop: CancellationToken::new(),
-        });
-        let connections = TaskTracker::new();
-        tasks.push(tokio::spawn(server::accept_loop(
-            shared.clone(),
-            listener,
-            connections.clone(),
-        )));
-        tracing::info!(node = shared.config.node_id, %kafka_addr, ?metrics_addr, data_dir = %shared.config.data_dir.display(), "broker started");
+        let controller_addr = if config.roles.controller && config.is_cluster() {
+            let (addr, mut started) =
+                start_controller(&config, &listeners_stop, &background, &fatal, &connections)
+                    .await?;
+            tasks.append(&mut started);
+            Some(addr)
+        } else {
+            None
+        };
+
+        let (kafka_addr, topics) = if config.is_cluster() {
+            (None, None)
+        } else {
+            let (addr, topics, mut started) = start_standalone(
+                config.clone(),
+                &listeners_stop,
+                &background,
+                &fatal,
+                &connections,
+            )
+            .await?;
+            tasks.append(&mut started);
+            (Some(addr), Some(topics))
+        };
+        tracing::info!(node = config.node_id, ?kafka_addr, ?controller_addr, ?metrics_addr, data_dir = %config.data_dir.display(), "node started");
         Ok(BrokerHandle {
-            node_id: shared.config.node_id,
+            node_id: config.node_id,
             kafka_addr,
+            controller_addr,
             metrics_addr,
-            shared,
+            topics,
+            listeners_stop,
             background,
             connections,
             tasks,
@@ -197,6 +187,89 @@ impl Broker {
     }
 }
 
+/// The controller role: replays the metadata log, serves the controller listener and
+/// runs the fencing/election timer.
+async fn start_controller(
+    config: &BrokerConfig,
+    listeners_stop: &CancellationToken,
+    background: &CancellationToken,
+    fatal: &FatalSignal,
+    connections: &TaskTracker,
+) -> Result<(SocketAddr, Vec<JoinHandle<()>>), BrokerError> {
+    use crate::cluster::controller_service::{tick_loop, ControllerService};
+    use crate::controller::{ControllerConfig, ControllerDriver, METADATA_TOPIC};
+    let controller_config = ControllerConfig {
+        session_timeout_ms: config.session_timeout_ms,
+        default_replication_factor: config.default_replication_factor,
+        default_min_insync_replicas: config.min_insync_replicas,
+        default_partitions: config.num_partitions,
+    };
+    let dir = config.data_dir.join(format!("{METADATA_TOPIC}-0"));
+    let driver = ControllerDriver::open(&dir, controller_config)
+        .map_err(|e| BrokerError::Fatal(format!("opening the metadata log: {e}")))?;
+    let driver = Arc::new(driver);
+    let (listener, addr) = bind("controller", &config.controller_listener).await?;
+    let service = Arc::new(ControllerService {
+        driver: driver.clone(),
+        cluster_id: config.cluster_id.clone(),
+        max_frame: config.socket_request_max_bytes,
+        stop: listeners_stop.clone(),
+        fatal: fatal.clone(),
+    });
+    let period = Duration::from_millis((config.heartbeat_interval_ms / 4).clamp(50, 1000));
+    let tasks = vec![
+        tokio::spawn(server::accept_loop(service, listener, connections.clone())),
+        tokio::spawn(tick_loop(driver, period, background.clone(), fatal.clone())),
+    ];
+    Ok((addr, tasks))
+}
+
+/// A standalone broker: its own topic registry, the Kafka listener and maintenance.
+async fn start_standalone(
+    config: BrokerConfig,
+    listeners_stop: &CancellationToken,
+    background: &CancellationToken,
+    fatal: &FatalSignal,
+    connections: &TaskTracker,
+) -> Result<(SocketAddr, Arc<Topics>, Vec<JoinHandle<()>>), BrokerError> {
+    let topics = Arc::new(Topics::load(
+        &config.data_dir,
+        config.log.clone(),
+        config.min_insync_replicas,
+        background.clone(),
+        fatal.clone(),
+    )?);
+    config.listener_addr()?;
+    let (listener, kafka_addr) = bind("kafka", &config.listener).await?;
+    let advertised = match &config.advertised_listener {
+        Some(a) => config::parse_host_port("advertised.listeners", a)?,
+        None => (kafka_addr.ip().to_string(), i32::from(kafka_addr.port())),
+    };
+    let mut tasks = vec![tokio::spawn(metrics::partition_gauges(
+        topics.clone(),
+        Duration::from_millis(config.metrics_interval_ms.max(100)),
+        background.clone(),
+    ))];
+    tasks.extend(maintenance::spawn_all(
+        &config,
+        topics.clone(),
+        background.clone(),
+        fatal.clone(),
+    ));
+    let shared = Arc::new(Shared {
+        config,
+        topics: topics.clone(),
+        advertised,
+        stop: listeners_stop.clone(),
+    });
+    tasks.push(tokio::spawn(server::accept_loop(
+        shared,
+        listener,
+        connections.clone(),
+    )));
+    Ok((kafka_addr, topics, tasks))
+}
+
 impl BrokerHandle {
     pub fn node_id(&self) -> i32 {
         self.node_id
@@ -204,19 +277,19 @@ impl BrokerHandle {
 
     /// The Kafka listener's bound address (none on a controller-only node).
     pub fn kafka_addr(&self) -> Option<SocketAddr> {
-        Some(self.kafka_addr)
+        self.kafka_addr
     }
 
     /// The controller listener's bound address, on a node with the controller role.
     pub fn controller_addr(&self) -> Option<SocketAddr> {
-        None
+        self.controller_addr
     }
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
     }
 
-    /// Resolves only if the broker stops on its own (a fatal error).
+    /// Resolves only if the node stops on its own (a fatal error).
     pub async fn wait(&mut self) -> Result<(), BrokerError> {
         let reason = self.fatal.raised().await;
         Err(BrokerError::Fatal(reason))
@@ -226,7 +299,7 @@ impl BrokerHandle {
     /// checkpoint and close every log with its clean-shutdown marker.
     pub async fn shutdown(self) -> Result<(), BrokerError> {
         tracing::info!(node = self.node_id, "shutting down");
-        self.shared.stop.cancel();
+        self.listeners_stop.cancel();
         self.connections.close();
         if tokio::time::timeout(Duration::from_secs(10), self.connections.wait())
             .await
@@ -238,10 +311,11 @@ impl BrokerHandle {
         for t in self.tasks {
             let _ = t.await;
         }
-        let topics = self.shared.topics.clone();
-        tokio::task::spawn_blocking(move || topics.close_all())
-            .await
-            .map_err(|e| BrokerError::Fatal(format!("closing logs panicked: {e}")))?;
+        if let Some(topics) = self.topics {
+            tokio::task::spawn_blocking(move || topics.close_all())
+                .await
+                .map_err(|e| BrokerError::Fatal(format!("closing logs panicked: {e}")))?;
+        }
         tracing::info!(node = self.node_id, "stopped cleanly");
         Ok(())
     }
