@@ -2,6 +2,8 @@
 //!
 //! Module map:
 //! - [`cmd::broker`]: `keel broker`, runs a broker until SIGTERM or SIGINT.
+//! - [`cmd::cluster`]: `keel cluster start|status`, a local controller and brokers (hidden
+//!   until brokers run in cluster mode).
 //! - [`cmd::topic`]: `keel topic create|list|describe|delete`.
 //! - [`cmd::produce`]: `keel produce`, lines on stdin become records.
 //! - [`cmd::consume`]: `keel consume`, records become lines on stdout.
@@ -51,6 +53,10 @@ pub enum Command {
     /// shows the port actually bound. Logs go to stderr; set RUST_LOG (e.g.
     /// RUST_LOG=debug or RUST_LOG=keel_broker=debug) for more detail.
     Broker(cmd::broker::BrokerArgs),
+    /// Run a local cluster (a controller and N brokers) or show its state.
+    /// Hidden until brokers run in cluster mode (docs/REPLICATION.md).
+    #[command(subcommand, hide = true)]
+    Cluster(cmd::cluster::ClusterCommand),
     /// Create, list, describe and delete topics.
     #[command(subcommand)]
     Topic(cmd::topic::TopicCommand),
@@ -131,6 +137,7 @@ pub fn main_entry() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Broker(args) => cmd::broker::run(args).await,
+        Command::Cluster(command) => cmd::cluster::run(command).await,
         Command::Topic(command) => cmd::topic::run(command).await,
         Command::Produce(args) => cmd::produce::run(args).await,
         Command::Consume(args) => cmd::consume::run(args).await,

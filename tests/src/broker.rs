@@ -267,7 +267,7 @@ impl Drop for TestBroker {
 /// Makes the kernel SIGKILL the broker when the thread that spawned it exits, so a test
 /// binary killed from outside (timeout, Ctrl-C), where no `Drop` runs, leaves no broker
 /// behind. The spawning thread is the test's own thread, which outlives its `TestBroker`.
-fn die_with_parent(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
     // which is async-signal-safe; it touches no memory shared with the parent.
@@ -308,7 +308,7 @@ fn parse_ready(line: &str, node_id: i32) -> Option<Result<(SocketAddr, SocketAdd
 /// Sends each stdout line of `child` to the returned channel. The thread keeps draining
 /// after the receiver is gone, so the broker never blocks on a full pipe; it ends when the
 /// broker closes its stdout.
-fn stdout_lines(child: &mut Child) -> Receiver<String> {
+pub(crate) fn stdout_lines(child: &mut Child) -> Receiver<String> {
     let out = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -4,6 +4,8 @@
 //! integration tests) and talks to it over 127.0.0.1 only.
 //!
 //! - [`broker`]: [`TestBroker`], one broker process with its own temp data dir, killed on drop.
+//! - [`cluster`]: [`TestCluster`], a controller and N brokers; kill -9, SIGSTOP/SIGCONT and
+//!   restart per node; leaders from Metadata, LEO/HW from each node's metrics.
 //! - [`command`]: run a child process with stdin, a timeout and captured output; the
 //!   [`keel`] CLI helper.
 //! - [`tools`]: find external tools (`kcat`, `python3` modules); a missing tool fails the test.
@@ -13,6 +15,7 @@
 //! - [`data`]: deterministic keyed records with headers, and their text forms for kcat.
 
 pub mod broker;
+pub mod cluster;
 pub mod command;
 pub mod data;
 pub mod raw;
@@ -20,6 +23,7 @@ pub mod tools;
 pub mod wait;
 
 pub use broker::{BrokerOpts, TestBroker};
+pub use cluster::{ClusterOpts, Node, TestCluster};
 pub use command::{keel, keel_bin, run, CmdOutput};
 pub use data::TestRecord;
 pub use tools::{require_python_modules, require_tool};

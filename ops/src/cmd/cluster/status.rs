@@ -1,0 +1,147 @@
+//! `keel cluster status`: brokers, partitions (leader, epoch, replicas, ISR) and, for
+//! a cluster from `keel cluster start`, LEO/HW per replica from each node's `/metrics`.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, Context as _};
+
+use super::file::{ClusterFile, FILE_NAME};
+use super::metrics::{partition_offsets, scrape_metrics, PartitionOffsets};
+use super::{StatusArgs, PROBE_TIMEOUT};
+use crate::args::parse_bootstrap;
+use crate::connect;
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let file = ClusterFile::read(&args.data_dir.join(FILE_NAME))?;
+    let bootstrap = match (args.bootstrap_server, &file) {
+        (Some(b), _) => b,
+        (None, Some(f)) if !f.bootstrap().is_empty() => {
+            parse_bootstrap(&f.bootstrap().join(",")).map_err(|e| anyhow!(e))?
+        }
+        (None, _) => parse_bootstrap("127.0.0.1:9092").expect("a valid address"),
+    };
+    let admin = connect::admin(&bootstrap).await?;
+    let brokers = admin.brokers().await.context("cannot list brokers")?;
+    let mut rows = vec![strings(&["BROKER", "ADDRESS"])];
+    for b in &brokers {
+        rows.push(vec![
+            b.node_id.to_string(),
+            format!("{}:{}", b.host, b.port),
+        ]);
+    }
+    print!("{}", table(&rows));
+
+    let mut topics = admin.list_topics().await.context("cannot list topics")?;
+    topics.sort();
+    let described = admin
+        .describe_topics(&topics)
+        .await
+        .context("cannot describe topics")?;
+    let offsets = match &file {
+        Some(f) => Some(scrape_all(f).await),
+        None => None,
+    };
+    let mut header = strings(&["TOPIC", "PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR"]);
+    if offsets.is_some() {
+        header.push("LEO/HW PER REPLICA".to_string());
+    }
+    let mut rows = vec![header];
+    for topic in &described {
+        let mut partitions = topic.partitions.clone();
+        partitions.sort_by_key(|p| p.partition);
+        for p in partitions {
+            let mut row = vec![
+                topic.name.clone(),
+                p.partition.to_string(),
+                if p.leader < 0 {
+                    "none".into()
+                } else {
+                    p.leader.to_string()
+                },
+                p.leader_epoch.to_string(),
+                ids(&p.replicas),
+                ids(&p.isr),
+            ];
+            if let Some(offsets) = &offsets {
+                let key = (topic.name.clone(), p.partition);
+                let cells: Vec<String> = p
+                    .replicas
+                    .iter()
+                    .map(|r| match offsets.get(r) {
+                        Some(Ok(map)) => match map.get(&key) {
+                            Some(o) => format!("{r}:{}/{}", opt(o.leo), opt(o.hw)),
+                            None => format!("{r}:-"),
+                        },
+                        _ => format!("{r}:?"),
+                    })
+                    .collect();
+                row.push(cells.join(" "));
+            }
+            rows.push(row);
+        }
+    }
+    println!();
+    if described.is_empty() {
+        println!("no topics");
+    } else {
+        print!("{}", table(&rows));
+    }
+    match &offsets {
+        None => println!(
+            "(LEO/HW per replica needs {} from `keel cluster start`)",
+            args.data_dir.join(FILE_NAME).display()
+        ),
+        Some(offsets) => {
+            for (id, r) in offsets {
+                if let Err(e) = r {
+                    println!("node {id}: no metrics ({e:#})");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every node's partition gauges, by node id; a failed scrape is a value, not an error.
+async fn scrape_all(file: &ClusterFile) -> BTreeMap<i32, anyhow::Result<PartitionOffsets>> {
+    let mut out = BTreeMap::new();
+    for n in &file.nodes {
+        let Some(addr) = n.metrics else { continue };
+        let r = scrape_metrics(addr, PROBE_TIMEOUT).await;
+        out.insert(n.id, r.map(|text| partition_offsets(&text)));
+    }
+    out
+}
+
+pub(super) fn strings(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|c| c.to_string()).collect()
+}
+
+fn ids(ids: &[i32]) -> String {
+    ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn opt(v: Option<i64>) -> String {
+    v.map_or_else(|| "?".to_string(), |v| v.to_string())
+}
+
+/// Left-aligned columns separated by two spaces, no trailing blanks.
+pub(super) fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0usize; columns];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (cell, w) in row.iter().zip(&widths) {
+            line.push_str(&format!("{cell:<w$}  "));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,650 @@
+//! A local cluster for a test: one controller (node 0) and N brokers (nodes 1..=N), each a
+//! `keel broker` process on 127.0.0.1 with its own temp data dir, killed (by pid) on drop.
+//!
+//! Brokers are [`TestBroker`]s started with `process.roles=broker` and
+//! `controller.quorum.voters`; the controller is started here, because it has no Kafka
+//! listener for `TestBroker` to wait for. Every port is ephemeral at first; a restarted
+//! node asks for the ports it had, so clients' metadata and the brokers' voter address
+//! stay valid.
+//!
+//! Questions to the cluster (leaders, brokers, metrics) run on a short-lived thread with
+//! its own runtime, so they work from plain tests and from inside async tests alike, and
+//! each is bounded by [`PROBE_TIMEOUT`].
+
+use std::fs::OpenOptions;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use keel::cmd::cluster::{partition_offsets, scrape_metrics, ReadyLine, ReplicaOffsets, Role};
+use keel_client::{Admin, ClientConfig, TopicDescription};
+
+use crate::broker::{die_with_parent, stdout_lines};
+use crate::broker::{BrokerOpts, TestBroker, READY_TIMEOUT, SIGTERM_TIMEOUT};
+use crate::command::{keel_bin, tail};
+use crate::wait::{wait_for, wait_until};
+
+/// How long the brokers may take to appear in Metadata after they started.
+pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
+/// One admin request or one `/metrics` scrape.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to start a [`TestCluster`].
+#[derive(Debug, Clone)]
+pub struct ClusterOpts {
+    /// Number of brokers, node ids 1..=brokers.
+    pub brokers: usize,
+    /// Properties passed as `--set key=value` to every node, before the cluster's own
+    /// (`process.roles`, `controller.*`), which win.
+    pub settings: Vec<(String, String)>,
+}
+
+impl Default for ClusterOpts {
+    fn default() -> Self {
+        ClusterOpts {
+            brokers: 3,
+            settings: Vec::new(),
+        }
+    }
+}
+
+impl ClusterOpts {
+    pub fn brokers(mut self, n: usize) -> Self {
+        self.brokers = n;
+        self
+    }
+
+    pub fn set(mut self, key: &str, value: &str) -> Self {
+        self.settings.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// One node of a [`TestCluster`].
+pub struct Node {
+    id: i32,
+    process: Process,
+    /// Started and not killed or stopped by the test since (a crash is not noticed here).
+    up: bool,
+    /// SIGSTOPped and not yet continued.
+    paused: bool,
+}
+
+enum Process {
+    Controller(ControllerProcess),
+    Broker(TestBroker),
+}
+
+impl Node {
+    pub fn id(&self) -> i32 {
+        self.id
+    }
+
+    pub fn role(&self) -> Role {
+        match self.process {
+            Process::Controller(_) => Role::Controller,
+            Process::Broker(_) => Role::Broker,
+        }
+    }
+
+    /// The Kafka listener; panics for the controller, which has none.
+    pub fn kafka_addr(&self) -> SocketAddr {
+        match &self.process {
+            Process::Broker(b) => b.kafka_addr(),
+            Process::Controller(_) => {
+                panic!("node {} is the controller: no kafka listener", self.id)
+            }
+        }
+    }
+
+    /// The controller listener; `None` for a broker.
+    pub fn controller_addr(&self) -> Option<SocketAddr> {
+        match &self.process {
+            Process::Controller(c) => Some(c.controller),
+            Process::Broker(_) => None,
+        }
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        match &self.process {
+            Process::Broker(b) => b.metrics_addr(),
+            Process::Controller(c) => c.metrics,
+        }
+    }
+
+    /// Process id of the running node; panics when it is not running.
+    pub fn pid(&self) -> u32 {
+        match &self.process {
+            Process::Broker(b) => b.pid(),
+            Process::Controller(c) => c.child.as_ref().expect("controller is not running").id(),
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        match &self.process {
+            Process::Broker(b) => b.data_dir(),
+            Process::Controller(c) => c.dir.path().join("data"),
+        }
+    }
+
+    /// The file that collects the node's stderr over all its starts.
+    pub fn log_path(&self) -> PathBuf {
+        match &self.process {
+            Process::Broker(b) => b.log_path(),
+            Process::Controller(c) => c.log_path(),
+        }
+    }
+
+    /// The last `max` bytes of the node's stderr.
+    pub fn stderr_tail(&self, max: usize) -> String {
+        tail(&std::fs::read(self.log_path()).unwrap_or_default(), max)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.process {
+            Process::Broker(b) => b.is_running(),
+            Process::Controller(c) => {
+                matches!(c.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+            }
+        }
+    }
+
+    /// Up and not paused: it should answer requests.
+    fn is_live(&self) -> bool {
+        self.up && !self.paused
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on our own child, which is not reaped (`pid()` panics otherwise),
+        // so the pid was not reused.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({sig}) of node {} failed", self.id);
+    }
+}
+
+/// A controller and brokers over temp directories.
+pub struct TestCluster {
+    opts: ClusterOpts,
+    /// Node 0 (the controller) first, then the brokers in id order.
+    nodes: Vec<Node>,
+}
+
+impl TestCluster {
+    /// Starts the controller, then the brokers, and waits until Metadata lists them all.
+    pub fn start(opts: ClusterOpts) -> TestCluster {
+        assert!(opts.brokers >= 1, "a cluster needs at least one broker");
+        let controller = ControllerProcess::start(&opts.settings);
+        let voters = format!("0@{}", controller.controller);
+        let mut cluster = TestCluster {
+            nodes: vec![Node {
+                id: 0,
+                process: Process::Controller(controller),
+                up: true,
+                paused: false,
+            }],
+            opts,
+        };
+        for id in 1..=cluster.opts.brokers {
+            let id = i32::try_from(id).expect("broker count fits i32");
+            let mut settings = cluster.opts.settings.clone();
+            settings.push(("process.roles".into(), "broker".into()));
+            settings.push(("controller.quorum.voters".into(), voters.clone()));
+            let broker = TestBroker::start(BrokerOpts {
+                node_id: id,
+                settings,
+            });
+            cluster.nodes.push(Node {
+                id,
+                process: Process::Broker(broker),
+                up: true,
+                paused: false,
+            });
+        }
+        let ids = cluster.broker_ids();
+        cluster.wait_for_brokers(&ids, REGISTER_TIMEOUT);
+        cluster
+    }
+
+    /// Every broker's Kafka address, comma-separated (also stopped ones).
+    pub fn bootstrap(&self) -> String {
+        self.brokers()
+            .map(|n| n.kafka_addr().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// All node ids, the controller's (0) first.
+    pub fn node_ids(&self) -> Vec<i32> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// The brokers' ids, 1..=N.
+    pub fn broker_ids(&self) -> Vec<i32> {
+        self.brokers().map(|n| n.id).collect()
+    }
+
+    pub fn node(&self, id: i32) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node {id}; nodes are {:?}", self.node_ids()))
+    }
+
+    /// Broker `id`; panics for the controller or an unknown id.
+    pub fn broker(&self, id: i32) -> &Node {
+        let node = self.node(id);
+        assert_eq!(node.role(), Role::Broker, "node {id} is not a broker");
+        node
+    }
+
+    pub fn controller(&self) -> &Node {
+        &self.nodes[0]
+    }
+
+    fn node_mut(&mut self, id: i32) -> &mut Node {
+        let ids = self.node_ids();
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node {id}; nodes are {ids:?}"))
+    }
+
+    fn brokers(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| n.role() == Role::Broker)
+    }
+
+    /// SIGKILL node `id`, then reap it.
+    pub fn kill9(&mut self, id: i32) -> ExitStatus {
+        let node = self.node_mut(id);
+        node.paused = false;
+        node.up = false;
+        match &mut node.process {
+            Process::Broker(b) => b.kill9(),
+            Process::Controller(c) => c.kill9(),
+        }
+    }
+
+    /// SIGSTOP node `id`: it keeps its sockets but answers nothing until [`Self::sigcont`].
+    pub fn sigstop(&mut self, id: i32) {
+        let node = self.node_mut(id);
+        node.signal(libc::SIGSTOP);
+        node.paused = true;
+    }
+
+    pub fn sigcont(&mut self, id: i32) {
+        let node = self.node_mut(id);
+        node.signal(libc::SIGCONT);
+        node.paused = false;
+    }
+
+    /// SIGTERM node `id` and wait for it to exit; panics after [`SIGTERM_TIMEOUT`].
+    pub fn stop(&mut self, id: i32) -> ExitStatus {
+        let node = self.node_mut(id);
+        if node.paused {
+            node.signal(libc::SIGCONT);
+            node.paused = false;
+        }
+        node.up = false;
+        match &mut node.process {
+            Process::Broker(b) => b.sigterm_and_wait(),
+            Process::Controller(c) => c.sigterm_and_wait(),
+        }
+    }
+
+    /// Starts node `id` again on its data dir and the ports it had (a running node is
+    /// stopped with SIGTERM first) and waits for its ready line. It does not wait for
+    /// the node to register: use [`Self::wait_for_brokers`] or a condition of the test.
+    pub fn restart(&mut self, id: i32) {
+        let node = self.node_mut(id);
+        if node.paused {
+            node.signal(libc::SIGCONT);
+            node.paused = false;
+        }
+        match &mut node.process {
+            Process::Broker(b) => b.restart(),
+            Process::Controller(c) => c.restart(),
+        }
+        node.up = true;
+    }
+
+    /// The Kafka addresses of brokers that run and are not paused.
+    fn live_bootstrap(&self) -> Option<String> {
+        let live: Vec<String> = self
+            .brokers()
+            .filter(|n| n.is_live())
+            .map(|n| n.kafka_addr().to_string())
+            .collect();
+        (!live.is_empty()).then(|| live.join(","))
+    }
+
+    /// Runs `query` with an admin client on a live broker; `None` when no broker is live
+    /// or the query fails or takes longer than [`PROBE_TIMEOUT`].
+    fn ask<T, F>(&self, query: impl FnOnce(Admin) -> F + Send) -> Option<T>
+    where
+        T: Send,
+        F: Future<Output = Result<T, keel_client::ClientError>> + Send,
+    {
+        let bootstrap = self.live_bootstrap()?;
+        let mut config = ClientConfig::new(&bootstrap);
+        config.connect_timeout = PROBE_TIMEOUT;
+        config.request_timeout = PROBE_TIMEOUT;
+        block_on(async move {
+            let answer = async { query(Admin::new(config).await?).await };
+            tokio::time::timeout(PROBE_TIMEOUT * 2, answer)
+                .await
+                .ok()?
+                .ok()
+        })
+    }
+
+    /// Broker ids that Metadata lists now (registered and not fenced).
+    pub fn brokers_in_metadata(&self) -> Option<Vec<i32>> {
+        let brokers = self.ask(|admin| async move { admin.brokers().await })?;
+        Some(brokers.iter().map(|b| b.node_id).collect())
+    }
+
+    /// Waits until Metadata lists every broker in `ids`.
+    pub fn wait_for_brokers(&self, ids: &[i32], timeout: Duration) {
+        let desc = format!("metadata lists brokers {ids:?}");
+        wait_until(&desc, timeout, || {
+            self.brokers_in_metadata()
+                .is_some_and(|listed| ids.iter().all(|id| listed.contains(id)))
+        });
+    }
+
+    /// The topic as Metadata describes it now; `None` if it is unknown or no one answers.
+    pub fn describe_topic(&self, topic: &str) -> Option<TopicDescription> {
+        let names = vec![topic.to_string()];
+        let mut described = self.ask(|admin| async move { admin.describe_topics(&names).await })?;
+        described.pop().filter(|d| d.error.is_none())
+    }
+
+    /// The partition's leader according to Metadata, if it has one.
+    pub fn leader_of(&self, topic: &str, partition: i32) -> Option<i32> {
+        let desc = self.describe_topic(topic)?;
+        let p = desc.partitions.iter().find(|p| p.partition == partition)?;
+        (p.leader >= 0).then_some(p.leader)
+    }
+
+    /// Waits until the partition has a leader other than `not`, and returns it.
+    pub fn wait_for_leader(
+        &self,
+        topic: &str,
+        partition: i32,
+        not: Option<i32>,
+        timeout: Duration,
+    ) -> i32 {
+        let desc = match not {
+            Some(old) => format!("{topic}-{partition} has a leader other than {old}"),
+            None => format!("{topic}-{partition} has a leader"),
+        };
+        wait_for(&desc, timeout, || {
+            self.leader_of(topic, partition)
+                .filter(|leader| Some(*leader) != not)
+        })
+    }
+
+    /// Node `id`'s `/metrics` text; panics if it does not answer.
+    pub fn scrape_metrics(&self, id: i32) -> String {
+        let addr = self.node(id).metrics_addr();
+        block_on(scrape_metrics(addr, PROBE_TIMEOUT)).unwrap_or_else(|e| panic!("node {id}: {e:#}"))
+    }
+
+    /// LEO and HW of node `id`'s replica of `topic-partition`, from its metrics (which
+    /// lag by up to `metrics.partition.interval.ms`); default when it has no such replica.
+    pub fn replica_offsets(&self, id: i32, topic: &str, partition: i32) -> ReplicaOffsets {
+        let offsets = partition_offsets(&self.scrape_metrics(id));
+        offsets
+            .get(&(topic.to_string(), partition))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// Runs `f` to completion on a new thread with its own runtime: callable from sync code
+/// and from within another runtime.
+fn block_on<F>(f: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("build a runtime")
+                .block_on(f)
+        })
+        .join()
+        .expect("the probe thread panicked")
+    })
+}
+
+/// The controller node: like [`TestBroker`], but it announces a controller listener and
+/// no Kafka listener.
+struct ControllerProcess {
+    settings: Vec<(String, String)>,
+    // Field order matters: the child is killed in `Drop` before the directory goes away.
+    child: Option<Child>,
+    controller: SocketAddr,
+    metrics: SocketAddr,
+    starts: u32,
+    dir: tempfile::TempDir,
+}
+
+impl ControllerProcess {
+    fn start(settings: &[(String, String)]) -> ControllerProcess {
+        let dir = tempfile::Builder::new()
+            .prefix("keel-test-controller-")
+            .tempdir()
+            .expect("create temp dir");
+        std::fs::create_dir_all(dir.path().join("data")).expect("create data dir");
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut c = ControllerProcess {
+            settings: settings.to_vec(),
+            child: None,
+            controller: any,
+            metrics: any,
+            starts: 0,
+            dir,
+        };
+        c.spawn(0, 0).unwrap_or_else(|e| panic!("{e}"));
+        c
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("controller.stderr.log")
+    }
+
+    fn stderr_tail(&self, max: usize) -> String {
+        tail(&std::fs::read(self.log_path()).unwrap_or_default(), max)
+    }
+
+    fn kill9(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("controller is not running");
+        let _ = child.kill();
+        child.wait().expect("wait for killed controller")
+    }
+
+    fn sigterm_and_wait(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("controller is not running");
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on our own child, not reaped yet.
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGTERM) },
+            0,
+            "kill(SIGTERM)"
+        );
+        let start = Instant::now();
+        for _ in 0..(SIGTERM_TIMEOUT.as_millis() / 20 + 2) {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if start.elapsed() > SIGTERM_TIMEOUT {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "controller did not exit within {SIGTERM_TIMEOUT:?} of SIGTERM; stderr tail:\n{}",
+            self.stderr_tail(4000)
+        );
+    }
+
+    /// Same controller port (the brokers know it), same metrics port if it is still free.
+    fn restart(&mut self) {
+        if self.child.is_some() {
+            self.sigterm_and_wait();
+        }
+        let (c, m) = (self.controller.port(), self.metrics.port());
+        if let Err(first) = self.spawn(c, m) {
+            eprintln!(
+                "controller restart failed, retrying with an ephemeral metrics port: {first}"
+            );
+            self.spawn(c, 0).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    /// Spawns `keel broker` as the controller and waits for its ready line.
+    fn spawn(&mut self, controller_port: u16, metrics_port: u16) -> Result<(), String> {
+        self.starts += 1;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open controller log");
+        let mut cmd = Command::new(keel_bin());
+        cmd.arg("broker")
+            .args(["--node-id", "0"])
+            // No Kafka clients here; an ephemeral port in case the node binds one anyway.
+            .args(["--listeners", "127.0.0.1:0"])
+            .args(["--metrics-listener", &format!("127.0.0.1:{metrics_port}")])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"));
+        let own = [
+            ("process.roles", "controller".to_string()),
+            (
+                "controller.listener",
+                format!("127.0.0.1:{controller_port}"),
+            ),
+        ];
+        let own = own.iter().map(|(k, v)| (k.to_string(), v.clone()));
+        for (k, v) in self.settings.iter().cloned().chain(own) {
+            cmd.args(["--set", &format!("{k}={v}")]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        die_with_parent(&mut cmd);
+        let cmdline = format!("{cmd:?}");
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {cmdline}: {e}"))?;
+        let lines = stdout_lines(&mut child);
+        self.child = Some(child);
+        match self.wait_ready(&lines) {
+            Ok((controller, metrics)) => {
+                self.controller = controller;
+                self.metrics = metrics;
+                Ok(())
+            }
+            Err(why) => {
+                if let Some(mut c) = self.child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                Err(format!(
+                    "controller start #{} ({cmdline}) failed: {why}\n\
+                     --- controller stderr (tail) ---\n{}",
+                    self.starts,
+                    self.stderr_tail(6000)
+                ))
+            }
+        }
+    }
+
+    /// The controller and metrics addresses from `KEEL_READY`.
+    fn wait_ready(&mut self, lines: &Receiver<String>) -> Result<(SocketAddr, SocketAddr), String> {
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        for _ in 0..10_000 {
+            let left = READY_TIMEOUT.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            match lines.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(line) => match ReadyLine::parse(&line) {
+                    Some(Ok(r)) => {
+                        return match (r.node, r.controller, r.metrics) {
+                            (0, Some(c), Some(m)) if c.port() != 0 && m.port() != 0 => Ok((c, m)),
+                            _ => Err(format!(
+                                "ready line {line:?}: node 0 with controller= and metrics= \
+                                 ports expected"
+                            )),
+                        };
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => seen.push(line),
+                },
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.as_mut().and_then(|c| c.wait().ok());
+                    return Err(format!(
+                        "stdout closed before the ready line (exit status {status:?}); \
+                         stdout was {seen:?}"
+                    ));
+                }
+            }
+        }
+        Err(format!(
+            "no `KEEL_READY` line within {READY_TIMEOUT:?}; stdout was {seen:?}"
+        ))
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- controller stderr ({}) tail ---\n{}",
+                self.log_path().display(),
+                self.stderr_tail(6000)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_on_works_inside_a_runtime() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let v = rt.block_on(async { block_on(async { 7 }) });
+        assert_eq!(v, 7);
+    }
+
+    #[test]
+    fn opts_builder() {
+        let o = ClusterOpts::default()
+            .brokers(5)
+            .set("min.insync.replicas", "2");
+        assert_eq!(o.brokers, 5);
+        assert_eq!(o.settings, [("min.insync.replicas".into(), "2".into())]);
+    }
+}
