@@ -21,6 +21,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod replica;
 pub mod replication;
+pub mod role;
 pub mod server;
 pub mod topics;
 
@@ -233,6 +234,8 @@ async fn start_standalone(
     connections: &TaskTracker,
 ) -> Result<(SocketAddr, Arc<Topics>, Vec<JoinHandle<()>>), BrokerError> {
     let topics = Arc::new(Topics::load(
+        config.node_id,
+        config.replica_lag_time_max_ms,
         &config.data_dir,
         config.log.clone(),
         config.min_insync_replicas,

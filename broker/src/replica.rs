@@ -10,17 +10,23 @@
 //! commit), and only fsynced offsets count toward the high watermark and toward acks.
 //! Under `interval` the leader's log end counts at once and a timer fsyncs.
 
+use crate::controller::PartitionRecord;
 use crate::error::BrokerError;
+use crate::maintenance::now_ms as wall_ms;
+use crate::replication::{follower_high_watermark, IsrChangeResult};
+use crate::role::{Role, Timing, Transition};
 use keel_storage::{AppendInfo, FlushPolicy, Log, LogConfig, StorageError};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Leader epoch of every partition until the controller assigns epochs (replication).
-pub const INITIAL_LEADER_EPOCH: i32 = 0;
+fn now_ms() -> u64 {
+    wall_ms().max(0) as u64
+}
 
 pub struct Replica {
     pub topic: Arc<str>,
@@ -33,9 +39,29 @@ pub struct Replica {
     durable: watch::Sender<i64>,
     /// High watermark: consumers read below it, acks=all waits for it.
     hw: watch::Sender<i64>,
-    leader_epoch: i32,
     deleted: AtomicBool,
     min_insync_replicas: i32,
+    /// Leader or follower, and the leader's view of its followers.
+    role: Mutex<Role>,
+    /// `replica.lag.time.max.ms`
+    lag_time_max_ms: u64,
+}
+
+/// Per-replica settings from the topic and broker configs.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaSettings {
+    pub min_insync_replicas: i32,
+    /// `replica.lag.time.max.ms`
+    pub lag_time_max_ms: u64,
+}
+
+/// Why an append as leader was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("this replica is not the leader")]
+    NotLeader,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// Why an acknowledgement wait ended without success.
@@ -48,12 +74,14 @@ pub enum WaitError {
 
 impl Replica {
     /// Opens (recovering if needed) the log in `dir` and starts its flusher.
+    #[allow(clippy::too_many_arguments)] // identity, storage, settings, role, lifecycle
     pub fn open(
         topic: &str,
         partition: i32,
         dir: PathBuf,
         config: LogConfig,
-        min_insync_replicas: i32,
+        settings: ReplicaSettings,
+        role: Role,
         stop: &CancellationToken,
         fatal: &FatalSignal,
     ) -> Result<Arc<Self>, BrokerError> {
@@ -85,11 +113,17 @@ impl Replica {
             open_ms,
             "opened replica"
         );
-        let hw = compute_hw(
-            log.high_watermark(),
-            leader_ack_offset(flush_always, leo, durable),
-            &[],
-        );
+        // A standalone leader's HW is its own acknowledged end; in a cluster the HW comes
+        // from the ISR (leader) or the leader (follower), starting from the checkpoint.
+        let hw = if role.replicas.len() == 1 && role.is_leader() {
+            compute_hw(
+                log.high_watermark(),
+                leader_ack_offset(flush_always, leo, durable),
+                &[],
+            )
+        } else {
+            log.high_watermark()
+        };
         log.set_high_watermark(hw);
         let replica = Arc::new(Self {
             topic: Arc::from(topic),
@@ -99,9 +133,10 @@ impl Replica {
             appended: watch::Sender::new(leo),
             durable: watch::Sender::new(durable),
             hw: watch::Sender::new(hw),
-            leader_epoch: INITIAL_LEADER_EPOCH,
             deleted: AtomicBool::new(false),
-            min_insync_replicas,
+            min_insync_replicas: settings.min_insync_replicas,
+            role: Mutex::new(role),
+            lag_time_max_ms: settings.lag_time_max_ms,
         });
         if flush_always {
             tokio::spawn(flusher(replica.clone(), stop.clone(), fatal.clone()));
@@ -113,8 +148,31 @@ impl Replica {
         &self.log
     }
 
+    fn role(&self) -> MutexGuard<'_, Role> {
+        self.role.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn leader_epoch(&self) -> i32 {
-        self.leader_epoch
+        self.role().leader_epoch
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.role().is_leader()
+    }
+
+    /// (leader, leader epoch, replicas, ISR) as this replica knows them.
+    pub fn role_view(&self) -> (i32, i32, Vec<i32>, Vec<i32>) {
+        let r = self.role();
+        (r.leader, r.leader_epoch, r.replicas.clone(), r.isr.clone())
+    }
+
+    pub fn isr_size(&self) -> usize {
+        self.role().isr.len()
+    }
+
+    /// The log end offset (followers read up to it).
+    pub fn subscribe_leo(&self) -> watch::Receiver<i64> {
+        self.appended.subscribe()
     }
 
     pub fn min_insync_replicas(&self) -> i32 {
@@ -135,11 +193,18 @@ impl Replica {
 
     /// Appends a produce request's batches as leader. Returns once the bytes are in the
     /// log (page cache); acknowledgement waits are separate ([`Replica::wait_acked`]).
-    pub fn append(&self, records: &[u8]) -> Result<AppendInfo, StorageError> {
-        let info = self.log.append_as_leader(records, self.leader_epoch)?;
+    pub fn append(&self, records: &[u8]) -> Result<AppendInfo, AppendError> {
+        // The role lock orders appends against role changes: no batch is stamped with an
+        // epoch this replica no longer leads.
+        let role = self.role();
+        if !role.is_leader() {
+            return Err(AppendError::NotLeader);
+        }
+        let info = self.log.append_as_leader(records, role.leader_epoch)?;
+        drop(role);
         self.appended.send_replace(info.log_end_offset);
         if !self.flush_always {
-            self.advance_hw(info.log_end_offset);
+            self.advance_hw();
         }
         Ok(info)
     }
@@ -178,17 +243,100 @@ impl Replica {
         Ok(())
     }
 
-    fn advance_hw(&self, leader_ack: i64) {
+    fn leader_acked(&self) -> i64 {
+        leader_ack_offset(
+            self.flush_always,
+            self.log.log_end_offset(),
+            *self.durable.borrow(),
+        )
+    }
+
+    /// Recomputes a leader's high watermark (a follower's comes from its leader).
+    fn advance_hw(&self) {
+        let role = self.role();
+        let leo = self.log.log_end_offset();
+        let (acked, min_isr) = (
+            self.leader_acked(),
+            self.min_insync_replicas.max(1) as usize,
+        );
+        let t = self.timing();
         self.hw.send_if_modified(|hw| {
-            let new = compute_hw(*hw, leader_ack, &[]);
-            if new != *hw {
-                *hw = new;
-                true
-            } else {
-                false
-            }
+            let new = role.high_watermark(*hw, acked, leo, min_isr, t, |_| true);
+            let moved = new != *hw;
+            *hw = new;
+            moved
         });
+        drop(role);
         self.log.set_high_watermark(self.high_watermark());
+    }
+
+    /// Applies the partition's record from the metadata image (leader, epoch, ISR).
+    pub fn apply_record(&self, record: &PartitionRecord) -> Transition {
+        let transition = self
+            .role()
+            .apply(record, self.log.log_end_offset(), now_ms());
+        if transition != Transition::BecameFollower {
+            self.advance_hw();
+        }
+        // Wake waiters so produce and fetch requests re-check leadership.
+        self.hw.send_modify(|_| {});
+        transition
+    }
+
+    /// The leader's side of a follower fetch: records the follower's position, moves the
+    /// HW, and returns an ISR change to propose, if one is due.
+    pub fn follower_fetched(&self, follower: i32, fetch_offset: i64) -> Option<Vec<i32>> {
+        let now = now_ms();
+        let leo = self.log.log_end_offset();
+        {
+            let mut role = self.role();
+            role.follower_mut(follower)?
+                .on_fetch(fetch_offset, leo, now);
+        }
+        self.advance_hw();
+        let hw = self.high_watermark();
+        let t = Timing {
+            now_ms: now,
+            lag_time_max_ms: self.lag_time_max_ms,
+        };
+        self.role().propose_isr(hw, leo, t, |_| true)
+    }
+
+    /// A periodic check on a leader: an ISR change to propose (lagging followers out).
+    pub fn isr_check(&self) -> Option<Vec<i32>> {
+        let hw = self.high_watermark();
+        let leo = self.log.log_end_offset();
+        self.role().propose_isr(hw, leo, self.timing(), |_| true)
+    }
+
+    fn timing(&self) -> Timing {
+        Timing {
+            now_ms: now_ms(),
+            lag_time_max_ms: self.lag_time_max_ms,
+        }
+    }
+
+    /// The controller's answer to a proposed ISR change.
+    pub fn isr_change_done(&self, result: IsrChangeResult) {
+        self.role().isr_change_done(result);
+        self.advance_hw();
+    }
+
+    /// A follower's HW: the leader's, clamped to this log (only after truncating and
+    /// appending what the same fetch returned).
+    pub fn set_follower_hw(&self, leader_hw: i64) {
+        let hw = follower_high_watermark(
+            leader_hw,
+            self.log.log_start_offset(),
+            self.log.log_end_offset(),
+        );
+        self.hw.send_replace(hw);
+        self.log.set_high_watermark(hw);
+    }
+
+    /// After a follower append, truncation or flush: wakes the flusher and waiters.
+    pub fn follower_appended(&self) {
+        self.appended.send_replace(self.log.log_end_offset());
     }
 
     /// Marks the replica deleted: waiters wake up and see [`WaitError::Gone`].
@@ -239,7 +387,7 @@ async fn flusher(replica: Arc<Replica>, stop: CancellationToken, fatal: FatalSig
             match tokio::task::spawn_blocking(move || r.log.flush()).await {
                 Ok(Ok(durable)) => {
                     replica.durable.send_replace(durable);
-                    replica.advance_hw(durable);
+                    replica.advance_hw();
                 }
                 Ok(Err(e)) => {
                     if replica.is_deleted() {

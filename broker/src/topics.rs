@@ -56,6 +56,9 @@ pub enum CreateError {
 }
 
 pub struct Topics {
+    /// This broker's id (standalone: the leader of everything).
+    node_id: i32,
+    lag_time_max_ms: u64,
     data_dir: PathBuf,
     defaults: LogConfig,
     min_insync_replicas: i32,
@@ -68,7 +71,10 @@ const TOPICS_FILE: &str = "topics.toml";
 
 impl Topics {
     /// Loads `topics.toml` and opens (recovers) every partition it lists.
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
+        node_id: i32,
+        lag_time_max_ms: u64,
         data_dir: &Path,
         defaults: LogConfig,
         min_insync_replicas: i32,
@@ -76,6 +82,8 @@ impl Topics {
         fatal: FatalSignal,
     ) -> Result<Self, BrokerError> {
         let topics = Self {
+            node_id,
+            lag_time_max_ms,
             data_dir: data_dir.to_path_buf(),
             defaults,
             min_insync_replicas,
@@ -120,7 +128,11 @@ impl Topics {
                     p,
                     self.partition_dir(&meta.name, p),
                     config.clone(),
-                    min_isr,
+                    crate::replica::ReplicaSettings {
+                        min_insync_replicas: min_isr,
+                        lag_time_max_ms: self.lag_time_max_ms,
+                    },
+                    crate::role::Role::standalone(self.node_id),
                     &self.stop,
                     &self.fatal,
                 )

@@ -4,7 +4,8 @@
 use super::{Ctx, Reply};
 use crate::error::storage_error_code;
 use crate::metrics as m;
-use crate::replica::{Replica, WaitError};
+use crate::replica::{AppendError, Replica, WaitError};
+use crate::replication::{check_acks_all, may_append_acks_all, AckCheck};
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{
     PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
@@ -77,7 +78,23 @@ pub fn handle(ctx: Ctx, req: ProduceRequest) -> Option<Reply> {
                                 deadline.saturating_duration_since(tokio::time::Instant::now()),
                             )
                             .await;
+                        let min_isr = replica.min_insync_replicas().max(1) as usize;
                         r = match waited {
+                            // The HW covers the batch; with acks=all, the ISR that got it
+                            // there must still be at least min.insync.replicas.
+                            Ok(())
+                                if acks == -1
+                                    && check_acks_all(
+                                        end_offset,
+                                        replica.high_watermark(),
+                                        replica.isr_size(),
+                                        min_isr,
+                                    ) == AckCheck::NotEnoughReplicasAfterAppend =>
+                            {
+                                r.with_error_code(
+                                    ResponseError::NotEnoughReplicasAfterAppend.code(),
+                                )
+                            }
                             Ok(()) => r.with_base_offset(base_offset),
                             Err(WaitError::TimedOut) => {
                                 r.with_error_code(ResponseError::RequestTimedOut.code())
@@ -119,8 +136,11 @@ fn append(replica: Option<Arc<Replica>>, acks: i16, records: Option<&[u8]>) -> O
     if let Some(problem) = batch_shape_problem(records) {
         return Outcome::Failed(ResponseError::InvalidRecord, Some(problem));
     }
-    // Single broker: the ISR is the leader alone.
-    if acks == -1 && replica.min_insync_replicas() > 1 {
+    if !replica.is_leader() {
+        return Outcome::Failed(ResponseError::NotLeaderOrFollower, None);
+    }
+    let min_isr = replica.min_insync_replicas().max(1) as usize;
+    if acks == -1 && !may_append_acks_all(replica.isr_size(), min_isr) {
         return Outcome::Failed(ResponseError::NotEnoughReplicas, None);
     }
     match replica.append(records) {
@@ -132,7 +152,8 @@ fn append(replica: Option<Arc<Replica>>, acks: i16, records: Option<&[u8]>) -> O
                 replica,
             }
         }
-        Err(e) => {
+        Err(AppendError::NotLeader) => Outcome::Failed(ResponseError::NotLeaderOrFollower, None),
+        Err(AppendError::Storage(e)) => {
             let code = storage_error_code(&e);
             if code == ResponseError::KafkaStorageError {
                 tracing::error!(topic = %replica.topic, partition = replica.partition, error = %e, "append failed");
