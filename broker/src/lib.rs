@@ -46,6 +46,8 @@ pub struct Shared {
     pub advertised: (String, i32),
     /// Cancelled when the broker stops taking requests.
     pub stop: CancellationToken,
+    /// Cluster mode: the broker's link to the controller and its metadata image.
+    pub cluster: Option<Arc<cluster::broker_runtime::ClusterBroker>>,
 }
 
 impl server::Service for Shared {
@@ -108,17 +110,6 @@ impl Broker {
     /// Recovers the data directory, binds the listeners and starts serving.
     pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         config.validate()?;
-        if config.is_cluster() && config.roles.broker {
-            // Brokers in cluster mode (registration, metadata, replication) are the next
-            // step of docs/REPLICATION.md; refuse rather than run standalone silently.
-            return Err(BrokerError::Config(ConfigError::Invalid {
-                key: "process.roles".into(),
-                value: "broker".into(),
-                reason: "brokers in cluster mode are not available yet; run a standalone broker \
-                         (no controller properties) or a controller-only node"
-                    .into(),
-            }));
-        }
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             BrokerError::io(
                 format!("creating data dir {}", config.data_dir.display()),
@@ -157,10 +148,10 @@ impl Broker {
             None
         };
 
-        let (kafka_addr, topics) = if config.is_cluster() {
+        let (kafka_addr, topics) = if config.is_cluster() && !config.roles.broker {
             (None, None)
         } else {
-            let (addr, topics, mut started) = start_standalone(
+            let (addr, topics, mut started) = start_broker(
                 config.clone(),
                 &listeners_stop,
                 &background,
@@ -225,8 +216,9 @@ async fn start_controller(
     Ok((addr, tasks))
 }
 
-/// A standalone broker: its own topic registry, the Kafka listener and maintenance.
-async fn start_standalone(
+/// A broker: its replicas (from its own topic registry when standalone, from the
+/// controller's metadata in cluster mode), the Kafka listener and maintenance.
+async fn start_broker(
     config: BrokerConfig,
     listeners_stop: &CancellationToken,
     background: &CancellationToken,
@@ -259,11 +251,23 @@ async fn start_standalone(
         background.clone(),
         fatal.clone(),
     ));
+    let cluster = config.is_cluster().then(|| {
+        cluster::broker_runtime::ClusterBroker::new(
+            config.clone(),
+            advertised.clone(),
+            topics.clone(),
+            background.clone(),
+        )
+    });
+    if let Some(rt) = &cluster {
+        tasks.extend(rt.spawn());
+    }
     let shared = Arc::new(Shared {
         config,
         topics: topics.clone(),
         advertised,
         stop: listeners_stop.clone(),
+        cluster,
     });
     tasks.push(tokio::spawn(server::accept_loop(
         shared,

@@ -26,6 +26,10 @@ pub const PARTITION_LOG_START_OFFSET: &str = "keel_partition_log_start_offset";
 pub const PARTITION_SIZE_BYTES: &str = "keel_partition_size_bytes";
 pub const PARTITION_SEGMENTS: &str = "keel_partition_segments";
 pub const PARTITIONS: &str = "keel_partitions";
+pub const CONTROLLER_RETRIES_TOTAL: &str = "keel_controller_call_retries_total";
+pub const FETCHER_RETRIES_TOTAL: &str = "keel_replica_fetcher_retries_total";
+pub const TRUNCATIONS_TOTAL: &str = "keel_replica_truncations_total";
+pub const ISR_CHANGES_TOTAL: &str = "keel_isr_changes_total";
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -73,6 +77,22 @@ fn describe() {
     );
     describe_gauge!(PARTITION_SEGMENTS, "Segment count, by topic and partition.");
     describe_gauge!(PARTITIONS, "Partition replicas held by this broker.");
+    describe_counter!(
+        CONTROLLER_RETRIES_TOTAL,
+        "Failed calls to the controller that were retried, by call."
+    );
+    describe_counter!(
+        FETCHER_RETRIES_TOTAL,
+        "Follower fetches that failed or were refused and were retried after a back-off."
+    );
+    describe_counter!(
+        TRUNCATIONS_TOTAL,
+        "Follower log truncations to the leader's history."
+    );
+    describe_counter!(
+        ISR_CHANGES_TOTAL,
+        "ISR changes committed by the controller for partitions this broker leads."
+    );
 }
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.

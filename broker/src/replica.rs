@@ -166,6 +166,10 @@ impl Replica {
         (r.leader, r.leader_epoch, r.replicas.clone(), r.isr.clone())
     }
 
+    pub fn partition_epoch(&self) -> i32 {
+        self.role().partition_epoch
+    }
+
     pub fn isr_size(&self) -> usize {
         self.role().isr.len()
     }

@@ -165,6 +165,10 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Reply>, peer:
         let Some(chunks) = reply.await else {
             continue; // acks=0 produce: no response
         };
+        if chunks.is_empty() {
+            tracing::debug!(%peer, "closing the connection instead of answering");
+            break;
+        }
         if let Err(e) = write_chunks(&mut wr, &chunks).await {
             tracing::debug!(%peer, error = %e, "connection write failed");
             return;

@@ -35,7 +35,17 @@ struct TopicsFile {
 
 pub struct Topic {
     pub meta: TopicMeta,
+    /// The partitions this broker holds a replica of (all of them when standalone).
     pub replicas: Vec<Arc<Replica>>,
+}
+
+impl Topic {
+    pub fn replica(&self, partition: i32) -> Option<Arc<Replica>> {
+        self.replicas
+            .iter()
+            .find(|r| r.partition == partition)
+            .cloned()
+    }
 }
 
 /// Why a topic could not be created.
@@ -163,10 +173,7 @@ impl Topics {
     }
 
     pub fn replica(&self, name: &str, partition: i32) -> Option<Arc<Replica>> {
-        let topic = self.get(name)?;
-        usize::try_from(partition)
-            .ok()
-            .and_then(|p| topic.replicas.get(p).cloned())
+        self.get(name)?.replica(partition)
     }
 
     /// Every topic, sorted by name.
@@ -282,6 +289,116 @@ impl Topics {
             }
         })?;
         write_atomically(&self.data_dir.join(TOPICS_FILE), text.as_bytes())
+    }
+
+    /// Cluster mode: the replica of `topic`/`partition` (with the topic's id and configs
+    /// from the metadata image), opened — and recovered — if this broker has none yet.
+    /// A replica of an older incarnation of the name (another id) is deleted first.
+    pub fn ensure_replica(
+        &self,
+        name: &str,
+        id: uuid::Uuid,
+        partition: i32,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<Arc<Replica>, BrokerError> {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(topic) = map.get(name) {
+            if topic.meta.id == id {
+                if let Some(r) = topic.replica(partition) {
+                    return Ok(r);
+                }
+            }
+        }
+        let stale = map.get(name).filter(|t| t.meta.id != id).cloned();
+        if let Some(old) = stale {
+            map.remove(name);
+            for r in &old.replicas {
+                Self::retire(r);
+            }
+        }
+        let config =
+            topic_log_config(&self.defaults, configs).map_err(|e| BrokerError::TopicMetadata {
+                path: "metadata image".into(),
+                reason: format!("topic {name}: {e}"),
+            })?;
+        let min_isr = configs
+            .get("min.insync.replicas")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(self.min_insync_replicas);
+        let replica = Replica::open(
+            name,
+            partition,
+            self.partition_dir(name, partition),
+            config,
+            crate::replica::ReplicaSettings {
+                min_insync_replicas: min_isr,
+                lag_time_max_ms: self.lag_time_max_ms,
+            },
+            crate::role::Role::unassigned(self.node_id),
+            &self.stop,
+            &self.fatal,
+        )?;
+        let mut replicas = map
+            .get(name)
+            .map(|t| t.replicas.clone())
+            .unwrap_or_default();
+        replicas.push(replica.clone());
+        let meta = TopicMeta {
+            name: name.to_string(),
+            id,
+            partitions: replicas.len() as i32,
+            replication_factor: -1,
+            configs: configs.clone(),
+        };
+        map.insert(name.to_string(), Arc::new(Topic { meta, replicas }));
+        Ok(replica)
+    }
+
+    /// Cluster mode: stops and deletes this broker's replica of `topic`/`partition`.
+    pub fn remove_replica(&self, name: &str, id: uuid::Uuid, partition: i32) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let Some(topic) = map.get(name).filter(|t| t.meta.id == id).cloned() else {
+            return;
+        };
+        let (gone, kept): (Vec<_>, Vec<_>) = topic
+            .replicas
+            .iter()
+            .cloned()
+            .partition(|r| r.partition == partition);
+        if kept.is_empty() {
+            map.remove(name);
+        } else {
+            let meta = TopicMeta {
+                partitions: kept.len() as i32,
+                ..topic.meta.clone()
+            };
+            map.insert(
+                name.to_string(),
+                Arc::new(Topic {
+                    meta,
+                    replicas: kept,
+                }),
+            );
+        }
+        drop(map);
+        for r in &gone {
+            Self::retire(r);
+        }
+    }
+
+    /// Marks a replica deleted, closes its log and moves its directory aside for removal.
+    fn retire(r: &Arc<Replica>) {
+        r.mark_deleted();
+        if let Err(e) = r.log().close() {
+            tracing::warn!(topic = %r.topic, partition = r.partition, error = %e, "closing a removed replica");
+        }
+        match keel_storage::delete_log_dir(r.log().dir()) {
+            Ok(moved) => remove_in_background(moved),
+            Err(e) => {
+                tracing::error!(topic = %r.topic, partition = r.partition, error = %e, "moving a removed replica aside")
+            }
+        }
+        tracing::info!(topic = %r.topic, partition = r.partition, "removed replica");
     }
 
     /// Flushes and closes every log (clean shutdown).

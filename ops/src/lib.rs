@@ -2,8 +2,7 @@
 //!
 //! Module map:
 //! - [`cmd::broker`]: `keel broker`, runs a broker until SIGTERM or SIGINT.
-//! - [`cmd::cluster`]: `keel cluster start|status`, a local controller and brokers (hidden
-//!   until brokers run in cluster mode).
+//! - [`cmd::cluster`]: `keel cluster start|status`, a local controller and brokers.
 //! - [`cmd::topic`]: `keel topic create|list|describe|delete`.
 //! - [`cmd::produce`]: `keel produce`, lines on stdin become records.
 //! - [`cmd::consume`]: `keel consume`, records become lines on stdout.
@@ -54,8 +53,7 @@ pub enum Command {
     /// RUST_LOG=debug or RUST_LOG=keel_broker=debug) for more detail.
     Broker(cmd::broker::BrokerArgs),
     /// Run a local cluster (a controller and N brokers) or show its state.
-    /// Hidden until brokers run in cluster mode (docs/REPLICATION.md).
-    #[command(subcommand, hide = true)]
+    #[command(subcommand)]
     Cluster(cmd::cluster::ClusterCommand),
     /// Create, list, describe and delete topics.
     #[command(subcommand)]

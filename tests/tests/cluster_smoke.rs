@@ -25,8 +25,6 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 #[test]
-#[ignore = "brokers in cluster mode (registration, replication) are not wired yet; \
-            run with `cargo test -p keel-tests --test cluster_smoke -- --ignored`"]
 fn replicated_topic_round_trip() {
     let cluster = TestCluster::start(
         ClusterOpts::default()

@@ -12,6 +12,9 @@ use kafka_protocol::ResponseError;
 use std::collections::{BTreeMap, HashSet};
 
 pub fn handle(ctx: &Ctx, req: CreateTopicsRequest) -> Reply {
+    if ctx.shared.cluster.is_some() {
+        return super::forward_to_controller::<CreateTopicsRequest>(ctx, req);
+    }
     let mut seen = HashSet::new();
     let duplicates: HashSet<_> = req
         .topics

@@ -10,6 +10,9 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 pub fn handle(ctx: &Ctx, req: DeleteTopicsRequest) -> Reply {
+    if ctx.shared.cluster.is_some() {
+        return super::forward_to_controller::<DeleteTopicsRequest>(ctx, req);
+    }
     let topics = &ctx.shared.topics;
     let mut wanted: Vec<(Option<TopicName>, uuid::Uuid)> = req
         .topic_names

@@ -1,6 +1,11 @@
-//! Fetch for consumers: reads `[offset, HW)` straight out of the segments (zero-copy
-//! `Bytes` over the mmap, sent with `write_vectored`), long-polling on the partitions'
-//! high watermarks until `min_bytes` are there or `max_wait_ms` passes.
+//! Fetch: consumers read `[offset, HW)` straight out of the segments (zero-copy `Bytes`
+//! over the mmap, sent with `write_vectored`), long-polling on the partitions' high
+//! watermarks until `min_bytes` are there or `max_wait_ms` passes.
+//!
+//! A follower's fetch (replica id >= 0, cluster mode) is validated against the leader's
+//! epochs first (fenced / unknown epoch, diverging history → `DivergingEpoch`, out of
+//! range); an accepted one records the follower's position, which moves the HW and may
+//! propose an ISR change, and reads up to the leader's log end.
 //!
 //! Fetch sessions are never granted (`session_id` 0), so every request is a full one.
 
@@ -8,10 +13,13 @@ use super::{Ctx, Reply};
 use crate::error::storage_error_code;
 use crate::metrics as m;
 use crate::replica::Replica;
+use crate::replication::{
+    is_stale_broker_epoch, validate_follower_fetch, FetchPartitionRequestView, FetchValidation,
+};
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::FetchRequest;
 use kafka_protocol::messages::fetch_response::{
-    FetchResponse, FetchableTopicResponse, PartitionData,
+    EpochEndOffset as EpochEndOffsetWire, FetchResponse, FetchableTopicResponse, PartitionData,
 };
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::ResponseError;
@@ -24,7 +32,27 @@ struct Wanted {
     topic_id: uuid::Uuid,
     /// Set when the request named a topic id this broker does not know (v13+).
     unknown_id: bool,
-    partitions: Vec<(i32, i64, usize, Option<Arc<Replica>>)>,
+    partitions: Vec<Part>,
+}
+
+struct Part {
+    index: i32,
+    offset: i64,
+    max_bytes: usize,
+    current_leader_epoch: i32,
+    last_fetched_epoch: i32,
+    replica: Option<Arc<Replica>>,
+}
+
+/// Who is fetching.
+#[derive(Clone, Copy)]
+enum Reader {
+    Consumer,
+    /// A follower broker; `stale` when its broker epoch is not the registered one.
+    Follower {
+        id: i32,
+        stale: bool,
+    },
 }
 
 pub fn handle(ctx: Ctx, req: FetchRequest) -> Reply {
@@ -44,14 +72,13 @@ pub fn handle(ctx: Ctx, req: FetchRequest) -> Reply {
                 partitions: t
                     .partitions
                     .iter()
-                    .map(|p| {
-                        let max = usize::try_from(p.partition_max_bytes).unwrap_or(0);
-                        let replica = topic.as_ref().and_then(|topic| {
-                            usize::try_from(p.partition)
-                                .ok()
-                                .and_then(|i| topic.replicas.get(i).cloned())
-                        });
-                        (p.partition, p.fetch_offset, max, replica)
+                    .map(|p| Part {
+                        index: p.partition,
+                        offset: p.fetch_offset,
+                        max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(0),
+                        current_leader_epoch: p.current_leader_epoch,
+                        last_fetched_epoch: p.last_fetched_epoch,
+                        replica: topic.as_ref().and_then(|t| t.replica(p.partition)),
                     })
                     .collect(),
                 unknown_id: by_id && topic.is_none(),
@@ -60,21 +87,50 @@ pub fn handle(ctx: Ctx, req: FetchRequest) -> Reply {
             }
         })
         .collect();
+    let follower = if ctx.version >= 15 {
+        req.replica_state.replica_id.0
+    } else {
+        req.replica_id.0
+    };
+    let reader = match &ctx.shared.cluster {
+        Some(rt) if follower >= 0 => {
+            let registered = rt.image().broker(follower).map(|b| b.epoch);
+            let epoch = if ctx.version >= 15 {
+                req.replica_state.replica_epoch
+            } else {
+                -1
+            };
+            Reader::Follower {
+                id: follower,
+                stale: is_stale_broker_epoch(epoch, registered),
+            }
+        }
+        _ => Reader::Consumer,
+    };
+    if let Reader::Follower { id, stale: false } = reader {
+        // The follower's position counts once per request, before anything is read.
+        record_follower_positions(&ctx, &wanted, id);
+    }
     let max_bytes = usize::try_from(req.max_bytes).unwrap_or(0);
     let min_bytes = usize::try_from(req.min_bytes).unwrap_or(0);
     let max_wait = Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0));
     Box::pin(async move {
         let deadline = tokio::time::Instant::now() + max_wait;
+        // Consumers wait for the HW to move, followers for the log end.
         let mut watches: Vec<watch::Receiver<i64>> = wanted
             .iter()
             .flat_map(|w| w.partitions.iter())
-            .filter_map(|(_, _, _, r)| r.as_ref().map(|r| r.subscribe_hw()))
+            .filter_map(|p| p.replica.as_ref())
+            .map(|r| match reader {
+                Reader::Consumer => r.subscribe_hw(),
+                Reader::Follower { .. } => r.subscribe_leo(),
+            })
             .collect();
         loop {
             for w in &mut watches {
                 w.borrow_and_update();
             }
-            let (response, records, bytes, errors) = read_all(&wanted, max_bytes);
+            let (response, records, bytes, errors) = read_all(&wanted, max_bytes, reader);
             let now = tokio::time::Instant::now();
             let stopping = ctx.shared.stop.is_cancelled();
             if bytes >= min_bytes || errors || now >= deadline || watches.is_empty() || stopping {
@@ -90,7 +146,7 @@ pub fn handle(ctx: Ctx, req: FetchRequest) -> Reply {
                 }
             };
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                let (response, records, bytes, _) = read_all(&wanted, max_bytes);
+                let (response, records, bytes, _) = read_all(&wanted, max_bytes, reader);
                 metrics::counter!(m::FETCH_BYTES_TOTAL).increment(bytes as u64);
                 return ctx.encode(&response, &records);
             }
@@ -104,9 +160,47 @@ async fn futures_any_changed(watches: &mut [watch::Receiver<i64>]) {
     let _ = futures::future::select_all(changes).await;
 }
 
+/// Records a follower's fetch offsets on the partitions this broker leads; proposes the
+/// ISR changes that follow from them.
+fn record_follower_positions(ctx: &Ctx, wanted: &[Wanted], follower: i32) {
+    let Some(rt) = &ctx.shared.cluster else {
+        return;
+    };
+    for w in wanted {
+        for p in &w.partitions {
+            let Some(r) = p.replica.as_ref().filter(|r| r.is_leader()) else {
+                continue;
+            };
+            let view = FetchPartitionRequestView {
+                fetch_offset: p.offset,
+                current_leader_epoch: p.current_leader_epoch,
+                last_fetched_epoch: p.last_fetched_epoch,
+            };
+            let log = r.log();
+            let valid = validate_follower_fetch(
+                &view,
+                r.leader_epoch(),
+                log.as_ref(),
+                log.log_end_offset(),
+                log.log_start_offset(),
+            );
+            if valid == FetchValidation::Ok {
+                if let Some(isr) = r.follower_fetched(follower, p.offset) {
+                    rt.send_isr(r.clone(), w.topic_id, isr);
+                }
+            }
+        }
+    }
+}
+
 /// Reads every wanted partition once. Returns the response, the record slices to send
-/// by reference, the record byte count, and whether any partition had an error.
-fn read_all(wanted: &[Wanted], max_bytes: usize) -> (FetchResponse, Vec<Bytes>, usize, bool) {
+/// by reference, the record byte count, and whether any partition has an answer that
+/// must go out now (an error or a diverging epoch).
+fn read_all(
+    wanted: &[Wanted],
+    max_bytes: usize,
+    reader: Reader,
+) -> (FetchResponse, Vec<Bytes>, usize, bool) {
     let mut total = 0usize;
     let mut slices = Vec::new();
     let mut errors = false;
@@ -116,14 +210,14 @@ fn read_all(wanted: &[Wanted], max_bytes: usize) -> (FetchResponse, Vec<Bytes>, 
             let partitions = w
                 .partitions
                 .iter()
-                .map(|(index, offset, part_max, replica)| {
+                .map(|p| {
                     let mut data = PartitionData::default()
-                        .with_partition_index(*index)
+                        .with_partition_index(p.index)
                         .with_high_watermark(-1)
                         .with_last_stable_offset(-1)
                         .with_log_start_offset(-1)
                         .with_records(Some(Bytes::new()));
-                    let Some(replica) = replica.as_ref().filter(|r| !r.is_deleted()) else {
+                    let Some(replica) = p.replica.as_ref().filter(|r| !r.is_deleted()) else {
                         errors = true;
                         let code = if w.unknown_id {
                             ResponseError::UnknownTopicId
@@ -132,20 +226,70 @@ fn read_all(wanted: &[Wanted], max_bytes: usize) -> (FetchResponse, Vec<Bytes>, 
                         };
                         return data.with_error_code(code.code());
                     };
+                    if !replica.is_leader() {
+                        errors = true;
+                        return data.with_error_code(ResponseError::NotLeaderOrFollower.code());
+                    }
                     let hw = replica.high_watermark();
                     let log = replica.log();
                     data = data
                         .with_high_watermark(hw)
                         .with_last_stable_offset(hw)
                         .with_log_start_offset(log.log_start_offset());
+                    // Consumers read below one HW snapshot; followers up to the log end.
+                    let bound = match reader {
+                        Reader::Consumer => hw,
+                        Reader::Follower { stale: true, .. } => {
+                            errors = true;
+                            return data.with_error_code(ResponseError::NotLeaderOrFollower.code());
+                        }
+                        Reader::Follower { .. } => {
+                            let view = FetchPartitionRequestView {
+                                fetch_offset: p.offset,
+                                current_leader_epoch: p.current_leader_epoch,
+                                last_fetched_epoch: p.last_fetched_epoch,
+                            };
+                            let leo = log.log_end_offset();
+                            let code = match validate_follower_fetch(
+                                &view,
+                                replica.leader_epoch(),
+                                log.as_ref(),
+                                leo,
+                                log.log_start_offset(),
+                            ) {
+                                FetchValidation::Ok => None,
+                                FetchValidation::FencedLeaderEpoch => {
+                                    Some(ResponseError::FencedLeaderEpoch)
+                                }
+                                FetchValidation::UnknownLeaderEpoch => {
+                                    Some(ResponseError::UnknownLeaderEpoch)
+                                }
+                                FetchValidation::OffsetOutOfRange => {
+                                    Some(ResponseError::OffsetOutOfRange)
+                                }
+                                FetchValidation::Diverging(e) => {
+                                    errors = true;
+                                    return data.with_diverging_epoch(
+                                        EpochEndOffsetWire::default()
+                                            .with_epoch(e.epoch)
+                                            .with_end_offset(e.end_offset),
+                                    );
+                                }
+                            };
+                            if let Some(code) = code {
+                                errors = true;
+                                return data.with_error_code(code.code());
+                            }
+                            leo
+                        }
+                    };
                     // KIP-74: the first batch of the first non-empty partition always
                     // goes, however large; after that, the caps hold.
-                    let budget = (*part_max).min(max_bytes.saturating_sub(total));
+                    let budget = p.max_bytes.min(max_bytes.saturating_sub(total));
                     if budget == 0 && total > 0 {
                         return data;
                     }
-                    // One HW snapshot bounds the read and is what the response reports.
-                    match log.read(*offset, budget.max(1), hw) {
+                    match log.read(p.offset, budget.max(1), bound) {
                         Ok(read) if total > 0 && read.records.len() > budget => data,
                         Ok(read) => {
                             total += read.records.len();

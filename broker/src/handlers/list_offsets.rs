@@ -30,6 +30,9 @@ pub fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> Reply {
                     let Some(replica) = topics.replica(&t.name, p.partition_index) else {
                         return r.with_error_code(ResponseError::UnknownTopicOrPartition.code());
                     };
+                    if !replica.is_leader() {
+                        return r.with_error_code(ResponseError::NotLeaderOrFollower.code());
+                    }
                     let log = replica.log();
                     let hw = replica.high_watermark();
                     // The field exists from v4; an older response must leave it at -1.

@@ -15,6 +15,30 @@ use std::sync::Arc;
 
 pub fn handle(ctx: &Ctx, req: MetadataRequest) -> Reply {
     let shared = &ctx.shared;
+    if let Some(rt) = &shared.cluster {
+        // Cluster mode: the metadata image answers; this broker stands in as the
+        // "controller" clients send admin requests to, and forwards them.
+        let image = rt.image();
+        let wanted: Option<Vec<String>> = match req.topics {
+            None => None,
+            Some(t) if t.is_empty() && ctx.version == 0 => None,
+            Some(t) => Some(
+                t.into_iter()
+                    .filter_map(|t| match t.name {
+                        Some(n) => Some(n.to_string()),
+                        None => image.topic_by_id(t.topic_id).map(|x| x.name.clone()),
+                    })
+                    .collect(),
+            ),
+        };
+        return ctx.now(crate::cluster::metadata_response(
+            &image,
+            &shared.config.cluster_id,
+            shared.config.node_id,
+            wanted.as_deref(),
+            ctx.version,
+        ));
+    }
     let node = BrokerId(shared.config.node_id);
     let all = match &req.topics {
         None => true,

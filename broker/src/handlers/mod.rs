@@ -25,8 +25,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// What the writer sends for one request: encoded chunks, or nothing (acks=0).
+/// What the writer sends for one request: encoded chunks; `None` for nothing (acks=0);
+/// an empty list ([`CLOSE`]) closes the connection, for a request that cannot be answered
+/// (the client must not see later responses in its place).
 pub type Reply = Pin<Box<dyn Future<Output = Option<Vec<Bytes>>> + Send>>;
+
+/// The reply that closes the connection instead of answering.
+pub const CLOSE: Option<Vec<Bytes>> = Some(Vec::new());
 
 /// How to answer one request: enough to encode its response.
 #[derive(Clone)]
@@ -65,9 +70,10 @@ impl Responder {
         match encoded {
             Ok(()) => Some(buf.into_chunks()),
             Err(e) => {
-                // A response we cannot encode is a bug; the client sees a timeout.
+                // A response we cannot encode is a bug; closing keeps the client's
+                // correlation ids in step.
                 tracing::error!(api = ?self.api_key, version = self.version, error = %e, "cannot encode response");
-                None
+                CLOSE
             }
         }
     }
@@ -92,6 +98,34 @@ impl std::ops::Deref for Ctx {
     fn deref(&self) -> &Responder {
         &self.resp
     }
+}
+
+/// Cluster mode: sends an admin request on to the controller at the client's version
+/// and relays the answer (as Kafka brokers forward to the KRaft controller).
+pub fn forward_to_controller<R>(ctx: &Ctx, req: R) -> Reply
+where
+    R: kafka_protocol::protocol::Request + Send + Sync + 'static,
+    R::Response: Send,
+{
+    let ctx = ctx.clone();
+    Box::pin(async move {
+        let Some(rt) = ctx.shared.cluster.clone() else {
+            return CLOSE;
+        };
+        let timeout = std::time::Duration::from_secs(30);
+        let sent = match rt.controller().await {
+            Ok(c) => c.send_version(&req, ctx.version, timeout).await,
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok(resp) => ctx.encode(&resp, &[]),
+            Err(e) => {
+                // No answer is better than a made-up one: the client reconnects and retries.
+                tracing::warn!(api = ?ctx.api_key, error = %e, "forwarding to the controller failed");
+                CLOSE
+            }
+        }
+    })
 }
 
 pub fn decode<T: Decodable>(req: &mut ParsedRequest) -> Result<T, RequestError> {

@@ -29,6 +29,9 @@ pub fn handle(ctx: &Ctx, req: OffsetForLeaderEpochRequest) -> Reply {
                     let Some(replica) = topics.replica(&t.topic, p.partition) else {
                         return r.with_error_code(ResponseError::UnknownTopicOrPartition.code());
                     };
+                    if !replica.is_leader() {
+                        return r.with_error_code(ResponseError::NotLeaderOrFollower.code());
+                    }
                     let ours = replica.leader_epoch();
                     if p.current_leader_epoch >= 0 && p.current_leader_epoch < ours {
                         return r.with_error_code(ResponseError::FencedLeaderEpoch.code());

@@ -1,0 +1,475 @@
+//! A broker in cluster mode: registers with the controller and heartbeats, follows the
+//! metadata log into its own [`MetadataImage`], turns image changes into replica roles,
+//! runs one fetcher per leader it follows, and sends ISR changes as AlterPartition.
+//!
+//! Every loop here backs off on failure (bounded, counted) and stops with the broker.
+
+use super::fetcher;
+use crate::controller::{decode_batches, diff, MetadataImage, ReplicaChange, METADATA_TOPIC};
+use crate::metrics as m;
+use crate::replica::Replica;
+use crate::replication::IsrChangeResult;
+use crate::role::Transition;
+use crate::topics::Topics;
+use crate::BrokerConfig;
+use kafka_protocol::messages::alter_partition_request::{
+    AlterPartitionRequest, BrokerState, PartitionData, TopicData,
+};
+use kafka_protocol::messages::broker_heartbeat_request::BrokerHeartbeatRequest;
+use kafka_protocol::messages::broker_registration_request::{BrokerRegistrationRequest, Listener};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+use kafka_protocol::messages::{BrokerId, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use keel_client::connection::Connection;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Mutex};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const STALE_BROKER_EPOCH: i16 = 77;
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct ClusterBroker {
+    pub node_id: i32,
+    pub config: BrokerConfig,
+    /// Host and port this broker registers (and clients are given).
+    advertised: (String, i32),
+    controller_addr: String,
+    controller: Mutex<Option<Arc<Connection>>>,
+    broker_epoch: AtomicI64,
+    image: watch::Sender<Arc<MetadataImage>>,
+    pub topics: Arc<Topics>,
+    pub stop: CancellationToken,
+}
+
+/// Exponential backoff from 50 ms to 2 s.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((50u64 << attempt.min(6)).min(2_000))
+}
+
+impl ClusterBroker {
+    pub fn new(
+        config: BrokerConfig,
+        advertised: (String, i32),
+        topics: Arc<Topics>,
+        stop: CancellationToken,
+    ) -> Arc<Self> {
+        let controller_addr = config
+            .controller_voter
+            .as_ref()
+            .map(|(_, a)| a.clone())
+            .unwrap_or_else(|| config.controller_listener.clone());
+        Arc::new(Self {
+            node_id: config.node_id,
+            advertised,
+            controller_addr,
+            controller: Mutex::new(None),
+            broker_epoch: AtomicI64::new(-1),
+            image: watch::Sender::new(Arc::new(MetadataImage::new())),
+            topics,
+            stop,
+            config,
+        })
+    }
+
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.image.borrow().clone()
+    }
+
+    pub fn broker_epoch(&self) -> i64 {
+        self.broker_epoch.load(Ordering::Acquire)
+    }
+
+    /// The connection to the controller, (re)connecting if needed.
+    pub async fn controller(&self) -> Result<Arc<Connection>, keel_client::ClientError> {
+        let mut guard = self.controller.lock().await;
+        if let Some(c) = guard.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(
+            Connection::connect(
+                &self.controller_addr,
+                &format!("keel-broker-{}", self.node_id),
+                Duration::from_secs(5),
+                RPC_TIMEOUT,
+            )
+            .await?,
+        );
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Starts the broker's cluster loops.
+    pub fn spawn(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
+        vec![
+            tokio::spawn(self.clone().heartbeat_loop()),
+            tokio::spawn(self.clone().metadata_loop()),
+            tokio::spawn(self.clone().replica_manager()),
+            tokio::spawn(self.clone().isr_loop()),
+        ]
+    }
+
+    async fn register(&self) -> Result<i64, String> {
+        let c = self.controller().await.map_err(|e| e.to_string())?;
+        let req = BrokerRegistrationRequest::default()
+            .with_broker_id(BrokerId(self.node_id))
+            .with_cluster_id(StrBytes::from_string(self.config.cluster_id.clone()))
+            .with_incarnation_id(uuid::Uuid::new_v4())
+            .with_listeners(vec![Listener::default()
+                .with_name(StrBytes::from_static_str("PLAINTEXT"))
+                .with_host(StrBytes::from_string(self.advertised.0.clone()))
+                .with_port(u16::try_from(self.advertised.1).unwrap_or(0))]);
+        let resp = c
+            .send_version(&req, 0, RPC_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.error_code != 0 {
+            return Err(format!(
+                "registration refused with error {}",
+                resp.error_code
+            ));
+        }
+        Ok(resp.broker_epoch)
+    }
+
+    /// Registers, then heartbeats every `broker.heartbeat.interval.ms`; re-registers when
+    /// the controller no longer knows this incarnation.
+    async fn heartbeat_loop(self: Arc<Self>) {
+        let interval = Duration::from_millis(self.config.heartbeat_interval_ms.max(10));
+        let mut attempt = 0;
+        loop {
+            if self.broker_epoch() < 0 {
+                match self.register().await {
+                    Ok(epoch) => {
+                        self.broker_epoch.store(epoch, Ordering::Release);
+                        tracing::info!(
+                            node = self.node_id,
+                            epoch,
+                            "registered with the controller"
+                        );
+                        attempt = 0;
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = self.node_id, error = %e, "registration failed; retrying");
+                        metrics::counter!(m::CONTROLLER_RETRIES_TOTAL, "call" => "register")
+                            .increment(1);
+                        attempt += 1;
+                        if self.sleep(backoff(attempt)).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let req = BrokerHeartbeatRequest::default()
+                .with_broker_id(BrokerId(self.node_id))
+                .with_broker_epoch(self.broker_epoch())
+                .with_current_metadata_offset(self.image().offset());
+            let sent = match self.controller().await {
+                Ok(c) => c
+                    .send_version(&req, 0, RPC_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match sent {
+                Ok(resp) if resp.error_code == STALE_BROKER_EPOCH => {
+                    tracing::warn!(
+                        node = self.node_id,
+                        "controller has a newer incarnation of us; registering again"
+                    );
+                    self.broker_epoch.store(-1, Ordering::Release);
+                    continue;
+                }
+                Ok(resp) if resp.error_code != 0 => {
+                    tracing::warn!(
+                        node = self.node_id,
+                        error = resp.error_code,
+                        "heartbeat refused"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(node = self.node_id, error = %e, "heartbeat failed");
+                    metrics::counter!(m::CONTROLLER_RETRIES_TOTAL, "call" => "heartbeat")
+                        .increment(1);
+                }
+            }
+            if self.sleep(interval).await {
+                return;
+            }
+        }
+    }
+
+    /// Follows the controller's metadata log and publishes each new image.
+    async fn metadata_loop(self: Arc<Self>) {
+        let mut image = (*self.image()).clone();
+        let mut attempt = 0;
+        loop {
+            if self.stop.is_cancelled() {
+                return;
+            }
+            let mut p = FetchPartition::default();
+            p.partition = 0;
+            p.fetch_offset = image.offset() + 1;
+            p.current_leader_epoch = -1;
+            p.last_fetched_epoch = -1;
+            p.log_start_offset = -1;
+            p.partition_max_bytes = 4 << 20;
+            let mut t = FetchTopic::default();
+            t.topic = TopicName(StrBytes::from_static_str(METADATA_TOPIC));
+            t.partitions = vec![p];
+            let mut req = FetchRequest::default();
+            req.replica_id = BrokerId(self.node_id);
+            req.max_wait_ms = 500;
+            req.min_bytes = 1;
+            req.max_bytes = 4 << 20;
+            req.session_epoch = -1;
+            req.topics = vec![t];
+            let fetched = match self.controller().await {
+                Ok(c) => c
+                    .send_version(&req, 12, RPC_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let records = fetched.and_then(|resp| {
+                let p = resp
+                    .responses
+                    .into_iter()
+                    .flat_map(|t| t.partitions)
+                    .next()
+                    .ok_or("empty metadata fetch response")?;
+                if p.error_code != 0 {
+                    return Err(format!("metadata fetch error {}", p.error_code));
+                }
+                decode_batches(p.records.unwrap_or_default()).map_err(|e| e.to_string())
+            });
+            match records {
+                Ok(records) => {
+                    attempt = 0;
+                    if records.is_empty() {
+                        continue;
+                    }
+                    for (offset, record) in &records {
+                        image.apply(*offset, record);
+                    }
+                    self.image.send_replace(Arc::new(image.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(node = self.node_id, error = %e, "metadata fetch failed");
+                    metrics::counter!(m::CONTROLLER_RETRIES_TOTAL, "call" => "metadata")
+                        .increment(1);
+                    attempt += 1;
+                    if self.sleep(backoff(attempt)).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies image changes to this broker's replicas, and keeps one fetcher per leader.
+    async fn replica_manager(self: Arc<Self>) {
+        let mut rx = self.image.subscribe();
+        let mut applied = Arc::new(MetadataImage::new());
+        let mut fetchers: BTreeMap<i32, (JoinHandle<()>, CancellationToken)> = BTreeMap::new();
+        loop {
+            let new = rx.borrow_and_update().clone();
+            let changes = diff(&applied, &new, self.node_id);
+            for change in changes {
+                let topics = self.topics.clone();
+                let me = self.node_id;
+                let image = new.clone();
+                let outcome =
+                    tokio::task::spawn_blocking(move || apply_change(&topics, &image, me, change))
+                        .await;
+                if let Ok(Err(e)) = outcome {
+                    tracing::error!(node = self.node_id, error = %e, "applying a replica change failed");
+                }
+            }
+            applied = new;
+            // One fetcher per broker that leads something we follow.
+            let mut leaders: Vec<i32> = self
+                .topics
+                .all()
+                .iter()
+                .flat_map(|t| t.replicas.iter())
+                .filter(|r| !r.is_deleted() && !r.is_leader())
+                .map(|r| r.role_view().0)
+                .filter(|&l| l >= 0)
+                .collect();
+            leaders.sort_unstable();
+            leaders.dedup();
+            fetchers.retain(|leader, (task, stop)| {
+                let keep = leaders.contains(leader) && !task.is_finished();
+                if !keep {
+                    stop.cancel();
+                }
+                keep
+            });
+            for leader in leaders {
+                fetchers.entry(leader).or_insert_with(|| {
+                    let stop = self.stop.child_token();
+                    let task = tokio::spawn(fetcher::run(self.clone(), leader, stop.clone()));
+                    (task, stop)
+                });
+            }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { break },
+                _ = self.stop.cancelled() => break,
+            }
+        }
+        for (_, (task, stop)) in fetchers {
+            stop.cancel();
+            let _ = task.await;
+        }
+    }
+
+    /// Leaders check their followers every half `replica.lag.time.max.ms`.
+    async fn isr_loop(self: Arc<Self>) {
+        let period =
+            Duration::from_millis((self.config.replica_lag_time_max_ms / 2).clamp(50, 5_000));
+        loop {
+            if self.sleep(period).await {
+                return;
+            }
+            for topic in self.topics.all() {
+                for r in &topic.replicas {
+                    if let Some(isr) = r.isr_check() {
+                        self.send_isr(r.clone(), topic.meta.id, isr);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a proposed ISR to the controller in the background and reports the outcome
+    /// to the replica (one change is in flight per partition: the replica's gate).
+    pub fn send_isr(self: &Arc<Self>, replica: Arc<Replica>, topic_id: uuid::Uuid, isr: Vec<i32>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = this.alter_partition(&replica, topic_id, &isr).await;
+            match &result {
+                Ok(IsrChangeResult::Committed { isr }) => {
+                    tracing::info!(topic = %replica.topic, partition = replica.partition, ?isr, "isr changed");
+                    metrics::counter!(m::ISR_CHANGES_TOTAL).increment(1);
+                }
+                Ok(IsrChangeResult::Failed) => {}
+                Err(e) => {
+                    tracing::warn!(topic = %replica.topic, partition = replica.partition, error = %e, "alter partition failed")
+                }
+            }
+            replica.isr_change_done(result.unwrap_or(IsrChangeResult::Failed));
+        });
+    }
+
+    async fn alter_partition(
+        &self,
+        replica: &Replica,
+        topic_id: uuid::Uuid,
+        isr: &[i32],
+    ) -> Result<IsrChangeResult, String> {
+        let view = replica.role_view();
+        let image = self.image();
+        let members = isr
+            .iter()
+            .map(|&b| {
+                BrokerState::default()
+                    .with_broker_id(BrokerId(b))
+                    .with_broker_epoch(image.broker(b).map_or(-1, |i| i.epoch))
+            })
+            .collect();
+        let req = AlterPartitionRequest::default()
+            .with_broker_id(BrokerId(self.node_id))
+            .with_broker_epoch(self.broker_epoch())
+            .with_topics(vec![TopicData::default()
+                .with_topic_id(topic_id)
+                .with_partitions(vec![PartitionData::default()
+                    .with_partition_index(replica.partition)
+                    .with_leader_epoch(view.1)
+                    .with_partition_epoch(replica.partition_epoch())
+                    .with_new_isr_with_epochs(members)])]);
+        let c = self.controller().await.map_err(|e| e.to_string())?;
+        let resp = c
+            .send_version(&req, 3, RPC_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let p = resp
+            .topics
+            .into_iter()
+            .flat_map(|t| t.partitions)
+            .next()
+            .ok_or("empty alter partition response")?;
+        if resp.error_code != 0 || p.error_code != 0 {
+            tracing::debug!(
+                error = resp.error_code.max(p.error_code),
+                "isr change refused"
+            );
+            return Ok(IsrChangeResult::Failed);
+        }
+        Ok(IsrChangeResult::Committed {
+            isr: p.isr.iter().map(|b| b.0).collect(),
+        })
+    }
+
+    /// Sleeps unless the broker stops first; true if it is stopping.
+    pub async fn sleep(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            _ = self.stop.cancelled() => true,
+        }
+    }
+}
+
+fn apply_change(
+    topics: &Topics,
+    image: &MetadataImage,
+    me: i32,
+    change: ReplicaChange,
+) -> Result<(), crate::BrokerError> {
+    match change {
+        ReplicaChange::Remove {
+            topic,
+            topic_id,
+            partition,
+        } => {
+            topics.remove_replica(&topic, topic_id, partition);
+        }
+        ReplicaChange::BecomeLeader {
+            topic,
+            topic_id,
+            partition,
+            record,
+        }
+        | ReplicaChange::BecomeFollower {
+            topic,
+            topic_id,
+            partition,
+            record,
+        } => {
+            let configs = image
+                .topic(&topic)
+                .map(|t| t.configs.clone())
+                .unwrap_or_default();
+            let replica = topics.ensure_replica(&topic, topic_id, partition, &configs)?;
+            let transition = replica.apply_record(&record);
+            if transition != Transition::IsrOnly {
+                tracing::info!(
+                    node = me,
+                    topic,
+                    partition,
+                    leader = record.leader,
+                    epoch = record.leader_epoch,
+                    isr = ?record.isr,
+                    "{}",
+                    if transition == Transition::BecameLeader { "became leader" } else { "became follower" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
