@@ -84,6 +84,7 @@ pub struct BrokerHandle {
     controller_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     topics: Option<Arc<Topics>>,
+    cluster: Option<Arc<cluster::broker_runtime::ClusterBroker>>,
     /// Cancelled first on shutdown: the listeners stop taking requests.
     listeners_stop: CancellationToken,
     background: CancellationToken,
@@ -148,10 +149,10 @@ impl Broker {
             None
         };
 
-        let (kafka_addr, topics) = if config.is_cluster() && !config.roles.broker {
-            (None, None)
+        let (kafka_addr, topics, cluster) = if config.is_cluster() && !config.roles.broker {
+            (None, None, None)
         } else {
-            let (addr, topics, mut started) = start_broker(
+            let (addr, topics, cluster, mut started) = start_broker(
                 config.clone(),
                 &listeners_stop,
                 &background,
@@ -160,7 +161,7 @@ impl Broker {
             )
             .await?;
             tasks.append(&mut started);
-            (Some(addr), Some(topics))
+            (Some(addr), Some(topics), cluster)
         };
         tracing::info!(node = config.node_id, ?kafka_addr, ?controller_addr, ?metrics_addr, data_dir = %config.data_dir.display(), "node started");
         Ok(BrokerHandle {
@@ -169,6 +170,7 @@ impl Broker {
             controller_addr,
             metrics_addr,
             topics,
+            cluster,
             listeners_stop,
             background,
             connections,
@@ -216,6 +218,13 @@ async fn start_controller(
     Ok((addr, tasks))
 }
 
+type BrokerParts = (
+    SocketAddr,
+    Arc<Topics>,
+    Option<Arc<cluster::broker_runtime::ClusterBroker>>,
+    Vec<JoinHandle<()>>,
+);
+
 /// A broker: its replicas (from its own topic registry when standalone, from the
 /// controller's metadata in cluster mode), the Kafka listener and maintenance.
 async fn start_broker(
@@ -224,7 +233,7 @@ async fn start_broker(
     background: &CancellationToken,
     fatal: &FatalSignal,
     connections: &TaskTracker,
-) -> Result<(SocketAddr, Arc<Topics>, Vec<JoinHandle<()>>), BrokerError> {
+) -> Result<BrokerParts, BrokerError> {
     let topics = Arc::new(Topics::load(
         config.node_id,
         config.replica_lag_time_max_ms,
@@ -267,14 +276,14 @@ async fn start_broker(
         topics: topics.clone(),
         advertised,
         stop: listeners_stop.clone(),
-        cluster,
+        cluster: cluster.clone(),
     });
     tasks.push(tokio::spawn(server::accept_loop(
         shared,
         listener,
         connections.clone(),
     )));
-    Ok((kafka_addr, topics, tasks))
+    Ok((kafka_addr, topics, cluster, tasks))
 }
 
 impl BrokerHandle {
@@ -306,6 +315,9 @@ impl BrokerHandle {
     /// checkpoint and close every log with its clean-shutdown marker.
     pub async fn shutdown(self) -> Result<(), BrokerError> {
         tracing::info!(node = self.node_id, "shutting down");
+        if let Some(rt) = &self.cluster {
+            rt.controlled_shutdown(Duration::from_secs(5)).await;
+        }
         self.listeners_stop.cancel();
         self.connections.close();
         if tokio::time::timeout(Duration::from_secs(10), self.connections.wait())

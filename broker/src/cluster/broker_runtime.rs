@@ -204,6 +204,39 @@ impl ClusterBroker {
         }
     }
 
+    /// Controlled shutdown: asks the controller to move this broker's leaderships away
+    /// and fence it, and waits (bounded by `limit`) until it has, so clients and
+    /// followers switch to the new leaders before this broker stops serving.
+    pub async fn controlled_shutdown(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline && self.broker_epoch() >= 0 {
+            let req = BrokerHeartbeatRequest::default()
+                .with_broker_id(BrokerId(self.node_id))
+                .with_broker_epoch(self.broker_epoch())
+                .with_current_metadata_offset(self.image().offset())
+                .with_want_shut_down(true);
+            let done = match self.controller().await {
+                Ok(c) => c
+                    .send_version(&req, 0, Duration::from_secs(2))
+                    .await
+                    .is_ok_and(|r| r.error_code != 0 || r.should_shut_down),
+                Err(_) => false,
+            };
+            if done {
+                tracing::info!(
+                    node = self.node_id,
+                    "controlled shutdown: leaderships moved"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::warn!(
+            node = self.node_id,
+            "controlled shutdown did not complete; stopping anyway"
+        );
+    }
+
     /// Follows the controller's metadata log and publishes each new image.
     async fn metadata_loop(self: Arc<Self>) {
         let mut image = (*self.image()).clone();
