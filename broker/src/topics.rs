@@ -101,6 +101,7 @@ impl Topics {
             fatal,
             map: RwLock::new(HashMap::new()),
         };
+        remove_leftover_deletions(data_dir);
         let path = data_dir.join(TOPICS_FILE);
         let file: TopicsFile = match std::fs::read_to_string(&path) {
             Ok(text) => toml::from_str(&text).map_err(|e| BrokerError::TopicMetadata {
@@ -131,23 +132,35 @@ impl Topics {
             .get("min.insync.replicas")
             .and_then(|v| v.parse().ok())
             .unwrap_or(self.min_insync_replicas);
-        let replicas = (0..meta.partitions)
-            .map(|p| {
-                Replica::open(
-                    &meta.name,
-                    p,
-                    self.partition_dir(&meta.name, p),
-                    config.clone(),
-                    crate::replica::ReplicaSettings {
-                        min_insync_replicas: min_isr,
-                        lag_time_max_ms: self.lag_time_max_ms,
-                    },
-                    crate::role::Role::standalone(self.node_id),
-                    &self.stop,
-                    &self.fatal,
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut replicas = Vec::with_capacity(meta.partitions.max(0) as usize);
+        for p in 0..meta.partitions {
+            let opened = Replica::open(
+                &meta.name,
+                p,
+                self.partition_dir(&meta.name, p),
+                config.clone(),
+                crate::replica::ReplicaSettings {
+                    min_insync_replicas: min_isr,
+                    lag_time_max_ms: self.lag_time_max_ms,
+                },
+                crate::role::Role::standalone(self.node_id),
+                &self.stop,
+                &self.fatal,
+            );
+            match opened {
+                Ok(r) => replicas.push(r),
+                Err(e) => {
+                    // Release the partitions already opened (flusher tasks, handles,
+                    // maps). Their directories stay: on startup they hold data; a
+                    // failed create removes its own (see `create`).
+                    for r in &replicas {
+                        r.mark_deleted();
+                        let _ = r.log().close();
+                    }
+                    return Err(e);
+                }
+            }
+        }
         Ok(Topic { meta, replicas })
     }
 
@@ -227,7 +240,22 @@ impl Topics {
                 remove_in_background(moved);
             }
         }
-        let topic = Arc::new(self.open_topic(meta)?);
+        let topic = match self.open_topic(meta) {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                // The directories were created by this attempt (leftovers were moved
+                // aside above): remove them, so a failed create leaves nothing behind.
+                for p in 0..partitions {
+                    let dir = self.partition_dir(name, p);
+                    if dir.exists() {
+                        if let Ok(moved) = keel_storage::delete_log_dir(&dir) {
+                            remove_in_background(moved);
+                        }
+                    }
+                }
+                return Err(e.into());
+            }
+        };
         map.insert(name.to_string(), topic.clone());
         self.persist(&map)?;
         tracing::info!(topic = name, partitions, "created topic");
@@ -413,6 +441,21 @@ impl Topics {
     }
 }
 
+/// Directories renamed `*-delete` by a deletion whose background removal did not finish
+/// (the process stopped first) are removed again at startup.
+fn remove_leftover_deletions(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir && entry.file_name().to_string_lossy().ends_with("-delete") {
+            tracing::info!(dir = %entry.path().display(), "removing a deleted replica left from before");
+            remove_in_background(entry.path());
+        }
+    }
+}
+
 fn remove_in_background(dir: PathBuf) {
     std::thread::spawn(move || {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -536,6 +579,21 @@ pub fn topic_log_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leftover_deleted_directories_are_removed_at_startup() {
+        let dir = tempfile::tempdir().unwrap();
+        let leftover = dir.path().join("t-0.18c3a-delete");
+        std::fs::create_dir_all(leftover.join("inner")).unwrap();
+        std::fs::create_dir_all(dir.path().join("kept-0")).unwrap();
+        remove_leftover_deletions(dir.path());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while leftover.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!leftover.exists());
+        assert!(dir.path().join("kept-0").exists());
+    }
 
     #[test]
     fn topic_names_follow_kafka_rules() {
