@@ -40,6 +40,8 @@ pub struct Replica {
     /// High watermark: consumers read below it, acks=all waits for it.
     hw: watch::Sender<i64>,
     deleted: AtomicBool,
+    /// Mirrors `role.is_leader()` for waiters that must not take the role lock.
+    leading: AtomicBool,
     min_insync_replicas: i32,
     /// Leader or follower, and the leader's view of its followers.
     role: Mutex<Role>,
@@ -68,7 +70,7 @@ pub enum AppendError {
 #[derive(Debug, PartialEq, Eq)]
 pub enum WaitError {
     TimedOut,
-    /// The replica was deleted or the broker is stopping.
+    /// The replica was deleted, lost its leadership, or the broker is stopping.
     Gone,
 }
 
@@ -134,6 +136,7 @@ impl Replica {
             durable: watch::Sender::new(durable),
             hw: watch::Sender::new(hw),
             deleted: AtomicBool::new(false),
+            leading: AtomicBool::new(role.is_leader()),
             min_insync_replicas: settings.min_insync_replicas,
             role: Mutex::new(role),
             lag_time_max_ms: settings.lag_time_max_ms,
@@ -158,6 +161,10 @@ impl Replica {
 
     pub fn is_leader(&self) -> bool {
         self.role().is_leader()
+    }
+
+    fn is_leading(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
     }
 
     /// (leader, leader epoch, replicas, ISR) as this replica knows them.
@@ -228,13 +235,14 @@ impl Replica {
             self.durable.subscribe()
         };
         let reached = tokio::time::timeout(timeout, async {
-            rx.wait_for(|&v| v >= end_offset || self.is_deleted())
+            // A lost leadership ends the wait too: the new leader may not keep the batch.
+            rx.wait_for(|&v| v >= end_offset || self.is_deleted() || !self.is_leading())
                 .await
                 .is_ok()
         })
         .await;
         match reached {
-            Ok(true) if !self.is_deleted() => Ok(()),
+            Ok(true) if !self.is_deleted() && self.is_leading() => Ok(()),
             Ok(_) => Err(WaitError::Gone),
             Err(_) => Err(WaitError::TimedOut),
         }
@@ -276,9 +284,12 @@ impl Replica {
 
     /// Applies the partition's record from the metadata image (leader, epoch, ISR).
     pub fn apply_record(&self, record: &PartitionRecord) -> Transition {
-        let transition = self
-            .role()
-            .apply(record, self.log.log_end_offset(), now_ms());
+        let transition = {
+            let mut role = self.role();
+            let t = role.apply(record, self.log.log_end_offset(), now_ms());
+            self.leading.store(role.is_leader(), Ordering::Release);
+            t
+        };
         if transition != Transition::BecameFollower {
             self.advance_hw();
         }
