@@ -290,6 +290,11 @@ impl Replica {
             self.leading.store(role.is_leader(), Ordering::Release);
             t
         };
+        if transition == Transition::BecameLeader {
+            if let Err(e) = self.log.assign_epoch(record.leader_epoch) {
+                tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "recording the new leader epoch");
+            }
+        }
         if transition != Transition::BecameFollower {
             self.advance_hw();
         }

@@ -638,6 +638,18 @@ impl Log {
         st.high_watermark
     }
 
+    /// A new leader's epoch starts at the current log end, before anything is appended in
+    /// it (Kafka assigns it at election), so OffsetForLeaderEpoch and diverging-epoch
+    /// checks can answer for it. Ignored unless newer than the latest epoch.
+    pub fn assign_epoch(&self, epoch: i32) -> Result<()> {
+        self.check_open()?;
+        let _w = lock(&self.writer);
+        let mut st = self.write_state();
+        let end = st.log_end;
+        st.epochs.assign(epoch, end);
+        Ok(())
+    }
+
     pub fn latest_epoch(&self) -> Option<i32> {
         self.read_state().epochs.latest()
     }

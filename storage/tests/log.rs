@@ -479,3 +479,19 @@ fn delete_log_dir_renames() {
     );
     std::fs::remove_dir_all(&moved).unwrap();
 }
+
+#[test]
+fn a_leader_epoch_assigned_at_election_ends_at_the_log_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.append_as_leader(&batch(3, 10, 0, 1), 1).unwrap();
+    log.assign_epoch(4).unwrap();
+    log.assign_epoch(2).unwrap(); // older than the latest: ignored
+    assert_eq!(log.epoch_entries(), vec![(1, 0), (4, 3)]);
+    assert_eq!(log.end_offset_for_epoch(1), Some((1, 3)));
+    assert_eq!(log.end_offset_for_epoch(3), Some((1, 3)));
+    assert_eq!(log.end_offset_for_epoch(4), Some((4, 3)));
+    log.append_as_leader(&batch(2, 10, 1, 1), 4).unwrap();
+    assert_eq!(log.epoch_entries(), vec![(1, 0), (4, 3)]);
+    assert_eq!(log.end_offset_for_epoch(4), Some((4, 5)));
+}
