@@ -273,7 +273,7 @@ impl Replica {
         );
         let t = self.timing();
         self.hw.send_if_modified(|hw| {
-            let new = role.high_watermark(*hw, acked, leo, min_isr, t, |_| true);
+            let new = role.high_watermark(*hw, acked, leo, min_isr, t, |id| role.is_eligible(id));
             let moved = new != *hw;
             *hw = new;
             moved
@@ -319,14 +319,32 @@ impl Replica {
             now_ms: now,
             lag_time_max_ms: self.lag_time_max_ms,
         };
-        self.role().propose_isr(hw, leo, t, |_| true)
+        let mut role = self.role();
+        let fenced = role.fenced.clone();
+        role.propose_isr(hw, leo, t, |id| !fenced.contains(&id))
     }
 
     /// A periodic check on a leader: an ISR change to propose (lagging followers out).
     pub fn isr_check(&self) -> Option<Vec<i32>> {
         let hw = self.high_watermark();
         let leo = self.log.log_end_offset();
-        self.role().propose_isr(hw, leo, self.timing(), |_| true)
+        let t = self.timing();
+        let mut role = self.role();
+        let fenced = role.fenced.clone();
+        role.propose_isr(hw, leo, t, |id| !fenced.contains(&id))
+    }
+
+    /// The brokers among this partition's replicas that the controller has fenced.
+    pub fn set_fenced(&self, fenced: Vec<i32>) {
+        let changed = {
+            let mut role = self.role();
+            let changed = role.fenced != fenced;
+            role.fenced = fenced;
+            changed
+        };
+        if changed {
+            self.advance_hw();
+        }
     }
 
     fn timing(&self) -> Timing {

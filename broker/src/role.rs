@@ -29,6 +29,9 @@ pub struct Role {
     gate: IsrChangeGate,
     /// The log end offset when this leader's epoch began.
     epoch_start_offset: i64,
+    /// Replicas whose brokers the controller has fenced: they neither hold the HW back
+    /// (outside the ISR) nor join the ISR.
+    pub fenced: Vec<i32>,
 }
 
 /// What a role change asks of the replica's owner.
@@ -53,7 +56,13 @@ impl Role {
             followers: Vec::new(),
             gate: IsrChangeGate::new(),
             epoch_start_offset: 0,
+            fenced: Vec::new(),
         }
+    }
+
+    /// Whether `id` may count toward the HW from outside the ISR, or join the ISR.
+    pub fn is_eligible(&self, id: i32) -> bool {
+        !self.fenced.contains(&id)
     }
 
     /// A replica not yet told its role by the metadata: follower of nobody.
@@ -229,6 +238,23 @@ mod tests {
         assert_eq!(hw(&r, 1), 7);
         r.isr = vec![1];
         assert_eq!(hw(&r, 2), 0, "ISR below min ISR: frozen");
+    }
+
+    #[test]
+    fn a_fenced_broker_outside_the_isr_does_not_hold_the_hw_back() {
+        let mut r = Role::unassigned(1);
+        r.apply(&record(1, 0, &[1, 2]), 0, 0);
+        r.follower_mut(2).unwrap().on_fetch(10, 10, 1);
+        // Broker 3 is out of the ISR but fetched recently: Kafka counts it while eligible.
+        r.follower_mut(3).unwrap().on_fetch(5, 5, 1);
+        let t = Timing {
+            now_ms: 2,
+            lag_time_max_ms: 30_000,
+        };
+        let hw = |r: &Role| r.high_watermark(0, 10, 10, 1, t, |id| r.is_eligible(id));
+        assert_eq!(hw(&r), 5);
+        r.fenced = vec![3];
+        assert_eq!(hw(&r), 10);
     }
 
     #[test]

@@ -446,6 +446,11 @@ impl Log {
             (seg, st.log_start, st.log_end)
         };
         if offset >= log_end {
+            if offset == log_end {
+                // No data to remove, but an epoch that starts at the log end (assigned at
+                // election, nothing written in it) goes, as a truncation there requires.
+                self.write_state().epochs.truncate_from_end(log_end);
+            }
             return Ok(());
         }
         let seg = match seg {

@@ -494,4 +494,9 @@ fn a_leader_epoch_assigned_at_election_ends_at_the_log_end() {
     log.append_as_leader(&batch(2, 10, 1, 1), 4).unwrap();
     assert_eq!(log.epoch_entries(), vec![(1, 0), (4, 3)]);
     assert_eq!(log.end_offset_for_epoch(4), Some((4, 5)));
+    // A truncation at the log end removes no data but an epoch starting there.
+    log.assign_epoch(6).unwrap();
+    log.truncate_to(5).unwrap();
+    assert_eq!(log.epoch_entries(), vec![(1, 0), (4, 3)]);
+    assert_eq!(log.log_end_offset(), 5);
 }

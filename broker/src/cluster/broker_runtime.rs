@@ -324,6 +324,17 @@ impl ClusterBroker {
                     tracing::error!(node = self.node_id, error = %e, "applying a replica change failed");
                 }
             }
+            // Fenced brokers no longer count toward any HW or ISR of ours.
+            for topic in self.topics.all() {
+                for r in &topic.replicas {
+                    let (_, _, replicas, _) = r.role_view();
+                    let fenced = replicas
+                        .into_iter()
+                        .filter(|&b| b != self.node_id && !new.is_unfenced(b))
+                        .collect();
+                    r.set_fenced(fenced);
+                }
+            }
             applied = new;
             // One fetcher per broker that leads something we follow.
             let mut leaders: Vec<i32> = self

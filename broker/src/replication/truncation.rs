@@ -34,10 +34,9 @@
 //! An undefined answer (epoch or end offset -1: the leader has no epoch at or below the one
 //! asked about — its log start passed it, or its log is empty) cannot locate the common
 //! point. As Kafka, the follower then truncates to its own high watermark: everything below
-//! it was committed, so the leader has it. If that removes nothing (HW = LEO) the follower
-//! empties its log and restarts it at its LEO ([`TruncationDecision::TruncateFully`]) so its
-//! next fetch carries no epoch and cannot get the same answer again; if that fetch is out of
-//! range, [`on_offset_out_of_range`] restarts the log at the leader's log start.
+//! it was committed, so the leader has it. The follower never empties its log on such an
+//! answer (that would drop committed data from this replica); a fetch that is out of range
+//! restarts the log at the leader's log start ([`on_offset_out_of_range`]).
 //!
 //! Deviation from Kafka, on purpose: when the leader's answer names an epoch below every
 //! epoch the follower has, Kafka truncates to `min(leader end offset, LEO)` (meant for logs
@@ -81,11 +80,26 @@ pub trait EpochSource {
     /// known epoch, or the LEO for the latest. `None` if `epoch` is below the earliest known
     /// epoch or no epoch is known.
     fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)>;
+
+    /// The latest known epoch.
+    fn latest_epoch(&self) -> Option<i32>;
 }
 
+/// The floor lookup these rules are written for, over the log's epoch cache. (The log's own
+/// `end_offset_for_epoch` answers OffsetForLeaderEpoch with Kafka's wire semantics, which
+/// differ for epochs outside the cache's range.)
 impl EpochSource for keel_storage::Log {
     fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
-        keel_storage::Log::end_offset_for_epoch(self, epoch)
+        let entries = self.epoch_entries();
+        let i = entries.iter().rposition(|&(e, _)| e <= epoch)?;
+        let end = entries
+            .get(i + 1)
+            .map_or_else(|| self.log_end_offset(), |&(_, o)| o);
+        Some((entries[i].0, end))
+    }
+
+    fn latest_epoch(&self) -> Option<i32> {
+        keel_storage::Log::latest_epoch(self)
     }
 }
 
@@ -133,12 +147,21 @@ pub fn on_diverging_epoch(
     local_leo: i64,
     local_hw: i64,
 ) -> TruncationDecision {
+    // A correct leader answers with an epoch at or below the one the follower sent (its
+    // latest); anything else cannot be trusted to locate the common point.
+    if local.latest_epoch().is_some_and(|l| diverging.epoch > l) {
+        return fall_back_to_high_watermark(local_leo, local_hw);
+    }
     match truncation_state(diverging, local, local_leo) {
-        State::Complete(offset) if offset < local_leo => TruncationDecision::TruncateTo(offset),
-        State::Incomplete { offset, epoch } if offset < local_leo => {
-            TruncationDecision::TruncateToAndAskAgain { offset, epoch }
-        }
-        _ => fall_back_to_high_watermark(local_leo, local_hw),
+        // An offset at the log end removes no data, only epochs that start there (an epoch
+        // assigned at election with nothing written in it): the next fetch then carries
+        // the common epoch and is accepted.
+        State::Complete(offset) => TruncationDecision::TruncateTo(offset.min(local_leo)),
+        State::Incomplete { offset, epoch } => TruncationDecision::TruncateToAndAskAgain {
+            offset: offset.min(local_leo),
+            epoch,
+        },
+        State::Undefined => fall_back_to_high_watermark(local_leo, local_hw),
     }
 }
 
@@ -282,13 +305,19 @@ pub fn validate_follower_fetch(
         Err(EpochFence::UnknownLeaderEpoch) => return FetchValidation::UnknownLeaderEpoch,
         Ok(()) => {}
     }
+    // Below the leader's log start nothing can be compared (retention removed those
+    // epochs): the follower restarts at the log start. Checked before the epochs, so a
+    // follower whose epochs the leader no longer has is not sent round the HW fallback.
+    if req.fetch_offset < log_start {
+        return FetchValidation::OffsetOutOfRange;
+    }
     if req.last_fetched_epoch >= 0 {
         let ours = leader_end_offset_for_epoch(leader_log, req.last_fetched_epoch);
         if ours.epoch < req.last_fetched_epoch || ours.end_offset < req.fetch_offset {
             return FetchValidation::Diverging(ours);
         }
     }
-    if req.fetch_offset < log_start || req.fetch_offset > leader_leo {
+    if req.fetch_offset > leader_leo {
         return FetchValidation::OffsetOutOfRange;
     }
     FetchValidation::Ok
@@ -326,14 +355,10 @@ fn truncate_to(offset: i64, local_leo: i64) -> TruncationDecision {
     }
 }
 
+/// Kafka's fallback: everything below the high watermark was committed, so the leader has
+/// it. Never more than that: emptying a log would drop committed data from this replica.
 fn fall_back_to_high_watermark(local_leo: i64, local_hw: i64) -> TruncationDecision {
-    if local_hw < local_leo {
-        TruncationDecision::TruncateTo(local_hw)
-    } else {
-        TruncationDecision::TruncateFully {
-            start_offset: local_leo,
-        }
-    }
+    TruncationDecision::TruncateTo(local_hw.min(local_leo))
 }
 
 #[cfg(test)]
@@ -377,18 +402,13 @@ mod tests {
                 EpochEndOffset::UNDEFINED,
                 TruncateTo(40),
             ),
-            // Undefined and HW = LEO: restart empty at the LEO.
-            (
-                &[(1, 0)],
-                40,
-                40,
-                EpochEndOffset::UNDEFINED,
-                TruncateFully { start_offset: 40 },
-            ),
+            // Undefined and HW = LEO: nothing below the HW is given up.
+            (&[(1, 0)], 40, 40, EpochEndOffset::UNDEFINED, TruncateTo(40)),
             // Leader's epoch below every local epoch: whole log diverges → HW.
             (&[(3, 0)], 50, 0, e(1, 30), TruncateTo(0)),
-            // Answer that would change nothing (bad leader): HW fallback, never a no-op.
-            (&[(0, 0)], 50, 20, e(0, 80), TruncateTo(20)),
+            // The common epoch ends past our log: nothing to remove (Kafka: min of the
+            // ends and the LEO); never below the HW.
+            (&[(0, 0)], 50, 20, e(0, 80), TruncateTo(50)),
             // Answer naming an epoch above our latest (bad leader): HW fallback.
             (&[(0, 0), (2, 30)], 50, 20, e(5, 80), TruncateTo(20)),
             // Half-defined answers are undefined.
@@ -442,7 +462,7 @@ mod tests {
                 e(2, 60),
                 AskAgain { epoch: 1 },
             ),
-            // Undefined → HW; HW = LEO → restart empty.
+            // Undefined → HW (never below it, never an emptied log).
             (
                 &[(0, 0)],
                 90,
@@ -457,7 +477,7 @@ mod tests {
                 90,
                 0,
                 EpochEndOffset::UNDEFINED,
-                TruncateFully { start_offset: 90 },
+                TruncateTo(90),
             ),
             // Answer above what we asked: protocol violation → HW.
             (&[(0, 0), (2, 50)], 90, 30, 2, e(3, 60), TruncateTo(30)),
