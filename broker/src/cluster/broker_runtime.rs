@@ -22,7 +22,7 @@ use kafka_protocol::messages::{BrokerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use keel_client::connection::Connection;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Mutex};
@@ -40,6 +40,8 @@ pub struct ClusterBroker {
     controller_addr: String,
     controller: Mutex<Option<Arc<Connection>>>,
     broker_epoch: AtomicI64,
+    /// Set once controlled shutdown starts: every heartbeat then asks to shut down.
+    shutting_down: AtomicBool,
     image: watch::Sender<Arc<MetadataImage>>,
     pub topics: Arc<Topics>,
     pub stop: CancellationToken,
@@ -68,6 +70,7 @@ impl ClusterBroker {
             controller_addr,
             controller: Mutex::new(None),
             broker_epoch: AtomicI64::new(-1),
+            shutting_down: AtomicBool::new(false),
             image: watch::Sender::new(Arc::new(MetadataImage::new())),
             topics,
             stop,
@@ -141,6 +144,9 @@ impl ClusterBroker {
         let interval = Duration::from_millis(self.config.heartbeat_interval_ms.max(10));
         let mut attempt = 0;
         loop {
+            if self.broker_epoch() < 0 && self.shutting_down.load(Ordering::Acquire) {
+                return; // a stopping broker does not come back as a new incarnation
+            }
             if self.broker_epoch() < 0 {
                 match self.register().await {
                     Ok(epoch) => {
@@ -167,7 +173,8 @@ impl ClusterBroker {
             let req = BrokerHeartbeatRequest::default()
                 .with_broker_id(BrokerId(self.node_id))
                 .with_broker_epoch(self.broker_epoch())
-                .with_current_metadata_offset(self.image().offset());
+                .with_current_metadata_offset(self.image().offset())
+                .with_want_shut_down(self.shutting_down.load(Ordering::Acquire));
             let sent = match self.controller().await {
                 Ok(c) => c
                     .send_version(&req, 0, RPC_TIMEOUT)
@@ -208,6 +215,7 @@ impl ClusterBroker {
     /// and fence it, and waits (bounded by `limit`) until it has, so clients and
     /// followers switch to the new leaders before this broker stops serving.
     pub async fn controlled_shutdown(&self, limit: Duration) {
+        self.shutting_down.store(true, Ordering::Release);
         let deadline = tokio::time::Instant::now() + limit;
         while tokio::time::Instant::now() < deadline && self.broker_epoch() >= 0 {
             let req = BrokerHeartbeatRequest::default()

@@ -106,7 +106,9 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
                 match outcome {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
-                        tracing::warn!(topic = %replica.topic, partition = replica.partition, leader, error = %e, "follower fetch refused");
+                        // Usually a metadata race (the leader learns of a change a moment
+                        // later than we do); counted, backed off, retried.
+                        tracing::debug!(topic = %replica.topic, partition = replica.partition, leader, error = %e, "follower fetch refused");
                         backed_off = true;
                     }
                     Err(e) => tracing::error!(error = %e, "follower append task panicked"),

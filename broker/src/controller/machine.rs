@@ -95,6 +95,10 @@ pub struct Controller {
     /// preferred leadership back, so a broker that has just been unfenced first gets one
     /// tick to learn its follower state. Runtime only.
     settled: BTreeSet<i32>,
+    /// Brokers in controlled shutdown, by the epoch that asked: that incarnation stays
+    /// fenced (its regular heartbeats do not unfence it) until it registers again.
+    /// Runtime only; a broker keeps asking until it stops.
+    shutting_down: HashMap<i32, i64>,
 }
 
 impl Controller {
@@ -109,6 +113,7 @@ impl Controller {
             config,
             last_heartbeat_ms: HashMap::new(),
             settled: BTreeSet::new(),
+            shutting_down: HashMap::new(),
         }
     }
 
@@ -178,12 +183,16 @@ impl Controller {
         self.last_heartbeat_ms.insert(id, now_ms);
         let mut changes = Changes::new(&self.image);
         if want_shutdown {
+            self.shutting_down.insert(id, epoch);
             if !broker.fenced {
                 tracing::info!(broker = id, "controlled shutdown");
                 changes.fence(id, epoch);
                 self.settled.remove(&id);
             }
-        } else if broker.fenced && metadata_offset >= broker.registered_at {
+        } else if broker.fenced
+            && metadata_offset >= broker.registered_at
+            && self.shutting_down.get(&id) != Some(&epoch)
+        {
             changes.unfence(id, epoch);
         }
         let reply = HeartbeatReply {

@@ -206,6 +206,20 @@ fn controlled_shutdown_moves_leadership_then_says_go() {
     h.pass(1000, &[2, 3]);
     h.pass(1000, &[2, 3]);
     assert_eq!(h.p("t", 0).leader, 2);
+    // Nor does a plain heartbeat of the same incarnation, sent while it stops, unfence it.
+    let (reply, records) =
+        h.c.heartbeat(1, epoch, h.image().offset(), false, h.now)
+            .unwrap();
+    assert!(reply.fenced);
+    assert!(records.is_empty());
+    // A new incarnation (re-registration) is unfenced as usual.
+    let (new_epoch, records) = h.c.register(1, "127.0.0.1", 9001, h.now).unwrap();
+    h.commit(records);
+    let (reply, records) =
+        h.c.heartbeat(1, new_epoch, h.image().offset(), false, h.now)
+            .unwrap();
+    assert!(!reply.fenced);
+    h.commit(records);
 }
 
 // ---- tick -----------------------------------------------------------------------------
