@@ -29,6 +29,8 @@ pub const PARTITIONS: &str = "keel_partitions";
 pub const CONTROLLER_RETRIES_TOTAL: &str = "keel_controller_call_retries_total";
 pub const FETCHER_RETRIES_TOTAL: &str = "keel_replica_fetcher_retries_total";
 pub const TRUNCATIONS_TOTAL: &str = "keel_replica_truncations_total";
+pub const TRUNCATED_RECORDS_TOTAL: &str = "keel_replica_truncated_records_total";
+pub const TRUNCATED_BYTES_TOTAL: &str = "keel_replica_truncated_bytes_total";
 pub const ISR_CHANGES_TOTAL: &str = "keel_isr_changes_total";
 
 fn describe() {

@@ -47,6 +47,10 @@ pub struct Replica {
     role: Mutex<Role>,
     /// `replica.lag.time.max.ms`
     lag_time_max_ms: u64,
+    /// Set when recovery ended below the checkpointed HW (acknowledged data was lost
+    /// here): the offset this replica must reach again, from its leader, before it may
+    /// lead or count in an ISR.
+    must_reach: Option<i64>,
 }
 
 /// Per-replica settings from the topic and broker configs.
@@ -94,14 +98,16 @@ impl Replica {
         let leo = log.log_end_offset();
         let durable = log.durable_end_offset();
         let info = log.recovery_info();
+        let must_reach = info.checkpointed_hw.filter(|_| info.hw_above_leo);
         if info.hw_above_leo {
-            // Single node: there is no one to catch up from. Say so loudly; replication
-            // will make such a replica ineligible to lead until it has caught up.
+            // In a cluster the broker stays fenced (no leadership, no ISR) until this
+            // replica has caught up from its leader; a standalone broker can only say so.
             tracing::error!(
                 topic,
                 partition,
                 leo,
-                "recovered log ends below its checkpointed high watermark: acknowledged data was lost"
+                checkpointed_hw = ?info.checkpointed_hw,
+                "recovered log ends below its checkpointed high watermark: acknowledged data was lost here"
             );
         }
         tracing::info!(
@@ -140,6 +146,7 @@ impl Replica {
             min_insync_replicas: settings.min_insync_replicas,
             role: Mutex::new(role),
             lag_time_max_ms: settings.lag_time_max_ms,
+            must_reach,
         });
         if flush_always {
             tokio::spawn(flusher(replica.clone(), stop.clone(), fatal.clone()));
@@ -171,6 +178,12 @@ impl Replica {
     pub fn role_view(&self) -> (i32, i32, Vec<i32>, Vec<i32>) {
         let r = self.role();
         (r.leader, r.leader_epoch, r.replicas.clone(), r.isr.clone())
+    }
+
+    /// True while this replica lacks data it had acknowledged before an unclean stop.
+    pub fn is_repairing(&self) -> bool {
+        self.must_reach
+            .is_some_and(|hw| self.log.log_end_offset() < hw)
     }
 
     pub fn partition_epoch(&self) -> i32 {

@@ -42,6 +42,10 @@ pub struct ClusterBroker {
     broker_epoch: AtomicI64,
     /// Set once controlled shutdown starts: every heartbeat then asks to shut down.
     shutting_down: AtomicBool,
+    /// Whether this broker may be unfenced: it has applied the metadata up to its own
+    /// registration and no replica is repairing data lost in an unclean stop. Until then
+    /// heartbeats ask to stay fenced, so it neither leads nor counts in an ISR.
+    ready: AtomicBool,
     image: watch::Sender<Arc<MetadataImage>>,
     pub topics: Arc<Topics>,
     pub stop: CancellationToken,
@@ -71,6 +75,7 @@ impl ClusterBroker {
             controller: Mutex::new(None),
             broker_epoch: AtomicI64::new(-1),
             shutting_down: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
             image: watch::Sender::new(Arc::new(MetadataImage::new())),
             topics,
             stop,
@@ -174,7 +179,8 @@ impl ClusterBroker {
                 .with_broker_id(BrokerId(self.node_id))
                 .with_broker_epoch(self.broker_epoch())
                 .with_current_metadata_offset(self.image().offset())
-                .with_want_shut_down(self.shutting_down.load(Ordering::Acquire));
+                .with_want_shut_down(self.shutting_down.load(Ordering::Acquire))
+                .with_want_fence(!self.ready.load(Ordering::Acquire));
             let sent = match self.controller().await {
                 Ok(c) => c
                     .send_version(&req, 0, RPC_TIMEOUT)
@@ -318,6 +324,7 @@ impl ClusterBroker {
         let mut rx = self.image.subscribe();
         let mut applied = Arc::new(MetadataImage::new());
         let mut fetchers: BTreeMap<i32, (JoinHandle<()>, CancellationToken)> = BTreeMap::new();
+        let mut last_ready: Option<(bool, Vec<String>)> = None;
         loop {
             let new = rx.borrow_and_update().clone();
             let changes = diff(&applied, &new, self.node_id);
@@ -342,6 +349,23 @@ impl ClusterBroker {
                         .collect();
                     r.set_fenced(fenced);
                 }
+            }
+            let caught_up = new
+                .broker(self.node_id)
+                .is_some_and(|b| b.epoch == self.broker_epoch() && new.offset() >= b.registered_at);
+            let repairing: Vec<String> = self
+                .topics
+                .all()
+                .iter()
+                .flat_map(|t| t.replicas.iter())
+                .filter(|r| r.is_repairing())
+                .map(|r| format!("{}-{}", r.topic, r.partition))
+                .collect();
+            let ready = caught_up && repairing.is_empty();
+            self.ready.store(ready, Ordering::Release);
+            if last_ready.as_ref() != Some(&(ready, repairing.clone())) {
+                tracing::info!(node = self.node_id, ready, ?repairing, "ready to serve");
+                last_ready = Some((ready, repairing));
             }
             applied = new;
             // One fetcher per broker that leads something we follow.
@@ -370,8 +394,16 @@ impl ClusterBroker {
                     (task, stop)
                 });
             }
+            // Not ready yet: a repairing replica catches up without any metadata change,
+            // so look again shortly even if the image stays the same.
+            let recheck = if self.ready.load(Ordering::Acquire) {
+                Duration::from_secs(3600)
+            } else {
+                Duration::from_millis(200)
+            };
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep(recheck) => {}
                 _ = self.stop.cancelled() => break,
             }
         }

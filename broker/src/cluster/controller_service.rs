@@ -129,6 +129,7 @@ impl ControllerService {
             req.broker_epoch,
             req.current_metadata_offset,
             req.want_shut_down,
+            req.want_fence,
             now_ms(),
         ) {
             Ok(reply) => resp

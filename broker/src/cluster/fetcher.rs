@@ -186,6 +186,7 @@ fn handle_partition(r: &Replica, p: PartitionData, flush: bool) -> Result<(), St
     if p.diverging_epoch.epoch >= 0 || p.diverging_epoch.end_offset >= 0 {
         let diverging = EpochEndOffset::new(p.diverging_epoch.epoch, p.diverging_epoch.end_offset);
         let leo = log.log_end_offset();
+        let size_before = log.size_bytes();
         let decision = on_diverging_epoch(diverging, log.as_ref(), leo, r.high_watermark());
         let truncated = match decision {
             TruncationDecision::TruncateTo(o)
@@ -199,6 +200,10 @@ fn handle_partition(r: &Replica, p: PartitionData, flush: bool) -> Result<(), St
         }
         .map_err(|e| e.to_string())?;
         metrics::counter!(m::TRUNCATIONS_TOTAL).increment(1);
+        metrics::counter!(m::TRUNCATED_RECORDS_TOTAL)
+            .increment(leo.saturating_sub(truncated).max(0) as u64);
+        metrics::counter!(m::TRUNCATED_BYTES_TOTAL)
+            .increment(size_before.saturating_sub(log.size_bytes()));
         tracing::info!(topic = %r.topic, partition = r.partition, from = leo, to = truncated, ?diverging, "truncated diverging log");
         r.follower_appended();
         r.set_follower_hw(r.high_watermark());

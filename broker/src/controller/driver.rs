@@ -114,13 +114,18 @@ impl ControllerDriver {
         epoch: i64,
         metadata_offset: i64,
         want_shutdown: bool,
+        want_fence: bool,
         now_ms: u64,
     ) -> Result<HeartbeatReply, DriverError> {
         let mut inner = self.lock();
-        let (reply, records) =
-            inner
-                .controller
-                .heartbeat(id, epoch, metadata_offset, want_shutdown, now_ms)?;
+        let (reply, records) = inner.controller.heartbeat_with(
+            id,
+            epoch,
+            metadata_offset,
+            want_shutdown,
+            want_fence,
+            now_ms,
+        )?;
         self.commit(&mut inner, &records, now_ms)?;
         Ok(reply)
     }
@@ -181,7 +186,11 @@ mod tests {
             for id in 1..=3 {
                 let epoch = d.register(id, "127.0.0.1", 9000 + id, 0).unwrap();
                 let offset = d.image().offset();
-                assert!(!d.heartbeat(id, epoch, offset, false, 1).unwrap().fenced);
+                assert!(
+                    !d.heartbeat(id, epoch, offset, false, false, 1)
+                        .unwrap()
+                        .fenced
+                );
             }
             assert!(end.has_changed().unwrap());
             assert_eq!(*end.borrow_and_update(), d.image().offset() + 1);

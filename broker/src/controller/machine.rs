@@ -179,6 +179,21 @@ impl Controller {
         want_shutdown: bool,
         now_ms: u64,
     ) -> Result<(HeartbeatReply, Vec<MetadataRecord>), ControllerError> {
+        self.heartbeat_with(id, epoch, metadata_offset, want_shutdown, false, now_ms)
+    }
+
+    /// [`Controller::heartbeat`] with Kafka's `want_fence`: a broker that is not ready to
+    /// serve (e.g. a replica recovered below its checkpointed HW has not caught up) stays
+    /// fenced — out of every ISR and election — while it asks.
+    pub fn heartbeat_with(
+        &mut self,
+        id: i32,
+        epoch: i64,
+        metadata_offset: i64,
+        want_shutdown: bool,
+        want_fence: bool,
+        now_ms: u64,
+    ) -> Result<(HeartbeatReply, Vec<MetadataRecord>), ControllerError> {
         let broker = check_broker(&self.image, id, epoch)?;
         self.last_heartbeat_ms.insert(id, now_ms);
         let mut changes = Changes::new(&self.image);
@@ -190,6 +205,7 @@ impl Controller {
                 self.settled.remove(&id);
             }
         } else if broker.fenced
+            && !want_fence
             && metadata_offset >= broker.registered_at
             && self.shutting_down.get(&id) != Some(&epoch)
         {

@@ -343,3 +343,22 @@ fn rebalance_needs_the_preferred_replica_in_the_isr() {
     }
     assert_eq!(h.p("t", 0).leader, 2);
 }
+
+#[test]
+fn a_broker_that_wants_fencing_stays_fenced_until_it_stops_asking() {
+    let mut h = Harness::cluster(2);
+    let (epoch, records) = h.c.register(3, "127.0.0.1", 9003, h.now).unwrap();
+    h.commit(records);
+    let offset = h.image().offset();
+    let (reply, records) =
+        h.c.heartbeat_with(3, epoch, offset, false, true, h.now)
+            .unwrap();
+    assert!(reply.fenced, "asked to stay fenced");
+    assert!(records.is_empty());
+    let (reply, records) =
+        h.c.heartbeat_with(3, epoch, offset, false, false, h.now)
+            .unwrap();
+    assert!(!reply.fenced);
+    h.commit(records);
+    assert!(h.image().is_unfenced(3));
+}
