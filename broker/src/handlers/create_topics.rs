@@ -12,8 +12,8 @@ use kafka_protocol::ResponseError;
 use std::collections::{BTreeMap, HashSet};
 
 pub fn handle(ctx: &Ctx, req: CreateTopicsRequest) -> Reply {
-    if ctx.shared.cluster.is_some() {
-        return super::forward_to_controller::<CreateTopicsRequest>(ctx, req);
+    if let Some(rt) = ctx.shared.cluster.clone() {
+        return forward(ctx.clone(), rt, req);
     }
     let mut seen = HashSet::new();
     let duplicates: HashSet<_> = req
@@ -128,5 +128,49 @@ fn create_one(
             tracing::error!(topic = %t.name.0, error = %e, "creating topic failed");
         }
         (code, e.to_string())
+    })
+}
+
+/// Cluster mode: the controller creates the topic; the answer waits (bounded) until this
+/// broker's metadata shows every new partition with a leader, so a client that produces
+/// right after CreateTopics finds it here instead of retrying on UNKNOWN_TOPIC_OR_PARTITION.
+fn forward(
+    ctx: Ctx,
+    rt: std::sync::Arc<crate::cluster::broker_runtime::ClusterBroker>,
+    req: CreateTopicsRequest,
+) -> Reply {
+    Box::pin(async move {
+        let timeout = std::time::Duration::from_secs(30);
+        let sent = match rt.controller().await {
+            Ok(c) => c.send_version(&req, ctx.version, timeout).await,
+            Err(e) => Err(e),
+        };
+        let resp: CreateTopicsResponse = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "forwarding CreateTopics to the controller failed");
+                return super::CLOSE;
+            }
+        };
+        if !req.validate_only {
+            let created: Vec<String> = resp
+                .topics
+                .iter()
+                .filter(|t| t.error_code == 0)
+                .map(|t| t.name.to_string())
+                .collect();
+            let ready = |image: &crate::controller::MetadataImage| {
+                created.iter().all(|name| {
+                    image
+                        .topic(name)
+                        .is_some_and(|t| t.partitions.iter().all(|p| p.leader >= 0))
+                })
+            };
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !ready(&rt.image()) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+        ctx.encode(&resp, &[])
     })
 }
