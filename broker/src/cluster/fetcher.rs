@@ -89,7 +89,10 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
                 continue;
             }
         };
-        let mut backed_off = false;
+        // Partitions are independent logs: append and fsync them side by side, so one
+        // response costs about one fsync, not one per partition.
+        let flush = rt.config.log.flush_policy == FlushPolicy::Always;
+        let mut work = Vec::new();
         for t in resp.responses {
             for p in t.partitions {
                 let Some((_, replica)) = followed
@@ -99,20 +102,24 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
                     continue;
                 };
                 let r = replica.clone();
-                let flush = r.log().durable_end_offset() >= 0
-                    && rt.config.log.flush_policy == FlushPolicy::Always;
-                let outcome =
-                    tokio::task::spawn_blocking(move || handle_partition(&r, p, flush)).await;
-                match outcome {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        // Usually a metadata race (the leader learns of a change a moment
-                        // later than we do); counted, backed off, retried.
-                        tracing::debug!(topic = %replica.topic, partition = replica.partition, leader, error = %e, "follower fetch refused");
-                        backed_off = true;
-                    }
-                    Err(e) => tracing::error!(error = %e, "follower append task panicked"),
+                work.push(async move {
+                    let outcome =
+                        tokio::task::spawn_blocking(move || handle_partition(&r, p, flush)).await;
+                    (replica.clone(), outcome)
+                });
+            }
+        }
+        let mut backed_off = false;
+        for (replica, outcome) in futures::future::join_all(work).await {
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    // Usually a metadata race (the leader learns of a change a moment
+                    // later than we do); counted, backed off, retried.
+                    tracing::debug!(topic = %replica.topic, partition = replica.partition, leader, error = %e, "follower fetch refused");
+                    backed_off = true;
                 }
+                Err(e) => tracing::error!(error = %e, "follower append task panicked"),
             }
         }
         if backed_off {
