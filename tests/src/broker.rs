@@ -206,45 +206,8 @@ impl TestBroker {
     }
 
     fn wait_ready(&mut self, lines: &Receiver<String>) -> Result<(SocketAddr, SocketAddr), String> {
-        let start = Instant::now();
-        let mut seen = Vec::new();
-        for _ in 0..10_000 {
-            let left = READY_TIMEOUT.saturating_sub(start.elapsed());
-            if left.is_zero() {
-                break;
-            }
-            match lines.recv_timeout(left.min(Duration::from_millis(200))) {
-                Ok(line) => {
-                    if let Some(addrs) = parse_ready(&line, self.opts.node_id) {
-                        return addrs;
-                    }
-                    seen.push(line);
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.as_mut().and_then(|c| c.wait().ok());
-                    return Err(format!(
-                        "stdout closed before the ready line (exit status {status:?}); \
-                         stdout was {seen:?}"
-                    ));
-                }
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                // Give the reader a moment to deliver a last line, then report.
-                if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
-                    if let Some(addrs) = parse_ready(&line, self.opts.node_id) {
-                        return addrs;
-                    }
-                    seen.push(line);
-                }
-                return Err(format!(
-                    "broker exited with {status} before the ready line; stdout was {seen:?}"
-                ));
-            }
-        }
-        Err(format!(
-            "no `KEEL_READY` line within {READY_TIMEOUT:?}; stdout was {seen:?}"
-        ))
+        let node_id = self.opts.node_id;
+        wait_for_ready_line(&mut self.child, lines, |line| parse_ready(line, node_id))
     }
 }
 
@@ -262,6 +225,54 @@ impl Drop for TestBroker {
             );
         }
     }
+}
+
+/// Reads the node's stdout lines until `parse` recognises its ready line, the process
+/// exits, or [`READY_TIMEOUT`] passes. `parse` returns `None` for other lines.
+pub(crate) fn wait_for_ready_line<T>(
+    child: &mut Option<Child>,
+    lines: &Receiver<String>,
+    mut parse: impl FnMut(&str) -> Option<Result<T, String>>,
+) -> Result<T, String> {
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    for _ in 0..10_000 {
+        let left = READY_TIMEOUT.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        match lines.recv_timeout(left.min(Duration::from_millis(200))) {
+            Ok(line) => {
+                if let Some(ready) = parse(&line) {
+                    return ready;
+                }
+                seen.push(line);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = child.as_mut().and_then(|c| c.wait().ok());
+                return Err(format!(
+                    "stdout closed before the ready line (exit status {status:?}); \
+                     stdout was {seen:?}"
+                ));
+            }
+        }
+        if let Some(Ok(Some(status))) = child.as_mut().map(|c| c.try_wait()) {
+            // Give the reader a moment to deliver a last line, then report.
+            if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+                if let Some(ready) = parse(&line) {
+                    return ready;
+                }
+                seen.push(line);
+            }
+            return Err(format!(
+                "process exited with {status} before the ready line; stdout was {seen:?}"
+            ));
+        }
+    }
+    Err(format!(
+        "no `KEEL_READY` line within {READY_TIMEOUT:?}; stdout was {seen:?}"
+    ))
 }
 
 /// Makes the kernel SIGKILL the broker when the thread that spawned it exits, so a test

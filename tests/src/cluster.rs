@@ -16,14 +16,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use keel::cmd::cluster::{partition_offsets, scrape_metrics, ReadyLine, ReplicaOffsets, Role};
 use keel_client::{Admin, ClientConfig, TopicDescription};
 
-use crate::broker::{die_with_parent, stdout_lines};
-use crate::broker::{BrokerOpts, TestBroker, READY_TIMEOUT, SIGTERM_TIMEOUT};
+use crate::broker::{die_with_parent, stdout_lines, wait_for_ready_line};
+use crate::broker::{BrokerOpts, TestBroker, SIGTERM_TIMEOUT};
 use crate::command::{keel_bin, tail};
 use crate::wait::{wait_for, wait_until};
 
@@ -572,40 +572,16 @@ impl ControllerProcess {
 
     /// The controller and metrics addresses from `KEEL_READY`.
     fn wait_ready(&mut self, lines: &Receiver<String>) -> Result<(SocketAddr, SocketAddr), String> {
-        let start = Instant::now();
-        let mut seen = Vec::new();
-        for _ in 0..10_000 {
-            let left = READY_TIMEOUT.saturating_sub(start.elapsed());
-            if left.is_zero() {
-                break;
-            }
-            match lines.recv_timeout(left.min(Duration::from_millis(200))) {
-                Ok(line) => match ReadyLine::parse(&line) {
-                    Some(Ok(r)) => {
-                        return match (r.node, r.controller, r.metrics) {
-                            (0, Some(c), Some(m)) if c.port() != 0 && m.port() != 0 => Ok((c, m)),
-                            _ => Err(format!(
-                                "ready line {line:?}: node 0 with controller= and metrics= \
-                                 ports expected"
-                            )),
-                        };
-                    }
-                    Some(Err(e)) => return Err(e),
-                    None => seen.push(line),
-                },
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.as_mut().and_then(|c| c.wait().ok());
-                    return Err(format!(
-                        "stdout closed before the ready line (exit status {status:?}); \
-                         stdout was {seen:?}"
-                    ));
-                }
-            }
-        }
-        Err(format!(
-            "no `KEEL_READY` line within {READY_TIMEOUT:?}; stdout was {seen:?}"
-        ))
+        wait_for_ready_line(&mut self.child, lines, |line| {
+            Some(
+                ReadyLine::parse(line)?.and_then(|r| match (r.node, r.controller, r.metrics) {
+                    (0, Some(c), Some(m)) if c.port() != 0 && m.port() != 0 => Ok((c, m)),
+                    _ => Err(format!(
+                        "ready line {line:?}: node 0 with controller= and metrics= ports expected"
+                    )),
+                }),
+            )
+        })
     }
 }
 
