@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Cluster benchmarks for BENCHMARKS.md: a controller and three brokers on 127.0.0.1
 # (release build, log.flush.policy=always, min.insync.replicas=2), `keel bench` with
-# RF=3 and acks=all, and the catch-up rate of a broker restarted 1 GiB behind.
+# RF=3 and acks=all (as fast as it goes, then paced at half that rate for ack latency),
+# and the catch-up rate of a broker restarted 1 GiB behind.
 #
-#   scripts/bench-cluster.sh [throughput] [catchup]       (default: both)
+#   scripts/bench-cluster.sh [throughput] [latency] [catchup]    (default: all three)
 #
 # Knobs: REPS=3 RECORDS=500000 CATCHUP_MIB=1024 BASE_PORT=19500 OUT=bench-results/<stamp>
 # Every process this script starts it stops by PID.
@@ -16,7 +17,7 @@ CATCHUP_MIB="${CATCHUP_MIB:-1024}"
 BASE_PORT="${BASE_PORT:-19500}"
 OUT="${OUT:-bench-results/cluster-$(date +%Y%m%d-%H%M%S)}"
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(throughput catchup)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(throughput latency catchup)
 
 mkdir -p "$OUT"
 cargo build --release -q -p keel
@@ -84,6 +85,31 @@ throughput() {
         done
         read -r m lo hi <<<"$(median "${mb[@]}")"
         echo "| RF=3 acks=all, $parts partition(s) | $m ($lo-$hi) | $(median "${rs[@]}" | cut -d' ' -f1) | $(median "${p50[@]}" | cut -d' ' -f1) | $(median "${p99[@]}" | cut -d' ' -f1) | $(median "${p999[@]}" | cut -d' ' -f1) |" | tee -a "$OUT/throughput.md"
+    done
+}
+
+# Ack latency at half the maximum rate: one unpaced run finds the maximum, then paced runs
+# at half of it (latency from each record's due time, so stalls are not hidden).
+latency() {
+    local parts
+    echo "| Config | records/s achieved | ack p50 ms (min max) | p99 ms (min max) | p999 ms (min max) |" | tee "$OUT/latency.md"
+    echo "|---|---:|---:|---:|---:|" | tee -a "$OUT/latency.md"
+    for parts in 1 8; do
+        local j max half p50=() p99=() p999=() rs=()
+        j="$(timeout 300 "$KEEL" bench produce --bootstrap-server "$BOOT" --topic "kl-max-p$parts-$$" \
+            --partitions "$parts" --replication-factor 3 --records "$RECORDS" --acks all --json)"
+        echo "$j" >>"$OUT/raw.jsonl"
+        max="$(field "$j" records_per_sec)"
+        half="$(python3 -c "print(int(float('$max') / 2))")"
+        for rep in $(seq 1 "$REPS"); do
+            j="$(timeout 300 "$KEEL" bench produce --bootstrap-server "$BOOT" --topic "kl-p$parts-r$rep-$$" \
+                --partitions "$parts" --replication-factor 3 --records "$((half * 20))" --duration-s 20 \
+                --rate "$half" --acks all --json)"
+            echo "$j" >>"$OUT/raw.jsonl"
+            rs+=("$(field "$j" records_per_sec)")
+            p50+=("$(field "$j" latency_p50_ms)"); p99+=("$(field "$j" latency_p99_ms)"); p999+=("$(field "$j" latency_p999_ms)")
+        done
+        echo "| RF=3 acks=all, $parts partition(s), max $max rec/s, paced at $half | $(median "${rs[@]}" | cut -d' ' -f1) | $(median "${p50[@]}") | $(median "${p99[@]}") | $(median "${p999[@]}") |" | tee -a "$OUT/latency.md"
     done
 }
 

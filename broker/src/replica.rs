@@ -433,6 +433,13 @@ async fn flusher(replica: Arc<Replica>, stop: CancellationToken, fatal: FatalSig
     let mut appended = replica.appended.subscribe();
     loop {
         let target = *appended.borrow_and_update();
+        // Checked after marking the value seen: a deletion that happened before (even
+        // before this task first ran) is seen here, one after it wakes `changed()` below.
+        // Checking only after `changed()` left a replica deleted right after it opened
+        // with a flusher waiting forever, holding its files open.
+        if replica.is_deleted() {
+            return;
+        }
         if target > *replica.durable.borrow() {
             let r = replica.clone();
             match tokio::task::spawn_blocking(move || r.log.flush()).await {
@@ -460,9 +467,6 @@ async fn flusher(replica: Arc<Replica>, stop: CancellationToken, fatal: FatalSig
         tokio::select! {
             changed = appended.changed() => if changed.is_err() { return },
             _ = stop.cancelled() => return,
-        }
-        if replica.is_deleted() {
-            return;
         }
     }
 }
@@ -502,6 +506,41 @@ mod tests {
                 compute_hw(current, leader, followers),
                 want,
                 "{current} {leader} {followers:?}"
+            );
+        }
+    }
+
+    /// The zombie of a replica created and deleted at once: its flusher must end even when
+    /// the deletion comes before the task first runs, or it keeps the log's files open.
+    #[tokio::test(flavor = "current_thread")]
+    async fn replica_deleted_before_its_flusher_runs_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = CancellationToken::new();
+        for i in 0..20 {
+            let r = Replica::open(
+                "t",
+                i,
+                dir.path().join(format!("t-{i}")),
+                LogConfig::default(),
+                ReplicaSettings {
+                    min_insync_replicas: 1,
+                    lag_time_max_ms: 30_000,
+                },
+                Role::unassigned(1),
+                &stop,
+                &FatalSignal::default(),
+            )
+            .unwrap();
+            // On a current-thread runtime the flusher has not run yet.
+            r.mark_deleted();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while Arc::strong_count(&r) > 1 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(
+                Arc::strong_count(&r),
+                1,
+                "replica {i}: its flusher still holds it after deletion"
             );
         }
     }

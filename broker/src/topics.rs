@@ -329,19 +329,23 @@ impl Topics {
         partition: i32,
         configs: &BTreeMap<String, String>,
     ) -> Result<Arc<Replica>, BrokerError> {
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(topic) = map.get(name) {
-            if topic.meta.id == id {
-                if let Some(r) = topic.replica(partition) {
-                    return Ok(r);
-                }
+        {
+            let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(r) = map
+                .get(name)
+                .filter(|t| t.meta.id == id)
+                .and_then(|t| t.replica(partition))
+            {
+                return Ok(r);
             }
-        }
-        let stale = map.get(name).filter(|t| t.meta.id != id).cloned();
-        if let Some(old) = stale {
-            map.remove(name);
-            for r in &old.replicas {
-                Self::retire(r);
+            // A topic re-created under the same name: the old one goes first (its
+            // directories have the names the new replicas need).
+            let stale = map.get(name).filter(|t| t.meta.id != id).cloned();
+            if let Some(old) = stale {
+                map.remove(name);
+                for r in &old.replicas {
+                    Self::retire(r);
+                }
             }
         }
         let config =
@@ -349,14 +353,19 @@ impl Topics {
                 path: "metadata image".into(),
                 reason: format!("topic {name}: {e}"),
             })?;
+        let dir = self.partition_dir(name, partition);
+        claim_partition_dir(&dir, id)?;
         let min_isr = configs
             .get("min.insync.replicas")
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(self.min_insync_replicas);
+        // Opening (recovery, fsyncs) happens outside the registry lock, so the partitions
+        // of a new topic open side by side and requests keep being served meanwhile. The
+        // caller (the replica manager) serializes changes per partition.
         let replica = Replica::open(
             name,
             partition,
-            self.partition_dir(name, partition),
+            dir,
             config,
             crate::replica::ReplicaSettings {
                 min_insync_replicas: min_isr,
@@ -366,11 +375,35 @@ impl Topics {
             &self.stop,
             &self.fatal,
         )?;
-        let mut replicas = map
-            .get(name)
-            .map(|t| t.replicas.clone())
-            .unwrap_or_default();
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let mut replicas = match map.get(name) {
+            Some(t) if t.meta.id == id => t.replicas.clone(),
+            Some(_) => {
+                // The topic was replaced while this replica opened: it is already stale.
+                drop(map);
+                Self::retire(&replica);
+                return Err(BrokerError::TopicMetadata {
+                    path: "metadata image".into(),
+                    reason: format!("topic {name} was replaced while partition {partition} opened"),
+                });
+            }
+            None => Vec::new(),
+        };
+        if let Some(existing) = replicas.iter().find(|r| r.partition == partition).cloned() {
+            // Cannot happen while changes are serialized per partition; if it ever does,
+            // keep the replica others already use and drop ours without writing anything
+            // (same directory).
+            drop(map);
+            tracing::error!(
+                topic = name,
+                partition,
+                "replica opened twice; keeping the first"
+            );
+            replica.mark_deleted();
+            return Ok(existing);
+        }
         replicas.push(replica.clone());
+        replicas.sort_by_key(|r| r.partition);
         let meta = TopicMeta {
             name: name.to_string(),
             id,
@@ -414,6 +447,44 @@ impl Topics {
         }
     }
 
+    /// Cluster mode, once this broker has the whole metadata: removes every partition
+    /// directory that the metadata does not assign here (topics deleted, or replicas moved
+    /// away, while it was down) and no open replica uses. Returns how many it moved aside.
+    pub fn remove_unassigned_dirs(&self, assigned: impl Fn(&str, i32) -> bool) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.data_dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            let Some((topic, partition)) = parse_partition_dir(&file_name) else {
+                continue;
+            };
+            if !entry.file_type().is_ok_and(|t| t.is_dir())
+                || topic.starts_with("__cluster_metadata")
+                || assigned(topic, partition)
+                || self.replica(topic, partition).is_some()
+            {
+                continue;
+            }
+            match keel_storage::delete_log_dir(&entry.path()) {
+                Ok(moved) => {
+                    tracing::info!(
+                        topic,
+                        partition,
+                        "removing a replica directory no longer assigned here"
+                    );
+                    remove_in_background(moved);
+                    removed += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(topic, partition, error = %e, "cannot move an unassigned replica directory aside")
+                }
+            }
+        }
+        removed
+    }
+
     /// Marks a replica deleted, closes its log and moves its directory aside for removal.
     fn retire(r: &Arc<Replica>) {
         r.mark_deleted();
@@ -439,6 +510,65 @@ impl Topics {
             }
         }
     }
+}
+
+/// The file in each cluster-mode partition directory that names the topic id it belongs to,
+/// so a directory left by a deleted topic is never taken for a re-created one of the same
+/// name.
+pub const PARTITION_METADATA: &str = "partition.metadata";
+
+fn read_partition_topic_id(dir: &Path) -> Option<uuid::Uuid> {
+    let text = std::fs::read_to_string(dir.join(PARTITION_METADATA)).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != "version: 0" {
+        return None;
+    }
+    lines.next()?.strip_prefix("topic_id: ")?.parse().ok()
+}
+
+/// Makes `dir` the directory of topic `id`'s partition: one holding another topic's id, or
+/// none (a leftover of an older topic, or of a crash before the id was written), is moved
+/// aside first. A new directory gets the id file (fsynced) before any log file, and the
+/// log's creation then syncs the directory.
+fn claim_partition_dir(dir: &Path, id: uuid::Uuid) -> Result<(), BrokerError> {
+    let io = |what: &str, e: std::io::Error| BrokerError::TopicMetadata {
+        path: dir.display().to_string(),
+        reason: format!("{what}: {e}"),
+    };
+    if dir.exists() {
+        let found = read_partition_topic_id(dir);
+        if found == Some(id) {
+            return Ok(());
+        }
+        tracing::warn!(dir = %dir.display(), ?found, expected = %id, "moving aside a partition directory of another topic with this name");
+        let moved = keel_storage::delete_log_dir(dir).map_err(|e| BrokerError::TopicMetadata {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        remove_in_background(moved);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io("create", e))?;
+    let path = dir.join(PARTITION_METADATA);
+    let mut f = std::fs::File::create(&path).map_err(|e| io("create partition.metadata", e))?;
+    use std::io::Write as _;
+    f.write_all(format!("version: 0\ntopic_id: {id}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io("write partition.metadata", e))?;
+    match dir.parent() {
+        Some(parent) => std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("sync the data directory", e)),
+        None => Ok(()),
+    }
+}
+
+/// `"<topic>-<partition>"` as a partition directory name (topics may contain '-').
+fn parse_partition_dir(name: &str) -> Option<(&str, i32)> {
+    let (topic, partition) = name.rsplit_once('-')?;
+    if topic.is_empty() || partition.is_empty() || !partition.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((topic, partition.parse().ok()?))
 }
 
 /// Directories renamed `*-delete` by a deletion whose background removal did not finish
@@ -579,6 +709,48 @@ pub fn topic_log_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partition_dir_names() {
+        let table = [
+            ("orders-0", Some(("orders", 0))),
+            ("my-topic-12", Some(("my-topic", 12))),
+            ("t.x-3", Some(("t.x", 3))),
+            ("orders-0.18c3a2-delete", None),
+            ("orders", None),
+            ("-1", None),
+            ("orders-", None),
+            ("orders--1", Some(("orders-", 1))),
+            (".lock", None),
+        ];
+        for (name, want) in table {
+            assert_eq!(parse_partition_dir(name), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_partition_directory_of_another_topic_id_is_moved_aside() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("t-0");
+        let (old, new) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        claim_partition_dir(&dir, old).unwrap();
+        std::fs::write(dir.join("00000000000000000000.log"), b"old data").unwrap();
+        // Same id: kept as it is.
+        claim_partition_dir(&dir, old).unwrap();
+        assert!(dir.join("00000000000000000000.log").exists());
+        assert_eq!(read_partition_topic_id(&dir), Some(old));
+        // Another id: the old directory goes, the new one starts empty with the new id.
+        claim_partition_dir(&dir, new).unwrap();
+        assert!(!dir.join("00000000000000000000.log").exists());
+        assert_eq!(read_partition_topic_id(&dir), Some(new));
+        // No id file at all (a leftover from before ids, or a crash before it was
+        // written): not trusted either.
+        std::fs::remove_file(dir.join(PARTITION_METADATA)).unwrap();
+        std::fs::write(dir.join("00000000000000000000.log"), b"unknown").unwrap();
+        claim_partition_dir(&dir, new).unwrap();
+        assert!(!dir.join("00000000000000000000.log").exists());
+        assert_eq!(read_partition_topic_id(&dir), Some(new));
+    }
 
     #[test]
     fn leftover_deleted_directories_are_removed_at_startup() {

@@ -835,6 +835,133 @@ fn restarted_follower_gets_updates_to_existing_keys() {
 }
 
 // ---------------------------------------------------------------------------------------
+// 5b. Topics deleted and re-created while a broker is away
+// ---------------------------------------------------------------------------------------
+
+/// A broker that misses a topic's deletion and re-creation under the same name must not
+/// take its old directory for the new topic's replica: the old log has the same offsets
+/// and leader epoch 0, so epoch validation alone would keep its head and the replicas would
+/// silently disagree. It also removes the directory of a topic deleted while it was away.
+#[test]
+fn topic_recreated_while_broker_away_does_not_reuse_old_data() {
+    let _serial = serial();
+    const REBORN: &str = "reborn";
+    const GONE: &str = "gone";
+    let started = Instant::now();
+    // A session long enough that the paused broker is still unfenced (and so assigned a
+    // replica of the re-created topic) when the topic comes back.
+    let mut cluster = TestCluster::start(
+        ClusterOpts::default()
+            .brokers(3)
+            .set("broker.session.timeout.ms", "6000")
+            .set("broker.heartbeat.interval.ms", "200")
+            .set("replica.lag.time.max.ms", "2000")
+            .set("metrics.partition.interval.ms", "100")
+            .set("min.insync.replicas", "2"),
+    );
+    let _keep = KeepLogsOnFailure::new("topic_recreated_while_away", &cluster);
+    let all = cluster.broker_ids();
+    let away = *all.last().expect("three brokers");
+    let rt = runtime();
+    for topic in [REBORN, GONE] {
+        rt.block_on(create_topic(&cluster.bootstrap(), topic, 1, &[]))
+            .unwrap_or_else(|e| panic!("create {topic}: {e}"));
+    }
+    let old: Vec<(String, String)> = (0..40)
+        .map(|i| (format!("k{i}"), format!("old-{i}")))
+        .collect();
+    for topic in [REBORN, GONE] {
+        let acked = rt.block_on(produce_acked(
+            &cluster.bootstrap(),
+            Acks::All,
+            topic,
+            0,
+            &old,
+        ));
+        assert_eq!(
+            acked.len(),
+            old.len(),
+            "{topic}: every old record acknowledged"
+        );
+        wait_in_sync(&cluster, topic, 0, &all, 40, SETTLE);
+    }
+
+    // The broker goes silent; while it is still unfenced both topics are deleted and one
+    // is created again, with a replica on the silent broker.
+    cluster.sigstop(away);
+    let live: Vec<i32> = all.iter().copied().filter(|&b| b != away).collect();
+    let live_addrs = addrs(&cluster, &live);
+    rt.block_on(async {
+        let admin = Admin::new(ClientConfig::new(&live_addrs))
+            .await
+            .expect("admin");
+        admin
+            .delete_topics(&[REBORN.to_string(), GONE.to_string()])
+            .await
+            .expect("delete both topics");
+    });
+    let mut created = false;
+    for _ in 0..50 {
+        match rt.block_on(create_topic(&live_addrs, REBORN, 1, &[])) {
+            Ok(()) => {
+                created = true;
+                break;
+            }
+            Err(e) if e.kafka_code() == Some(TOPIC_ALREADY_EXISTS) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("re-create {REBORN}: {e}"),
+        }
+    }
+    assert!(created, "{REBORN} re-created");
+    let replicas = partition_info(&cluster, REBORN, 0)
+        .map(|p| p.replicas)
+        .unwrap_or_default();
+    assert!(
+        replicas.contains(&away),
+        "the re-created {REBORN} has a replica on broker {away} (replicas {replicas:?}); \
+         otherwise this test shows nothing"
+    );
+    // It dies without ever seeing the deletion, and the new topic gets data meanwhile: the
+    // same offsets, leader epoch 0 again, different records.
+    cluster.kill9(away);
+    cluster.wait_for_leader(REBORN, 0, Some(away), SETTLE);
+    let new: Vec<(String, String)> = (0..10)
+        .map(|i| (format!("k{i}"), format!("new-{i}")))
+        .collect();
+    let acked = rt.block_on(produce_acked(&live_addrs, Acks::All, REBORN, 0, &new));
+    assert_eq!(acked.len(), new.len(), "every new record acknowledged");
+
+    cluster.restart(away);
+    cluster.wait_for_brokers(&all, SETTLE);
+    wait_in_sync(&cluster, REBORN, 0, &all, 10, Duration::from_secs(45));
+    let gone_left = || topic_dirs(&cluster.broker(away).data_dir(), GONE);
+    wait_until(
+        "the deleted topic's directory is gone from the broker that was away",
+        Duration::from_secs(15),
+        || {
+            let (live, deleting) = gone_left();
+            live.is_empty() && deleting.is_empty()
+        },
+    );
+
+    let logs = stop_all_and_read(&mut cluster, REBORN, 0);
+    for (id, log) in &logs {
+        let values: Vec<String> = disk_records(log)
+            .into_values()
+            .map(|(_, v)| v.unwrap_or_default())
+            .collect();
+        let want: Vec<String> = new.iter().map(|(_, v)| v.clone()).collect();
+        assert_eq!(
+            values, want,
+            "broker {id}'s replica of the re-created {REBORN} (broker {away} was away)"
+        );
+    }
+    assert_identical_logs(&logs);
+    eprintln!("took {:.1}s", started.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------------------------------
 // 6. Create/delete churn
 // ---------------------------------------------------------------------------------------
 

@@ -47,6 +47,8 @@ pub struct ClusterBroker {
     /// heartbeats ask to stay fenced, so it neither leads nor counts in an ISR.
     ready: AtomicBool,
     image: watch::Sender<Arc<MetadataImage>>,
+    /// The metadata offset whose replica changes this broker has applied (-1: none yet).
+    applied: watch::Sender<i64>,
     pub topics: Arc<Topics>,
     pub stop: CancellationToken,
 }
@@ -77,6 +79,7 @@ impl ClusterBroker {
             shutting_down: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             image: watch::Sender::new(Arc::new(MetadataImage::new())),
+            applied: watch::Sender::new(-1),
             topics,
             stop,
             config,
@@ -85,6 +88,11 @@ impl ClusterBroker {
 
     pub fn image(&self) -> Arc<MetadataImage> {
         self.image.borrow().clone()
+    }
+
+    /// Watches the metadata offset up to which replica changes are applied here.
+    pub fn applied(&self) -> watch::Receiver<i64> {
+        self.applied.subscribe()
     }
 
     pub fn broker_epoch(&self) -> i64 {
@@ -325,20 +333,35 @@ impl ClusterBroker {
         let mut applied = Arc::new(MetadataImage::new());
         let mut fetchers: BTreeMap<i32, (JoinHandle<()>, CancellationToken)> = BTreeMap::new();
         let mut last_ready: Option<(bool, Vec<String>)> = None;
+        let mut swept = false;
         loop {
             let new = rx.borrow_and_update().clone();
-            let changes = diff(&applied, &new, self.node_id);
-            for change in changes {
-                let topics = self.topics.clone();
-                let me = self.node_id;
-                let image = new.clone();
-                let outcome =
+            // Removes first (a re-created topic needs its directories back), then the
+            // rest. Within each group every change is for a different partition, so they
+            // run side by side: a new topic's partitions open (and fsync) concurrently.
+            let (removes, becomes): (Vec<_>, Vec<_>) = diff(&applied, &new, self.node_id)
+                .into_iter()
+                .partition(|c| matches!(c, ReplicaChange::Remove { .. }));
+            for group in [removes, becomes] {
+                let work = group.into_iter().map(|change| {
+                    let topics = self.topics.clone();
+                    let me = self.node_id;
+                    let image = new.clone();
                     tokio::task::spawn_blocking(move || apply_change(&topics, &image, me, change))
-                        .await;
-                if let Ok(Err(e)) = outcome {
-                    tracing::error!(node = self.node_id, error = %e, "applying a replica change failed");
+                });
+                for outcome in futures::future::join_all(work).await {
+                    match outcome {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(node = self.node_id, error = %e, "applying a replica change failed")
+                        }
+                        Err(e) => {
+                            tracing::error!(node = self.node_id, error = %e, "replica change task panicked")
+                        }
+                    }
                 }
             }
+            self.applied.send_replace(new.offset());
             // Fenced brokers no longer count toward any HW or ISR of ours.
             for topic in self.topics.all() {
                 for r in &topic.replicas {
@@ -361,6 +384,33 @@ impl ClusterBroker {
                 .filter(|r| r.is_repairing())
                 .map(|r| format!("{}-{}", r.topic, r.partition))
                 .collect();
+            if caught_up && !swept {
+                // The image now covers everything up to our registration: any partition
+                // directory it does not assign here is a leftover (deleted topic, moved
+                // replica) from while this broker was down.
+                swept = true;
+                let topics = self.topics.clone();
+                let image = new.clone();
+                let me = self.node_id;
+                let removed = tokio::task::spawn_blocking(move || {
+                    topics.remove_unassigned_dirs(|topic, partition| {
+                        image.topic(topic).is_some_and(|t| {
+                            t.partitions
+                                .get(partition as usize)
+                                .is_some_and(|p| p.replicas.contains(&me))
+                        })
+                    })
+                })
+                .await
+                .unwrap_or(0);
+                if removed > 0 {
+                    tracing::info!(
+                        node = self.node_id,
+                        removed,
+                        "removed unassigned replica directories"
+                    );
+                }
+            }
             let ready = caught_up && repairing.is_empty();
             self.ready.store(ready, Ordering::Release);
             if last_ready.as_ref() != Some(&(ready, repairing.clone())) {

@@ -9,12 +9,18 @@
 use super::broker_runtime::{backoff, ClusterBroker};
 use crate::metrics as m;
 use crate::replica::Replica;
-use crate::replication::{on_diverging_epoch, EpochEndOffset, TruncationDecision};
+use crate::replication::{
+    on_diverging_epoch, on_offset_out_of_range, EpochEndOffset, TruncationDecision,
+};
 use kafka_protocol::messages::fetch_request::{
     FetchPartition, FetchRequest, FetchTopic, ReplicaState,
 };
 use kafka_protocol::messages::fetch_response::PartitionData;
-use kafka_protocol::messages::BrokerId;
+use kafka_protocol::messages::list_offsets_request::{
+    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
+};
+use kafka_protocol::messages::{BrokerId, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use keel_client::connection::Connection;
 use keel_storage::FlushPolicy;
@@ -29,6 +35,7 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
     let mut conn: Option<Arc<Connection>> = None;
     let mut attempt = 0u32;
     let wait_ms = rt.config.replica_fetch_wait_max_ms.max(0);
+    let mut applied = rt.applied();
     loop {
         if stop.is_cancelled() {
             return;
@@ -72,9 +79,28 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
         let Some(c) = conn.clone() else { continue };
         let req = request(&rt, &followed, wait_ms);
         let timeout = Duration::from_millis(wait_ms as u64) + Duration::from_secs(10);
-        let resp = tokio::select! {
-            r = c.send_version(&req, FETCH_VERSION, timeout) => r,
-            _ = stop.cancelled() => return,
+        let send = c.send_version(&req, FETCH_VERSION, timeout);
+        tokio::pin!(send);
+        let resp = loop {
+            tokio::select! {
+                r = &mut send => break Some(r),
+                _ = stop.cancelled() => return,
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    // New partitions to follow (a topic created, a leader moved here)
+                    // should not wait out this long poll: the leader answers requests on
+                    // one connection in order, so start over on a fresh one.
+                    if !same_partitions(&followed, &followed_partitions(&rt, leader)) {
+                        break None;
+                    }
+                }
+            }
+        };
+        let Some(resp) = resp else {
+            conn = None;
+            continue;
         };
         let resp = match resp {
             Ok(r) => r,
@@ -110,9 +136,11 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
             }
         }
         let mut backed_off = false;
+        let mut out_of_range = Vec::new();
         for (replica, outcome) in futures::future::join_all(work).await {
             match outcome {
-                Ok(Ok(())) => {}
+                Ok(Ok(Applied::Done)) => {}
+                Ok(Ok(Applied::OutOfRange)) => out_of_range.push(replica),
                 Ok(Err(e)) => {
                     // Usually a metadata race (the leader learns of a change a moment
                     // later than we do); counted, backed off, retried.
@@ -120,6 +148,12 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
                     backed_off = true;
                 }
                 Err(e) => tracing::error!(error = %e, "follower append task panicked"),
+            }
+        }
+        for replica in out_of_range {
+            if let Err(e) = resolve_out_of_range(&c, &rt, &replica).await {
+                tracing::warn!(topic = %replica.topic, partition = replica.partition, leader, error = %e, "cannot resolve an out-of-range fetch");
+                backed_off = true;
             }
         }
         if backed_off {
@@ -143,6 +177,13 @@ fn followed_partitions(rt: &ClusterBroker, leader: i32) -> Vec<(uuid::Uuid, Arc<
         .flat_map(|t| t.replicas.iter().map(move |r| (t.meta.id, r.clone())))
         .filter(|(_, r)| !r.is_deleted() && !r.is_leader() && r.role_view().0 == leader)
         .collect()
+}
+
+fn same_partitions(a: &[(uuid::Uuid, Arc<Replica>)], b: &[(uuid::Uuid, Arc<Replica>)]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ia, ra), (ib, rb))| ia == ib && Arc::ptr_eq(ra, rb))
 }
 
 fn request(
@@ -182,9 +223,19 @@ fn request(
     req
 }
 
+/// What applying one partition of a fetch response led to.
+enum Applied {
+    Done,
+    /// The leader answered OFFSET_OUT_OF_RANGE: ask for its log start and end.
+    OutOfRange,
+}
+
 /// Applies one partition of a fetch response to the follower replica.
-fn handle_partition(r: &Replica, p: PartitionData, flush: bool) -> Result<(), String> {
+fn handle_partition(r: &Replica, p: PartitionData, flush: bool) -> Result<Applied, String> {
     let log = r.log();
+    if p.error_code == ResponseError::OffsetOutOfRange.code() {
+        return Ok(Applied::OutOfRange);
+    }
     if p.error_code != 0 {
         let name = ResponseError::try_from_code(p.error_code)
             .map_or_else(|| "?".into(), |e| e.to_string());
@@ -214,7 +265,7 @@ fn handle_partition(r: &Replica, p: PartitionData, flush: bool) -> Result<(), St
         tracing::info!(topic = %r.topic, partition = r.partition, from = leo, to = truncated, ?diverging, "truncated diverging log");
         r.follower_appended();
         r.set_follower_hw(r.high_watermark());
-        return Ok(());
+        return Ok(Applied::Done);
     }
     if let Some(records) = p.records.filter(|b| !b.is_empty()) {
         // A fetch may end inside a batch; append whole batches only.
@@ -233,7 +284,68 @@ fn handle_partition(r: &Replica, p: PartitionData, flush: bool) -> Result<(), St
         }
     }
     r.set_follower_hw(p.high_watermark);
-    Ok(())
+    Ok(Applied::Done)
+}
+
+/// The leader said our fetch offset is out of range (below its log start, past its end, or
+/// with a last epoch it cannot place): ask it for its log start and end (ListOffsets as a
+/// replica, so "latest" is its LEO) and truncate as [`on_offset_out_of_range`] says.
+async fn resolve_out_of_range(
+    c: &Connection,
+    rt: &ClusterBroker,
+    r: &Arc<Replica>,
+) -> Result<(), String> {
+    let mut ends = [0i64; 2];
+    for (slot, timestamp) in ends.iter_mut().zip([-2i64, -1]) {
+        let req = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(rt.node_id))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(r.topic.to_string())))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(r.partition)
+                    .with_current_leader_epoch(r.leader_epoch())
+                    .with_timestamp(timestamp)])]);
+        let resp = c
+            .send_version(&req, 4, Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
+        let p = resp
+            .topics
+            .into_iter()
+            .flat_map(|t| t.partitions)
+            .next()
+            .ok_or("empty ListOffsets response")?;
+        if p.error_code != 0 {
+            return Err(format!("ListOffsets answered error {}", p.error_code));
+        }
+        *slot = p.offset;
+    }
+    let [start, end] = ends;
+    let r = r.clone();
+    tokio::task::spawn_blocking(move || {
+        let log = r.log();
+        let leo = log.log_end_offset();
+        let size_before = log.size_bytes();
+        let decision = on_offset_out_of_range(start, end, leo);
+        let to = match decision {
+            TruncationDecision::TruncateTo(o) => log.truncate_to(o).map(|()| o),
+            TruncationDecision::TruncateFully { start_offset } => log
+                .truncate_fully_and_start_at(start_offset)
+                .map(|()| start_offset),
+            _ => Ok(leo),
+        }
+        .map_err(|e| e.to_string())?;
+        metrics::counter!(m::TRUNCATIONS_TOTAL).increment(1);
+        metrics::counter!(m::TRUNCATED_RECORDS_TOTAL).increment(leo.saturating_sub(to).max(0) as u64);
+        metrics::counter!(m::TRUNCATED_BYTES_TOTAL)
+            .increment(size_before.saturating_sub(log.size_bytes()));
+        tracing::warn!(topic = %r.topic, partition = r.partition, from = leo, to, leader_log_start = start, leader_leo = end, ?decision, "fetch out of range: truncated");
+        r.follower_appended();
+        r.set_follower_hw(r.high_watermark());
+        Ok(())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 async fn sleep_or_stop(stop: &CancellationToken, d: Duration) -> bool {

@@ -132,8 +132,10 @@ fn create_one(
 }
 
 /// Cluster mode: the controller creates the topic; the answer waits (bounded) until this
-/// broker's metadata shows every new partition with a leader, so a client that produces
-/// right after CreateTopics finds it here instead of retrying on UNKNOWN_TOPIC_OR_PARTITION.
+/// broker's metadata shows every new partition with a leader and its replicas of them are
+/// open, so a client that produces right after CreateTopics finds them instead of retrying
+/// on UNKNOWN_TOPIC_OR_PARTITION. (Other brokers apply the same metadata at about the same
+/// time; a client that is faster gets a retriable error.)
 fn forward(
     ctx: Ctx,
     rt: std::sync::Arc<crate::cluster::broker_runtime::ClusterBroker>,
@@ -166,10 +168,22 @@ fn forward(
                         .is_some_and(|t| t.partitions.iter().all(|p| p.leader >= 0))
                 })
             };
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-            while !ready(&rt.image()) && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
+            // Ready once this broker's image has a leader for every new partition and
+            // the replica manager has applied that image (replicas open, roles set).
+            let mut applied = rt.applied();
+            let wait = async {
+                loop {
+                    let image = rt.image();
+                    if ready(&image) && *applied.borrow_and_update() >= image.offset() {
+                        return;
+                    }
+                    tokio::select! {
+                        changed = applied.changed() => if changed.is_err() { return },
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), wait).await;
         }
         ctx.encode(&resp, &[])
     })

@@ -1,5 +1,6 @@
 //! ListOffsets: earliest (-2), latest (-1: the high watermark, which is also the last
-//! stable offset as Keel has no transactions), or the first offset at/after a timestamp.
+//! stable offset as Keel has no transactions; for a follower, replica id >= 0, the log end),
+//! or the first offset at/after a timestamp.
 
 use super::{Ctx, Reply};
 use crate::error::storage_error_code;
@@ -42,6 +43,8 @@ pub fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> Reply {
                         r
                     };
                     match p.timestamp {
+                        // A follower (replica id >= 0) asks for the log end, as in Kafka.
+                        LATEST if req.replica_id.0 >= 0 => r.with_offset(log.log_end_offset()),
                         LATEST => r.with_offset(hw),
                         EARLIEST => r.with_offset(log.log_start_offset()),
                         ts if ts >= 0 => match log.offset_for_timestamp(ts) {

@@ -394,8 +394,8 @@ fn back_to_back_failovers_converge_on_committed_history() {
     assert_eq!(leader.entries(), vec![(0, 0), (2, 110), (4, 140)]);
 }
 
-/// A follower whose epochs the leader deleted by retention: HW fallback, then its fetch is
-/// below the leader's log start and it restarts there. Bounded, and ends identical.
+/// A follower whose epochs the leader deleted by retention: its fetch is out of range and
+/// it restarts at the leader's log start. Bounded, and ends identical.
 #[test]
 fn follower_behind_leader_log_start() {
     let leader = SimLog::from_entries(5000, &[(2, 5000)], 6000);
@@ -407,7 +407,7 @@ fn follower_behind_leader_log_start() {
     sync_by_fetch(&mut f, 50, &leader, 2, usize::MAX, &mut stats);
     assert_eq!(f, leader);
     assert!(stats.fell_back);
-    assert_eq!(stats.rounds, 2, "HW, then restart at the leader's start");
+    assert_eq!(stats.rounds, 1, "one restart at the leader's start");
 }
 
 /// Property (seeded random cases; `proptest` is not a dev-dependency of this crate): random

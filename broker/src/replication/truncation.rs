@@ -33,10 +33,12 @@
 //!
 //! An undefined answer (epoch or end offset -1: the leader has no epoch at or below the one
 //! asked about — its log start passed it, or its log is empty) cannot locate the common
-//! point. As Kafka, the follower then truncates to its own high watermark: everything below
-//! it was committed, so the leader has it. The follower never empties its log on such an
-//! answer (that would drop committed data from this replica); a fetch that is out of range
-//! restarts the log at the leader's log start ([`on_offset_out_of_range`]).
+//! point. On the fetch path the leader never sends one (on the wire it reads as "no
+//! divergence", and a follower would fetch past a history it never reconciled, forever):
+//! it answers out of range, and the follower asks for the leader's log start and end and
+//! truncates by those ([`on_offset_out_of_range`]). An undefined OffsetForLeaderEpoch answer
+//! makes the follower truncate to its own high watermark, as Kafka: everything below it was
+//! committed, so the leader has it; it never empties its log on such an answer.
 //!
 //! Deviation from Kafka, on purpose: when the leader's answer names an epoch below every
 //! epoch the follower has, Kafka truncates to `min(leader end offset, LEO)` (meant for logs
@@ -198,7 +200,9 @@ pub fn on_offset_for_leader_epoch(
 ///   log has no epochs; with epochs the leader answers `DivergingEpoch` first);
 /// - the follower is below the leader's log start (retention deleted what it needs) → empty
 ///   the log and restart it at the leader's log start;
-/// - otherwise the range moved meanwhile: fetch again.
+/// - otherwise the follower's offset is in range, so the leader could not place its last
+///   epoch at all: no common point above the leader's log start can be shown, so the
+///   follower starts over there (Kafka would fetch again and get the same answer forever).
 pub fn on_offset_out_of_range(
     leader_log_start: i64,
     leader_leo: i64,
@@ -206,12 +210,10 @@ pub fn on_offset_out_of_range(
 ) -> TruncationDecision {
     if local_leo > leader_leo {
         TruncationDecision::TruncateTo(leader_leo)
-    } else if local_leo < leader_log_start {
+    } else {
         TruncationDecision::TruncateFully {
             start_offset: leader_log_start,
         }
-    } else {
-        TruncationDecision::NoTruncation
     }
 }
 
@@ -292,6 +294,7 @@ pub enum FetchValidation {
 ///    offset (the follower has records of that epoch that the leader does not), answer
 ///    `Diverging` with the leader's epoch and end offset (undefined if the leader has nothing
 ///    at or below it).
+///    If the leader has no epoch at or below it at all (undefined), out of range instead.
 /// 3. Fetch offset outside `[log_start, leader_leo]` → out of range.
 pub fn validate_follower_fetch(
     req: &FetchPartitionRequestView,
@@ -313,6 +316,12 @@ pub fn validate_follower_fetch(
     }
     if req.last_fetched_epoch >= 0 {
         let ours = leader_end_offset_for_epoch(leader_log, req.last_fetched_epoch);
+        if ours.is_undefined() {
+            // Nothing of ours to compare with. An undefined DivergingEpoch reads as "no
+            // divergence" on the wire, so (as Kafka does) say out of range: the follower
+            // then asks for our log start and end and truncates by those.
+            return FetchValidation::OffsetOutOfRange;
+        }
         if ours.epoch < req.last_fetched_epoch || ours.end_offset < req.fetch_offset {
             return FetchValidation::Diverging(ours);
         }
@@ -501,8 +510,9 @@ mod tests {
         let table = [
             (0, 100, 120, TruncateTo(100)),
             (500, 1000, 100, TruncateFully { start_offset: 500 }),
-            (500, 1000, 500, NoTruncation),
-            (500, 1000, 1000, NoTruncation),
+            // In range, so the leader could not place the follower's epochs: start over.
+            (500, 1000, 500, TruncateFully { start_offset: 500 }),
+            (500, 1000, 1000, TruncateFully { start_offset: 500 }),
             (0, 0, 5, TruncateTo(0)),
             (1000, 1000, 0, TruncateFully { start_offset: 1000 }),
         ];
@@ -600,11 +610,12 @@ mod tests {
                 "row {i}"
             );
         }
-        // Epoch below everything the leader has: undefined diverging epoch.
-        let trimmed = SimLog::from_entries(5000, &[(2, 5000)], 6000);
+        // An epoch the leader cannot place (it has none): out of range, never an undefined
+        // DivergingEpoch (which the wire cannot tell from "none").
+        let empty = SimLog::from_entries(0, &[], 0);
         assert_eq!(
-            validate_follower_fetch(&req(5000, 2, 1), 2, &trimmed, 6000, 5000),
-            FetchValidation::Diverging(EpochEndOffset::UNDEFINED)
+            validate_follower_fetch(&req(40, 0, 0), 0, &empty, 0, 0),
+            FetchValidation::OffsetOutOfRange
         );
     }
 

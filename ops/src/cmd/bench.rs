@@ -77,9 +77,10 @@ pub struct BenchProduceArgs {
     /// Partitions, if the topic has to be created.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
     pub partitions: i32,
-    /// Replication factor, if the topic has to be created.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i16).range(1..))]
-    pub replication_factor: i16,
+    /// Replication factor, if the topic has to be created [default: the brokers'
+    /// default.replication.factor].
+    #[arg(long, value_parser = clap::value_parser!(i16).range(1..))]
+    pub replication_factor: Option<i16>,
     /// Acknowledgement required per batch: 0, 1 or all.
     #[arg(long, default_value = "all", value_name = "0|1|all", value_parser = parse_acks)]
     pub acks: AcksArg,
@@ -95,6 +96,20 @@ pub struct BenchProduceArgs {
     /// Compression codec (the payload is random, so this measures codec cost).
     #[arg(long, value_enum, default_value_t = CompressionArg::None)]
     pub compression: CompressionArg,
+    /// Send at this many records per second instead of as fast as possible. Record i is
+    /// due at start + i/RATE and its latency is measured from that time, so a stall that
+    /// delays later sends shows up in their latency (no coordinated omission).
+    #[arg(long, value_name = "RECORDS_PER_SEC", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a positive number of records per second"
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -170,6 +185,8 @@ pub struct ProduceReport {
     pub failed: u64,
     pub record_size: usize,
     pub acks: String,
+    /// The --rate asked for, if any.
+    pub target_records_per_sec: Option<f64>,
     pub seconds: f64,
     pub records_per_sec: f64,
     pub mb_per_sec: f64,
@@ -246,7 +263,14 @@ async fn produce(args: BenchProduceArgs) -> anyhow::Result<()> {
                 value: Some(payloads.get(sent)),
                 ..ProducerRecord::default()
             };
-            let sent_at = Instant::now();
+            let sent_at = match args.rate {
+                Some(rate) => {
+                    let due = start + Duration::from_secs_f64(sent as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                    due
+                }
+                None => Instant::now(),
+            };
             match producer.send(record).await {
                 Ok(delivery) => {
                     if tx.send((sent_at, delivery)).await.is_err() {
@@ -298,6 +322,7 @@ async fn produce(args: BenchProduceArgs) -> anyhow::Result<()> {
         failed: collected.failed,
         record_size: args.record_size,
         acks: args.acks.to_string(),
+        target_records_per_sec: args.rate,
         seconds,
         records_per_sec,
         mb_per_sec,
@@ -361,7 +386,7 @@ async fn ensure_topic(admin: &Admin, args: &BenchProduceArgs) -> anyhow::Result<
     let spec = TopicSpec {
         name: topic.clone(),
         partitions: args.partitions,
-        replication_factor: args.replication_factor,
+        replication_factor: args.replication_factor.unwrap_or(-1),
         configs: Vec::new(),
     };
     if let Err(err) = admin.create_topics(&[spec]).await {
@@ -370,9 +395,12 @@ async fn ensure_topic(admin: &Admin, args: &BenchProduceArgs) -> anyhow::Result<
                 .with_context(|| format!("cannot create topic '{topic}'"));
         }
     } else if !args.run.json {
+        let rf = args
+            .replication_factor
+            .map_or_else(|| "broker default".to_string(), |rf| rf.to_string());
         eprintln!(
-            "created topic {topic} (partitions={}, replication-factor={})",
-            args.partitions, args.replication_factor
+            "created topic {topic} (partitions={}, replication-factor={rf})",
+            args.partitions
         );
     }
     Ok(())
@@ -548,6 +576,9 @@ fn render_produce(r: &ProduceReport) -> String {
     if r.failed > 0 {
         out.push_str(&format!("  failed       {}\n", r.failed));
     }
+    if let Some(rate) = r.target_records_per_sec {
+        out.push_str(&format!("  target/s     {rate:.0}\n"));
+    }
     out.push_str(&format!(
         "  seconds      {:.3}\n  records/s    {:.0}\n  MB/s         {:.2}\n",
         r.seconds, r.records_per_sec, r.mb_per_sec
@@ -589,7 +620,7 @@ mod tests {
         assert_eq!(a.run.duration_s, 120);
         assert!(!a.run.json);
         assert_eq!(a.record_size, 1024);
-        assert_eq!((a.partitions, a.replication_factor), (1, 1));
+        assert_eq!((a.partitions, a.replication_factor), (1, None));
         assert_eq!(a.acks, AcksArg::All);
         assert_eq!(a.linger_ms, 5);
         assert_eq!(a.batch_size, 1 << 20);
@@ -635,7 +666,7 @@ mod tests {
             (a.run.topic.as_str(), a.run.records, a.record_size),
             ("b", 5000, 100)
         );
-        assert_eq!((a.partitions, a.replication_factor), (4, 3));
+        assert_eq!((a.partitions, a.replication_factor), (4, Some(3)));
         assert_eq!(
             (a.acks, a.linger_ms, a.batch_size),
             (AcksArg::None, 0, 16384)
@@ -710,6 +741,15 @@ mod tests {
     }
 
     #[test]
+    fn rate_must_be_positive() {
+        assert_eq!(parse_rate("2500"), Ok(2500.0));
+        assert_eq!(parse_rate("0.5"), Ok(0.5));
+        for bad in ["0", "-1", "nan", "inf", "fast"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn json_report_fields() {
         let report = ProduceReport {
             mode: "produce",
@@ -718,6 +758,7 @@ mod tests {
             failed: 0,
             record_size: 1,
             acks: "all".to_string(),
+            target_records_per_sec: Some(10.0),
             seconds: 1.0,
             records_per_sec: 10.0,
             mb_per_sec: 0.00001,
@@ -730,6 +771,7 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&report).unwrap();
         for key in [
             "records",
+            "target_records_per_sec",
             "seconds",
             "records_per_sec",
             "mb_per_sec",

@@ -70,7 +70,9 @@ pub struct StartArgs {
     #[arg(long, value_name = "PORT", default_value_t = DEFAULT_METRICS_BASE_PORT,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub metrics_base_port: u16,
-    /// A setting for every node, e.g. --set min.insync.replicas=2 (repeatable).
+    /// A setting for every node, e.g. --set log.segment.bytes=268435456 (repeatable).
+    /// The cluster starts with default.replication.factor = min(3, N) and
+    /// min.insync.replicas = min(2, N); --set overrides them.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub set: Vec<(String, String)>,
 }

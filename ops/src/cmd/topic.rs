@@ -39,9 +39,10 @@ pub struct CreateArgs {
     /// Number of partitions.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
     pub partitions: i32,
-    /// Copies of each partition, on distinct brokers.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i16).range(1..))]
-    pub replication_factor: i16,
+    /// Copies of each partition, on distinct brokers [default: the brokers'
+    /// default.replication.factor].
+    #[arg(long, value_parser = clap::value_parser!(i16).range(1..))]
+    pub replication_factor: Option<i16>,
     /// A topic config, e.g. --config retention.ms=86400000 (repeatable).
     #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub configs: Vec<(String, String)>,
@@ -70,7 +71,7 @@ pub async fn run(command: TopicCommand) -> anyhow::Result<()> {
             let spec = TopicSpec {
                 name: args.name.clone(),
                 partitions: args.partitions,
-                replication_factor: args.replication_factor,
+                replication_factor: args.replication_factor.unwrap_or(-1),
                 configs: args.configs,
             };
             match admin.create_topics(&[spec]).await {
@@ -81,9 +82,12 @@ pub async fn run(command: TopicCommand) -> anyhow::Result<()> {
                 // The client's message already says "create topic <name>: ...".
                 Err(err) => return Err(err.into()),
             }
+            let rf = args
+                .replication_factor
+                .map_or_else(|| "broker default".to_string(), |rf| rf.to_string());
             println!(
-                "created topic {} (partitions={}, replication-factor={})",
-                args.name, args.partitions, args.replication_factor
+                "created topic {} (partitions={}, replication-factor={rf})",
+                args.name, args.partitions
             );
         }
         TopicCommand::List(_) => {
@@ -212,7 +216,7 @@ mod tests {
         };
         assert_eq!(
             (a.name.as_str(), a.partitions, a.replication_factor),
-            ("orders", 1, 1)
+            ("orders", 1, None)
         );
         assert!(a.configs.is_empty());
         assert_eq!(a.conn.bootstrap_server.to_string(), "127.0.0.1:9092");
@@ -235,7 +239,7 @@ mod tests {
         ]) else {
             panic!()
         };
-        assert_eq!((a.partitions, a.replication_factor), (6, 3));
+        assert_eq!((a.partitions, a.replication_factor), (6, Some(3)));
         assert_eq!(
             a.configs,
             vec![

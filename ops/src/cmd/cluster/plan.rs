@@ -106,8 +106,24 @@ pub fn voters(plan: &[NodePlan]) -> String {
         .join(",")
 }
 
-/// The `keel broker ...` arguments of one node. The layout's own properties come after
-/// the user's `--set`s, so they win.
+/// Settings a local cluster starts with unless `--set` says otherwise: topics replicated
+/// to three brokers (or all, if fewer) and acks=all needing two of them, so the cluster
+/// shows replication out of the box. Kafka's own defaults (1 and 1) suit a single broker.
+pub fn cluster_defaults(brokers: usize) -> Vec<(String, String)> {
+    vec![
+        (
+            "default.replication.factor".into(),
+            brokers.clamp(1, 3).to_string(),
+        ),
+        (
+            "min.insync.replicas".into(),
+            brokers.clamp(1, 2).to_string(),
+        ),
+    ]
+}
+
+/// The `keel broker ...` arguments of one node: [`cluster_defaults`], then the user's
+/// `--set`s, then the layout's own properties (later ones win).
 pub fn node_args(node: &NodePlan, voters: &str, settings: &[(String, String)]) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "broker".into(),
@@ -236,6 +252,20 @@ mod tests {
             assert!(err.starts_with(want), "{flags}: {err}");
         }
         assert!(layout(&start_args("--brokers 2 --base-port 65534")).is_ok());
+    }
+
+    #[test]
+    fn replicated_defaults_fit_the_broker_count() {
+        let get = |n| {
+            cluster_defaults(n)
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(get(1), ["1", "1"]);
+        assert_eq!(get(2), ["2", "2"]);
+        assert_eq!(get(3), ["3", "2"]);
+        assert_eq!(get(5), ["3", "2"]);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::{timeout, Instant};
 
 use super::file::{render_nodes, ClusterFile, FILE_NAME};
-use super::plan::{layout, node_args, voters, NodePlan, Role};
+use super::plan::{cluster_defaults, layout, node_args, voters, NodePlan, Role};
 use super::ready::ReadyLine;
 use super::{StartArgs, PROBE_TIMEOUT};
 use crate::connect;
@@ -99,8 +99,12 @@ async fn bring_up(
 ) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let voters = voters(plan);
+    let settings: Vec<(String, String)> = cluster_defaults(usize::from(args.brokers))
+        .into_iter()
+        .chain(args.set.iter().cloned())
+        .collect();
     for node in plan {
-        let (child, stdout) = spawn_node(&exe, node, &node_args(node, &voters, &args.set))?;
+        let (child, stdout) = spawn_node(&exe, node, &node_args(node, &voters, &settings))?;
         let pid = child.id().unwrap_or(0);
         nodes.push(Running {
             plan: node.clone(),
