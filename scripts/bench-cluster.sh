@@ -63,6 +63,8 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
+# Each run's topic goes once measured: 3 replicas of every run would fill the disk.
+drop_topic() { "$KEEL" topic delete "$1" --bootstrap-server "$BOOT" >/dev/null 2>&1 || true; }
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:]]; print(round(statistics.median(v),1), round(min(v),1), round(max(v),1))' "$@"; }
 leo_of() { # leo_of NODE TOPIC
@@ -80,6 +82,7 @@ throughput() {
             j="$(timeout 300 "$KEEL" bench produce --bootstrap-server "$BOOT" --topic "kc-p$parts-r$rep-$$" \
                 --partitions "$parts" --replication-factor 3 --records "$RECORDS" --acks all --json)"
             echo "$j" >>"$OUT/raw.jsonl"
+            drop_topic "kc-p$parts-r$rep-$$"
             mb+=("$(field "$j" mb_per_sec)"); rs+=("$(field "$j" records_per_sec)")
             p50+=("$(field "$j" latency_p50_ms)"); p99+=("$(field "$j" latency_p99_ms)"); p999+=("$(field "$j" latency_p999_ms)")
         done
@@ -89,7 +92,8 @@ throughput() {
 }
 
 # Ack latency at half the maximum rate: one unpaced run finds the maximum, then paced runs
-# at half of it (latency from each record's due time, so stalls are not hidden).
+# at half of it with linger 1 ms (latency from each record's due time, so stalls are not
+# hidden). RATES="r1 r2 ..." adds paced runs at those records/s on one partition.
 latency() {
     local parts
     echo "| Config | records/s achieved | ack p50 ms (min max) | p99 ms (min max) | p999 ms (min max) |" | tee "$OUT/latency.md"
@@ -99,17 +103,28 @@ latency() {
         j="$(timeout 300 "$KEEL" bench produce --bootstrap-server "$BOOT" --topic "kl-max-p$parts-$$" \
             --partitions "$parts" --replication-factor 3 --records "$RECORDS" --acks all --json)"
         echo "$j" >>"$OUT/raw.jsonl"
+        drop_topic "kl-max-p$parts-$$"
         max="$(field "$j" records_per_sec)"
         half="$(python3 -c "print(int(float('$max') / 2))")"
         for rep in $(seq 1 "$REPS"); do
             j="$(timeout 300 "$KEEL" bench produce --bootstrap-server "$BOOT" --topic "kl-p$parts-r$rep-$$" \
                 --partitions "$parts" --replication-factor 3 --records "$((half * 20))" --duration-s 20 \
-                --rate "$half" --acks all --json)"
+                --rate "$half" --linger-ms 1 --acks all --json)"
             echo "$j" >>"$OUT/raw.jsonl"
+            drop_topic "kl-p$parts-r$rep-$$"
             rs+=("$(field "$j" records_per_sec)")
             p50+=("$(field "$j" latency_p50_ms)"); p99+=("$(field "$j" latency_p99_ms)"); p999+=("$(field "$j" latency_p999_ms)")
         done
-        echo "| RF=3 acks=all, $parts partition(s), max $max rec/s, paced at $half | $(median "${rs[@]}" | cut -d' ' -f1) | $(median "${p50[@]}") | $(median "${p99[@]}") | $(median "${p999[@]}") |" | tee -a "$OUT/latency.md"
+        echo "| RF=3 acks=all, $parts partition(s), max ${max%.*} rec/s, paced at $half | $(median "${rs[@]}" | cut -d' ' -f1) | $(median "${p50[@]}") | $(median "${p99[@]}") | $(median "${p999[@]}") |" | tee -a "$OUT/latency.md"
+    done
+    local rate
+    for rate in ${RATES:-}; do
+        j="$(timeout 300 "$KEEL" bench produce --bootstrap-server "$BOOT" --topic "kr-$rate-$$" \
+            --partitions 1 --replication-factor 3 --records "$((rate * 20))" --duration-s 20 \
+            --rate "$rate" --linger-ms 1 --acks all --json)"
+        echo "$j" >>"$OUT/raw.jsonl"
+        drop_topic "kr-$rate-$$"
+        echo "| RF=3 acks=all, 1 partition, paced at $rate | $(field "$j" records_per_sec | cut -d. -f1) | $(field "$j" latency_p50_ms) | $(field "$j" latency_p99_ms) | $(field "$j" latency_p999_ms) |" | tee -a "$OUT/latency.md"
     done
 }
 
