@@ -128,9 +128,19 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
                     continue;
                 };
                 let r = replica.clone();
+                // Only a partition with records or a diverging epoch does I/O; an idle one
+                // just adopts the HW, here, without a trip to the blocking pool (with many
+                // idle partitions those trips cost more CPU than the data).
+                let idle = p.error_code == 0
+                    && p.diverging_epoch.epoch < 0
+                    && p.diverging_epoch.end_offset < 0
+                    && p.records.as_ref().is_none_or(|b| b.is_empty());
                 work.push(async move {
-                    let outcome =
-                        tokio::task::spawn_blocking(move || handle_partition(&r, p, flush)).await;
+                    let outcome = if idle {
+                        Ok(handle_partition(&r, p, flush))
+                    } else {
+                        tokio::task::spawn_blocking(move || handle_partition(&r, p, flush)).await
+                    };
                     (replica.clone(), outcome)
                 });
             }
