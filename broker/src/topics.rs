@@ -127,11 +127,12 @@ impl Topics {
                 reason: format!("topic {}: {e}", meta.name),
             }
         })?;
-        let min_isr = meta
-            .configs
-            .get("min.insync.replicas")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(self.min_insync_replicas);
+        let min_isr = topic_min_insync_replicas(&meta.configs, self.min_insync_replicas).map_err(
+            |reason| BrokerError::TopicMetadata {
+                path: TOPICS_FILE.into(),
+                reason: format!("topic {}: {reason}", meta.name),
+            },
+        )?;
         let mut replicas = Vec::with_capacity(meta.partitions.max(0) as usize);
         for p in 0..meta.partitions {
             let opened = Replica::open(
@@ -355,10 +356,13 @@ impl Topics {
             })?;
         let dir = self.partition_dir(name, partition);
         claim_partition_dir(&dir, id)?;
-        let min_isr = configs
-            .get("min.insync.replicas")
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(self.min_insync_replicas);
+        let min_isr =
+            topic_min_insync_replicas(configs, self.min_insync_replicas).map_err(|reason| {
+                BrokerError::TopicMetadata {
+                    path: "metadata image".into(),
+                    reason: format!("topic {name}: {reason}"),
+                }
+            })?;
         // Opening (recovery, fsyncs) happens outside the registry lock, so the partitions
         // of a new topic open side by side and requests keep being served meanwhile. The
         // caller (the replica manager) serializes changes per partition.
@@ -650,6 +654,24 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "min.insync.replicas",
 ];
 
+/// The topic's `min.insync.replicas` (1..=2^31-1), or `default` when it sets none. The one
+/// parser for it: validation on create and every replica open use this.
+pub fn topic_min_insync_replicas(
+    configs: &BTreeMap<String, String>,
+    default: i32,
+) -> Result<i32, String> {
+    match configs.get("min.insync.replicas") {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<i32>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(format!(
+                "min.insync.replicas: `{v}` is not a number from 1 to {}",
+                i32::MAX
+            )),
+        },
+    }
+}
+
 pub fn topic_log_config(
     defaults: &LogConfig,
     configs: &BTreeMap<String, String>,
@@ -697,7 +719,7 @@ pub fn topic_log_config(
                     u32::try_from(positive()?).map_err(|_| format!("{k}: too large"))?
             }
             "min.insync.replicas" => {
-                positive()?;
+                topic_min_insync_replicas(configs, 1)?;
             }
             _ => return Err(format!("unknown topic config `{k}`")),
         }
@@ -709,6 +731,21 @@ pub fn topic_log_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn min_insync_replicas_has_one_parser() {
+        let with = |v: &str| BTreeMap::from([("min.insync.replicas".to_string(), v.to_string())]);
+        assert_eq!(topic_min_insync_replicas(&BTreeMap::new(), 2), Ok(2));
+        assert_eq!(topic_min_insync_replicas(&with("3"), 2), Ok(3));
+        assert_eq!(topic_min_insync_replicas(&with(" 1 "), 2), Ok(1));
+        for bad in ["0", "-1", "x", "", "2147483648"] {
+            assert!(topic_min_insync_replicas(&with(bad), 2).is_err(), "{bad:?}");
+            assert!(
+                topic_log_config(&LogConfig::default(), &with(bad)).is_err(),
+                "create accepts what open would refuse: {bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn partition_dir_names() {

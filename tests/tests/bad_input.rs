@@ -385,6 +385,53 @@ fn produce_to_an_unknown_topic() {
     assert_serves(&b, "produce to an unknown topic");
 }
 
+/// acks=0 has no response to carry an error, so a failed one closes the connection (as in
+/// Kafka) and the client notices; a good one keeps it open and lands.
+#[test]
+fn failed_acks_zero_produce_closes_the_connection() {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::ProduceRequest;
+    let b = start();
+    let produce = |topic: &str, partition: i32, value: &str| {
+        let records = [TestRecord {
+            key: b"k".to_vec(),
+            value: value.as_bytes().to_vec(),
+            headers: Vec::new(),
+        }];
+        let mut p = PartitionProduceData::default();
+        p.index = partition;
+        p.records = Some(encode_batch(&records, Compression::None).unwrap());
+        let mut t = TopicProduceData::default();
+        t.name = keel_tests::raw::topic_name(topic);
+        t.partition_data = vec![p];
+        let mut req = ProduceRequest::default();
+        req.acks = 0;
+        req.timeout_ms = 10_000;
+        req.topic_data = vec![t];
+        req
+    };
+    let mut c = RawConn::connect(b.kafka_addr()).unwrap();
+    let version = c.version_for::<ProduceRequest>().unwrap();
+    let before = c.list_offset(ALIVE, 0, -1).unwrap();
+    c.send(version, &produce(ALIVE, 0, "fire-and-forget"))
+        .unwrap();
+    // Still open: the next request is answered, and the record is there.
+    let mut landed = false;
+    for _ in 0..100 {
+        if c.list_offset(ALIVE, 0, -1).unwrap() == before + 1 {
+            landed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(landed, "the acks=0 record was appended at offset {before}");
+
+    c.send(version, &produce("no-such-topic", 0, "lost"))
+        .unwrap();
+    assert_closed(&mut c, "acks=0 produce to an unknown topic");
+    assert_serves(&b, "a failed acks=0 produce");
+}
+
 #[test]
 fn many_bad_connections_at_once_leave_the_broker_serving() {
     let b = start();

@@ -52,6 +52,20 @@ pub fn handle(ctx: Ctx, req: ProduceRequest) -> Option<Reply> {
         results.push((topic.name, parts));
     }
     if acks == 0 {
+        // No response to carry an error: as Kafka does, close the connection so the
+        // client notices (it reconnects and refreshes metadata) instead of losing data
+        // silently, e.g. after a leadership move.
+        let failed = results
+            .iter()
+            .flat_map(|(_, parts)| parts)
+            .find_map(|(index, o)| match o {
+                Outcome::Failed(e, _) => Some((*index, *e)),
+                Outcome::Appended { .. } => None,
+            });
+        if let Some((partition, error)) = failed {
+            tracing::debug!(partition, %error, "acks=0 produce failed; closing the connection");
+            return Some(Box::pin(async { super::CLOSE }));
+        }
         return None;
     }
     let timeout = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0));
