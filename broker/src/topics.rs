@@ -552,18 +552,11 @@ fn claim_partition_dir(dir: &Path, id: uuid::Uuid) -> Result<(), BrokerError> {
         remove_in_background(moved);
     }
     std::fs::create_dir_all(dir).map_err(|e| io("create", e))?;
-    let path = dir.join(PARTITION_METADATA);
-    let mut f = std::fs::File::create(&path).map_err(|e| io("create partition.metadata", e))?;
-    use std::io::Write as _;
-    f.write_all(format!("version: 0\ntopic_id: {id}\n").as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| io("write partition.metadata", e))?;
-    match dir.parent() {
-        Some(parent) => std::fs::File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("sync the data directory", e)),
-        None => Ok(()),
-    }
+    write_atomically(
+        &dir.join(PARTITION_METADATA),
+        format!("version: 0\ntopic_id: {id}\n").as_bytes(),
+    )?;
+    dir.parent().map_or(Ok(()), sync_dir)
 }
 
 /// `"<topic>-<partition>"` as a partition directory name (topics may contain '-').
@@ -609,12 +602,14 @@ pub fn write_atomically(path: &Path, data: &[u8]) -> Result<(), BrokerError> {
     f.sync_all()
         .map_err(|e| BrokerError::io(ctx("syncing"), e))?;
     std::fs::rename(&tmp, path).map_err(|e| BrokerError::io(ctx("renaming"), e))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| BrokerError::io(format!("syncing {}", dir.display()), e))?;
-    }
-    Ok(())
+    path.parent().map_or(Ok(()), sync_dir)
+}
+
+/// fsyncs a directory, so the entries created, renamed or removed in it are durable.
+fn sync_dir(dir: &Path) -> Result<(), BrokerError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| BrokerError::io(format!("syncing {}", dir.display()), e))
 }
 
 /// Kafka's topic-name rules.

@@ -27,4 +27,4 @@ pub use cluster::{ClusterOpts, Node, TestCluster};
 pub use command::{keel, keel_bin, run, CmdOutput};
 pub use data::TestRecord;
 pub use tools::{require_python_modules, require_tool};
-pub use wait::{wait_for, wait_until};
+pub use wait::{poll_until, wait_for, wait_until};

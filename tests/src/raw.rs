@@ -341,17 +341,7 @@ impl RawConn {
         records: Bytes,
         acks: i16,
     ) -> Result<PartitionProduceResponse> {
-        let mut p = PartitionProduceData::default();
-        p.index = partition;
-        p.records = Some(records);
-        let mut t = TopicProduceData::default();
-        t.name = topic_name(topic);
-        t.partition_data = vec![p];
-        let mut req = ProduceRequest::default();
-        req.acks = acks;
-        req.timeout_ms = 10_000;
-        req.topic_data = vec![t];
-        let resp = self.call(&req)?;
+        let resp = self.call(&produce_request(topic, partition, records, acks))?;
         let t = resp
             .responses
             .into_iter()
@@ -532,6 +522,21 @@ pub fn codec_of(name: &str) -> Compression {
         "zstd" => Compression::Zstd,
         other => panic!("unknown codec {other}"),
     }
+}
+
+/// A Produce of `records` (one or more encoded batches) to one partition, 10 s timeout.
+pub fn produce_request(topic: &str, partition: i32, records: Bytes, acks: i16) -> ProduceRequest {
+    let mut p = PartitionProduceData::default();
+    p.index = partition;
+    p.records = Some(records);
+    let mut t = TopicProduceData::default();
+    t.name = topic_name(topic);
+    t.partition_data = vec![p];
+    let mut req = ProduceRequest::default();
+    req.acks = acks;
+    req.timeout_ms = 10_000;
+    req.topic_data = vec![t];
+    req
 }
 
 pub fn topic_name(name: &str) -> TopicName {

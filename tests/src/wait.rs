@@ -7,16 +7,16 @@ const MAX_BACKOFF: Duration = Duration::from_millis(200);
 /// First pause between two polls.
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 
-/// Polls `cond` until it returns true; panics with `desc` after `timeout`.
-///
-/// The number of polls is bounded as well: at most `timeout / 10ms + 2`.
-pub fn wait_until(desc: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+/// Polls `cond` until it returns true (then true) or `timeout` passes (then false), so the
+/// caller can say what it saw. The number of polls is bounded as well: at most
+/// `timeout / 10ms + 2`.
+pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     let max_polls = timeout.as_millis() / FIRST_BACKOFF.as_millis() + 2;
     let mut backoff = FIRST_BACKOFF;
     for _ in 0..max_polls {
         if cond() {
-            return;
+            return true;
         }
         let elapsed = start.elapsed();
         if elapsed >= timeout {
@@ -25,10 +25,18 @@ pub fn wait_until(desc: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
         std::thread::sleep(backoff.min(timeout - elapsed));
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-    panic!(
-        "timed out after {:.1}s waiting until {desc}",
-        start.elapsed().as_secs_f64()
-    );
+    false
+}
+
+/// Polls `cond` until it returns true; panics with `desc` after `timeout`.
+pub fn wait_until(desc: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    if !poll_until(timeout, cond) {
+        panic!(
+            "timed out after {:.1}s waiting until {desc}",
+            start.elapsed().as_secs_f64()
+        );
+    }
 }
 
 /// Like [`wait_until`] but the condition returns a value when it holds.

@@ -389,7 +389,6 @@ fn produce_to_an_unknown_topic() {
 /// Kafka) and the client notices; a good one keeps it open and lands.
 #[test]
 fn failed_acks_zero_produce_closes_the_connection() {
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::ProduceRequest;
     let b = start();
     let produce = |topic: &str, partition: i32, value: &str| {
@@ -398,33 +397,20 @@ fn failed_acks_zero_produce_closes_the_connection() {
             value: value.as_bytes().to_vec(),
             headers: Vec::new(),
         }];
-        let mut p = PartitionProduceData::default();
-        p.index = partition;
-        p.records = Some(encode_batch(&records, Compression::None).unwrap());
-        let mut t = TopicProduceData::default();
-        t.name = keel_tests::raw::topic_name(topic);
-        t.partition_data = vec![p];
-        let mut req = ProduceRequest::default();
-        req.acks = 0;
-        req.timeout_ms = 10_000;
-        req.topic_data = vec![t];
-        req
+        let batch = encode_batch(&records, Compression::None).unwrap();
+        keel_tests::raw::produce_request(topic, partition, batch, 0)
     };
     let mut c = RawConn::connect(b.kafka_addr()).unwrap();
     let version = c.version_for::<ProduceRequest>().unwrap();
     let before = c.list_offset(ALIVE, 0, -1).unwrap();
     c.send(version, &produce(ALIVE, 0, "fire-and-forget"))
         .unwrap();
-    // Still open: the next request is answered, and the record is there.
-    let mut landed = false;
-    for _ in 0..100 {
-        if c.list_offset(ALIVE, 0, -1).unwrap() == before + 1 {
-            landed = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(landed, "the acks=0 record was appended at offset {before}");
+    // Still open: the next requests are answered, and the record is there.
+    keel_tests::wait_until(
+        &format!("the acks=0 record is appended at offset {before}"),
+        Duration::from_secs(5),
+        || c.list_offset(ALIVE, 0, -1).unwrap() == before + 1,
+    );
 
     c.send(version, &produce("no-such-topic", 0, "lost"))
         .unwrap();

@@ -239,19 +239,22 @@ fn acknowledged_records_survive_kill_9() {
     let producer = rt
         .block_on(Producer::new(client(&b), ProducerConfig::default()))
         .unwrap();
+    // Delivery tasks, so that after the kill we wait for exactly those still in flight.
+    let deliveries: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
     let sending = {
         let (producer, records, acked) = (producer.clone(), records.clone(), acked.clone());
+        let deliveries = deliveries.clone();
         rt.spawn(async move {
             for (i, r) in records.iter().enumerate() {
                 let Ok(f) = producer.send(producer_record(topic, r)).await else {
                     break;
                 };
                 let acked = acked.clone();
-                tokio::spawn(async move {
+                deliveries.lock().unwrap().push(tokio::spawn(async move {
                     if let Ok(m) = f.await {
                         acked.lock().unwrap().push((i, m));
                     }
-                });
+                }));
             }
         })
     };
@@ -265,7 +268,19 @@ fn acknowledged_records_survive_kill_9() {
     // Stop producing: what was in flight may or may not have been written.
     sending.abort();
     drop(producer);
-    rt.block_on(async { tokio::time::sleep(Duration::from_millis(200)).await });
+    // Every delivery still in flight ends now (acknowledged or failed with the connection).
+    rt.block_on(async {
+        let _ = sending.await;
+        let pending = std::mem::take(&mut *deliveries.lock().unwrap());
+        let all = async {
+            for d in pending {
+                let _ = d.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), all)
+            .await
+            .expect("in-flight deliveries end within 30 s of the kill");
+    });
     let acked: Vec<(usize, RecordMetadata)> = acked.lock().unwrap().clone();
     assert!(acked.len() >= acked_at_kill);
 

@@ -29,7 +29,7 @@ use keel_client::{
     Acks, Admin, ClientConfig, ClientError, Consumer, ConsumerConfig, Offset, PartitionInfo,
     Producer, ProducerConfig, ProducerRecord, RecordMetadata, TopicSpec,
 };
-use keel_tests::{wait_until, ClusterOpts, TestCluster};
+use keel_tests::{poll_until, wait_until, ClusterOpts, TestCluster};
 
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
@@ -273,8 +273,7 @@ fn wait_in_sync(
     );
     let start = Instant::now();
     let mut found = None;
-    let polls = timeout.as_millis() / 10 + 2;
-    for _ in 0..polls {
+    poll_until(timeout, || {
         let state = partition_info(cluster, topic, partition);
         let offsets: Vec<(i32, Option<i64>, Option<i64>)> = ids
             .iter()
@@ -284,22 +283,17 @@ fn wait_in_sync(
             })
             .collect();
         last = format!("metadata {state:?}; (id, leo, hw) {offsets:?}");
-        if let Some(p) = &state {
-            let isr_ok = ids.iter().all(|id| p.isr.contains(id)) && ids.contains(&p.leader);
-            let leo = offsets[0].1;
-            let same = offsets
-                .iter()
-                .all(|(_, l, h)| l.is_some() && *l == leo && *h == leo);
-            if isr_ok && same && leo.is_some_and(|l| l >= min_leo) {
-                found = Some((p.leader, leo.unwrap_or_default()));
-                break;
-            }
+        let Some(p) = &state else { return false };
+        let isr_ok = ids.iter().all(|id| p.isr.contains(id)) && ids.contains(&p.leader);
+        let leo = offsets[0].1;
+        let same = offsets
+            .iter()
+            .all(|(_, l, h)| l.is_some() && *l == leo && *h == leo);
+        if isr_ok && same && leo.is_some_and(|l| l >= min_leo) {
+            found = Some((p.leader, leo.unwrap_or_default()));
         }
-        if start.elapsed() > timeout {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        found.is_some()
+    });
     found.unwrap_or_else(|| {
         panic!(
             "timed out after {:.1}s waiting until {desc}; last seen: {last}",
@@ -900,20 +894,16 @@ fn topic_recreated_while_broker_away_does_not_reuse_old_data() {
             .await
             .expect("delete both topics");
     });
-    let mut created = false;
-    for _ in 0..50 {
-        match rt.block_on(create_topic(&live_addrs, REBORN, 1, &[])) {
-            Ok(()) => {
-                created = true;
-                break;
-            }
-            Err(e) if e.kafka_code() == Some(TOPIC_ALREADY_EXISTS) => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
+    // The deletion may still be propagating: retry while the name is taken.
+    wait_until(
+        &format!("{REBORN} is created again"),
+        Duration::from_secs(5),
+        || match rt.block_on(create_topic(&live_addrs, REBORN, 1, &[])) {
+            Ok(()) => true,
+            Err(e) if e.kafka_code() == Some(TOPIC_ALREADY_EXISTS) => false,
             Err(e) => panic!("re-create {REBORN}: {e}"),
-        }
-    }
-    assert!(created, "{REBORN} re-created");
+        },
+    );
     let replicas = partition_info(&cluster, REBORN, 0)
         .map(|p| p.replicas)
         .unwrap_or_default();
@@ -1190,13 +1180,13 @@ fn concurrent_create_delete_leaves_no_orphans() {
         let pid = cluster.broker(id).pid();
         let desc = format!("broker {id} (pid {pid}) has no open file under a churn- directory");
         let mut last = Vec::new();
-        let ok = wait_for_bool(CLEANUP, || {
+        let ok = poll_until(CLEANUP, || {
             last = open_fds_matching(pid, "/churn-");
             last.is_empty()
         });
         assert!(ok, "{desc}; open: {last:?}");
         let mut seen = None;
-        let ok = wait_for_bool(CLEANUP, || {
+        let ok = poll_until(CLEANUP, || {
             seen = try_scrape(cluster.broker(id).metrics_addr())
                 .map(|t| metric_sum(&t, PARTITIONS_GAUGE));
             seen == Some(1.0)
@@ -1259,21 +1249,6 @@ fn concurrent_create_delete_leaves_no_orphans() {
         steady_acked.len()
     );
     eprintln!("took {:.1}s", started.elapsed().as_secs_f64());
-}
-
-/// Like [`wait_until`] but reports instead of panicking, so the caller can say what it saw.
-fn wait_for_bool(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    for _ in 0..(timeout.as_millis() / 50 + 2) {
-        if cond() {
-            return true;
-        }
-        if start.elapsed() > timeout {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 /// Reads partition 0 of `topic` from the start until `want` records or 30 s.

@@ -132,8 +132,7 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
                 // just adopts the HW, here, without a trip to the blocking pool (with many
                 // idle partitions those trips cost more CPU than the data).
                 let idle = p.error_code == 0
-                    && p.diverging_epoch.epoch < 0
-                    && p.diverging_epoch.end_offset < 0
+                    && !has_diverging_epoch(&p)
                     && p.records.as_ref().is_none_or(|b| b.is_empty());
                 work.push(async move {
                     let outcome = if idle {
@@ -251,30 +250,15 @@ fn handle_partition(r: &Replica, p: PartitionData, flush: bool) -> Result<Applie
             .map_or_else(|| "?".into(), |e| e.to_string());
         return Err(format!("leader answered {name} ({})", p.error_code));
     }
-    if p.diverging_epoch.epoch >= 0 || p.diverging_epoch.end_offset >= 0 {
+    if has_diverging_epoch(&p) {
         let diverging = EpochEndOffset::new(p.diverging_epoch.epoch, p.diverging_epoch.end_offset);
-        let leo = log.log_end_offset();
-        let size_before = log.size_bytes();
-        let decision = on_diverging_epoch(diverging, log.as_ref(), leo, r.high_watermark());
-        let truncated = match decision {
-            TruncationDecision::TruncateTo(o)
-            | TruncationDecision::TruncateToAndAskAgain { offset: o, .. } => {
-                log.truncate_to(o).map(|()| o)
-            }
-            TruncationDecision::TruncateFully { start_offset } => log
-                .truncate_fully_and_start_at(start_offset)
-                .map(|()| start_offset),
-            TruncationDecision::NoTruncation | TruncationDecision::AskAgain { .. } => Ok(leo),
-        }
-        .map_err(|e| e.to_string())?;
-        metrics::counter!(m::TRUNCATIONS_TOTAL).increment(1);
-        metrics::counter!(m::TRUNCATED_RECORDS_TOTAL)
-            .increment(leo.saturating_sub(truncated).max(0) as u64);
-        metrics::counter!(m::TRUNCATED_BYTES_TOTAL)
-            .increment(size_before.saturating_sub(log.size_bytes()));
-        tracing::info!(topic = %r.topic, partition = r.partition, from = leo, to = truncated, ?diverging, "truncated diverging log");
-        r.follower_appended();
-        r.set_follower_hw(r.high_watermark());
+        let decision = on_diverging_epoch(
+            diverging,
+            log.as_ref(),
+            log.log_end_offset(),
+            r.high_watermark(),
+        );
+        truncate(r, decision, &format!("diverging epoch {diverging:?}"))?;
         return Ok(Applied::Done);
     }
     if let Some(records) = p.records.filter(|b| !b.is_empty()) {
@@ -295,6 +279,39 @@ fn handle_partition(r: &Replica, p: PartitionData, flush: bool) -> Result<Applie
     }
     r.set_follower_hw(p.high_watermark);
     Ok(Applied::Done)
+}
+
+/// A DivergingEpoch is set (-1/-1 on the wire means none).
+fn has_diverging_epoch(p: &PartitionData) -> bool {
+    p.diverging_epoch.epoch >= 0 || p.diverging_epoch.end_offset >= 0
+}
+
+/// Applies a truncation decision to a follower replica: truncates, counts it (truncations,
+/// records and bytes removed), logs `why`, and adopts the HW only afterwards. Returns the
+/// new log end.
+fn truncate(r: &Replica, decision: TruncationDecision, why: &str) -> Result<i64, String> {
+    let log = r.log();
+    let leo = log.log_end_offset();
+    let size_before = log.size_bytes();
+    let to = match decision {
+        TruncationDecision::TruncateTo(o)
+        | TruncationDecision::TruncateToAndAskAgain { offset: o, .. } => {
+            log.truncate_to(o).map(|()| o)
+        }
+        TruncationDecision::TruncateFully { start_offset } => log
+            .truncate_fully_and_start_at(start_offset)
+            .map(|()| start_offset),
+        TruncationDecision::NoTruncation | TruncationDecision::AskAgain { .. } => Ok(leo),
+    }
+    .map_err(|e| e.to_string())?;
+    metrics::counter!(m::TRUNCATIONS_TOTAL).increment(1);
+    metrics::counter!(m::TRUNCATED_RECORDS_TOTAL).increment(leo.saturating_sub(to).max(0) as u64);
+    metrics::counter!(m::TRUNCATED_BYTES_TOTAL)
+        .increment(size_before.saturating_sub(log.size_bytes()));
+    tracing::info!(topic = %r.topic, partition = r.partition, from = leo, to, ?decision, "truncated follower log: {why}");
+    r.follower_appended();
+    r.set_follower_hw(r.high_watermark());
+    Ok(to)
 }
 
 /// The leader said our fetch offset is out of range (below its log start, past its end, or
@@ -333,26 +350,10 @@ async fn resolve_out_of_range(
     let [start, end] = ends;
     let r = r.clone();
     tokio::task::spawn_blocking(move || {
-        let log = r.log();
-        let leo = log.log_end_offset();
-        let size_before = log.size_bytes();
-        let decision = on_offset_out_of_range(start, end, leo);
-        let to = match decision {
-            TruncationDecision::TruncateTo(o) => log.truncate_to(o).map(|()| o),
-            TruncationDecision::TruncateFully { start_offset } => log
-                .truncate_fully_and_start_at(start_offset)
-                .map(|()| start_offset),
-            _ => Ok(leo),
-        }
-        .map_err(|e| e.to_string())?;
-        metrics::counter!(m::TRUNCATIONS_TOTAL).increment(1);
-        metrics::counter!(m::TRUNCATED_RECORDS_TOTAL).increment(leo.saturating_sub(to).max(0) as u64);
-        metrics::counter!(m::TRUNCATED_BYTES_TOTAL)
-            .increment(size_before.saturating_sub(log.size_bytes()));
-        tracing::warn!(topic = %r.topic, partition = r.partition, from = leo, to, leader_log_start = start, leader_leo = end, ?decision, "fetch out of range: truncated");
-        r.follower_appended();
-        r.set_follower_hw(r.high_watermark());
-        Ok(())
+        let decision = on_offset_out_of_range(start, end, r.log().log_end_offset());
+        let why = format!("out of range: leader log start {start}, LEO {end}");
+        tracing::warn!(topic = %r.topic, partition = r.partition, "fetch {why}");
+        truncate(&r, decision, &why).map(|_| ())
     })
     .await
     .map_err(|e| e.to_string())?

@@ -170,6 +170,8 @@ fn forward(
             };
             // Ready once this broker's image has a leader for every new partition and
             // the replica manager has applied that image (replicas open, roles set).
+            // Every image the broker receives is applied and then announced on `applied`,
+            // so waiting on that watch sees each new image too.
             let mut applied = rt.applied();
             let wait = async {
                 loop {
@@ -177,9 +179,8 @@ fn forward(
                     if ready(&image) && *applied.borrow_and_update() >= image.offset() {
                         return;
                     }
-                    tokio::select! {
-                        changed = applied.changed() => if changed.is_err() { return },
-                        _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
+                    if applied.changed().await.is_err() {
+                        return;
                     }
                 }
             };
