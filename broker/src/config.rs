@@ -230,6 +230,7 @@ impl BrokerConfig {
                 }
             }
             "log.cleanup.policy" => self.log.compact = parse_cleanup_policy(key, value)?,
+            "log.cache.tail.bytes" => self.log.cache_tail_bytes = parse_limit(key, value)?,
             "process.roles" => self.roles = parse_roles(key, value)?,
             "controller.listener" | "controller.listeners" => {
                 self.controller_listener = strip_scheme(value).to_string()
@@ -440,6 +441,7 @@ mod tests {
             "log.retention.bytes" = -1
             log.flush.interval.ms = 50
             log.flush.policy = "interval"
+            log.cache.tail.bytes = 1048576
             auto.create.topics.enable = true
             "#,
         )
@@ -450,8 +452,13 @@ mod tests {
         assert_eq!(c.log.segment_bytes, 4096);
         assert_eq!(c.log.retention_bytes, None);
         assert_eq!(c.log.flush_policy, FlushPolicy::Interval { ms: 50 });
+        assert_eq!(c.log.cache_tail_bytes, Some(1 << 20));
         assert!(c.auto_create_topics);
         c.validate().unwrap();
+        let mut c = BrokerConfig::default();
+        c.set("log.cache.tail.bytes", "-1").unwrap();
+        assert_eq!(c.log.cache_tail_bytes, None);
+        assert!(c.set("log.cache.tail.bytes", "-2").is_err());
     }
 
     #[test]

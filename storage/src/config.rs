@@ -34,7 +34,16 @@ pub struct LogConfig {
     pub max_batch_bytes: u32,
     /// `cleanup.policy=compact`: accepted and stored; compaction itself is not implemented yet.
     pub compact: bool,
+    /// `log.cache.tail.bytes` (Keel): how much of the newest durable data of each log stays in
+    /// the page cache once written. Older written pages are handed back to the kernel right
+    /// after their fsync, so new writes reuse them instead of taking fresh memory, and readers
+    /// further behind read from disk. `None` leaves the page cache to the kernel.
+    pub cache_tail_bytes: Option<u64>,
 }
+
+/// Default `log.cache.tail.bytes`: a tailing consumer or follower within this much of the end
+/// reads from memory (see BENCHMARKS.md, "Page cache reuse").
+pub const DEFAULT_CACHE_TAIL_BYTES: u64 = 32 << 20;
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -50,6 +59,7 @@ impl Default for LogConfig {
             // Kafka's message.max.bytes default: 1 MiB of batch plus its 12-byte overhead.
             max_batch_bytes: (1 << 20) + 12,
             compact: false,
+            cache_tail_bytes: Some(DEFAULT_CACHE_TAIL_BYTES),
         }
     }
 }

@@ -418,8 +418,36 @@ impl Log {
             return Ok(durable);
         }
         // Sealed segments were synced when sealed; only the active one can hold dirty data.
+        // Bytes below `written` were written before this sync: they are durable after it.
+        let written = active.size();
         active.sync()?;
+        self.drop_cache_behind(&active, written);
         Ok(self.durable.fetch_max(end, Ordering::AcqRel).max(end))
+    }
+
+    /// Hands the pages more than `cache_tail_bytes` behind `durable` (a position in `seg`, the
+    /// active segment or the one just sealed) back to the kernel (see
+    /// [`LogConfig::cache_tail_bytes`]). Streaming writes into fresh page-cache pages cost far
+    /// more than writes into pages the kernel just got back: on a VM whose host reclaims
+    /// guest memory, 3-4x in system time per byte (BENCHMARKS.md, "Page cache reuse").
+    fn drop_cache_behind(&self, seg: &Segment, durable: u64) {
+        let Some(tail) = self.config.cache_tail_bytes else {
+            return;
+        };
+        seg.drop_cache_below(durable.saturating_sub(tail));
+        // Until `seg` holds `tail` bytes, the window reaches back into the segment before it.
+        let prev = self
+            .read_state()
+            .segments
+            .range(..seg.base_offset())
+            .next_back()
+            .map(|(_, s)| s.clone());
+        if let Some(prev) = prev {
+            prev.drop_cache_below(match tail.checked_sub(durable) {
+                Some(rest) if rest > 0 => prev.size().saturating_sub(rest),
+                _ => u64::MAX,
+            });
+        }
     }
 
     pub fn durable_end_offset(&self) -> i64 {
@@ -540,17 +568,25 @@ impl Log {
         if active.size() == 0 {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         // Sealing syncs the segment, so every sealed segment is durable and recovery only has
         // to scan the active one.
         active.seal()?;
+        self.drop_cache_behind(&active, active.size());
         self.durable.fetch_max(log_end, Ordering::AcqRel);
         let seg = Arc::new(Segment::create(&self.dir, log_end, &self.config)?);
         checkpoint::sync_dir(&self.dir)?;
-        tracing::info!(dir = %self.dir.display(), base_offset = log_end, "rolled segment");
         self.write_state().segments.insert(log_end, seg);
         // Everything below the new segment is on disk: move the recovery point there, so a
         // crash later scans the active segment only, however large the log.
-        self.write_checkpoints()
+        self.write_checkpoints()?;
+        tracing::info!(
+            dir = %self.dir.display(),
+            base_offset = log_end,
+            took_ms = started.elapsed().as_millis() as u64,
+            "rolled segment"
+        );
+        Ok(())
     }
 
     /// Rolls a non-empty active segment older than `segment_ms` (age counted from when the

@@ -90,9 +90,19 @@ pub(crate) struct Segment {
     /// Logical size: bytes of complete, published batches. Written only by the log's writer
     /// under the log's state lock.
     size: AtomicU64,
+    /// Pages of the log file below this position were handed back to the kernel
+    /// ([`Segment::drop_cache_below`]). Page-aligned.
+    cache_dropped: AtomicU64,
     created_ms: i64,
     indexes: Mutex<Indexes>,
 }
+
+/// Page size for `madvise` ranges (4 KiB on every target Keel builds for; a larger real page
+/// size only makes the advice cover less).
+const PAGE: u64 = 4096;
+/// Page-cache drops go in aligned steps of this size, the largest folio the kernel uses for
+/// file data (a PMD, on x86-64 and arm64 with 4 KiB pages).
+const DROP_STEP: u64 = 2 << 20;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -202,6 +212,7 @@ impl Segment {
             file,
             map: Mutex::new(map),
             size: AtomicU64::new(len),
+            cache_dropped: AtomicU64::new(0),
             created_ms: now_ms(),
             indexes: Mutex::new(Indexes {
                 offset,
@@ -319,6 +330,60 @@ impl Segment {
         failpoint::check_io(failpoint::SEGMENT_FSYNC, &self.log_path)
             .and_then(|()| self.file.sync_data())
             .map_err(|e| StorageError::fsync(format!("segment {}", self.name), e))
+    }
+
+    /// Hands the page cache of `[cache_dropped, upto)` back to the kernel; `u64::MAX` means the
+    /// whole file (for a sealed segment). The range must be durable (clean pages; dirty ones
+    /// are simply kept). Unmaps it from this process first: the kernel keeps pages that any
+    /// mapping still uses. Readers are unaffected but for speed: their next touch of the range
+    /// faults the bytes back in from disk. Advisory: a failed call changes nothing and is not
+    /// an error.
+    ///
+    /// Ranges go in steps of [`DROP_STEP`]: the kernel keeps a multi-page folio that sticks
+    /// out of the advised range, so small steps would leave a folio behind at every boundary.
+    pub(crate) fn drop_cache_below(&self, upto: u64) {
+        let whole = upto == u64::MAX;
+        let upto = if whole {
+            u64::MAX
+        } else {
+            upto / DROP_STEP * DROP_STEP
+        };
+        let from = self.cache_dropped.load(Ordering::Acquire);
+        if upto <= from {
+            return;
+        }
+        let map = self.view();
+        let mapped_end = upto.min(map.len() as u64 / PAGE * PAGE);
+        if mapped_end > from {
+            // SAFETY: the mapping is a read-only MAP_SHARED file mapping, so MADV_DONTNEED only
+            // drops page-table entries; no data is discarded and later reads fault the same
+            // bytes back in from the page cache or the file.
+            let r = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    from as usize,
+                    (mapped_end - from) as usize,
+                )
+            };
+            if let Err(e) = r {
+                tracing::debug!(segment = %self.name, error = %e, "madvise(DONTNEED) failed");
+            }
+        }
+        // Length 0: up to the end of the file, partial last page included.
+        let len = if whole { 0 } else { upto - from };
+        // SAFETY: plain syscall on an open descriptor; it only advises the kernel.
+        let r = unsafe {
+            libc::posix_fadvise(
+                self.file.as_raw_fd(),
+                from as libc::off_t,
+                len as libc::off_t,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+        if r != 0 {
+            tracing::debug!(segment = %self.name, errno = r, "posix_fadvise(DONTNEED) failed");
+        }
+        self.cache_dropped.store(upto, Ordering::Release);
     }
 
     /// Makes the bytes from `from` to the end of the file unreadable for recovery: shrinks the
@@ -524,6 +589,9 @@ impl Segment {
     pub(crate) fn truncate_at(&self, pos: u64, offset: i64, config: &LogConfig) -> Result<()> {
         self.discard_tail(pos)?;
         self.sync()?;
+        // Appends rewrite the range from `pos`: their pages are to be dropped in turn.
+        self.cache_dropped
+            .fetch_min(pos / DROP_STEP * DROP_STEP, Ordering::AcqRel);
         let mut idx = self.indexes();
         idx.offset.truncate_from(offset);
         idx.time.truncate_from(offset);

@@ -101,6 +101,15 @@ pub struct BenchProduceArgs {
     /// delays later sends shows up in their latency (no coordinated omission).
     #[arg(long, value_name = "RECORDS_PER_SEC", value_parser = parse_rate)]
     pub rate: Option<f64>,
+    /// Write the ack latency over time to FILE: one CSV row per 100 ms of send (or due)
+    /// time with the records sent in it and their largest latency, to place stalls.
+    #[arg(long, value_name = "FILE")]
+    pub timeline: Option<std::path::PathBuf>,
+    /// Leave the records sent (or due) in the first SECONDS out of the latency percentiles:
+    /// they include connecting and the first metadata lookups. They still count toward
+    /// records/s.
+    #[arg(long = "warmup-s", value_name = "SECONDS", default_value_t = 0)]
+    pub warmup_s: u64,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -187,6 +196,8 @@ pub struct ProduceReport {
     pub acks: String,
     /// The --rate asked for, if any.
     pub target_records_per_sec: Option<f64>,
+    /// Records sent in this first part of the run are not in the latency percentiles.
+    pub warmup_s: u64,
     pub seconds: f64,
     pub records_per_sec: f64,
     pub mb_per_sec: f64,
@@ -245,9 +256,17 @@ async fn produce(args: BenchProduceArgs) -> anyhow::Result<()> {
         (MAX_UNACKED_BYTES / args.record_size.max(1)).clamp(1024, 256 * 1024),
     ));
     let (tx, rx) = mpsc::channel::<(Instant, DeliveryFuture)>(4096);
-    let collector = tokio::spawn(collect(rx, progress.clone(), Arc::clone(&window)));
-
     let start = Instant::now();
+    let wall_start = std::time::SystemTime::now();
+    let measured_from = start + Duration::from_secs(args.warmup_s);
+    let collector = tokio::spawn(collect(
+        rx,
+        progress.clone(),
+        Arc::clone(&window),
+        start,
+        measured_from,
+    ));
+
     let deadline = start + Duration::from_secs(run.duration_s);
     let mut sent = 0u64;
     let mut send_error = None;
@@ -312,6 +331,9 @@ async fn produce(args: BenchProduceArgs) -> anyhow::Result<()> {
     let seconds = start.elapsed().as_secs_f64();
     progress.finish_and_clear();
     let mut collected = collected.context("the acknowledgement task failed")?;
+    if let Some(path) = &args.timeline {
+        write_timeline(path, wall_start, &collected.timeline)?;
+    }
 
     let (records_per_sec, mb_per_sec) = rates(
         collected.delivered,
@@ -327,6 +349,7 @@ async fn produce(args: BenchProduceArgs) -> anyhow::Result<()> {
         record_size: args.record_size,
         acks: args.acks.to_string(),
         target_records_per_sec: args.rate,
+        warmup_s: args.warmup_s,
         seconds,
         records_per_sec,
         mb_per_sec,
@@ -412,17 +435,33 @@ async fn ensure_topic(admin: &Admin, args: &BenchProduceArgs) -> anyhow::Result<
 
 struct Collected {
     latencies: LatencyHistogram,
+    /// Per 100 ms window of send time: (records, largest latency).
+    timeline: Vec<(u64, Duration)>,
     delivered: u64,
     failed: u64,
     first_error: Option<String>,
 }
 
 impl Collected {
-    fn record(&mut self, latency: Duration, result: <DeliveryFuture as Future>::Output) {
+    fn record(
+        &mut self,
+        window: usize,
+        measured: bool,
+        latency: Duration,
+        result: <DeliveryFuture as Future>::Output,
+    ) {
         match result {
             Ok(_metadata) => {
                 self.delivered += 1;
-                self.latencies.record(latency);
+                if measured {
+                    self.latencies.record(latency);
+                }
+                if self.timeline.len() <= window {
+                    self.timeline.resize(window + 1, (0, Duration::ZERO));
+                }
+                let w = &mut self.timeline[window];
+                w.0 += 1;
+                w.1 = w.1.max(latency);
             }
             Err(err) => {
                 self.failed += 1;
@@ -437,9 +476,12 @@ async fn collect(
     mut rx: mpsc::Receiver<(Instant, DeliveryFuture)>,
     progress: ProgressBar,
     window: Arc<Semaphore>,
+    start: Instant,
+    measured_from: Instant,
 ) -> Collected {
     let mut collected = Collected {
         latencies: LatencyHistogram::default(),
+        timeline: Vec::new(),
         delivered: 0,
         failed: 0,
         first_error: None,
@@ -449,15 +491,17 @@ async fn collect(
     loop {
         tokio::select! {
             biased;
-            Some((latency, result)) = pending.next(), if !pending.is_empty() => {
+            Some((slot, measured, latency, result)) = pending.next(), if !pending.is_empty() => {
                 window.add_permits(1);
                 progress.inc(1);
-                collected.record(latency, result);
+                collected.record(slot, measured, latency, result);
             }
             next = rx.recv(), if open => match next {
                 Some((sent_at, delivery)) => pending.push(async move {
+                    let slot = (sent_at.saturating_duration_since(start).as_millis() / 100) as usize;
+                    let measured = sent_at >= measured_from;
                     let result = delivery.await;
-                    (sent_at.elapsed(), result)
+                    (slot, measured, sent_at.elapsed(), result)
                 }),
                 None => open = false,
             },
@@ -465,6 +509,28 @@ async fn collect(
         }
     }
     collected
+}
+
+/// `--timeline`: CSV of (window start in seconds since the run started and in Unix time
+/// milliseconds, to match broker logs; records; largest latency in ms).
+fn write_timeline(
+    path: &std::path::Path,
+    wall_start: std::time::SystemTime,
+    timeline: &[(u64, Duration)],
+) -> anyhow::Result<()> {
+    let start_ms = wall_start
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut out = String::from("second,unix_ms,records,max_latency_ms\n");
+    for (i, (records, max)) in timeline.iter().enumerate() {
+        out.push_str(&format!(
+            "{:.1},{},{records},{:.3}\n",
+            i as f64 / 10.0,
+            start_ms + i as u128 * 100,
+            max.as_secs_f64() * 1000.0
+        ));
+    }
+    std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))
 }
 
 async fn consume(args: BenchConsumeArgs) -> anyhow::Result<()> {
@@ -583,6 +649,12 @@ fn render_produce(r: &ProduceReport) -> String {
     if let Some(rate) = r.target_records_per_sec {
         out.push_str(&format!("  target/s     {rate:.0}\n"));
     }
+    if r.warmup_s > 0 {
+        out.push_str(&format!(
+            "  warm-up      first {} s left out of the latencies\n",
+            r.warmup_s
+        ));
+    }
     out.push_str(&format!(
         "  seconds      {:.3}\n  records/s    {:.0}\n  MB/s         {:.2}\n",
         r.seconds, r.records_per_sec, r.mb_per_sec
@@ -630,6 +702,7 @@ mod tests {
         assert_eq!(a.batch_size, 1 << 20);
         assert_eq!(a.max_in_flight, None);
         assert_eq!(a.compression, CompressionArg::None);
+        assert_eq!((a.warmup_s, a.timeline.is_none()), (0, true));
     }
 
     #[test]
@@ -660,6 +733,10 @@ mod tests {
             "10",
             "--compression",
             "lz4",
+            "--warmup-s",
+            "3",
+            "--timeline",
+            "tl.csv",
             "--json",
             "--bootstrap-server",
             "127.0.0.1:19092",
@@ -677,6 +754,8 @@ mod tests {
         );
         assert_eq!((a.max_in_flight, a.run.duration_s), (Some(1), 10));
         assert_eq!(a.compression, CompressionArg::Lz4);
+        assert_eq!(a.warmup_s, 3);
+        assert_eq!(a.timeline.as_deref(), Some(std::path::Path::new("tl.csv")));
         assert!(a.run.json);
         assert_eq!(a.run.conn.bootstrap_server.to_string(), "127.0.0.1:19092");
     }
@@ -745,6 +824,24 @@ mod tests {
     }
 
     #[test]
+    fn timeline_rows_are_windows_of_100_ms() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tl.csv");
+        let start = std::time::UNIX_EPOCH + Duration::from_millis(5_000);
+        let windows = [
+            (3, Duration::from_micros(1500)),
+            (0, Duration::ZERO),
+            (2, Duration::from_millis(40)),
+        ];
+        write_timeline(&path, start, &windows).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "second,unix_ms,records,max_latency_ms\n0.0,5000,3,1.500\n0.1,5100,0,0.000\n\
+             0.2,5200,2,40.000\n"
+        );
+    }
+
+    #[test]
     fn rate_must_be_positive() {
         assert_eq!(parse_rate("2500"), Ok(2500.0));
         assert_eq!(parse_rate("0.5"), Ok(0.5));
@@ -763,6 +860,7 @@ mod tests {
             record_size: 1,
             acks: "all".to_string(),
             target_records_per_sec: Some(10.0),
+            warmup_s: 2,
             seconds: 1.0,
             records_per_sec: 10.0,
             mb_per_sec: 0.00001,
@@ -776,6 +874,7 @@ mod tests {
         for key in [
             "records",
             "target_records_per_sec",
+            "warmup_s",
             "seconds",
             "records_per_sec",
             "mb_per_sec",
