@@ -64,7 +64,15 @@ for _ in $(seq 1 100); do
 done
 
 # Each run's topic goes once measured: 3 replicas of every run would fill the disk.
-drop_topic() { "$KEEL" topic delete "$1" --bootstrap-server "$BOOT" >/dev/null 2>&1 || true; }
+# The next run starts once the brokers have removed the files (unlinking gigabytes competes
+# with the next run's fsyncs).
+drop_topic() {
+    "$KEEL" topic delete "$1" --bootstrap-server "$BOOT" >/dev/null 2>&1 || true
+    for _ in $(seq 1 600); do
+        compgen -G "$DATA/node-*/$1-*" >/dev/null || return 0
+        sleep 0.1
+    done
+}
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:]]; print(round(statistics.median(v),1), round(min(v),1), round(max(v),1))' "$@"; }
 leo_of() { # leo_of NODE TOPIC

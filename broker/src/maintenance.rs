@@ -1,5 +1,6 @@
-//! Periodic work on every log: recovery-point checkpoints, time-based segment roll,
-//! retention, and the fsync timer of `log.flush.policy=interval`.
+//! Periodic work on every log: recovery-point checkpoints (every
+//! `log.flush.offset.checkpoint.interval.ms`, and within a second of a segment roll),
+//! time-based segment roll, retention, and the fsync timer of `log.flush.policy=interval`.
 
 use crate::config::BrokerConfig;
 use crate::replica::FatalSignal;
@@ -30,6 +31,18 @@ pub fn spawn_all(
             stop.clone(),
             |topics| {
                 for_each_log(topics, "checkpoint", |r| r.log().checkpoint().map(|_| ()));
+            },
+        ),
+        // A roll leaves the recovery point below the sealed segment until a checkpoint; do
+        // it within a second, so a crash scans little more than the active segment.
+        every(
+            Duration::from_secs(1),
+            topics.clone(),
+            stop.clone(),
+            |topics| {
+                for_each_log(topics, "checkpoint after a roll", |r| {
+                    r.log().checkpoint_if_rolled().map(|_| ())
+                });
             },
         ),
         every(

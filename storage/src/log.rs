@@ -4,7 +4,14 @@
 //! `writer` (serialises mutations; held across append I/O, which readers never wait on) →
 //! `flush_lock` (one fsync at a time; group commit) → `ckpt_lock` (checkpoint files) →
 //! `state` (an `RwLock` held only for short in-memory sections: readers snapshot a segment
-//! `Arc` and its published size, the writer publishes new sizes and offsets).
+//! `Arc` and its published size, the writer publishes new sizes and offsets) → `unsealed`
+//! (rolled segments still to seal or to finish; held for a push, a copy or a removal).
+//!
+//! A roll on the append path creates the new segment's files and nothing more. The next
+//! flush seals the old segment (fsync of its data, then of the directory) before anything
+//! after it counts as durable. The next checkpoint (a periodic
+//! [`Log::checkpoint_if_rolled`] does one within a second) trims and fsyncs its indexes
+//! and only then moves the recovery point past it; until then a crash scans it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -62,6 +69,25 @@ impl State {
     }
 }
 
+/// Segments rolled on the append path and not yet sealed by a flush.
+#[derive(Debug, Default)]
+struct Rolled {
+    /// Oldest first.
+    segments: Vec<Arc<Segment>>,
+    /// Sealed by a flush, indexes not yet trimmed and synced: the next checkpoint does that
+    /// first.
+    index_unsynced: Vec<Arc<Segment>>,
+    /// Segment files created by rolls, and how many of them the last directory fsync covered.
+    created: u64,
+    dir_synced: u64,
+}
+
+impl Rolled {
+    fn pending(&self) -> bool {
+        !self.segments.is_empty() || self.created > self.dir_synced
+    }
+}
+
 /// A partition replica's log. `Send + Sync`; every method takes `&self`.
 #[derive(Debug)]
 pub struct Log {
@@ -72,6 +98,10 @@ pub struct Log {
     writer: Mutex<Vec<u8>>,
     flush_lock: Mutex<()>,
     ckpt_lock: Mutex<()>,
+    /// Rolled segments on their way to sealed (see the module doc).
+    unsealed: Mutex<Rolled>,
+    /// A flush sealed rolled segments: [`Log::checkpoint_if_rolled`] moves the recovery point.
+    rolled_since_checkpoint: AtomicBool,
     durable: AtomicI64,
     closed: AtomicBool,
 }
@@ -117,6 +147,8 @@ impl Log {
             writer: Mutex::new(Vec::new()),
             flush_lock: Mutex::new(()),
             ckpt_lock: Mutex::new(()),
+            unsealed: Mutex::new(Rolled::default()),
+            rolled_since_checkpoint: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         })
     }
@@ -405,23 +437,47 @@ impl Log {
     fn flush_inner(&self) -> Result<i64> {
         let target = self.read_state().log_end;
         let durable = self.durable.load(Ordering::Acquire);
-        if durable >= target {
+        if durable >= target && !lock(&self.unsealed).pending() {
             return Ok(durable);
         }
         let _f = lock(&self.flush_lock);
+        // `active` is read before the unsealed list: a roll queues the old segment before it
+        // publishes the new one, so every segment below `active` is sealed or in the list.
         let (end, active) = {
             let st = self.read_state();
             (st.log_end, st.active().clone())
         };
-        let durable = self.durable.load(Ordering::Acquire);
-        if durable >= end {
-            return Ok(durable);
+        let (rolled, created, dir_synced) = {
+            let r = lock(&self.unsealed);
+            (r.segments.clone(), r.created, r.dir_synced)
+        };
+        // Each leaves the list once sealed: after a failure the rest are still queued.
+        for seg in &rolled {
+            seg.seal()?;
+            let mut r = lock(&self.unsealed);
+            r.segments.retain(|u| !Arc::ptr_eq(u, seg));
+            r.index_unsynced.push(seg.clone());
+            drop(r);
+            self.drop_cache_behind(seg, seg.size());
         }
-        // Sealed segments were synced when sealed; only the active one can hold dirty data.
-        // Bytes below `written` were written before this sync: they are durable after it.
-        let written = active.size();
-        active.sync()?;
-        self.drop_cache_behind(&active, written);
+        if created > dir_synced {
+            // The new segments' directory entries, before anything in them counts as durable.
+            checkpoint::sync_dir(&self.dir)?;
+            let mut r = lock(&self.unsealed);
+            r.dir_synced = r.dir_synced.max(created);
+        }
+        if !rolled.is_empty() {
+            self.rolled_since_checkpoint.store(true, Ordering::Release);
+        }
+        if self.durable.load(Ordering::Acquire) < end {
+            // Sealed segments are on disk; only the active one can hold dirty data. Bytes
+            // below `written` were written before this sync: they are durable after it.
+            let written = active.size();
+            active.sync()?;
+            self.drop_cache_behind(&active, written);
+        }
+        // The recovery point moves past the sealed segments with the next checkpoint
+        // (`checkpoint_if_rolled`), not here: this is the ack path.
         Ok(self.durable.fetch_max(end, Ordering::AcqRel).max(end))
     }
 
@@ -505,6 +561,13 @@ impl Log {
                 .map(|(&b, _)| b)
                 .collect();
             let removed = later.iter().filter_map(|b| st.segments.remove(b)).collect();
+            // The cut segment is active again and later ones go: none of them is sealed.
+            {
+                let mut r = lock(&self.unsealed);
+                r.segments.retain(|s| s.base_offset() < seg.base_offset());
+                r.index_unsynced
+                    .retain(|s| s.base_offset() < seg.base_offset());
+            }
             seg.set_size(pos);
             st.log_end = new_end;
             st.log_start = st.log_start.min(new_end);
@@ -535,6 +598,11 @@ impl Log {
         let old: Vec<Arc<Segment>> = self.read_state().segments.values().cloned().collect();
         // Newest first: a crash in between leaves an older, shorter, consistent log. The new
         // segment gets a new inode, so mappings readers hold on the old files stay valid.
+        {
+            let mut r = lock(&self.unsealed);
+            r.segments.clear();
+            r.index_unsynced.clear();
+        }
         for s in old.iter().rev() {
             s.delete_files(&self.dir)?;
         }
@@ -553,13 +621,17 @@ impl Log {
         self.write_checkpoints()
     }
 
-    /// Seals the active segment and starts a new one at the LEO (no-op if it is empty).
+    /// Seals the active segment and starts a new one at the LEO (no-op if it is empty), then
+    /// flushes (which finishes the seal) and moves the recovery point past it.
     pub fn roll(&self) -> Result<()> {
         self.check_open()?;
         let _w = lock(&self.writer);
-        self.roll_locked()
+        self.roll_locked()?;
+        self.seal_rolled()
     }
 
+    /// Starts a new active segment at the LEO and queues the old one for sealing by the next
+    /// flush. No fsync here: on the append path a roll costs three file creations.
     fn roll_locked(&self) -> Result<()> {
         let (active, log_end) = {
             let st = self.read_state();
@@ -568,25 +640,22 @@ impl Log {
         if active.size() == 0 {
             return Ok(());
         }
-        let started = std::time::Instant::now();
-        // Sealing syncs the segment, so every sealed segment is durable and recovery only has
-        // to scan the active one.
-        active.seal()?;
-        self.drop_cache_behind(&active, active.size());
-        self.durable.fetch_max(log_end, Ordering::AcqRel);
         let seg = Arc::new(Segment::create(&self.dir, log_end, &self.config)?);
-        checkpoint::sync_dir(&self.dir)?;
+        {
+            let mut r = lock(&self.unsealed);
+            r.segments.push(active);
+            r.created += 1;
+        }
         self.write_state().segments.insert(log_end, seg);
-        // Everything below the new segment is on disk: move the recovery point there, so a
-        // crash later scans the active segment only, however large the log.
-        self.write_checkpoints()?;
-        tracing::info!(
-            dir = %self.dir.display(),
-            base_offset = log_end,
-            took_ms = started.elapsed().as_millis() as u64,
-            "rolled segment"
-        );
+        tracing::info!(dir = %self.dir.display(), base_offset = log_end, "rolled segment");
         Ok(())
+    }
+
+    /// Off the append path (roll by age, explicit roll): seal what rolled now and checkpoint,
+    /// so a crash later scans the active segment only.
+    fn seal_rolled(&self) -> Result<()> {
+        self.flush_inner()?;
+        self.write_checkpoints()
     }
 
     /// Rolls a non-empty active segment older than `segment_ms` (age counted from when the
@@ -602,6 +671,7 @@ impl Log {
             return Ok(false);
         }
         self.roll_locked()?;
+        self.seal_rolled()?;
         Ok(true)
     }
 
@@ -637,6 +707,10 @@ impl Log {
             for s in &segs[..n] {
                 st.segments.remove(&s.base_offset());
             }
+            let mut r = lock(&self.unsealed);
+            let deleted = |u: &Arc<Segment>| segs[..n].iter().any(|d| Arc::ptr_eq(d, u));
+            r.segments.retain(|u| !deleted(u));
+            r.index_unsynced.retain(|u| !deleted(u));
             let start = st.active_start();
             st.log_start = st.log_start.max(start);
             let ls = st.log_start;
@@ -741,12 +815,36 @@ impl Log {
         self.write_checkpoints()
     }
 
+    /// Checkpoints if a flush sealed segments since the last call, so that a crash scans only
+    /// the active segment. For a periodic task: it costs the flush path nothing. True if it
+    /// wrote.
+    pub fn checkpoint_if_rolled(&self) -> Result<bool> {
+        self.check_open()?;
+        if !self.rolled_since_checkpoint.swap(false, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        self.write_checkpoints()?;
+        Ok(true)
+    }
+
     fn write_checkpoints(&self) -> Result<()> {
         let _c = lock(&self.ckpt_lock);
+        // A flush seals a segment before it publishes a durable offset past it: every segment
+        // below `durable` is in the list taken next, and gets its indexes trimmed and synced
+        // before the recovery point moves past it (recovery trusts the indexes of unscanned
+        // segments).
+        let durable = self.durable.load(Ordering::Acquire);
+        let unsynced = lock(&self.unsealed).index_unsynced.clone();
+        for seg in &unsynced {
+            seg.finish_indexes()?;
+            lock(&self.unsealed)
+                .index_unsynced
+                .retain(|u| !Arc::ptr_eq(u, seg));
+        }
         let c = {
             let st = self.read_state();
             Checkpoints {
-                recovery_point: self.durable.load(Ordering::Acquire).min(st.log_end),
+                recovery_point: durable.min(st.log_end),
                 high_watermark: st.high_watermark,
                 log_start: st.log_start,
                 epochs: st.epochs.entries().to_vec(),

@@ -2,9 +2,9 @@
 //!
 //! Without the clean-shutdown marker, only the segments from the one holding the recovery
 //! point onwards are scanned (every batch's length and CRC checked); the first bad batch and
-//! everything after it (including later segments) is removed. Sealed segments are fsynced when
-//! they are sealed, so the active segment, always among the scanned ones, is the only place a
-//! torn write can be. Indexes of unscanned segments are sanity-checked and rebuilt if missing
+//! everything after it (including later segments) is removed. The recovery point only moves
+//! past a rolled segment once a flush has sealed (fsynced) it, so a torn write can only be in
+//! a scanned segment: the active one, or one rolled shortly before the crash. Indexes of unscanned segments are sanity-checked and rebuilt if missing
 //! or bad. With the marker, nothing is scanned, the marker is deleted.
 
 use std::collections::BTreeMap;
@@ -166,6 +166,7 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
                 info.rebuilt_indexes += 1;
                 if !last {
                     seg.seal()?;
+                    seg.finish_indexes()?;
                 }
             }
             if last {
@@ -210,6 +211,7 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
                 log_end = next;
             } else {
                 seg.seal()?;
+                seg.finish_indexes()?;
             }
         }
         segments.insert(base, Arc::new(seg));

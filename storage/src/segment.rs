@@ -552,8 +552,11 @@ impl Segment {
     }
 
     /// Prepares a segment that stops being active: records the max timestamp in the time
-    /// index, trims both index files, discards any bytes past the logical end and syncs
-    /// everything (so sealed segments never need a recovery scan).
+    /// index, discards any bytes past the logical end and syncs the log data.
+    /// [`Segment::finish_indexes`] trims and syncs the index files later, before a checkpoint
+    /// puts the recovery point past this segment (recovery rebuilds the indexes of every
+    /// segment it scans, so until then they need not be on disk; trimming a mapped file costs
+    /// milliseconds, too long for the ack path).
     pub(crate) fn seal(&self) -> Result<()> {
         let size = self.size();
         self.discard_tail(size)?;
@@ -563,14 +566,20 @@ impl Segment {
         if off >= 0 {
             idx.time.maybe_append(ts, off);
         }
+        Ok(())
+    }
+
+    /// Trims both index files of a sealed segment to their entries and writes them to disk
+    /// (data and size), waiting for it.
+    pub(crate) fn finish_indexes(&self) -> Result<()> {
+        let mut idx = self.indexes();
         let idx = &mut *idx;
         for f in [idx.offset.file(), idx.time.file()] {
             f.flush()?;
-            let path = f.path().to_path_buf();
             f.resize(0)?;
-            File::open(&path)
+            File::open(f.path())
                 .and_then(|f| f.sync_all())
-                .map_err(|e| StorageError::fsync(format!("index {}", path.display()), e))?;
+                .map_err(|e| StorageError::fsync(format!("index {}", f.path().display()), e))?;
         }
         Ok(())
     }

@@ -105,3 +105,31 @@ fn failed_fsync_is_reported() {
     assert_eq!(log.durable_end_offset(), 1);
     failpoint::clear(dir.path());
 }
+
+/// A roll on the append path does not fsync (the append that fills a segment must not wait
+/// for the disk); the next flush seals the rolled segment, and until it succeeds nothing past
+/// the last flush counts as durable.
+#[test]
+fn roll_on_append_defers_its_fsync_to_the_next_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    log.append_as_leader(&batch(1, 10, 0, 1), 1).unwrap();
+    assert_eq!(log.flush().unwrap(), 1);
+    failpoint::set(
+        failpoint::SEGMENT_FSYNC,
+        dir.path(),
+        FailAction::Error { errno: libc::EIO },
+        None,
+    );
+    let segments = log.segment_count();
+    while log.segment_count() < segments + 2 {
+        log.append_as_leader(&batch(4, 200, 1, 1), 1)
+            .expect("appends roll without fsyncing");
+    }
+    let e = log.flush().unwrap_err();
+    assert!(matches!(e, StorageError::FsyncFailed { .. }), "{e}");
+    assert_eq!(log.durable_end_offset(), 1);
+    failpoint::clear(dir.path());
+    assert_eq!(log.flush().unwrap(), log.log_end_offset());
+    assert!(log.checkpoint_if_rolled().unwrap());
+}

@@ -31,6 +31,9 @@ enum Op {
         clean: bool,
     },
     Checkpoint,
+    /// The broker's periodic `checkpoint_if_rolled` (a roll on the append path does not
+    /// checkpoint; the flush after it seals the old segment).
+    CheckpointIfRolled,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -45,6 +48,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Retention),
         1 => any::<bool>().prop_map(|clean| Op::Reopen { clean }),
         1 => Just(Op::Checkpoint),
+        1 => Just(Op::CheckpointIfRolled),
     ]
 }
 
@@ -106,12 +110,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     m.epoch += 1;
                 }
                 let mut b = batch(count, len, i as u64, i as i64);
-                let segments = log.segment_count();
                 let a = log.append_as_leader(&b, m.epoch).unwrap();
-                if log.segment_count() > segments {
-                    // A roll checkpoints (the append itself does not move the HW).
-                    m.ckpt_hw = log.high_watermark();
-                }
                 prop_assert_eq!(a.base_offset, m.log_end);
                 set_base_offset(&mut b, a.base_offset);
                 set_partition_leader_epoch(&mut b, m.epoch);
@@ -199,6 +198,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Checkpoint => {
                 log.checkpoint().unwrap();
                 m.ckpt_hw = log.high_watermark();
+            }
+            Op::CheckpointIfRolled => {
+                if log.checkpoint_if_rolled().unwrap() {
+                    m.ckpt_hw = log.high_watermark();
+                }
             }
         }
         check(&log, &m)?;

@@ -75,9 +75,23 @@ fn scans_only_segments_past_the_recovery_point() {
         "{:?}",
         log.recovery_info()
     );
-    // No explicit checkpoint since this open, but every roll moves the recovery point to
-    // the new active segment: a crash scans the active segment only.
+    // Rolls on the append path do not checkpoint: a crash before the next checkpoint scans
+    // every segment started since the last one (and loses nothing).
+    let segments = log.segment_count();
+    let before = fill(&log, 60);
+    let rolled = log.segment_count() - segments;
+    assert!(rolled > 3);
+    drop(log);
+    let log = open(dir.path());
+    assert!(!log.recovery_info().clean_shutdown);
+    assert_eq!(log.recovery_info().scanned_segments, rolled);
+    assert_eq!(log.recovery_info().truncated_bytes, 0);
+    assert_eq!(read_all(&log, log.log_start_offset()), before);
+    // The broker's periodic checkpoint_if_rolled, after the flush that sealed them, moves the
+    // recovery point to the active segment: a crash scans the active segment only.
     fill(&log, 60);
+    assert!(log.checkpoint_if_rolled().unwrap());
+    assert!(!log.checkpoint_if_rolled().unwrap(), "nothing rolled since");
     assert!(segment_files(dir.path(), "log").len() > 8);
     drop(log);
     let log = open(dir.path());
