@@ -34,6 +34,7 @@ const FETCH_VERSION: i16 = 15;
 pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
     let mut conn: Option<Arc<Connection>> = None;
     let mut attempt = 0u32;
+    let mut refusals = 0u32;
     let wait_ms = rt.config.replica_fetch_wait_max_ms.max(0);
     let mut applied = rt.applied();
     loop {
@@ -166,16 +167,28 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
             }
         }
         if backed_off {
-            // A leadership or epoch mismatch: wait for newer metadata before retrying.
-            attempt += 1;
+            // A leadership or epoch mismatch, nearly always a race: the leader applies the
+            // same metadata change a moment after us (a new topic), or we after it. Retry as
+            // soon as our metadata moves, or after a back-off that starts short and doubles
+            // while the refusals go on: a long first wait stalls every partition this fetcher
+            // carries, and with them acks=all on the leader.
+            refusals += 1;
             metrics::counter!(m::FETCHER_RETRIES_TOTAL).increment(1);
-            if sleep_or_stop(&stop, backoff(attempt)).await {
-                return;
+            tokio::select! {
+                _ = tokio::time::sleep(refusal_backoff(refusals)) => {}
+                changed = applied.changed() => if changed.is_err() { return },
+                _ = stop.cancelled() => return,
             }
         } else {
             attempt = 0;
+            refusals = 0;
         }
     }
+}
+
+/// Wait after the `n`th refused fetch in a row: 10 ms, doubling, at most 1 s.
+fn refusal_backoff(n: u32) -> Duration {
+    Duration::from_millis((5u64 << n.clamp(1, 8)).min(1_000))
 }
 
 /// The partitions (topic id, replica) this broker follows from `leader`.
@@ -363,5 +376,26 @@ async fn sleep_or_stop(stop: &CancellationToken, d: Duration) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
         _ = stop.cancelled() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_back_off_from_10_ms_to_1_s() {
+        let table = [
+            (1, 10),
+            (2, 20),
+            (3, 40),
+            (6, 320),
+            (7, 640),
+            (8, 1_000),
+            (50, 1_000),
+        ];
+        for (n, ms) in table {
+            assert_eq!(refusal_backoff(n), Duration::from_millis(ms), "refusal {n}");
+        }
     }
 }
