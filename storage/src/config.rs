@@ -43,7 +43,7 @@ pub struct LogConfig {
 
 /// Default `log.cache.tail.bytes`: a tailing consumer or follower within this much of the end
 /// reads from memory (see BENCHMARKS.md, "Page cache reuse").
-pub const DEFAULT_CACHE_TAIL_BYTES: u64 = 32 << 20;
+pub const DEFAULT_CACHE_TAIL_BYTES: u64 = 4 << 20;
 
 impl Default for LogConfig {
     fn default() -> Self {
