@@ -4,7 +4,7 @@
 //! `writer` (serialises mutations; held across append I/O, which readers never wait on) →
 //! `flush_lock` (one fsync at a time; group commit) → `ckpt_lock` (checkpoint files) →
 //! `state` (an `RwLock` held only for short in-memory sections: readers snapshot a segment
-//! `Arc` and its published size, the writer publishes new sizes and offsets) → `unsealed`
+//! `Arc` and its published size, the writer publishes new sizes and offsets) → `rolled`
 //! (rolled segments still to seal or to finish; held for a push, a copy or a removal).
 //!
 //! A roll on the append path creates the new segment's files and nothing more. The next
@@ -99,7 +99,7 @@ pub struct Log {
     flush_lock: Mutex<()>,
     ckpt_lock: Mutex<()>,
     /// Rolled segments on their way to sealed (see the module doc).
-    unsealed: Mutex<Rolled>,
+    rolled: Mutex<Rolled>,
     /// A flush sealed rolled segments: [`Log::checkpoint_if_rolled`] moves the recovery point.
     rolled_since_checkpoint: AtomicBool,
     durable: AtomicI64,
@@ -147,7 +147,7 @@ impl Log {
             writer: Mutex::new(Vec::new()),
             flush_lock: Mutex::new(()),
             ckpt_lock: Mutex::new(()),
-            unsealed: Mutex::new(Rolled::default()),
+            rolled: Mutex::new(Rolled::default()),
             rolled_since_checkpoint: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         })
@@ -437,24 +437,24 @@ impl Log {
     fn flush_inner(&self) -> Result<i64> {
         let target = self.read_state().log_end;
         let durable = self.durable.load(Ordering::Acquire);
-        if durable >= target && !lock(&self.unsealed).pending() {
+        if durable >= target && !lock(&self.rolled).pending() {
             return Ok(durable);
         }
         let _f = lock(&self.flush_lock);
-        // `active` is read before the unsealed list: a roll queues the old segment before it
+        // `active` is read before the rolled list: a roll queues the old segment before it
         // publishes the new one, so every segment below `active` is sealed or in the list.
         let (end, active) = {
             let st = self.read_state();
             (st.log_end, st.active().clone())
         };
         let (rolled, created, dir_synced) = {
-            let r = lock(&self.unsealed);
+            let r = lock(&self.rolled);
             (r.segments.clone(), r.created, r.dir_synced)
         };
         // Each leaves the list once sealed: after a failure the rest are still queued.
         for seg in &rolled {
             seg.seal()?;
-            let mut r = lock(&self.unsealed);
+            let mut r = lock(&self.rolled);
             r.segments.retain(|u| !Arc::ptr_eq(u, seg));
             r.index_unsynced.push(seg.clone());
             drop(r);
@@ -463,7 +463,7 @@ impl Log {
         if created > dir_synced {
             // The new segments' directory entries, before anything in them counts as durable.
             checkpoint::sync_dir(&self.dir)?;
-            let mut r = lock(&self.unsealed);
+            let mut r = lock(&self.rolled);
             r.dir_synced = r.dir_synced.max(created);
         }
         if !rolled.is_empty() {
@@ -563,7 +563,7 @@ impl Log {
             let removed = later.iter().filter_map(|b| st.segments.remove(b)).collect();
             // The cut segment is active again and later ones go: none of them is sealed.
             {
-                let mut r = lock(&self.unsealed);
+                let mut r = lock(&self.rolled);
                 r.segments.retain(|s| s.base_offset() < seg.base_offset());
                 r.index_unsynced
                     .retain(|s| s.base_offset() < seg.base_offset());
@@ -599,7 +599,7 @@ impl Log {
         // Newest first: a crash in between leaves an older, shorter, consistent log. The new
         // segment gets a new inode, so mappings readers hold on the old files stay valid.
         {
-            let mut r = lock(&self.unsealed);
+            let mut r = lock(&self.rolled);
             r.segments.clear();
             r.index_unsynced.clear();
         }
@@ -642,7 +642,7 @@ impl Log {
         }
         let seg = Arc::new(Segment::create(&self.dir, log_end, &self.config)?);
         {
-            let mut r = lock(&self.unsealed);
+            let mut r = lock(&self.rolled);
             r.segments.push(active);
             r.created += 1;
         }
@@ -707,7 +707,7 @@ impl Log {
             for s in &segs[..n] {
                 st.segments.remove(&s.base_offset());
             }
-            let mut r = lock(&self.unsealed);
+            let mut r = lock(&self.rolled);
             let deleted = |u: &Arc<Segment>| segs[..n].iter().any(|d| Arc::ptr_eq(d, u));
             r.segments.retain(|u| !deleted(u));
             r.index_unsynced.retain(|u| !deleted(u));
@@ -834,10 +834,10 @@ impl Log {
         // before the recovery point moves past it (recovery trusts the indexes of unscanned
         // segments).
         let durable = self.durable.load(Ordering::Acquire);
-        let unsynced = lock(&self.unsealed).index_unsynced.clone();
+        let unsynced = lock(&self.rolled).index_unsynced.clone();
         for seg in &unsynced {
             seg.finish_indexes()?;
-            lock(&self.unsealed)
+            lock(&self.rolled)
                 .index_unsynced
                 .retain(|u| !Arc::ptr_eq(u, seg));
         }

@@ -6,6 +6,16 @@ use common::{batch, read_all, small_config};
 use keel_storage::failpoint::{self, FailAction};
 use keel_storage::{Log, StorageError};
 
+/// Segment fsyncs under `dir` fail with EIO (`times` of them, or all until cleared).
+fn fail_fsyncs(dir: &std::path::Path, times: Option<u32>) {
+    failpoint::set(
+        failpoint::SEGMENT_FSYNC,
+        dir,
+        FailAction::Error { errno: libc::EIO },
+        times,
+    );
+}
+
 #[test]
 fn failed_write_leaves_log_unchanged_and_next_append_succeeds() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,12 +103,7 @@ fn failed_fsync_is_reported() {
     log.append_as_leader(&batch(1, 10, 0, 1), 1).unwrap();
     assert_eq!(log.flush().unwrap(), 1);
     log.append_as_leader(&batch(1, 10, 1, 1), 1).unwrap();
-    failpoint::set(
-        failpoint::SEGMENT_FSYNC,
-        dir.path(),
-        FailAction::Error { errno: libc::EIO },
-        Some(1),
-    );
+    fail_fsyncs(dir.path(), Some(1));
     let e = log.flush().unwrap_err();
     assert!(matches!(e, StorageError::FsyncFailed { .. }), "{e}");
     assert!(e.to_string().contains("fsync failed"));
@@ -115,12 +120,7 @@ fn roll_on_append_defers_its_fsync_to_the_next_flush() {
     let log = Log::open(dir.path(), small_config()).unwrap();
     log.append_as_leader(&batch(1, 10, 0, 1), 1).unwrap();
     assert_eq!(log.flush().unwrap(), 1);
-    failpoint::set(
-        failpoint::SEGMENT_FSYNC,
-        dir.path(),
-        FailAction::Error { errno: libc::EIO },
-        None,
-    );
+    fail_fsyncs(dir.path(), None);
     let segments = log.segment_count();
     while log.segment_count() < segments + 2 {
         log.append_as_leader(&batch(4, 200, 1, 1), 1)

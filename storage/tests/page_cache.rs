@@ -7,10 +7,10 @@
 
 mod common;
 
-use common::{batch, describe, read_all};
+use common::{batch, describe, read_all, segment_files};
 use keel_storage::{FlushPolicy, Log, LogConfig};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const PAGE: usize = 4096;
 const TAIL: u64 = 1 << 20;
@@ -38,16 +38,6 @@ fn fill(log: &Log) {
     }
 }
 
-fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    files.sort();
-    files
-}
-
 /// Per page of `path`: is it in the page cache?
 fn resident_pages(path: &Path) -> Vec<bool> {
     let file = File::open(path).unwrap();
@@ -67,7 +57,7 @@ fn resident_pages(path: &Path) -> Vec<bool> {
 
 /// (pages resident further than TAIL + STEP behind the end, pages resident nearer the end).
 fn residency(dir: &Path) -> (usize, usize) {
-    let files = segment_files(dir);
+    let files = segment_files(dir, "log");
     let sizes: Vec<u64> = files.iter().map(|f| f.metadata().unwrap().len()).collect();
     let total: u64 = sizes.iter().sum();
     let (mut behind, mut within, mut start) = (0, 0, 0u64);
@@ -98,7 +88,7 @@ fn pages_behind_the_cached_tail_leave_the_page_cache_and_read_back_intact() {
     let log = Log::open(dir.path(), config(Some(TAIL))).unwrap();
     fill(&log);
     assert!(
-        segment_files(dir.path()).len() >= 3,
+        segment_files(dir.path(), "log").len() >= 3,
         "the log should have rolled"
     );
     let (behind, within) = residency(dir.path());
@@ -137,7 +127,7 @@ fn truncation_rewinds_the_dropped_range() {
         },
     )
     .unwrap();
-    let segment = segment_files(dir.path()).pop().unwrap();
+    let segment = segment_files(dir.path(), "log").pop().unwrap();
     let size = || segment.metadata().unwrap().len();
     let mut seed = 0;
     let mut fill_to = |bytes: u64| {

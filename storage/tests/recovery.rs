@@ -4,23 +4,13 @@ mod common;
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{batch, describe, read_all, small_config};
+use common::{batch, describe, read_all, segment_files, small_config};
 use keel_storage::Log;
 
 fn open(dir: &Path) -> Log {
     Log::open(dir, small_config()).expect("open")
-}
-
-fn segment_files(dir: &Path, ext: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == ext))
-        .collect();
-    v.sort();
-    v
 }
 
 fn fill(log: &Log, n: u64) -> Vec<u8> {

@@ -52,6 +52,17 @@ pub fn read_all(log: &Log, from: i64) -> Vec<u8> {
     out
 }
 
+/// Files of `dir` with extension `ext` (segments: "log", "index", "timeindex"), sorted.
+pub fn segment_files(dir: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    v.sort();
+    v
+}
+
 /// The base offset field of a batch.
 pub fn base_of(b: &[u8]) -> i64 {
     BatchHeader::parse(b).expect("header").base_offset()
