@@ -73,6 +73,11 @@ impl server::Service for Shared {
     ) -> Result<Option<handlers::Reply>, server::RequestError> {
         handlers::dispatch(self, req)
     }
+
+    fn keel_api(self: &Arc<Self>, api_key: i16, frame: &bytes::Bytes) -> Option<handlers::Reply> {
+        (api_key == keel_protocol::replica_state::REPLICA_STATE_KEY)
+            .then(|| handlers::replica_state::handle(self, frame.clone()))
+    }
 }
 
 pub struct Broker;
@@ -211,8 +216,14 @@ async fn start_controller(
         fatal: fatal.clone(),
     });
     let period = Duration::from_millis((config.heartbeat_interval_ms / 4).clamp(50, 1000));
+    metrics::register_controller_counters();
     let tasks = vec![
         tokio::spawn(server::accept_loop(service, listener, connections.clone())),
+        tokio::spawn(metrics::controller_gauges(
+            driver.clone(),
+            Duration::from_millis(config.metrics_interval_ms.max(100)),
+            background.clone(),
+        )),
         tokio::spawn(tick_loop(driver, period, background.clone(), fatal.clone())),
     ];
     Ok((addr, tasks))
@@ -249,7 +260,8 @@ async fn start_broker(
         Some(a) => config::parse_host_port("advertised.listeners", a)?,
         None => (kafka_addr.ip().to_string(), i32::from(kafka_addr.port())),
     };
-    let mut tasks = vec![tokio::spawn(metrics::partition_gauges(
+    metrics::register_broker_counters();
+    let mut tasks = vec![tokio::spawn(metrics::broker_gauges(
         topics.clone(),
         Duration::from_millis(config.metrics_interval_ms.max(100)),
         background.clone(),

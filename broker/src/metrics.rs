@@ -13,29 +13,69 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub const REQUESTS_TOTAL: &str = "keel_requests_total";
-pub const REQUEST_ERRORS_TOTAL: &str = "keel_request_errors_total";
-pub const REQUEST_DURATION_SECONDS: &str = "keel_request_duration_seconds";
-pub const CONNECTIONS_ACTIVE: &str = "keel_connections_active";
-pub const CONNECTIONS_CLOSED_ON_ERROR_TOTAL: &str = "keel_connections_closed_on_error_total";
-pub const PRODUCE_BYTES_TOTAL: &str = "keel_produce_bytes_total";
-pub const FETCH_BYTES_TOTAL: &str = "keel_fetch_bytes_total";
+// Server: the Kafka and controller listeners.
+pub const REQUESTS_TOTAL: &str = "keel_server_requests_total";
+pub const REQUEST_ERRORS_TOTAL: &str = "keel_server_request_errors_total";
+pub const REQUEST_DURATION_SECONDS: &str = "keel_server_request_duration_seconds";
+pub const CONNECTIONS_ACTIVE: &str = "keel_server_connections_active";
+pub const CONNECTIONS_CLOSED_ON_ERROR_TOTAL: &str = "keel_server_connections_closed_on_error_total";
+pub const RECEIVED_BYTES_TOTAL: &str = "keel_server_received_bytes_total";
+pub const SENT_BYTES_TOTAL: &str = "keel_server_sent_bytes_total";
+pub const PRODUCE_BYTES_TOTAL: &str = "keel_produce_appended_bytes_total";
+pub const PRODUCE_PURGATORY_REQUESTS: &str = "keel_produce_purgatory_requests";
+pub const FETCH_BYTES_TOTAL: &str = "keel_fetch_returned_bytes_total";
+pub const FETCH_PURGATORY_REQUESTS: &str = "keel_fetch_purgatory_requests";
+
+// Partition replicas on this broker (labels: topic, partition).
+pub const PARTITION_LOG_START_OFFSET: &str = "keel_partition_log_start_offset";
 pub const PARTITION_LOG_END_OFFSET: &str = "keel_partition_log_end_offset";
 pub const PARTITION_HIGH_WATERMARK: &str = "keel_partition_high_watermark";
-pub const PARTITION_LOG_START_OFFSET: &str = "keel_partition_log_start_offset";
 pub const PARTITION_SIZE_BYTES: &str = "keel_partition_size_bytes";
 pub const PARTITION_SEGMENTS: &str = "keel_partition_segments";
-pub const PARTITIONS: &str = "keel_partitions";
-pub const CONTROLLER_RETRIES_TOTAL: &str = "keel_controller_call_retries_total";
-pub const FETCHER_RETRIES_TOTAL: &str = "keel_replica_fetcher_retries_total";
+pub const PARTITION_LEADER_EPOCH: &str = "keel_partition_leader_epoch";
+pub const PARTITION_IS_LEADER: &str = "keel_partition_is_leader";
+pub const PARTITION_ISR_SIZE: &str = "keel_partition_isr_size";
+pub const PARTITION_UNDER_REPLICATED: &str = "keel_partition_under_replicated";
+pub const PARTITION_UNDER_MIN_ISR: &str = "keel_partition_under_min_isr";
+
+// The leader's view of each follower (labels: topic, partition, replica).
+pub const FOLLOWER_LAG_RECORDS: &str = "keel_follower_lag_records";
+pub const FOLLOWER_LAG_BYTES: &str = "keel_follower_lag_bytes";
+pub const FOLLOWER_CAUGHT_UP_AGE_SECONDS: &str = "keel_follower_caught_up_age_seconds";
+pub const FOLLOWER_FETCH_AGE_SECONDS: &str = "keel_follower_fetch_age_seconds";
+
+// Replication on this broker.
+pub const REPLICAS_HOSTED: &str = "keel_replica_hosted";
+pub const REPLICAS_CREATED_TOTAL: &str = "keel_replica_created_total";
+pub const REPLICAS_DELETED_TOTAL: &str = "keel_replica_deleted_total";
+pub const ISR_SHRINKS_TOTAL: &str = "keel_isr_shrinks_total";
+pub const ISR_EXPANDS_TOTAL: &str = "keel_isr_expands_total";
 pub const TRUNCATIONS_TOTAL: &str = "keel_replica_truncations_total";
 pub const TRUNCATED_RECORDS_TOTAL: &str = "keel_replica_truncated_records_total";
 pub const TRUNCATED_BYTES_TOTAL: &str = "keel_replica_truncated_bytes_total";
-pub const ISR_CHANGES_TOTAL: &str = "keel_isr_changes_total";
+pub const DIVERGENCE_RESYNCS_TOTAL: &str = "keel_replica_divergence_resyncs_total";
+pub const FETCHER_RECONNECTS_TOTAL: &str = "keel_fetcher_reconnects_total";
+pub const FETCHER_BACKOFFS_TOTAL: &str = "keel_fetcher_backoffs_total";
+pub const CONTROLLER_RETRIES_TOTAL: &str = "keel_broker_controller_call_retries_total";
+
+// Disk (label: dir).
+pub const LOG_DIR_USED_BYTES: &str = "keel_log_dir_used_bytes";
+pub const LOG_DIR_CAPACITY_BYTES: &str = "keel_log_dir_capacity_bytes";
+pub const LOG_DIR_AVAILABLE_BYTES: &str = "keel_log_dir_available_bytes";
+
+// The controller (on nodes with the controller role).
+pub const CONTROLLER_BROKERS_REGISTERED: &str = "keel_controller_brokers_registered";
+pub const CONTROLLER_BROKERS_FENCED: &str = "keel_controller_brokers_fenced";
+pub const CONTROLLER_BROKERS_ACTIVE: &str = "keel_controller_brokers_active";
+pub const CONTROLLER_OFFLINE_PARTITIONS: &str = "keel_controller_offline_partitions";
+pub const CONTROLLER_PARTITIONS: &str = "keel_controller_partitions";
+pub const CONTROLLER_LEADER_ELECTIONS_TOTAL: &str = "keel_controller_leader_elections_total";
+pub const CONTROLLER_METADATA_LOG_OFFSET: &str = "keel_controller_metadata_log_offset";
 
 fn describe() {
+    use keel_storage::metrics as s;
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(REQUESTS_TOTAL, "Requests handled, by API.");
+    describe_counter!(REQUESTS_TOTAL, "Requests handled, by API and version.");
     describe_counter!(
         REQUEST_ERRORS_TOTAL,
         "Requests refused or failed before a response, by reason."
@@ -43,7 +83,7 @@ fn describe() {
     describe_histogram!(
         REQUEST_DURATION_SECONDS,
         Unit::Seconds,
-        "Time from request read to response ready, by API."
+        "Time from request read to response ready, by API and version."
     );
     describe_gauge!(CONNECTIONS_ACTIVE, "Open client connections.");
     describe_counter!(
@@ -51,14 +91,36 @@ fn describe() {
         "Connections closed because of a protocol error."
     );
     describe_counter!(
+        RECEIVED_BYTES_TOTAL,
+        Unit::Bytes,
+        "Request bytes read on the listeners (size prefixes included)."
+    );
+    describe_counter!(
+        SENT_BYTES_TOTAL,
+        Unit::Bytes,
+        "Response bytes written on the listeners (size prefixes included)."
+    );
+    describe_counter!(
         PRODUCE_BYTES_TOTAL,
         Unit::Bytes,
         "Record-batch bytes appended by produce requests."
     );
+    describe_gauge!(
+        PRODUCE_PURGATORY_REQUESTS,
+        "Produce requests appended and waiting for their acknowledgement (fsync or high watermark)."
+    );
     describe_counter!(
         FETCH_BYTES_TOTAL,
         Unit::Bytes,
-        "Record-batch bytes returned by fetch requests."
+        "Record-batch bytes returned by fetch requests (consumers and followers)."
+    );
+    describe_gauge!(
+        FETCH_PURGATORY_REQUESTS,
+        "Fetch requests long-polling for data."
+    );
+    describe_gauge!(
+        PARTITION_LOG_START_OFFSET,
+        "First offset still in the log, by topic and partition."
     );
     describe_gauge!(
         PARTITION_LOG_END_OFFSET,
@@ -69,32 +131,198 @@ fn describe() {
         "High watermark (consumers read below it), by topic and partition."
     );
     describe_gauge!(
-        PARTITION_LOG_START_OFFSET,
-        "First offset still in the log, by topic and partition."
-    );
-    describe_gauge!(
         PARTITION_SIZE_BYTES,
         Unit::Bytes,
         "Bytes of segment files on disk, by topic and partition."
     );
     describe_gauge!(PARTITION_SEGMENTS, "Segment count, by topic and partition.");
-    describe_gauge!(PARTITIONS, "Partition replicas held by this broker.");
+    describe_gauge!(
+        PARTITION_LEADER_EPOCH,
+        "Leader epoch this replica knows, by topic and partition."
+    );
+    describe_gauge!(
+        PARTITION_IS_LEADER,
+        "1 if this broker leads the partition, else 0."
+    );
+    describe_gauge!(
+        PARTITION_ISR_SIZE,
+        "In-sync replicas of the partition as this replica knows them."
+    );
+    describe_gauge!(
+        PARTITION_UNDER_REPLICATED,
+        "1 on the leader while the ISR is smaller than the replica set (0 on followers)."
+    );
+    describe_gauge!(
+        PARTITION_UNDER_MIN_ISR,
+        "1 on the leader while the ISR is below min.insync.replicas: acks=all is refused (0 on followers)."
+    );
+    describe_gauge!(
+        FOLLOWER_LAG_RECORDS,
+        "Leader only: leader log end offset minus the follower's, by topic, partition and follower (replica)."
+    );
+    describe_gauge!(
+        FOLLOWER_LAG_BYTES,
+        Unit::Bytes,
+        "Leader only: bytes of the leader's log the follower has yet to fetch."
+    );
+    describe_gauge!(
+        FOLLOWER_CAUGHT_UP_AGE_SECONDS,
+        Unit::Seconds,
+        "Leader only: seconds since the follower was last caught up (it leaves the ISR past replica.lag.time.max.ms)."
+    );
+    describe_gauge!(
+        FOLLOWER_FETCH_AGE_SECONDS,
+        Unit::Seconds,
+        "Leader only: seconds since the follower's last fetch."
+    );
+    describe_gauge!(REPLICAS_HOSTED, "Partition replicas held by this broker.");
     describe_counter!(
-        CONTROLLER_RETRIES_TOTAL,
-        "Failed calls to the controller that were retried, by call."
+        REPLICAS_CREATED_TOTAL,
+        "Partition replicas created (or opened for a new assignment) on this broker."
     );
     describe_counter!(
-        FETCHER_RETRIES_TOTAL,
-        "Follower fetches that failed or were refused and were retried after a back-off."
+        REPLICAS_DELETED_TOTAL,
+        "Partition replicas removed from this broker."
+    );
+    describe_counter!(
+        ISR_SHRINKS_TOTAL,
+        "ISR shrinks committed by the controller for partitions this broker leads."
+    );
+    describe_counter!(
+        ISR_EXPANDS_TOTAL,
+        "ISR expansions committed by the controller for partitions this broker leads."
     );
     describe_counter!(
         TRUNCATIONS_TOTAL,
         "Follower log truncations to the leader's history."
     );
     describe_counter!(
-        ISR_CHANGES_TOTAL,
-        "ISR changes committed by the controller for partitions this broker leads."
+        TRUNCATED_RECORDS_TOTAL,
+        "Offsets removed by follower truncations."
     );
+    describe_counter!(
+        TRUNCATED_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes removed by follower truncations."
+    );
+    describe_counter!(
+        DIVERGENCE_RESYNCS_TOTAL,
+        "Times a follower found its log diverged from the leader's epochs and resynchronised."
+    );
+    describe_counter!(
+        FETCHER_RECONNECTS_TOTAL,
+        "Follower fetcher connections (re)opened to a leader."
+    );
+    describe_counter!(
+        FETCHER_BACKOFFS_TOTAL,
+        "Follower fetches that failed or were refused and were retried after a back-off."
+    );
+    describe_counter!(
+        CONTROLLER_RETRIES_TOTAL,
+        "Failed calls from this broker to the controller that were retried, by call."
+    );
+    describe_gauge!(
+        LOG_DIR_USED_BYTES,
+        Unit::Bytes,
+        "Bytes of partition segment files in the data directory."
+    );
+    describe_gauge!(
+        LOG_DIR_CAPACITY_BYTES,
+        Unit::Bytes,
+        "Size of the file system holding the data directory."
+    );
+    describe_gauge!(
+        LOG_DIR_AVAILABLE_BYTES,
+        Unit::Bytes,
+        "Bytes available to Keel on the file system holding the data directory."
+    );
+    describe_counter!(
+        s::FSYNCS_TOTAL,
+        "fsync/fdatasync calls on segments, indexes, checkpoints and directories."
+    );
+    describe_histogram!(
+        s::FSYNC_DURATION_SECONDS,
+        Unit::Seconds,
+        "Duration of each fsync/fdatasync."
+    );
+    describe_gauge!(s::OPEN_SEGMENTS, "Segment files open.");
+    describe_gauge!(
+        s::MAPPED_BYTES,
+        Unit::Bytes,
+        "Bytes of segment files memory-mapped."
+    );
+    describe_gauge!(
+        CONTROLLER_BROKERS_REGISTERED,
+        "Controller: brokers registered."
+    );
+    describe_gauge!(
+        CONTROLLER_BROKERS_FENCED,
+        "Controller: registered brokers that are fenced (silent past broker.session.timeout.ms, or shutting down)."
+    );
+    describe_gauge!(
+        CONTROLLER_BROKERS_ACTIVE,
+        "Controller: registered brokers that are not fenced."
+    );
+    describe_gauge!(
+        CONTROLLER_OFFLINE_PARTITIONS,
+        "Controller: partitions without a leader."
+    );
+    describe_gauge!(
+        CONTROLLER_PARTITIONS,
+        "Controller: partitions in the cluster."
+    );
+    describe_counter!(
+        CONTROLLER_LEADER_ELECTIONS_TOTAL,
+        "Controller: leader changes committed (failover, preferred leader, leaderless to led)."
+    );
+    describe_gauge!(
+        CONTROLLER_METADATA_LOG_OFFSET,
+        "Controller: offset of the last committed metadata record."
+    );
+}
+
+/// Counters a broker exports from its start, at zero until their first event, so that
+/// dashboards and alerts see 0 rather than no data.
+const BROKER_COUNTERS: &[&str] = &[
+    CONNECTIONS_CLOSED_ON_ERROR_TOTAL,
+    RECEIVED_BYTES_TOTAL,
+    SENT_BYTES_TOTAL,
+    PRODUCE_BYTES_TOTAL,
+    FETCH_BYTES_TOTAL,
+    REPLICAS_CREATED_TOTAL,
+    REPLICAS_DELETED_TOTAL,
+    ISR_SHRINKS_TOTAL,
+    ISR_EXPANDS_TOTAL,
+    TRUNCATIONS_TOTAL,
+    TRUNCATED_RECORDS_TOTAL,
+    TRUNCATED_BYTES_TOTAL,
+    DIVERGENCE_RESYNCS_TOTAL,
+    FETCHER_RECONNECTS_TOTAL,
+    FETCHER_BACKOFFS_TOTAL,
+    keel_storage::metrics::FSYNCS_TOTAL,
+];
+
+/// Registers the broker's event counters at zero (see [`BROKER_COUNTERS`]).
+pub fn register_broker_counters() {
+    for &name in BROKER_COUNTERS {
+        metrics::counter!(name).increment(0);
+    }
+    for reason in [
+        "unsupported_version",
+        "unknown_api_key",
+        "malformed_header",
+        "malformed_keel_request",
+    ] {
+        metrics::counter!(REQUEST_ERRORS_TOTAL, "reason" => reason).increment(0);
+    }
+    for call in ["register", "heartbeat", "metadata"] {
+        metrics::counter!(CONTROLLER_RETRIES_TOTAL, "call" => call).increment(0);
+    }
+}
+
+/// Registers the controller's event counters at zero.
+pub fn register_controller_counters() {
+    metrics::counter!(CONTROLLER_LEADER_ELECTIONS_TOTAL).increment(0);
 }
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.
@@ -103,7 +331,7 @@ pub fn recorder() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             // Gauges not set for a minute disappear: a deleted topic's partitions stop
-            // being reported. Every gauge is refreshed by `partition_gauges`.
+            // being reported. Every gauge is refreshed by `broker_gauges` or `controller_gauges`.
             let recorder = PrometheusBuilder::new()
                 .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(60)))
                 .set_buckets(&[
@@ -179,35 +407,250 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, stop: Cancel
     }
 }
 
-/// Open client connections; published as a gauge by [`partition_gauges`].
+/// Open client connections; published as a gauge by [`broker_gauges`].
 pub static OPEN_CONNECTIONS: AtomicI64 = AtomicI64::new(0);
 
-/// Refreshes the per-partition gauges every `interval` until `stop`.
-pub async fn partition_gauges(topics: Arc<Topics>, interval: Duration, stop: CancellationToken) {
+/// Requests waiting in a purgatory; a [`Waiting`] guard counts one while it lives.
+pub static PRODUCE_WAITING: AtomicI64 = AtomicI64::new(0);
+pub static FETCH_WAITING: AtomicI64 = AtomicI64::new(0);
+
+/// Counts one waiting request in `counter` until dropped.
+pub struct Waiting(&'static AtomicI64);
+
+impl Waiting {
+    pub fn new(counter: &'static AtomicI64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The leader-side lag of one follower, as the gauges report it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FollowerLag {
+    pub records: i64,
+    pub caught_up_age_s: f64,
+    pub fetch_age_s: f64,
+}
+
+/// A follower's lag from the leader's view. A follower that has not fetched yet in this
+/// leadership (LEO unknown) counts from the log start, and its ages from when the
+/// leadership began: it is as far behind as anything the leader knows.
+pub fn follower_lag(
+    f: &crate::replica::FollowerStatus,
+    leader_leo: i64,
+    log_start: i64,
+    leader_since_ms: u64,
+    now_ms: u64,
+) -> FollowerLag {
+    let leo = if f.leo < 0 { log_start } else { f.leo };
+    let age =
+        |t: u64| now_ms.saturating_sub(if t == 0 { leader_since_ms } else { t }) as f64 / 1000.0;
+    FollowerLag {
+        records: (leader_leo - leo).max(0),
+        caught_up_age_s: age(f.last_caught_up_ms),
+        fetch_age_s: age(f.last_fetch_ms),
+    }
+}
+
+/// (under-replicated, under-min-ISR) as the gauges report them: only a leader reports a
+/// partition, so a sum over the cluster counts each partition once.
+pub fn partition_health(s: &crate::replica::ReplicaStatus) -> (bool, bool) {
+    if !s.is_leader {
+        return (false, false);
+    }
+    let isr = s.isr.len();
+    (
+        isr < s.replicas.len(),
+        (isr as i32) < s.min_insync_replicas.max(1),
+    )
+}
+
+/// Refreshes the broker's gauges every `interval` until `stop`: per partition replica, per
+/// follower of the partitions led here, disk, storage and purgatories.
+pub async fn broker_gauges(topics: Arc<Topics>, interval: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    let dir = topics.data_dir().to_path_buf();
+    let dir_label = dir.display().to_string();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let now = crate::maintenance::now_ms().max(0) as u64;
+        let mut count = 0usize;
+        let mut used = 0u64;
+        for topic in topics.all() {
+            for r in &topic.replicas {
+                count += 1;
+                let s = r.status();
+                used += s.size_bytes;
+                let partition = r.partition.to_string();
+                let labels = [
+                    ("topic", topic.meta.name.clone()),
+                    ("partition", partition.clone()),
+                ];
+                let set = |name: &'static str, v: f64| metrics::gauge!(name, &labels).set(v);
+                set(PARTITION_LOG_START_OFFSET, s.log_start as f64);
+                set(PARTITION_LOG_END_OFFSET, s.leo as f64);
+                set(PARTITION_HIGH_WATERMARK, s.hw as f64);
+                set(PARTITION_SIZE_BYTES, s.size_bytes as f64);
+                set(PARTITION_SEGMENTS, s.segments as f64);
+                set(PARTITION_LEADER_EPOCH, f64::from(s.leader_epoch));
+                set(PARTITION_IS_LEADER, f64::from(u8::from(s.is_leader)));
+                set(PARTITION_ISR_SIZE, s.isr.len() as f64);
+                let (under, under_min) = partition_health(&s);
+                set(PARTITION_UNDER_REPLICATED, f64::from(u8::from(under)));
+                set(PARTITION_UNDER_MIN_ISR, f64::from(u8::from(under_min)));
+                for f in &s.followers {
+                    let lag = follower_lag(f, s.leo, s.log_start, s.leader_since_ms, now);
+                    let labels = [
+                        ("topic", topic.meta.name.clone()),
+                        ("partition", partition.clone()),
+                        ("replica", f.broker_id.to_string()),
+                    ];
+                    let bytes = r.log().bytes_from(f.leo.max(s.log_start));
+                    metrics::gauge!(FOLLOWER_LAG_RECORDS, &labels).set(lag.records as f64);
+                    metrics::gauge!(FOLLOWER_LAG_BYTES, &labels).set(bytes as f64);
+                    metrics::gauge!(FOLLOWER_CAUGHT_UP_AGE_SECONDS, &labels)
+                        .set(lag.caught_up_age_s);
+                    metrics::gauge!(FOLLOWER_FETCH_AGE_SECONDS, &labels).set(lag.fetch_age_s);
+                }
+            }
+        }
+        metrics::gauge!(REPLICAS_HOSTED).set(count as f64);
+        metrics::gauge!(CONNECTIONS_ACTIVE).set(OPEN_CONNECTIONS.load(Ordering::Relaxed) as f64);
+        metrics::gauge!(PRODUCE_PURGATORY_REQUESTS)
+            .set(PRODUCE_WAITING.load(Ordering::Relaxed) as f64);
+        metrics::gauge!(FETCH_PURGATORY_REQUESTS).set(FETCH_WAITING.load(Ordering::Relaxed) as f64);
+        let storage = keel_storage::stats();
+        metrics::gauge!(keel_storage::metrics::OPEN_SEGMENTS).set(storage.open_segments as f64);
+        metrics::gauge!(keel_storage::metrics::MAPPED_BYTES).set(storage.mapped_bytes as f64);
+        let labels = [("dir", dir_label.clone())];
+        metrics::gauge!(LOG_DIR_USED_BYTES, &labels).set(used as f64);
+        if let Some((capacity, available)) = fs_space(&dir) {
+            metrics::gauge!(LOG_DIR_CAPACITY_BYTES, &labels).set(capacity as f64);
+            metrics::gauge!(LOG_DIR_AVAILABLE_BYTES, &labels).set(available as f64);
+        }
+    }
+}
+
+/// (capacity, available to unprivileged users) of the file system holding `dir`.
+fn fs_space(dir: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `path` is a valid NUL-terminated string and `st` a plain out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+    if rc != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize as u64;
+    Some((st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize))
+}
+
+/// Refreshes the controller's gauges every `interval` until `stop`.
+pub async fn controller_gauges(
+    driver: Arc<crate::controller::ControllerDriver>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(interval);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        let mut count = 0usize;
-        for topic in topics.all() {
-            for r in &topic.replicas {
-                count += 1;
-                let labels = [
-                    ("topic", topic.meta.name.clone()),
-                    ("partition", r.partition.to_string()),
-                ];
-                let log = r.log();
-                metrics::gauge!(PARTITION_LOG_END_OFFSET, &labels).set(log.log_end_offset() as f64);
-                metrics::gauge!(PARTITION_HIGH_WATERMARK, &labels).set(r.high_watermark() as f64);
-                metrics::gauge!(PARTITION_LOG_START_OFFSET, &labels)
-                    .set(log.log_start_offset() as f64);
-                metrics::gauge!(PARTITION_SIZE_BYTES, &labels).set(log.size_bytes() as f64);
-                metrics::gauge!(PARTITION_SEGMENTS, &labels).set(log.segment_count() as f64);
-            }
+        let s = driver.image().stats();
+        metrics::gauge!(CONTROLLER_BROKERS_REGISTERED).set(s.registered as f64);
+        metrics::gauge!(CONTROLLER_BROKERS_FENCED).set(s.fenced as f64);
+        metrics::gauge!(CONTROLLER_BROKERS_ACTIVE).set((s.registered - s.fenced) as f64);
+        metrics::gauge!(CONTROLLER_OFFLINE_PARTITIONS).set(s.offline_partitions as f64);
+        metrics::gauge!(CONTROLLER_PARTITIONS).set(s.partitions as f64);
+        metrics::gauge!(CONTROLLER_METADATA_LOG_OFFSET).set(s.offset as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::{FollowerStatus, ReplicaStatus};
+
+    fn follower(leo: i64, fetch: u64, caught_up: u64) -> FollowerStatus {
+        FollowerStatus {
+            broker_id: 2,
+            leo,
+            last_fetch_ms: fetch,
+            last_caught_up_ms: caught_up,
         }
-        metrics::gauge!(PARTITIONS).set(count as f64);
-        metrics::gauge!(CONNECTIONS_ACTIVE).set(OPEN_CONNECTIONS.load(Ordering::Relaxed) as f64);
+    }
+
+    #[test]
+    fn follower_lag_table() {
+        // (follower, leader LEO, log start, leader since, now) -> (records, caught-up age, fetch age)
+        let cases = [
+            (
+                follower(100, 9_000, 9_000),
+                100,
+                0,
+                1_000,
+                10_000,
+                (0, 1.0, 1.0),
+            ),
+            (
+                follower(40, 9_500, 2_000),
+                100,
+                0,
+                1_000,
+                10_000,
+                (60, 8.0, 0.5),
+            ),
+            // Not fetched yet in this leadership: from the log start, ages from its start.
+            (follower(-1, 0, 0), 100, 30, 4_000, 10_000, (70, 6.0, 6.0)),
+            // A follower ahead of what the leader knows never reports negative lag.
+            (
+                follower(120, 10_000, 10_000),
+                100,
+                0,
+                0,
+                10_000,
+                (0, 0.0, 0.0),
+            ),
+        ];
+        for (f, leo, start, since, now, (records, cu, fa)) in cases {
+            let lag = follower_lag(&f, leo, start, since, now);
+            assert_eq!(
+                lag,
+                FollowerLag {
+                    records,
+                    caught_up_age_s: cu,
+                    fetch_age_s: fa
+                },
+                "{f:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_leader_reports_partition_health() {
+        let status = |is_leader, isr: &[i32], min| ReplicaStatus {
+            is_leader,
+            replicas: vec![1, 2, 3],
+            isr: isr.to_vec(),
+            min_insync_replicas: min,
+            ..ReplicaStatus::default()
+        };
+        assert_eq!(
+            partition_health(&status(true, &[1, 2, 3], 2)),
+            (false, false)
+        );
+        assert_eq!(partition_health(&status(true, &[1, 2], 2)), (true, false));
+        assert_eq!(partition_health(&status(true, &[1], 2)), (true, true));
+        assert_eq!(partition_health(&status(false, &[1], 2)), (false, false));
     }
 }

@@ -61,6 +61,38 @@ pub struct ReplicaSettings {
     pub lag_time_max_ms: u64,
 }
 
+/// A replica's state for the gauges and for `keel check`, read at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReplicaStatus {
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub is_leader: bool,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    pub min_insync_replicas: i32,
+    pub log_start: i64,
+    pub leo: i64,
+    pub hw: i64,
+    pub size_bytes: u64,
+    pub segments: usize,
+    /// When this broker became leader (0 unless leading).
+    pub leader_since_ms: u64,
+    /// The leader's view of its followers (empty unless leading).
+    pub followers: Vec<FollowerStatus>,
+}
+
+/// The leader's view of one follower.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FollowerStatus {
+    pub broker_id: i32,
+    /// The follower's last fetch offset, -1 before its first fetch in this leadership.
+    pub leo: i64,
+    /// 0 before the first fetch in this leadership.
+    pub last_fetch_ms: u64,
+    /// 0 if never caught up in this leadership.
+    pub last_caught_up_ms: u64,
+}
+
 /// Why an append as leader was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
@@ -178,6 +210,43 @@ impl Replica {
     pub fn role_view(&self) -> (i32, i32, Vec<i32>, Vec<i32>) {
         let r = self.role();
         (r.leader, r.leader_epoch, r.replicas.clone(), r.isr.clone())
+    }
+
+    /// The replica's state for metrics and checks.
+    pub fn status(&self) -> ReplicaStatus {
+        let (role, hw) = {
+            let role = self.role();
+            let followers = role
+                .followers()
+                .iter()
+                .map(|f| FollowerStatus {
+                    broker_id: f.broker_id(),
+                    leo: f.leo(),
+                    last_fetch_ms: f.last_fetch_ms(),
+                    last_caught_up_ms: f.last_caught_up_ms(),
+                })
+                .collect();
+            let status = ReplicaStatus {
+                leader: role.leader,
+                leader_epoch: role.leader_epoch,
+                is_leader: role.is_leader(),
+                replicas: role.replicas.clone(),
+                isr: role.isr.clone(),
+                leader_since_ms: role.leader_since_ms,
+                followers,
+                ..ReplicaStatus::default()
+            };
+            (status, self.high_watermark())
+        };
+        ReplicaStatus {
+            min_insync_replicas: self.min_insync_replicas,
+            log_start: self.log.log_start_offset(),
+            leo: self.log.log_end_offset(),
+            hw,
+            size_bytes: self.log.size_bytes(),
+            segments: self.log.segment_count(),
+            ..role
+        }
     }
 
     /// True while this replica lacks data it had acknowledged before an unclean stop.

@@ -29,6 +29,8 @@ pub struct Role {
     gate: IsrChangeGate,
     /// The log end offset when this leader's epoch began.
     epoch_start_offset: i64,
+    /// When this broker became leader (wall clock ms), 0 if it is not.
+    pub leader_since_ms: u64,
     /// Replicas whose brokers the controller has fenced: they neither hold the HW back
     /// (outside the ISR) nor join the ISR.
     pub fenced: Vec<i32>,
@@ -56,6 +58,7 @@ impl Role {
             followers: Vec::new(),
             gate: IsrChangeGate::new(),
             epoch_start_offset: 0,
+            leader_since_ms: 0,
             fenced: Vec::new(),
         }
     }
@@ -93,6 +96,7 @@ impl Role {
         self.leader_epoch = record.leader_epoch;
         if self.is_leader() {
             self.epoch_start_offset = leo;
+            self.leader_since_ms = now_ms;
             self.followers = self
                 .replicas
                 .iter()
@@ -102,6 +106,7 @@ impl Role {
             Transition::BecameLeader
         } else {
             self.followers.clear();
+            self.leader_since_ms = 0;
             Transition::BecameFollower
         }
     }

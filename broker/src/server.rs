@@ -37,6 +37,11 @@ pub trait Service: Send + Sync + 'static {
     fn stop(&self) -> &CancellationToken;
     /// Decodes the body and starts the request's handler.
     fn dispatch(self: &Arc<Self>, req: ParsedRequest) -> Result<Option<Reply>, RequestError>;
+    /// Keel's own API keys (outside Kafka's table): the reply to a whole frame whose key is
+    /// `api_key`, or `None` if this listener does not serve it.
+    fn keel_api(self: &Arc<Self>, _api_key: i16, _frame: &Bytes) -> Option<Reply> {
+        None
+    }
 }
 
 /// Accepts connections until the service stops.
@@ -73,7 +78,10 @@ async fn serve_connection<S: Service>(shared: Arc<S>, stream: TcpStream, peer: S
     'conn: loop {
         loop {
             let frame = match take_frame(&mut buf, max) {
-                Ok(Some(frame)) => frame.freeze(),
+                Ok(Some(frame)) => {
+                    metrics::counter!(m::RECEIVED_BYTES_TOTAL).increment(frame.len() as u64 + 4);
+                    frame.freeze()
+                }
                 Ok(None) => break,
                 Err(e) => {
                     close_on_error(peer, "bad frame", &e);
@@ -130,6 +138,12 @@ pub enum RequestError {
 }
 
 fn handle_frame<S: Service>(shared: &Arc<S>, frame: Bytes) -> Result<Option<Reply>, RequestError> {
+    if frame.len() >= 2 {
+        let key = i16::from_be_bytes([frame[0], frame[1]]);
+        if let Some(reply) = shared.keel_api(key, &frame) {
+            return Ok(Some(reply));
+        }
+    }
     let req = match parse_request(frame, shared.apis()) {
         Ok(req) => req,
         Err(HeaderError::UnsupportedVersion {
@@ -180,6 +194,7 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Reply>, peer:
 /// Writes a size prefix and the chunks with as few syscalls as the kernel allows.
 async fn write_chunks(wr: &mut OwnedWriteHalf, chunks: &[Bytes]) -> std::io::Result<()> {
     let total: usize = chunks.iter().map(Bytes::len).sum();
+    metrics::counter!(m::SENT_BYTES_TOTAL).increment(total as u64 + 4);
     let size = i32::try_from(total)
         .map_err(|_| std::io::Error::other("response larger than 2 GiB"))?
         .to_be_bytes();

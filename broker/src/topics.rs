@@ -165,6 +165,11 @@ impl Topics {
         Ok(Topic { meta, replicas })
     }
 
+    /// The data directory holding every partition directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     pub fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
         self.data_dir.join(format!("{topic}-{partition}"))
     }
@@ -406,6 +411,7 @@ impl Topics {
             replica.mark_deleted();
             return Ok(existing);
         }
+        metrics::counter!(crate::metrics::REPLICAS_CREATED_TOTAL).increment(1);
         replicas.push(replica.clone());
         replicas.sort_by_key(|r| r.partition);
         let meta = TopicMeta {
@@ -495,6 +501,7 @@ impl Topics {
         if let Err(e) = r.log().close() {
             tracing::warn!(topic = %r.topic, partition = r.partition, error = %e, "closing a removed replica");
         }
+        metrics::counter!(crate::metrics::REPLICAS_DELETED_TOTAL).increment(1);
         match keel_storage::delete_log_dir(r.log().dir()) {
             Ok(moved) => remove_in_background(moved),
             Err(e) => {

@@ -152,8 +152,8 @@ async fn metrics_endpoint_shows_requests_and_partition_offsets() {
     for needle in [
         want,
         r#"keel_partition_log_end_offset{topic="m",partition="1"} 3"#,
-        r#"keel_requests_total{api="produce"}"#,
-        "keel_request_duration_seconds_bucket",
+        r#"keel_server_requests_total{api="produce",version="#,
+        "keel_server_request_duration_seconds_bucket",
         "keel_partition_size_bytes",
     ] {
         assert!(body.contains(needle), "/metrics lacks {needle}:\n{body}");

@@ -337,6 +337,18 @@ impl Connection {
         decode_response::<R::Response>(&self.addr, body, version)
     }
 
+    /// Sends a request the broker serves without advertising it in ApiVersions (Keel's own
+    /// APIs, such as `ReplicaState`), at `version`.
+    pub async fn send_unlisted<R: Request>(
+        &self,
+        req: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, ClientError> {
+        let body = self.round_trip(req, version, timeout).await?;
+        decode_response::<R::Response>(&self.addr, body, version)
+    }
+
     /// The broker's advertised version range for `key`, or (-1, -1).
     pub fn broker_range(&self, key: i16) -> (i16, i16) {
         self.broker_versions

@@ -7,6 +7,7 @@
 //! - [`cmd::produce`]: `keel produce`, lines on stdin become records.
 //! - [`cmd::consume`]: `keel consume`, records become lines on stdout.
 //! - [`cmd::bench`]: `keel bench produce|consume`, a load generator.
+//! - [`cmd::check`]: `keel check`, compares every replica of every partition.
 //! - [`args`]: argument types shared by the client-side commands.
 //! - [`connect`]: reaching the bootstrap servers and explaining failures to a person.
 //! - [`histogram`]: latency percentiles for `keel bench`.
@@ -80,6 +81,14 @@ pub enum Command {
     /// Measure produce or consume throughput and latency.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// Check that every replica of every partition holds the same data.
+    ///
+    /// Asks every broker (not only leaders) for each replica it holds, compares the
+    /// replicas' batches over the committed range, and prints a line per replica with a
+    /// status: SYNCED, LAGGING (behind, same history), DIVERGED (different content or
+    /// epoch history), OFFLINE (its broker did not answer), LEADERLESS, MULTILEADER.
+    /// Exits 0 when every partition is SYNCED or LAGGING within --max-lag, else 1.
+    Check(cmd::check::CheckArgs),
 }
 
 impl Command {
@@ -136,6 +145,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Broker(args) => cmd::broker::run(args).await,
         Command::Cluster(command) => cmd::cluster::run(command).await,
+        Command::Check(args) => cmd::check::run(args).await,
         Command::Topic(command) => cmd::topic::run(command).await,
         Command::Produce(args) => cmd::produce::run(args).await,
         Command::Consume(args) => cmd::consume::run(args).await,

@@ -10,10 +10,13 @@
 //!   and the broker so that neither decodes records on the produce or fetch path.
 //! - [`gather`]: an encode buffer that keeps large `Bytes` (segment slices) by reference,
 //!   so a fetch response goes to the socket with `write_vectored` and no record copy.
+//! - [`replica_state`]: Keel's own `ReplicaState` request, which `keel check` sends to
+//!   every broker.
 
 pub mod api;
 pub mod batch;
 pub mod frame;
 pub mod gather;
+pub mod replica_state;
 
 pub use kafka_protocol;

@@ -1,4 +1,5 @@
-//! Checkpoint files: recovery point, high watermark, log start offset, leader epochs.
+//! Checkpoint files: recovery point, high watermark, log start offset, leader epochs, and the
+//! rescan marker.
 //!
 //! Each is a small text file:
 //!
@@ -8,7 +9,8 @@
 //! crc32 <8 hex digits: crc32fast of every byte before this line>
 //! ```
 //!
-//! All are written together: temp files, fsync each, rename each, fsync the directory once.
+//! The first four are written together: temp files, fsync each, rename each, fsync the
+//! directory once. The rescan marker ([`RESCAN`]) is written the same way, on its own.
 //! Each file is individually valid at any crash point; a file that fails its checksum or does
 //! not parse is reported (never silently trusted) and the caller falls back to a safe value.
 
@@ -17,6 +19,7 @@ use std::io::{ErrorKind, Write};
 use std::path::Path;
 
 use crate::error::{Result, StorageError};
+use crate::metrics::timed_sync;
 
 const VERSION: u32 = 1;
 pub(crate) const RECOVERY_POINT: &str = "recovery-point-offset-checkpoint";
@@ -25,6 +28,9 @@ pub(crate) const LOG_START: &str = "log-start-offset-checkpoint";
 pub(crate) const LEADER_EPOCH: &str = "leader-epoch-checkpoint";
 /// Present only between a clean `close` and the next `open`.
 pub(crate) const CLEAN_SHUTDOWN: &str = ".keel-clean-shutdown";
+/// Present from [`crate::Log::mark_for_rescan`] until the next `open` has rescanned: the offset
+/// from which data failed a check.
+pub(crate) const RESCAN: &str = "rescan-offset-checkpoint";
 
 /// Everything checkpointed for one log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,30 +164,38 @@ pub(crate) fn load(dir: &Path) -> Loaded {
 /// fsync a directory so renames and unlinks in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
-        .and_then(|d| d.sync_all())
+        .and_then(|d| timed_sync(|| d.sync_all()))
         .map_err(|e| StorageError::fsync(format!("directory {}", dir.display()), e))
 }
 
 /// Writes all checkpoint files atomically (see the module doc).
 pub(crate) fn store(dir: &Path, c: &Checkpoints) -> Result<()> {
-    let files = [
-        (RECOVERY_POINT, vec![c.recovery_point.to_string()]),
-        (HIGH_WATERMARK, vec![c.high_watermark.to_string()]),
-        (LOG_START, vec![c.log_start.to_string()]),
-        (
-            LEADER_EPOCH,
-            c.epochs.iter().map(|(e, o)| format!("{e} {o}")).collect(),
-        ),
-    ];
-    for (name, lines) in &files {
+    write_files(
+        dir,
+        &[
+            (RECOVERY_POINT, vec![c.recovery_point.to_string()]),
+            (HIGH_WATERMARK, vec![c.high_watermark.to_string()]),
+            (LOG_START, vec![c.log_start.to_string()]),
+            (
+                LEADER_EPOCH,
+                c.epochs.iter().map(|(e, o)| format!("{e} {o}")).collect(),
+            ),
+        ],
+    )
+}
+
+/// Writes `files` (name, lines) atomically: temp files, fsync each, rename each, fsync the
+/// directory once.
+fn write_files(dir: &Path, files: &[(&str, Vec<String>)]) -> Result<()> {
+    for (name, lines) in files {
         let tmp = dir.join(format!("{name}.tmp"));
         let ctx = || format!("checkpoint {}", tmp.display());
         let mut f = File::create(&tmp).map_err(|e| StorageError::io(ctx(), e))?;
         f.write_all(&encode(name, lines))
             .map_err(|e| StorageError::io(ctx(), e))?;
-        f.sync_all().map_err(|e| StorageError::fsync(ctx(), e))?;
+        timed_sync(|| f.sync_all()).map_err(|e| StorageError::fsync(ctx(), e))?;
     }
-    for (name, _) in &files {
+    for (name, _) in files {
         let tmp = dir.join(format!("{name}.tmp"));
         fs::rename(&tmp, dir.join(name))
             .map_err(|e| StorageError::io(format!("checkpoint rename {}", tmp.display()), e))?;
@@ -189,11 +203,33 @@ pub(crate) fn store(dir: &Path, c: &Checkpoints) -> Result<()> {
     sync_dir(dir)
 }
 
+/// Writes the rescan marker (see [`RESCAN`]) atomically.
+pub(crate) fn store_rescan(dir: &Path, offset: i64) -> Result<()> {
+    write_files(dir, &[(RESCAN, vec![offset.to_string()])])
+}
+
+/// The offset in the rescan marker; `Ok(None)` if there is none, an error if it is corrupt.
+pub(crate) fn load_rescan(dir: &Path) -> Result<Option<i64>> {
+    read_lines(dir, RESCAN)?
+        .map(|lines| parse_one(RESCAN, &lines))
+        .transpose()
+}
+
+/// Removes the rescan marker durably (no-op if absent).
+pub(crate) fn remove_rescan(dir: &Path) -> Result<()> {
+    let p = dir.join(RESCAN);
+    match fs::remove_file(&p) {
+        Ok(()) => sync_dir(dir),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::io(format!("remove {}", p.display()), e)),
+    }
+}
+
 /// Creates the clean-shutdown marker durably.
 pub(crate) fn write_clean_marker(dir: &Path) -> Result<()> {
     let p = dir.join(CLEAN_SHUTDOWN);
     File::create(&p)
-        .and_then(|f| f.sync_all())
+        .and_then(|f| timed_sync(|| f.sync_all()))
         .map_err(|e| StorageError::io(format!("marker {}", p.display()), e))?;
     sync_dir(dir)
 }
@@ -267,6 +303,22 @@ mod tests {
         let l = load(dir.path());
         assert_eq!(l.log_start, None);
         assert_eq!(l.corrupt.len(), 1);
+    }
+
+    #[test]
+    fn rescan_marker_round_trip_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_rescan(dir.path()).unwrap(), None);
+        remove_rescan(dir.path()).unwrap();
+        store_rescan(dir.path(), 4242).unwrap();
+        assert_eq!(load_rescan(dir.path()).unwrap(), Some(4242));
+        assert!(!dir.path().join(format!("{RESCAN}.tmp")).exists());
+        assert!(load(dir.path()).corrupt.is_empty(), "not one of the four");
+        fs::write(dir.path().join(RESCAN), b"junk").unwrap();
+        let e = load_rescan(dir.path()).unwrap_err();
+        assert!(e.to_string().starts_with(RESCAN), "{e}");
+        remove_rescan(dir.path()).unwrap();
+        assert_eq!(load_rescan(dir.path()).unwrap(), None);
     }
 
     #[test]

@@ -14,13 +14,14 @@ use std::path::{Path, PathBuf};
 use memmap2::{MmapMut, MmapOptions};
 
 use crate::error::{Result, StorageError};
+use crate::metrics::{timed_sync, Mapped};
 
 /// A memory-mapped file of fixed-size entries.
 #[derive(Debug)]
 pub(crate) struct IndexFile {
     path: PathBuf,
     file: File,
-    map: Option<MmapMut>,
+    map: Option<Mapped<MmapMut>>,
     entry_size: usize,
     entries: usize,
     /// The file length found at open was a whole number of entries.
@@ -67,7 +68,7 @@ impl IndexFile {
             // reference into a mapping ever outlives a shrink.
             let map = unsafe { MmapOptions::new().len(len).map_mut(&self.file) }
                 .map_err(|e| StorageError::io(self.ctx(), e))?;
-            self.map = Some(map);
+            self.map = Some(Mapped::new(map));
         }
         Ok(())
     }
@@ -144,7 +145,7 @@ impl IndexFile {
     /// msync the mapping.
     pub(crate) fn flush(&self) -> Result<()> {
         match &self.map {
-            Some(m) => m.flush().map_err(|e| StorageError::fsync(self.ctx(), e)),
+            Some(m) => timed_sync(|| m.flush()).map_err(|e| StorageError::fsync(self.ctx(), e)),
             None => Ok(()),
         }
     }
@@ -218,6 +219,11 @@ impl OffsetIndex {
     /// Position of the last indexed batch starting at or before `offset` (0 if none): a scan
     /// from there finds the batch containing `offset`. Binary search over the mapping.
     pub(crate) fn lookup(&self, offset: i64) -> u32 {
+        self.lookup_entry(offset).map_or(0, |(_, pos)| pos)
+    }
+
+    /// `(offset, position)` of the last indexed batch starting at or before `offset`.
+    pub(crate) fn lookup_entry(&self, offset: i64) -> Option<(i64, u32)> {
         let (mut lo, mut hi) = (0, self.len());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -227,7 +233,7 @@ impl OffsetIndex {
                 hi = mid;
             }
         }
-        lo.checked_sub(1).map_or(0, |i| self.at(i).1)
+        lo.checked_sub(1).map(|i| self.at(i))
     }
 
     /// Drops every entry for offsets >= `offset`.

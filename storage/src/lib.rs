@@ -8,29 +8,35 @@
 //! - [`config`]: [`LogConfig`] and [`FlushPolicy`] (Kafka topic property names).
 //! - [`error`]: [`StorageError`], the crate's one error type.
 //! - `log`: [`Log`] — append (leader / follower), read, flush (group commit), roll,
-//!   truncate, retention, checkpoints, close; [`delete_log_dir`].
+//!   truncate, retention, checkpoints, digests, rescan marks, close; [`delete_log_dir`].
+//! - `digest`: [`RangeDigest`], a checksum over the batches of an offset range.
 //! - `segment`: one `.log` file plus its indexes; pwrite appends, zero-copy mmap reads.
 //! - `index`: the sparse offset index (`.index`), memory-mapped.
 //! - `time_index`: the time index (`.timeindex`), memory-mapped.
-//! - `recovery`: opening a directory — checkpoints, scan past the recovery point, torn-tail
-//!   truncation, index rebuild; [`RecoveryInfo`].
-//! - `checkpoint`: atomic, checksummed checkpoint files and the clean-shutdown marker.
+//! - `recovery`: opening a directory — checkpoints, scan past the recovery point (or from a
+//!   rescan mark), torn-tail truncation, index rebuild; [`RecoveryInfo`].
+//! - `checkpoint`: atomic, checksummed checkpoint files, the rescan marker and the
+//!   clean-shutdown marker.
 //! - `epoch_cache`: the leader-epoch → start-offset cache (pure).
 //! - `retention`: which segments retention deletes (pure); [`RetentionOutcome`].
 //! - [`failpoint`]: named failure-injection points for tests (`segment.write`, `segment.fsync`).
+//! - [`metrics`]: metric names, the fsync counter and timer, and [`stats`] ([`StorageStats`]).
 //!
 //! Directory layout: `<20-digit base offset>.log|.index|.timeindex` per segment, plus
 //! `recovery-point-offset-checkpoint`, `replication-offset-checkpoint` (HW),
-//! `log-start-offset-checkpoint`, `leader-epoch-checkpoint` and, between a clean close and the
-//! next open, `.keel-clean-shutdown`.
+//! `log-start-offset-checkpoint`, `leader-epoch-checkpoint`, between a clean close and the
+//! next open `.keel-clean-shutdown`, and from a [`Log::mark_for_rescan`] until the next open
+//! `rescan-offset-checkpoint`.
 
 mod checkpoint;
 pub mod config;
+mod digest;
 mod epoch_cache;
 pub mod error;
 pub mod failpoint;
 mod index;
 mod log;
+pub mod metrics;
 mod recovery;
 mod retention;
 mod segment;
@@ -39,7 +45,9 @@ pub mod test_support;
 mod time_index;
 
 pub use config::{FlushPolicy, LogConfig};
+pub use digest::RangeDigest;
 pub use error::StorageError;
 pub use log::{delete_log_dir, AppendInfo, Log, ReadInfo};
+pub use metrics::{stats, StorageStats};
 pub use recovery::RecoveryInfo;
 pub use retention::RetentionOutcome;

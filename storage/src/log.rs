@@ -23,6 +23,7 @@ use keel_protocol::batch::{batches, set_base_offset, set_partition_leader_epoch,
 
 use crate::checkpoint::{self, Checkpoints};
 use crate::config::LogConfig;
+use crate::digest::{DigestWalk, RangeDigest};
 use crate::epoch_cache::EpochCache;
 use crate::error::{Result, StorageError};
 use crate::recovery::{self, RecoveryInfo};
@@ -130,6 +131,7 @@ impl Log {
             clean = r.info.clean_shutdown,
             scanned = r.info.scanned_segments,
             truncated_bytes = r.info.truncated_bytes,
+            rescanned_from = r.info.rescanned_from,
             "log opened"
         );
         Ok(Log {
@@ -422,6 +424,57 @@ impl Log {
         }
     }
 
+    /// Digest of the batches whose base offset is >= `from` and whose last offset is < `to`,
+    /// walked in offset order across segments (see [`RangeDigest`]): replicas with the same
+    /// history give equal digests for the same range. Every covered batch's CRC is checked as
+    /// recovery checks it; a mismatch or an unreadable batch is reported in
+    /// [`RangeDigest::corrupt_batch`], not as an error. `from` below the log start is
+    /// `OffsetOutOfRange`; a range reaching past the LEO covers what exists, and `from >= to`
+    /// or `from >= LEO` covers nothing.
+    ///
+    /// Reads the whole range through the segment mappings (faulting in what is not cached)
+    /// without holding any lock: call it off latency-sensitive threads. A concurrent
+    /// truncation of the range may make its bytes read as zeros, reported as corruption.
+    pub fn digest(&self, from: i64, to: i64) -> Result<RangeDigest> {
+        self.check_open()?;
+        let segs: Vec<(Arc<Segment>, u64)> = {
+            let st = self.read_state();
+            if from < st.log_start {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset: from,
+                    log_start: st.log_start,
+                    log_end: st.log_end,
+                });
+            }
+            if from >= to.min(st.log_end) {
+                return Ok(RangeDigest::empty(from, to));
+            }
+            let first = st
+                .segments
+                .range(..=from)
+                .next_back()
+                .map_or(i64::MIN, |(&b, _)| b);
+            st.segments
+                .range(first..to)
+                .map(|(_, s)| (s.clone(), s.size()))
+                .collect()
+        };
+        let mut walk = DigestWalk::new(from, to);
+        for (i, (seg, end)) in segs.iter().enumerate() {
+            let (next, start) = if i == 0 {
+                seg.index_hint(from, *end)
+            } else {
+                (seg.base_offset(), 0)
+            };
+            let map = seg.view();
+            let end = (*end as usize).min(map.len());
+            if !walk.add(&map[(start as usize).min(end)..end], next) {
+                break;
+            }
+        }
+        Ok(walk.finish())
+    }
+
     /// Makes everything appended so far durable (fdatasync) and returns the durable end offset.
     ///
     /// Group commit: safe to call from many threads and concurrently with appends. A caller
@@ -621,8 +674,10 @@ impl Log {
         self.write_checkpoints()
     }
 
-    /// Seals the active segment and starts a new one at the LEO (no-op if it is empty), then
-    /// flushes (which finishes the seal) and moves the recovery point past it.
+    /// Seals the active segment and starts a new one at the LEO (unless it is empty), then
+    /// flushes (which finishes the seal of this and any earlier roll) and writes the
+    /// checkpoints, moving the recovery point past every sealed segment. The checkpoints are
+    /// written even when nothing rolled.
     pub fn roll(&self) -> Result<()> {
         self.check_open()?;
         let _w = lock(&self.writer);
@@ -804,6 +859,27 @@ impl Log {
         segs.iter().map(|s| s.file_len().unwrap_or(s.size())).sum()
     }
 
+    /// Bytes of batches from the one holding `offset` to the log end (what a reader at `offset`
+    /// has yet to read); 0 at or past the end. Uses the offset index, no scan of the data.
+    pub fn bytes_from(&self, offset: i64) -> u64 {
+        let st = self.read_state();
+        if offset >= st.log_end {
+            return 0;
+        }
+        let offset = offset.max(st.log_start);
+        let mut total = 0;
+        let mut later = i64::MIN;
+        if let Some((_, seg)) = st.segments.range(..=offset).next_back() {
+            let end = seg.size();
+            total += end - seg.find(offset, end).unwrap_or(end);
+            later = seg.base_offset() + 1;
+        }
+        for seg in st.segments.range(later..).map(|(_, s)| s) {
+            total += seg.size();
+        }
+        total
+    }
+
     pub fn segment_count(&self) -> usize {
         self.read_state().segments.len()
     }
@@ -825,6 +901,40 @@ impl Log {
         }
         self.write_checkpoints()?;
         Ok(true)
+    }
+
+    /// Records durably that data from `offset` on failed a check (say [`Log::digest`] reported
+    /// a corrupt batch): the next [`Log::open`] CRC-scans from the segment holding `offset`,
+    /// even after a clean shutdown, truncates the log at the first bad batch as it does a torn
+    /// tail, and then drops the mark (see [`RecoveryInfo::rescanned_from`]). This log keeps
+    /// serving what it has until then. The mark is a checkpoint file, written atomically; a
+    /// lower mark not yet acted on is kept. `offset` outside `[log start, LEO]` is
+    /// `OffsetOutOfRange`.
+    pub fn mark_for_rescan(&self, offset: i64) -> Result<()> {
+        self.check_open()?;
+        let (log_start, log_end) = {
+            let st = self.read_state();
+            (st.log_start, st.log_end)
+        };
+        if offset < log_start || offset > log_end {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start,
+                log_end,
+            });
+        }
+        let _c = lock(&self.ckpt_lock);
+        let mark = match checkpoint::load_rescan(&self.dir) {
+            Ok(previous) => previous.map_or(offset, |p| p.min(offset)),
+            Err(e) => {
+                // An unreadable earlier mark may have been lower: rescan everything.
+                tracing::warn!(dir = %self.dir.display(), error = %e, "replacing rescan mark");
+                log_start
+            }
+        };
+        checkpoint::store_rescan(&self.dir, mark)?;
+        tracing::warn!(dir = %self.dir.display(), offset = mark, "log marked for rescan");
+        Ok(())
     }
 
     fn write_checkpoints(&self) -> Result<()> {

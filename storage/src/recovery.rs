@@ -4,8 +4,14 @@
 //! point onwards are scanned (every batch's length and CRC checked); the first bad batch and
 //! everything after it (including later segments) is removed. The recovery point only moves
 //! past a rolled segment once a flush has sealed (fsynced) it, so a torn write can only be in
-//! a scanned segment: the active one, or one rolled shortly before the crash. Indexes of unscanned segments are sanity-checked and rebuilt if missing
-//! or bad. With the marker, nothing is scanned, the marker is deleted.
+//! a scanned segment: the active one, or one rolled shortly before the crash. Indexes of
+//! unscanned segments are sanity-checked and rebuilt if missing or bad. With the marker,
+//! nothing is scanned, the marker is deleted.
+//!
+//! A rescan mark ([`crate::Log::mark_for_rescan`]) moves the first scanned segment back to the
+//! one holding the marked offset, with or without the clean-shutdown marker; once the scan's
+//! repairs and the checkpoints are on disk the mark is removed. An unreadable mark rescans
+//! everything.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -36,8 +42,13 @@ pub struct RecoveryInfo {
     pub checkpointed_hw: Option<i64>,
     /// One message per checkpoint file that was corrupt or unreadable. A corrupt recovery
     /// point or leader-epoch file forces a full scan; a corrupt HW falls back to the log start;
-    /// a corrupt log start falls back to the first segment's base offset.
+    /// a corrupt log start falls back to the first segment's base offset; a corrupt rescan mark
+    /// rescans every segment.
     pub corrupt_checkpoints: Vec<String>,
+    /// A [`crate::Log::mark_for_rescan`] mark was found: the marked offset (the first
+    /// segment's base offset if the mark was unreadable). Segments were CRC-scanned from the
+    /// one holding it, whatever the shutdown, and the mark was removed.
+    pub rescanned_from: Option<i64>,
 }
 
 /// The state recovered from disk.
@@ -63,6 +74,12 @@ fn remove(path: &Path) -> Result<()> {
         .map_err(|e| StorageError::io(format!("remove {}", path.display()), e))
 }
 
+/// Index in `bases` (sorted, non-empty) of the segment holding `offset`; the first segment for
+/// an offset below it.
+fn segment_holding(bases: &[i64], offset: i64) -> usize {
+    bases.iter().rposition(|&b| b <= offset).unwrap_or(0)
+}
+
 /// Opens (creating if needed) and repairs the log in `dir`.
 pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
     let existed = dir.exists();
@@ -75,6 +92,14 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         corrupt_checkpoints: loaded.corrupt.clone(),
         checkpointed_hw: loaded.high_watermark,
         ..Default::default()
+    };
+    // `Some(None)`: a mark that could not be read.
+    let rescan = match checkpoint::load_rescan(dir) {
+        Ok(mark) => mark.map(Some),
+        Err(e) => {
+            info.corrupt_checkpoints.push(e.to_string());
+            Some(None)
+        }
     };
 
     // Inventory: segment bases, orphan index files, leftover temp files.
@@ -118,7 +143,8 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         && loaded.high_watermark.is_none()
         && loaded.log_start.is_none()
         && loaded.epochs.is_none()
-        && loaded.corrupt.is_empty();
+        && loaded.corrupt.is_empty()
+        && rescan.is_none();
     if bases.is_empty() && no_checkpoints && !clean_marker {
         return create_fresh(dir, config, !existed);
     }
@@ -132,14 +158,19 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
 
     let full_scan = loaded.recovery_point.is_none() || loaded.epochs.is_none();
     let clean = clean_marker && loaded.corrupt.is_empty() && !full_scan;
-    let first_scan = if clean {
+    let mut first_scan = if clean {
         bases.len()
     } else if full_scan {
         0
     } else {
-        let rp = loaded.recovery_point.unwrap_or(i64::MIN);
-        bases.iter().rposition(|&b| b <= rp).unwrap_or(0)
+        segment_holding(&bases, loaded.recovery_point.unwrap_or(i64::MIN))
     };
+    if let Some(mark) = rescan {
+        let from = mark.unwrap_or(bases[0]);
+        tracing::warn!(dir = %dir.display(), offset = from, "rescanning from a rescan mark");
+        info.rescanned_from = Some(from);
+        first_scan = first_scan.min(segment_holding(&bases, from));
+    }
     let mut epochs = EpochCache::from_entries(loaded.epochs.clone().unwrap_or_default());
     if first_scan < bases.len() {
         epochs.truncate_from_end(bases[first_scan]);
@@ -246,6 +277,9 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
             epochs: epochs.entries().to_vec(),
         },
     )?;
+    if rescan.is_some() {
+        checkpoint::remove_rescan(dir)?;
+    }
     checkpoint::take_clean_marker(dir)?;
     Ok(Recovered {
         segments,
@@ -282,7 +316,16 @@ fn create_fresh(dir: &Path, config: &LogConfig, created_dir: bool) -> Result<Rec
 
 #[cfg(test)]
 mod tests {
-    use super::parse_name;
+    use super::{parse_name, segment_holding};
+
+    #[test]
+    fn holding_segment() {
+        let bases = [0, 100, 200];
+        assert_eq!(segment_holding(&bases, -5), 0);
+        assert_eq!(segment_holding(&bases, 99), 0);
+        assert_eq!(segment_holding(&bases, 100), 1);
+        assert_eq!(segment_holding(&bases, i64::MAX), 2);
+    }
 
     #[test]
     fn names() {

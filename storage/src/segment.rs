@@ -18,13 +18,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use keel_protocol::batch::{batches, BatchHeader, BATCH_HEADER_LEN};
+use keel_protocol::batch::{batches, BatchError, BatchHeader, BATCH_HEADER_LEN};
 use memmap2::{Mmap, MmapOptions};
 
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::failpoint::{self, FailAction};
 use crate::index::OffsetIndex;
+use crate::metrics::{timed_sync, Mapped, OpenSegment};
 use crate::time_index::TimeIndex;
 
 pub(crate) const LOG_EXT: &str = "log";
@@ -34,6 +35,53 @@ pub(crate) const TIME_INDEX_EXT: &str = "timeindex";
 /// `<20-digit base offset>.<ext>`.
 pub(crate) fn file_name(base_offset: i64, ext: &str) -> String {
     format!("{base_offset:020}.{ext}")
+}
+
+/// Why a batch met by a scan fails the checks recovery applies ([`check_batch`]).
+#[derive(Debug)]
+pub(crate) enum BatchFault {
+    /// The header is sane but the stored CRC does not match the bytes: the batch's length and
+    /// offsets can still be used to walk on.
+    Crc(BatchError),
+    /// The header is invalid or the base offset goes backwards: nothing from here on can be
+    /// trusted.
+    Invalid(String),
+}
+
+impl std::fmt::Display for BatchFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchFault::Crc(e) => e.fmt(f),
+            BatchFault::Invalid(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// The checks recovery applies to one batch of a scan: a sane header (magic, length, counts), a
+/// base offset not below `next` (the offset after the previous batch) and, when `crc`, a stored
+/// CRC matching the bytes from the attributes field to the end. `bytes` is the whole batch.
+pub(crate) fn check_batch(
+    h: &BatchHeader<'_>,
+    bytes: &[u8],
+    next: i64,
+    crc: bool,
+) -> Result<(), BatchFault> {
+    h.validate_header()
+        .map_err(|e| BatchFault::Invalid(e.to_string()))?;
+    if h.base_offset() < next {
+        return Err(BatchFault::Invalid(format!(
+            "base offset {} below expected {next}",
+            h.base_offset()
+        )));
+    }
+    if !crc {
+        return Ok(());
+    }
+    match h.validate(bytes) {
+        Ok(()) => Ok(()),
+        Err(e @ BatchError::CrcMismatch { .. }) => Err(BatchFault::Crc(e)),
+        Err(e) => Err(BatchFault::Invalid(e.to_string())),
+    }
 }
 
 /// Index state and the segment's timestamps, behind one short-lived mutex.
@@ -86,7 +134,7 @@ pub(crate) struct Segment {
     log_path: PathBuf,
     name: String,
     file: File,
-    map: Mutex<Arc<Mmap>>,
+    map: Mutex<Arc<Mapped<Mmap>>>,
     /// Logical size: bytes of complete, published batches. Written only by the log's writer
     /// under the log's state lock.
     size: AtomicU64,
@@ -95,6 +143,8 @@ pub(crate) struct Segment {
     cache_dropped: AtomicU64,
     created_ms: i64,
     indexes: Mutex<Indexes>,
+    /// Counts this segment in [`crate::metrics::StorageStats::open_segments`] until dropped.
+    _open: OpenSegment,
 }
 
 /// Page size for `madvise` ranges (4 KiB on every target Keel builds for; a larger real page
@@ -116,7 +166,7 @@ pub(crate) fn now_ms() -> i64 {
 
 /// Owner of a zero-copy slice of a segment mapping (keeps the mapping alive).
 struct MapSlice {
-    map: Arc<Mmap>,
+    map: Arc<Mapped<Mmap>>,
     start: usize,
     end: usize,
 }
@@ -128,7 +178,7 @@ impl AsRef<[u8]> for MapSlice {
 }
 
 impl Segment {
-    fn map_file(file: &File, len: usize, path: &Path) -> Result<Arc<Mmap>> {
+    fn map_file(file: &File, len: usize, path: &Path) -> Result<Arc<Mapped<Mmap>>> {
         // SAFETY: the mapping is read-only and shared. The file is only ever written by this
         // segment via pwrite (visible through MAP_SHARED, never modifying bytes below the
         // logical size readers were given, except truncation, where readers' bytes may turn to
@@ -136,7 +186,7 @@ impl Segment {
         // (see `discard_tail`). Pages past EOF are never touched: readers stay below `size`.
         let map = unsafe { MmapOptions::new().len(len).map(file) }
             .map_err(|e| StorageError::io(format!("mmap {}", path.display()), e))?;
-        Ok(Arc::new(map))
+        Ok(Arc::new(Mapped::new(map)))
     }
 
     fn active_map_len(config: &LogConfig) -> usize {
@@ -221,6 +271,7 @@ impl Segment {
                 max_timestamp: -1,
                 offset_of_max_timestamp: -1,
             }),
+            _open: OpenSegment::new(),
         })
     }
 
@@ -263,7 +314,7 @@ impl Segment {
     }
 
     /// The current mapping (valid below the logical size observed before calling).
-    pub(crate) fn view(&self) -> Arc<Mmap> {
+    pub(crate) fn view(&self) -> Arc<Mapped<Mmap>> {
         lock(&self.map).clone()
     }
 
@@ -328,7 +379,7 @@ impl Segment {
     /// [`StorageError::FsyncFailed`].
     pub(crate) fn sync(&self) -> Result<()> {
         failpoint::check_io(failpoint::SEGMENT_FSYNC, &self.log_path)
-            .and_then(|()| self.file.sync_data())
+            .and_then(|()| timed_sync(|| self.file.sync_data()))
             .map_err(|e| StorageError::fsync(format!("segment {}", self.name), e))
     }
 
@@ -424,6 +475,16 @@ impl Segment {
             .map_err(|e| StorageError::io(ctx(), e))
     }
 
+    /// Where a walk towards `offset` can start below `end`: `(base offset, position)` of the last
+    /// indexed batch starting at or before `offset`, else of the segment's first batch.
+    pub(crate) fn index_hint(&self, offset: i64, end: u64) -> (i64, u64) {
+        match self.indexes().offset.lookup_entry(offset) {
+            // A hint past `end` can only come from a racing truncation: start at the beginning.
+            Some((o, pos)) if u64::from(pos) <= end => (o, u64::from(pos)),
+            _ => (self.base_offset, 0),
+        }
+    }
+
     /// Position of the first batch whose last offset is >= `offset`, scanning from the index
     /// hint, below `end`. `None` if no such batch.
     pub(crate) fn find(&self, offset: i64, end: u64) -> Option<u64> {
@@ -487,23 +548,8 @@ impl Segment {
                     break;
                 }
             };
-            let check = if validate {
-                b.header.validate(b.bytes)
-            } else {
-                b.header.validate_header()
-            };
-            if let Err(e) = check {
+            if let Err(e) = check_batch(&b.header, b.bytes, next, validate) {
                 error = Some(fail(e.to_string(), b.pos));
-                break;
-            }
-            if b.header.base_offset() < next {
-                error = Some(fail(
-                    format!(
-                        "base offset {} below expected {next}",
-                        b.header.base_offset()
-                    ),
-                    b.pos,
-                ));
                 break;
             }
             idx.add_batch(b.pos as u64, &b.header, config.index_interval_bytes);
@@ -578,7 +624,7 @@ impl Segment {
             f.flush()?;
             f.resize(0)?;
             File::open(f.path())
-                .and_then(|f| f.sync_all())
+                .and_then(|f| timed_sync(|| f.sync_all()))
                 .map_err(|e| StorageError::fsync(format!("index {}", f.path().display()), e))?;
         }
         Ok(())

@@ -20,7 +20,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use keel::cmd::cluster::{partition_offsets, scrape_metrics, ReadyLine, ReplicaOffsets, Role};
-use keel_client::{Admin, ClientConfig, TopicDescription};
+use keel_client::{Admin, ClientConfig, TopicDescription, TopicSpec};
 
 use crate::broker::{die_with_parent, stdout_lines, wait_for_ready_line};
 use crate::broker::{BrokerOpts, TestBroker, SIGTERM_TIMEOUT};
@@ -363,6 +363,43 @@ impl TestCluster {
         described.pop().filter(|d| d.error.is_none())
     }
 
+    /// Creates `topic` with `partitions` partitions, replication factor 3 and min ISR 2, and
+    /// waits until every partition has a leader and an ISR of 3; panics when the creation
+    /// fails or the wait takes longer than `timeout`.
+    pub fn create_replicated_topic(&self, topic: &str, partitions: i32, timeout: Duration) {
+        let config = ClientConfig::new(&self.bootstrap());
+        let spec = TopicSpec {
+            name: topic.to_string(),
+            partitions,
+            replication_factor: 3,
+            configs: vec![("min.insync.replicas".into(), "2".into())],
+        };
+        block_on(async move { Admin::new(config).await?.create_topics(&[spec]).await })
+            .unwrap_or_else(|e| panic!("create topic {topic}: {e}"));
+        wait_until(
+            &format!("{topic}: every partition has a leader and an ISR of 3"),
+            timeout,
+            || {
+                self.describe_topic(topic).is_some_and(|d| {
+                    d.partitions.len() == partitions as usize
+                        && d.partitions.iter().all(|p| {
+                            p.replicas.len() == 3 && p.isr.len() == 3 && p.isr.contains(&p.leader)
+                        })
+                })
+            },
+        );
+    }
+
+    /// The partition's ISR according to Metadata, sorted; `None` if the partition is
+    /// unknown or no one answers.
+    pub fn isr_of(&self, topic: &str, partition: i32) -> Option<Vec<i32>> {
+        let desc = self.describe_topic(topic)?;
+        let p = desc.partitions.iter().find(|p| p.partition == partition)?;
+        let mut isr = p.isr.clone();
+        isr.sort_unstable();
+        Some(isr)
+    }
+
     /// The partition's leader according to Metadata, if it has one.
     pub fn leader_of(&self, topic: &str, partition: i32) -> Option<i32> {
         let desc = self.describe_topic(topic)?;
@@ -390,8 +427,19 @@ impl TestCluster {
 
     /// Node `id`'s `/metrics` text; panics if it does not answer.
     pub fn scrape_metrics(&self, id: i32) -> String {
+        self.get_metrics(id)
+            .unwrap_or_else(|e| panic!("node {id}: {e:#}"))
+    }
+
+    /// Node `id`'s `/metrics` text, `None` when it does not answer within
+    /// [`PROBE_TIMEOUT`]: for conditions, where a paused or restarting node is expected.
+    pub fn try_scrape_metrics(&self, id: i32) -> Option<String> {
+        self.get_metrics(id).ok()
+    }
+
+    fn get_metrics(&self, id: i32) -> anyhow::Result<String> {
         let addr = self.node(id).metrics_addr();
-        block_on(scrape_metrics(addr, PROBE_TIMEOUT)).unwrap_or_else(|e| panic!("node {id}: {e:#}"))
+        block_on(scrape_metrics(addr, PROBE_TIMEOUT))
     }
 
     /// LEO and HW of node `id`'s replica of `topic-partition`, from its metrics (which
@@ -402,6 +450,44 @@ impl TestCluster {
             .get(&(topic.to_string(), partition))
             .copied()
             .unwrap_or_default()
+    }
+}
+
+/// Copies every node's stderr log out of the cluster's temp dirs, to
+/// `$TMPDIR/<suite>/<test>/node-<id>.stderr.log`, when dropped during a panic (or always,
+/// with `KEEL_TEST_KEEP_LOGS` set). Declare it after the cluster, so it drops (and copies)
+/// first.
+pub struct KeepLogs {
+    test: String,
+    dir: PathBuf,
+    logs: Vec<(i32, PathBuf)>,
+}
+
+impl KeepLogs {
+    pub fn new(suite: &str, test: &str, cluster: &TestCluster) -> KeepLogs {
+        let logs = cluster
+            .node_ids()
+            .into_iter()
+            .map(|id| (id, cluster.node(id).log_path()))
+            .collect();
+        KeepLogs {
+            test: test.to_string(),
+            dir: std::env::temp_dir().join(suite).join(test),
+            logs,
+        }
+    }
+}
+
+impl Drop for KeepLogs {
+    fn drop(&mut self) {
+        if !std::thread::panicking() && std::env::var_os("KEEL_TEST_KEEP_LOGS").is_none() {
+            return;
+        }
+        let _ = std::fs::create_dir_all(&self.dir);
+        for (id, path) in &self.logs {
+            let _ = std::fs::copy(path, self.dir.join(format!("node-{id}.stderr.log")));
+        }
+        eprintln!("node logs of {} kept in {}", self.test, self.dir.display());
     }
 }
 

@@ -5,7 +5,8 @@
 //!
 //! - [`broker`]: [`TestBroker`], one broker process with its own temp data dir, killed on drop.
 //! - [`cluster`]: [`TestCluster`], a controller and N brokers; kill -9, SIGSTOP/SIGCONT and
-//!   restart per node; leaders from Metadata, LEO/HW from each node's metrics.
+//!   restart per node; leaders from Metadata, LEO/HW from each node's metrics; [`KeepLogs`]
+//!   keeps the nodes' logs of a failed test.
 //! - [`command`]: run a child process with stdin, a timeout and captured output; the
 //!   [`keel`] CLI helper.
 //! - [`tools`]: find external tools (`kcat`, `python3` modules); a missing tool fails the test.
@@ -13,6 +14,7 @@
 //! - [`raw`]: a small blocking Kafka connection built on the `kafka-protocol` codecs, used as an
 //!   independent oracle and to send malformed requests.
 //! - [`data`]: deterministic keyed records with headers, and their text forms for kcat.
+//! - [`runtime`]: the tokio runtime a test drives its clients on.
 
 pub mod broker;
 pub mod cluster;
@@ -23,8 +25,17 @@ pub mod tools;
 pub mod wait;
 
 pub use broker::{BrokerOpts, TestBroker};
-pub use cluster::{ClusterOpts, Node, TestCluster};
+pub use cluster::{ClusterOpts, KeepLogs, Node, TestCluster};
 pub use command::{keel, keel_bin, run, CmdOutput};
 pub use data::TestRecord;
 pub use tools::{require_python_modules, require_tool};
 pub use wait::{poll_until, wait_for, wait_until};
+
+/// A multi-thread tokio runtime with two workers, on which a test drives its clients.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("build a runtime")
+}

@@ -12,6 +12,10 @@ fn install_hint(tool: &str) -> String {
     match tool {
         "kcat" => "install it with `apt-get install kcat` (.ci/run does)".to_string(),
         "python3" => "install python3 (the CI image has it via pyenv)".to_string(),
+        "promtool" => {
+            "install it with `apt-get install --no-install-recommends prometheus` (.ci/run does)"
+                .to_string()
+        }
         other => format!("install {other} (.ci/run should)"),
     }
 }

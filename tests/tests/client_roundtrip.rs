@@ -12,20 +12,11 @@ use keel_client::{
     ProducerConfig, ProducerRecord, RecordMetadata, TopicSpec,
 };
 use keel_tests::data::{generate, TestRecord};
-use keel_tests::{wait_until, BrokerOpts, TestBroker};
-use tokio::runtime::Runtime;
+use keel_tests::{runtime, wait_until, BrokerOpts, TestBroker};
 
 const N: usize = 10_000;
 const PARTITIONS: i32 = 3;
 const CONSUME_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn client(b: &TestBroker) -> ClientConfig {
     ClientConfig::new(&b.bootstrap())

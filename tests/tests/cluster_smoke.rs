@@ -9,20 +9,12 @@ use keel_client::{
     Acks, Admin, ClientConfig, Consumer, ConsumerConfig, Offset, Producer, ProducerConfig,
     ProducerRecord, TopicSpec,
 };
-use keel_tests::{wait_until, ClusterOpts, TestCluster};
+use keel_tests::{runtime, wait_until, ClusterOpts, TestCluster};
 
 const TOPIC: &str = "smoke";
 const PARTITIONS: i32 = 3;
 const RECORDS: usize = 100;
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 #[test]
 fn replicated_topic_round_trip() {

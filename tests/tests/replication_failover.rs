@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use keel_client::{
     Acks, Admin, ClientConfig, Consumer, ConsumerConfig, DeliveryFuture, Offset, Producer,
-    ProducerConfig, ProducerRecord, TopicSpec,
+    ProducerConfig, ProducerRecord,
 };
-use keel_tests::{wait_for, wait_until, ClusterOpts, TestCluster};
+use keel_tests::{runtime, wait_for, wait_until, ClusterOpts, KeepLogs, TestCluster};
 
 /// Records produced by the failover tests.
 const RECORDS: usize = 20_000;
@@ -29,14 +29,8 @@ const RECORDS: usize = 20_000;
 const KILL_AFTER_ACKS: usize = 5_000;
 /// Bound of any single wait in these tests.
 const WAIT: Duration = Duration::from_secs(30);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("build a runtime")
-}
+/// Where [`KeepLogs`] copies the nodes' logs to, under `$TMPDIR`.
+const LOG_DIR: &str = "keel-replication-failover";
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -55,80 +49,6 @@ fn cluster_opts(session_timeout_ms: &str, lag_ms: Option<&str>) -> ClusterOpts {
         Some(ms) => opts.set("replica.lag.time.max.ms", ms),
         None => opts,
     }
-}
-
-/// Copies every node's stderr out of its temp dir when the test panics. Declare it after
-/// the cluster, so it drops (and copies) first.
-struct KeepLogs {
-    test: &'static str,
-    logs: Vec<(i32, PathBuf)>,
-}
-
-impl KeepLogs {
-    fn new(test: &'static str, cluster: &TestCluster) -> KeepLogs {
-        let logs = cluster
-            .node_ids()
-            .into_iter()
-            .map(|id| (id, cluster.node(id).log_path()))
-            .collect();
-        KeepLogs { test, logs }
-    }
-}
-
-impl Drop for KeepLogs {
-    fn drop(&mut self) {
-        let wanted = std::env::var_os("KEEL_TEST_KEEP_LOGS").is_some();
-        if !std::thread::panicking() && !wanted {
-            return;
-        }
-        let dir = std::env::temp_dir()
-            .join("keel-replication-failover")
-            .join(self.test);
-        let _ = std::fs::create_dir_all(&dir);
-        for (id, path) in &self.logs {
-            let _ = std::fs::copy(path, dir.join(format!("node-{id}.stderr.log")));
-        }
-        eprintln!("node logs of {} kept in {}", self.test, dir.display());
-    }
-}
-
-/// Creates `topic` (RF 3, min ISR 2) and waits until every partition has a leader and a
-/// full ISR.
-fn create_topic(rt: &tokio::runtime::Runtime, cluster: &TestCluster, topic: &str, partitions: i32) {
-    let client = ClientConfig::new(&cluster.bootstrap());
-    rt.block_on(async {
-        let admin = Admin::new(client).await.expect("admin client");
-        admin
-            .create_topics(&[TopicSpec {
-                name: topic.to_string(),
-                partitions,
-                replication_factor: 3,
-                configs: vec![("min.insync.replicas".into(), "2".into())],
-            }])
-            .await
-            .unwrap_or_else(|e| panic!("create topic {topic}: {e}"));
-    });
-    wait_until(
-        &format!("{topic}: every partition has a leader and an ISR of 3"),
-        WAIT,
-        || {
-            cluster.describe_topic(topic).is_some_and(|d| {
-                d.partitions.len() == partitions as usize
-                    && d.partitions.iter().all(|p| {
-                        p.replicas.len() == 3 && p.isr.len() == 3 && p.isr.contains(&p.leader)
-                    })
-            })
-        },
-    );
-}
-
-/// ISR of `topic-partition` from Metadata.
-fn isr_of(cluster: &TestCluster, topic: &str, partition: i32) -> Option<Vec<i32>> {
-    let d = cluster.describe_topic(topic)?;
-    let p = d.partitions.iter().find(|p| p.partition == partition)?;
-    let mut isr = p.isr.clone();
-    isr.sort_unstable();
-    Some(isr)
 }
 
 fn value_of(i: usize) -> String {
@@ -447,8 +367,8 @@ struct Failover {
 fn failover_run(test: &'static str, topic: &'static str, partitions: i32) -> Failover {
     let rt = runtime();
     let mut cluster = TestCluster::start(cluster_opts("1500", None));
-    let keep = KeepLogs::new(test, &cluster);
-    create_topic(&rt, &cluster, topic, partitions);
+    let keep = KeepLogs::new(LOG_DIR, test, &cluster);
+    cluster.create_replicated_topic(topic, partitions, WAIT);
     let leader = cluster
         .leader_of(topic, 0)
         .expect("partition 0 has a leader");
@@ -490,7 +410,11 @@ fn failover_run(test: &'static str, topic: &'static str, partitions: i32) -> Fai
     wait_until(
         &format!("the ISR of {topic}-0 no longer lists the killed broker {leader}"),
         WAIT,
-        || isr_of(&cluster, topic, 0).is_some_and(|isr| !isr.contains(&leader)),
+        || {
+            cluster
+                .isr_of(topic, 0)
+                .is_some_and(|isr| !isr.contains(&leader))
+        },
     );
 
     // Once the dead broker is out of every ISR, acks=all goes on with 2 of 3: the HW
@@ -712,7 +636,7 @@ fn restarted_broker_truncates_catches_up_and_matches_the_leader() {
         killed,
         killed_batches,
     } = failover_run(test, "rejoin", 1);
-    let keep = KeepLogs::new(test, &cluster);
+    let keep = KeepLogs::new(LOG_DIR, test, &cluster);
 
     cluster.restart(killed);
     wait_until(
@@ -720,7 +644,8 @@ fn restarted_broker_truncates_catches_up_and_matches_the_leader() {
         Duration::from_secs(45),
         || {
             (0..partitions).all(|p| {
-                isr_of(&cluster, topic, p)
+                cluster
+                    .isr_of(topic, p)
                     .is_some_and(|isr| isr.len() == 3 && isr.contains(&killed))
             })
         },
@@ -833,8 +758,8 @@ fn paused_follower_leaves_isr_and_rejoins() {
     // The session timeout is longer than the lag time here, so the leader's lag rule
     // (AlterPartition), not fencing by the controller, takes the follower out of the ISR.
     let mut cluster = TestCluster::start(cluster_opts("8000", Some("2000")));
-    let keep = KeepLogs::new(test, &cluster);
-    create_topic(&rt, &cluster, topic, 1);
+    let keep = KeepLogs::new(LOG_DIR, test, &cluster);
+    cluster.create_replicated_topic(topic, 1, WAIT);
     let leader = cluster.leader_of(topic, 0).expect("a leader");
     let follower = *cluster
         .broker_ids()
@@ -851,7 +776,11 @@ fn paused_follower_leaves_isr_and_rejoins() {
     wait_until(
         &format!("the ISR of {topic}-0 shrinks to 2 without the paused follower {follower}"),
         Duration::from_secs(20),
-        || isr_of(&cluster, topic, 0).is_some_and(|isr| isr.len() == 2 && !isr.contains(&follower)),
+        || {
+            cluster
+                .isr_of(topic, 0)
+                .is_some_and(|isr| isr.len() == 2 && !isr.contains(&follower))
+        },
     );
     let shrunk_after = paused_at.elapsed();
     let acks_at_shrink = producer.acks();
@@ -870,7 +799,7 @@ fn paused_follower_leaves_isr_and_rejoins() {
     wait_until(
         &format!("the follower {follower} rejoins the ISR of {topic}-0"),
         WAIT,
-        || isr_of(&cluster, topic, 0).is_some_and(|isr| isr.len() == 3),
+        || cluster.isr_of(topic, 0).is_some_and(|isr| isr.len() == 3),
     );
     eprintln!(
         "ISR back to 3, {:.1}s after SIGCONT",

@@ -6,19 +6,11 @@
 use std::time::Duration;
 
 use keel_client::{Acks, Admin, ClientConfig, Producer, ProducerConfig, ProducerRecord, TopicSpec};
-use keel_tests::{wait_until, ClusterOpts, TestCluster};
+use keel_tests::{runtime, wait_until, ClusterOpts, TestCluster};
 
 const TOPIC: &str = "repair";
 const RECORDS: usize = 2_000;
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 #[test]
 fn a_replica_that_lost_acknowledged_data_stays_fenced_until_repaired() {

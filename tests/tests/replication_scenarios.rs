@@ -18,7 +18,6 @@
 //! away.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,12 +28,12 @@ use keel_client::{
     Acks, Admin, ClientConfig, ClientError, Consumer, ConsumerConfig, Offset, PartitionInfo,
     Producer, ProducerConfig, ProducerRecord, RecordMetadata, TopicSpec,
 };
-use keel_tests::{poll_until, wait_until, ClusterOpts, TestCluster};
+use keel_tests::{poll_until, runtime, wait_until, ClusterOpts, TestCluster};
 
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const TRUNCATIONS_TOTAL: &str = "keel_replica_truncations_total";
-const PARTITIONS_GAUGE: &str = "keel_partitions";
+const PARTITIONS_GAUGE: &str = "keel_replica_hosted";
 /// Leader elections need the old leader fenced (`broker.session.timeout.ms`) and a
 /// controller tick; restarts need registration and catch-up.
 const SETTLE: Duration = Duration::from_secs(30);
@@ -47,14 +46,6 @@ const SETTLE: Duration = Duration::from_secs(30);
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// The settings of every scenario: fast fencing, ISR shrink and metrics.
@@ -178,27 +169,6 @@ fn addrs(cluster: &TestCluster, ids: &[i32]) -> String {
         .join(",")
 }
 
-/// `/metrics` of one node, `None` when it does not answer (unlike
-/// [`TestCluster::scrape_metrics`], which panics): for use inside conditions.
-fn try_scrape(addr: SocketAddr) -> Option<String> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?
-                .block_on(keel::cmd::cluster::scrape_metrics(
-                    addr,
-                    Duration::from_secs(5),
-                ))
-                .ok()
-        })
-        .join()
-        .ok()
-        .flatten()
-    })
-}
-
 /// Sum of all samples of `name` (any labels) in Prometheus text; 0 when absent (a counter
 /// that was never incremented is not exported).
 fn metric_sum(text: &str, name: &str) -> f64 {
@@ -220,7 +190,7 @@ fn leo_hw(
     topic: &str,
     partition: i32,
 ) -> (Option<i64>, Option<i64>) {
-    let Some(text) = try_scrape(cluster.broker(id).metrics_addr()) else {
+    let Some(text) = cluster.try_scrape_metrics(id) else {
         return (None, None);
     };
     let offsets = keel::cmd::cluster::partition_offsets(&text);
@@ -1187,7 +1157,8 @@ fn concurrent_create_delete_leaves_no_orphans() {
         assert!(ok, "{desc}; open: {last:?}");
         let mut seen = None;
         let ok = poll_until(CLEANUP, || {
-            seen = try_scrape(cluster.broker(id).metrics_addr())
+            seen = cluster
+                .try_scrape_metrics(id)
                 .map(|t| metric_sum(&t, PARTITIONS_GAUGE));
             seen == Some(1.0)
         });

@@ -486,11 +486,17 @@ impl ClusterBroker {
     pub fn send_isr(self: &Arc<Self>, replica: Arc<Replica>, topic_id: uuid::Uuid, isr: Vec<i32>) {
         let this = self.clone();
         tokio::spawn(async move {
+            let before = replica.role_view().3;
             let result = this.alter_partition(&replica, topic_id, &isr).await;
             match &result {
                 Ok(IsrChangeResult::Committed { isr }) => {
                     tracing::info!(topic = %replica.topic, partition = replica.partition, ?isr, "isr changed");
-                    metrics::counter!(m::ISR_CHANGES_TOTAL).increment(1);
+                    if isr.iter().any(|id| !before.contains(id)) {
+                        metrics::counter!(m::ISR_EXPANDS_TOTAL).increment(1);
+                    }
+                    if before.iter().any(|id| !isr.contains(id)) {
+                        metrics::counter!(m::ISR_SHRINKS_TOTAL).increment(1);
+                    }
                 }
                 Ok(IsrChangeResult::Failed) => {}
                 Err(e) => {

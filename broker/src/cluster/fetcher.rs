@@ -65,10 +65,13 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
             let timeout = Duration::from_secs(5);
             let client_id = format!("keel-fetcher-{}", rt.node_id);
             match Connection::connect(&addr, &client_id, timeout, timeout).await {
-                Ok(c) => conn = Some(Arc::new(c)),
+                Ok(c) => {
+                    metrics::counter!(m::FETCHER_RECONNECTS_TOTAL).increment(1);
+                    conn = Some(Arc::new(c));
+                }
                 Err(e) => {
                     tracing::debug!(leader, error = %e, "fetcher cannot reach the leader");
-                    metrics::counter!(m::FETCHER_RETRIES_TOTAL).increment(1);
+                    metrics::counter!(m::FETCHER_BACKOFFS_TOTAL).increment(1);
                     attempt += 1;
                     if sleep_or_stop(&stop, backoff(attempt)).await {
                         return;
@@ -107,7 +110,7 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(leader, error = %e, "follower fetch failed");
-                metrics::counter!(m::FETCHER_RETRIES_TOTAL).increment(1);
+                metrics::counter!(m::FETCHER_BACKOFFS_TOTAL).increment(1);
                 conn = None;
                 attempt += 1;
                 if sleep_or_stop(&stop, backoff(attempt)).await {
@@ -173,7 +176,7 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
             // while the refusals go on: a long first wait stalls every partition this fetcher
             // carries, and with them acks=all on the leader.
             refusals += 1;
-            metrics::counter!(m::FETCHER_RETRIES_TOTAL).increment(1);
+            metrics::counter!(m::FETCHER_BACKOFFS_TOTAL).increment(1);
             tokio::select! {
                 _ = tokio::time::sleep(refusal_backoff(refusals)) => {}
                 changed = applied.changed() => if changed.is_err() { return },
@@ -264,6 +267,7 @@ fn handle_partition(r: &Replica, p: PartitionData, flush: bool) -> Result<Applie
         return Err(format!("leader answered {name} ({})", p.error_code));
     }
     if has_diverging_epoch(&p) {
+        metrics::counter!(m::DIVERGENCE_RESYNCS_TOTAL).increment(1);
         let diverging = EpochEndOffset::new(p.diverging_epoch.epoch, p.diverging_epoch.end_offset);
         let decision = on_diverging_epoch(
             diverging,

@@ -5,7 +5,7 @@
 //! A failed metadata write is fatal ([`DriverError::Storage`]): the controller can no
 //! longer tell what is durable, so its process must stop rather than answer.
 
-use super::image::MetadataImage;
+use super::image::{is_leader_election, MetadataImage};
 use super::machine::{AlterPartitionRequest, Controller, ControllerConfig, HeartbeatReply};
 use super::metadata_log::{MetadataLog, MetadataLogError};
 use super::records::{MetadataRecord, PartitionRecord};
@@ -73,6 +73,13 @@ impl ControllerDriver {
         }
         let first = inner.log.append(records, now_ms as i64)?;
         for (i, r) in records.iter().enumerate() {
+            if let MetadataRecord::Partition(p) = r {
+                let old = inner.controller.image().partition(&p.topic, p.partition);
+                if is_leader_election(old, p) {
+                    metrics::counter!(crate::metrics::CONTROLLER_LEADER_ELECTIONS_TOTAL)
+                        .increment(1);
+                }
+            }
             inner.controller.apply(first + i as i64, r);
         }
         self.end.send_replace(inner.log.next_offset());

@@ -42,6 +42,24 @@ pub struct MetadataImage {
     offset: i64,
 }
 
+/// Counts for the controller's gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImageStats {
+    pub registered: usize,
+    pub fenced: usize,
+    pub partitions: usize,
+    /// Partitions without a leader.
+    pub offline_partitions: usize,
+    pub offset: i64,
+}
+
+/// Whether writing `new` over `old` elects a leader: an existing partition gets a
+/// different leader that is not [`NO_LEADER`](super::records::NO_LEADER). A new topic's
+/// first leaders and a partition going leaderless are not elections.
+pub fn is_leader_election(old: Option<&PartitionRecord>, new: &PartitionRecord) -> bool {
+    old.is_some_and(|o| o.leader != new.leader) && new.has_leader()
+}
+
 impl Default for MetadataImage {
     fn default() -> Self {
         Self::new()
@@ -162,6 +180,18 @@ impl MetadataImage {
     }
 
     /// Where the next topic's replica assignment starts.
+    /// Broker and partition counts for the controller's gauges.
+    pub fn stats(&self) -> ImageStats {
+        let partitions: Vec<_> = self.partitions().collect();
+        ImageStats {
+            registered: self.brokers.len(),
+            fenced: self.brokers.values().filter(|b| b.fenced).count(),
+            partitions: partitions.len(),
+            offline_partitions: partitions.iter().filter(|p| !p.has_leader()).count(),
+            offset: self.offset,
+        }
+    }
+
     pub fn assignment_cursor(&self) -> u32 {
         self.assignment_cursor
     }
@@ -346,6 +376,86 @@ mod tests {
             assert!(img.apply(i as i64, r));
         }
         img
+    }
+
+    #[test]
+    fn leader_elections_table() {
+        let p = |leader| PartitionRecord {
+            topic: "t".into(),
+            partition: 0,
+            replicas: vec![1, 2, 3],
+            isr: vec![1, 2, 3],
+            leader,
+            leader_epoch: 0,
+            partition_epoch: 0,
+        };
+        // (old leader, new leader) -> election?
+        let cases = [
+            (None, 1, false),            // a new topic's first leader
+            (Some(1), 1, false),         // ISR-only change
+            (Some(1), 2, true),          // failover
+            (Some(1), NO_LEADER, false), // offline
+            (Some(NO_LEADER), 3, true),  // back from offline
+            (Some(2), 1, true),          // preferred leader
+        ];
+        for (old, new, want) in cases {
+            let old = old.map(p);
+            assert_eq!(
+                is_leader_election(old.as_ref(), &p(new)),
+                want,
+                "{old:?} -> {new}"
+            );
+        }
+    }
+
+    #[test]
+    fn stats_count_brokers_and_offline_partitions() {
+        let mut image = MetadataImage::new();
+        let mut offset = 0;
+        let mut apply = |image: &mut MetadataImage, r: MetadataRecord| {
+            image.apply(offset, &r);
+            offset += 1;
+        };
+        for b in 1..=3 {
+            apply(&mut image, register(b, 10));
+        }
+        apply(
+            &mut image,
+            MetadataRecord::UnfenceBroker { id: 1, epoch: 10 },
+        );
+        apply(
+            &mut image,
+            MetadataRecord::Topic {
+                name: "t".into(),
+                id: id(1),
+                configs: BTreeMap::new(),
+            },
+        );
+        for (partition, leader) in [(0, 1), (1, NO_LEADER)] {
+            apply(
+                &mut image,
+                MetadataRecord::Partition(PartitionRecord {
+                    topic: "t".into(),
+                    partition,
+                    replicas: vec![1],
+                    isr: vec![1],
+                    leader,
+                    leader_epoch: 0,
+                    partition_epoch: 0,
+                }),
+            );
+        }
+        let s = image.stats();
+        assert_eq!(
+            (s.registered, s.partitions, s.offline_partitions),
+            (3, 2, 1)
+        );
+        assert_eq!(
+            s.fenced,
+            s.registered - 1,
+            "registered brokers start fenced"
+        );
+        assert_eq!(s.offset, image.offset());
     }
 
     #[test]

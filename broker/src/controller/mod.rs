@@ -52,7 +52,9 @@ mod tests;
 
 pub use driver::{ControllerDriver, DriverError};
 pub use error::ControllerError;
-pub use image::{diff, BrokerInfo, MetadataImage, ReplicaChange, TopicImage};
+pub use image::{
+    diff, is_leader_election, BrokerInfo, ImageStats, MetadataImage, ReplicaChange, TopicImage,
+};
 pub use machine::{
     AlterPartitionRequest, Controller, ControllerConfig, HeartbeatReply, MAX_PARTITIONS,
 };

@@ -139,6 +139,7 @@ pub fn handle(ctx: Ctx, req: FetchRequest) -> Reply {
             }
             // Nothing (enough) yet: wait for any high watermark to move, or the deadline.
             // A stopping broker answers at once with what it has.
+            let _waiting = m::Waiting::new(&m::FETCH_WAITING);
             let changed = async {
                 tokio::select! {
                     _ = futures_any_changed(&mut watches) => {}

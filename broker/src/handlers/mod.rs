@@ -11,6 +11,7 @@ pub mod list_offsets;
 pub mod metadata;
 pub mod offset_for_leader_epoch;
 pub mod produce;
+pub mod replica_state;
 
 use crate::metrics as m;
 use crate::server::RequestError;
@@ -44,7 +45,7 @@ pub struct Responder {
 
 impl Responder {
     pub fn new(req: &ParsedRequest) -> Self {
-        metrics::counter!(m::REQUESTS_TOTAL, "api" => api_name(req.api_key)).increment(1);
+        metrics::counter!(m::REQUESTS_TOTAL, "api" => api_name(req.api_key), "version" => version_label(req.header.request_api_version)).increment(1);
         tracing::debug!(api = ?req.api_key, version = req.header.request_api_version, correlation_id = req.header.correlation_id, "request");
         Self {
             api_key: req.api_key,
@@ -65,7 +66,7 @@ impl Responder {
         let encoded = header
             .encode(&mut buf, header_version)
             .and_then(|()| body.encode(&mut buf, self.version));
-        metrics::histogram!(m::REQUEST_DURATION_SECONDS, "api" => api_name(self.api_key))
+        metrics::histogram!(m::REQUEST_DURATION_SECONDS, "api" => api_name(self.api_key), "version" => version_label(self.version))
             .record(self.started.elapsed().as_secs_f64());
         match encoded {
             Ok(()) => Some(buf.into_chunks()),
@@ -134,6 +135,20 @@ pub fn decode<T: Decodable>(req: &mut ParsedRequest) -> Result<T, RequestError> 
         version: req.header.request_api_version,
         reason: e.to_string(),
     })
+}
+
+/// A request version as a metric label, without allocating (versions outside 0..=20 are
+/// refused before a handler runs).
+pub fn version_label(version: i16) -> &'static str {
+    const LABELS: [&str; 21] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+        "17", "18", "19", "20",
+    ];
+    usize::try_from(version)
+        .ok()
+        .and_then(|v| LABELS.get(v))
+        .copied()
+        .unwrap_or("other")
 }
 
 pub fn api_name(key: ApiKey) -> &'static str {

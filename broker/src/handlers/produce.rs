@@ -70,6 +70,7 @@ pub fn handle(ctx: Ctx, req: ProduceRequest) -> Option<Reply> {
     }
     let timeout = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0));
     Some(Box::pin(async move {
+        let _waiting = m::Waiting::new(&m::PRODUCE_WAITING);
         let deadline = tokio::time::Instant::now() + timeout;
         let mut responses = Vec::with_capacity(results.len());
         for (name, parts) in results {

@@ -7,7 +7,7 @@
 //!   registered, run until Ctrl-C or SIGTERM, stop the children by pid.
 //! - [`file`]: `<dir>/cluster.json`, what `start` tells `status` about the nodes.
 //! - [`status`]: `keel cluster status` — brokers, partitions, leaders, ISRs, LEO/HW.
-//! - [`metrics`]: `GET /metrics` and the partition gauges in Prometheus text.
+//! - [`metrics`]: `GET /metrics`, a Prometheus text reader and the partition gauges in it.
 
 pub mod file;
 pub mod metrics;
@@ -24,7 +24,9 @@ use clap::{Args, Subcommand};
 use crate::args::{parse_bootstrap, parse_key_value, Bootstrap};
 
 pub use file::{ClusterFile, NodeEntry};
-pub use metrics::{partition_offsets, scrape_metrics, PartitionOffsets, ReplicaOffsets};
+pub use metrics::{
+    parse_exposition, partition_offsets, scrape_metrics, PartitionOffsets, ReplicaOffsets, Sample,
+};
 pub use plan::{layout, node_args, voters, NodePlan, Role};
 pub use ready::ReadyLine;
 
@@ -48,6 +50,16 @@ pub enum ClusterCommand {
     /// Show brokers, partitions (leader, replicas, ISR) and, for a cluster started
     /// with `keel cluster start`, each replica's log end offset and high watermark.
     Status(StatusArgs),
+    /// Print a Prometheus configuration that scrapes every node of a cluster started
+    /// with `keel cluster start` (save it as prometheus.yml, next to ops/alerts.yml).
+    PrometheusConfig(DirArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DirArgs {
+    /// The `keel cluster start` directory.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -92,6 +104,18 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
     match command {
         ClusterCommand::Start(args) => start::run(args).await,
         ClusterCommand::Status(args) => status::run(args).await,
+        ClusterCommand::PrometheusConfig(args) => {
+            let path = args.data_dir.join(file::FILE_NAME);
+            let Some(f) = file::ClusterFile::read(&path)? else {
+                anyhow::bail!(
+                    "no cluster at {} — start one with `keel cluster start --data-dir {}`",
+                    path.display(),
+                    args.data_dir.display()
+                );
+            };
+            print!("{}", f.prometheus_config());
+            Ok(())
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod broker;
+pub mod check;
 pub mod cluster;
 pub mod consume;
 pub mod produce;

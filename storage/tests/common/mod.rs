@@ -67,3 +67,15 @@ pub fn segment_files(dir: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf
 pub fn base_of(b: &[u8]) -> i64 {
     BatchHeader::parse(b).expect("header").base_offset()
 }
+
+/// Flips one byte of the first record's value in the `nth` batch of segment file `file` (a
+/// byte the batch CRC covers; length and offsets stay intact); returns that batch's base offset.
+pub fn flip_value_byte(file: &std::path::Path, nth: usize) -> i64 {
+    let mut data = std::fs::read(file).unwrap();
+    let b = batches(&data).nth(nth).unwrap().unwrap();
+    let (pos, base) = (b.pos, b.header.base_offset());
+    // Past the 61-byte header and the record's length, attributes, deltas and key: the value.
+    data[pos + 61 + 20] ^= 0x40;
+    std::fs::write(file, &data).unwrap();
+    base
+}

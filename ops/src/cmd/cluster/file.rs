@@ -64,6 +64,28 @@ impl ClusterFile {
             .collect()
     }
 
+    /// A Prometheus configuration that scrapes every node's `/metrics`, labelled with its
+    /// node id and role, and loads Keel's alert rules.
+    pub fn prometheus_config(&self) -> String {
+        let mut out = String::from(
+            "# Prometheus configuration for this Keel cluster (keel cluster prometheus-config).\n\
+             global:\n  scrape_interval: 5s\n  evaluation_interval: 15s\n\
+             # Keel's alert rules; copy ops/alerts.yml from the Keel sources next to this file.\n\
+             rule_files:\n  - alerts.yml\n\
+             scrape_configs:\n  - job_name: keel\n    static_configs:\n",
+        );
+        for n in &self.nodes {
+            if let Some(addr) = n.metrics {
+                out.push_str(&format!(
+                    "      - targets: ['{addr}']\n        labels: {{node: '{}', role: {}}}\n",
+                    n.id,
+                    n.role.as_str()
+                ));
+            }
+        }
+        out
+    }
+
     /// Written to a temp file and renamed, so `status` never reads half a file.
     pub(super) fn write(&self, path: &Path) -> anyhow::Result<()> {
         let tmp = path.with_extension("json.tmp");
@@ -162,6 +184,15 @@ mod tests {
             "NODE  ROLE        KAFKA           CONTROLLER      METRICS                        PID  LOG\n\
              0     controller  -               127.0.0.1:9091  http://127.0.0.1:9644/metrics  10   c/node-0.log\n\
              1     broker      127.0.0.1:9092  -               -                              11   c/node-1.log\n"
+        );
+        // Only nodes with a metrics listener are scraped.
+        let prom = file.prometheus_config();
+        assert!(prom.contains("rule_files:\n  - alerts.yml\n"), "{prom}");
+        assert!(
+            prom.ends_with(
+                "static_configs:\n      - targets: ['127.0.0.1:9644']\n        labels: {node: '0', role: controller}\n"
+            ),
+            "{prom}"
         );
     }
 }

@@ -1,4 +1,5 @@
-//! `GET /metrics` over plain HTTP, and the partition gauges in the Prometheus text.
+//! `GET /metrics` over plain HTTP, a reader of the Prometheus text format, and the partition
+//! gauges in it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -78,22 +79,33 @@ pub fn partition_offsets(text: &str) -> PartitionOffsets {
     out
 }
 
-/// One line of the Prometheus text format: `name{k="v",...} value [timestamp]`.
+/// One sample line of the Prometheus text format (0.0.4):
+/// `name{k="v",...} value [timestamp]`.
 #[derive(Debug, Clone, PartialEq)]
-struct Sample {
-    name: String,
-    labels: Vec<(String, String)>,
-    value: f64,
+pub struct Sample {
+    pub name: String,
+    /// In the order of the line; label names are unique.
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
 }
 
 impl Sample {
-    fn parse(line: &str) -> Option<Sample> {
+    /// The sample on `line`; `None` for a comment, a blank line or a line that is not a
+    /// well-formed sample (bad metric or label name, unquoted or unterminated label value,
+    /// repeated label, value or timestamp not a number, trailing fields).
+    pub fn parse(line: &str) -> Option<Sample> {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             return None;
         }
         let name_end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
         let name = &line[..name_end];
+        let valid_name = name.chars().enumerate().all(|(i, c)| {
+            c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+        });
+        if name.is_empty() || !valid_name {
+            return None;
+        }
         let mut rest = &line[name_end..];
         let mut labels = Vec::new();
         if let Some(inner) = rest.strip_prefix('{') {
@@ -101,7 +113,15 @@ impl Sample {
             labels = parsed;
             rest = after;
         }
-        let value = rest.split_whitespace().next()?.parse::<f64>().ok()?;
+        let mut fields = rest.split_whitespace();
+        // `f64` parsing also reads `+Inf`, `-Inf` and `NaN`.
+        let value = fields.next()?.parse::<f64>().ok()?;
+        if let Some(timestamp) = fields.next() {
+            timestamp.parse::<i64>().ok()?;
+        }
+        if fields.next().is_some() {
+            return None;
+        }
         Some(Sample {
             name: name.to_string(),
             labels,
@@ -109,7 +129,8 @@ impl Sample {
         })
     }
 
-    fn label(&self, key: &str) -> Option<&str> {
+    /// The value of label `key`, if the sample has it.
+    pub fn label(&self, key: &str) -> Option<&str> {
         self.labels
             .iter()
             .find(|(k, _)| k == key)
@@ -117,15 +138,43 @@ impl Sample {
     }
 }
 
-/// `k="v",k2="v2"}` → the pairs (escapes `\\`, `\"`, `\n` undone) and the text after `}`.
+/// Every sample of a `/metrics` page, read strictly: a line that is neither blank, nor a
+/// comment, nor a well-formed sample is an error naming it, and so is a `# TYPE` line
+/// without a metric name and a type (Prometheus would reject the page).
+pub fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
+    let mut samples = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix('#') {
+            let mut words = comment.split_whitespace();
+            if words.next() == Some("TYPE") && words.nth(1).is_none() {
+                return Err(format!("line {}: bad TYPE line {line:?}", n + 1));
+            }
+            continue;
+        }
+        let sample = Sample::parse(line).ok_or_else(|| format!("line {}: {line:?}", n + 1))?;
+        samples.push(sample);
+    }
+    Ok(samples)
+}
+
+/// `k="v",k2="v2"}` → the pairs (escapes `\\`, `\"`, `\n` undone) and the text after `}`;
+/// `None` when a name is not a label name, a value is not a quoted string or a name repeats.
 fn parse_labels(mut s: &str) -> Option<(Vec<(String, String)>, &str)> {
-    let mut labels = Vec::new();
+    let mut labels: Vec<(String, String)> = Vec::new();
     loop {
         s = s.trim_start_matches([' ', ',']);
         if let Some(after) = s.strip_prefix('}') {
             return Some((labels, after));
         }
         let (key, after) = s.split_once('=')?;
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return None;
+        }
         let mut chars = after.strip_prefix('"')?.char_indices();
         let mut value = String::new();
         let end = loop {
@@ -138,7 +187,10 @@ fn parse_labels(mut s: &str) -> Option<(Vec<(String, String)>, &str)> {
                 (_, c) => value.push(c),
             }
         };
-        labels.push((key.trim().to_string(), value));
+        if labels.iter().any(|(k, _)| k == key) {
+            return None;
+        }
+        labels.push((key.to_string(), value));
         s = &after[1 + end + 1..];
     }
 }
@@ -196,6 +248,60 @@ mod tests {
                 .map(|((t, p), offsets)| ((t.to_string(), *p), *offsets))
                 .collect();
             assert_eq!(partition_offsets(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn exposition_samples() {
+        // Comments and blank lines are skipped; spaces in the braces, escapes, special
+        // values and a timestamp are read.
+        let page = "# HELP keel_requests_total Requests.\n\
+                    # TYPE keel_requests_total counter\n\
+                    keel_requests_total{ api=\"fetch\", client=\"a\\\"b,c}\\\\\" } 2e3 1700000000\n\
+                    \n\
+                    keel_wait_seconds_bucket{le=\"+Inf\"} +Inf\n\
+                    keel_ratio -0.25\n";
+        let sample = |name: &str, labels: &[(&str, &str)], value| Sample {
+            name: name.to_string(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            value,
+        };
+        assert_eq!(
+            parse_exposition(page).unwrap(),
+            [
+                sample(
+                    "keel_requests_total",
+                    &[("api", "fetch"), ("client", "a\"b,c}\\")],
+                    2000.0
+                ),
+                sample("keel_wait_seconds_bucket", &[("le", "+Inf")], f64::INFINITY),
+                sample("keel_ratio", &[], -0.25),
+            ]
+        );
+        let fetch = Sample::parse("keel_requests_total{api=\"fetch\"} 1").unwrap();
+        assert_eq!(fetch.label("api"), Some("fetch"));
+        assert_eq!(fetch.label("client"), None);
+        assert_eq!(Sample::parse("# TYPE up gauge"), None);
+        assert_eq!(Sample::parse("  "), None);
+
+        for bad in [
+            "keel_a{topic=\"t\"",
+            "keel_a{topic=t} 1",
+            "keel_a 1 2 3",
+            "keel_a 1 1.5",
+            "keel_a one",
+            "keel_a",
+            "keel_a{topic=\"t\",topic=\"u\"} 1",
+            "keel_a{to-pic=\"t\"} 1",
+            "9keel 1",
+            "# TYPE keel_a",
+        ] {
+            assert_eq!(Sample::parse(bad), None, "{bad:?}");
+            let err = parse_exposition(&format!("up 1\n{bad}\n")).unwrap_err();
+            assert!(err.starts_with("line 2: "), "{bad:?}: {err}");
         }
     }
 

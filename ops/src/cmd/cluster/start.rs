@@ -141,9 +141,18 @@ async fn bring_up(
     print!("{}", render_nodes(&file));
     println!("bootstrap servers: {}", file.bootstrap().join(","));
     println!(
-        "status: keel cluster status --data-dir {}; Ctrl-C stops the cluster",
+        "status: keel cluster status --data-dir {dir}; replica check: keel check --bootstrap-server {}",
+        file.bootstrap().join(","),
+        dir = args.data_dir.display()
+    );
+    println!(
+        "prometheus (keel cluster prometheus-config --data-dir {} > prometheus.yml):",
         args.data_dir.display()
     );
+    for line in file.prometheus_config().lines() {
+        println!("  {line}");
+    }
+    println!("Ctrl-C stops the cluster");
     Ok(())
 }
 
