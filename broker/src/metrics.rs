@@ -472,71 +472,76 @@ pub fn partition_health(s: &crate::replica::ReplicaStatus) -> (bool, bool) {
 }
 
 /// Refreshes the broker's gauges every `interval` until `stop`: per partition replica, per
-/// follower of the partitions led here, disk, storage and purgatories.
+/// follower of the partitions led here, disk, storage and purgatories. Each refresh runs on a
+/// blocking thread (lag in bytes looks into segments).
 pub async fn broker_gauges(topics: Arc<Topics>, interval: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(interval);
-    let dir = topics.data_dir().to_path_buf();
-    let dir_label = dir.display().to_string();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        let now = crate::maintenance::now_ms().max(0) as u64;
-        let mut count = 0usize;
-        let mut used = 0u64;
-        for topic in topics.all() {
-            for r in &topic.replicas {
-                count += 1;
-                let s = r.status();
-                used += s.size_bytes;
-                let partition = r.partition.to_string();
+        let topics = topics.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || refresh_broker_gauges(&topics)).await {
+            tracing::warn!(error = %e, "refreshing the broker gauges failed");
+        }
+    }
+}
+
+fn refresh_broker_gauges(topics: &Topics) {
+    let now = crate::maintenance::now_ms().max(0) as u64;
+    let mut count = 0usize;
+    let mut used = 0u64;
+    for topic in topics.all() {
+        for r in &topic.replicas {
+            count += 1;
+            let s = r.status();
+            used += s.size_bytes;
+            let partition = r.partition.to_string();
+            let labels = [
+                ("topic", topic.meta.name.clone()),
+                ("partition", partition.clone()),
+            ];
+            let set = |name: &'static str, v: f64| metrics::gauge!(name, &labels).set(v);
+            set(PARTITION_LOG_START_OFFSET, s.log_start as f64);
+            set(PARTITION_LOG_END_OFFSET, s.leo as f64);
+            set(PARTITION_HIGH_WATERMARK, s.hw as f64);
+            set(PARTITION_SIZE_BYTES, s.size_bytes as f64);
+            set(PARTITION_SEGMENTS, s.segments as f64);
+            set(PARTITION_LEADER_EPOCH, f64::from(s.leader_epoch));
+            set(PARTITION_IS_LEADER, f64::from(u8::from(s.is_leader)));
+            set(PARTITION_ISR_SIZE, s.isr.len() as f64);
+            let (under, under_min) = partition_health(&s);
+            set(PARTITION_UNDER_REPLICATED, f64::from(u8::from(under)));
+            set(PARTITION_UNDER_MIN_ISR, f64::from(u8::from(under_min)));
+            for f in &s.followers {
+                let lag = follower_lag(f, s.leo, s.log_start, s.leader_since_ms, now);
                 let labels = [
                     ("topic", topic.meta.name.clone()),
                     ("partition", partition.clone()),
+                    ("replica", f.broker_id.to_string()),
                 ];
-                let set = |name: &'static str, v: f64| metrics::gauge!(name, &labels).set(v);
-                set(PARTITION_LOG_START_OFFSET, s.log_start as f64);
-                set(PARTITION_LOG_END_OFFSET, s.leo as f64);
-                set(PARTITION_HIGH_WATERMARK, s.hw as f64);
-                set(PARTITION_SIZE_BYTES, s.size_bytes as f64);
-                set(PARTITION_SEGMENTS, s.segments as f64);
-                set(PARTITION_LEADER_EPOCH, f64::from(s.leader_epoch));
-                set(PARTITION_IS_LEADER, f64::from(u8::from(s.is_leader)));
-                set(PARTITION_ISR_SIZE, s.isr.len() as f64);
-                let (under, under_min) = partition_health(&s);
-                set(PARTITION_UNDER_REPLICATED, f64::from(u8::from(under)));
-                set(PARTITION_UNDER_MIN_ISR, f64::from(u8::from(under_min)));
-                for f in &s.followers {
-                    let lag = follower_lag(f, s.leo, s.log_start, s.leader_since_ms, now);
-                    let labels = [
-                        ("topic", topic.meta.name.clone()),
-                        ("partition", partition.clone()),
-                        ("replica", f.broker_id.to_string()),
-                    ];
-                    let bytes = r.log().bytes_from(f.leo.max(s.log_start));
-                    metrics::gauge!(FOLLOWER_LAG_RECORDS, &labels).set(lag.records as f64);
-                    metrics::gauge!(FOLLOWER_LAG_BYTES, &labels).set(bytes as f64);
-                    metrics::gauge!(FOLLOWER_CAUGHT_UP_AGE_SECONDS, &labels)
-                        .set(lag.caught_up_age_s);
-                    metrics::gauge!(FOLLOWER_FETCH_AGE_SECONDS, &labels).set(lag.fetch_age_s);
-                }
+                let bytes = r.log().bytes_from(f.leo.max(s.log_start));
+                metrics::gauge!(FOLLOWER_LAG_RECORDS, &labels).set(lag.records as f64);
+                metrics::gauge!(FOLLOWER_LAG_BYTES, &labels).set(bytes as f64);
+                metrics::gauge!(FOLLOWER_CAUGHT_UP_AGE_SECONDS, &labels).set(lag.caught_up_age_s);
+                metrics::gauge!(FOLLOWER_FETCH_AGE_SECONDS, &labels).set(lag.fetch_age_s);
             }
         }
-        metrics::gauge!(REPLICAS_HOSTED).set(count as f64);
-        metrics::gauge!(CONNECTIONS_ACTIVE).set(OPEN_CONNECTIONS.load(Ordering::Relaxed) as f64);
-        metrics::gauge!(PRODUCE_PURGATORY_REQUESTS)
-            .set(PRODUCE_WAITING.load(Ordering::Relaxed) as f64);
-        metrics::gauge!(FETCH_PURGATORY_REQUESTS).set(FETCH_WAITING.load(Ordering::Relaxed) as f64);
-        let storage = keel_storage::stats();
-        metrics::gauge!(keel_storage::metrics::OPEN_SEGMENTS).set(storage.open_segments as f64);
-        metrics::gauge!(keel_storage::metrics::MAPPED_BYTES).set(storage.mapped_bytes as f64);
-        let labels = [("dir", dir_label.clone())];
-        metrics::gauge!(LOG_DIR_USED_BYTES, &labels).set(used as f64);
-        if let Some((capacity, available)) = fs_space(&dir) {
-            metrics::gauge!(LOG_DIR_CAPACITY_BYTES, &labels).set(capacity as f64);
-            metrics::gauge!(LOG_DIR_AVAILABLE_BYTES, &labels).set(available as f64);
-        }
+    }
+    metrics::gauge!(REPLICAS_HOSTED).set(count as f64);
+    metrics::gauge!(CONNECTIONS_ACTIVE).set(OPEN_CONNECTIONS.load(Ordering::Relaxed) as f64);
+    metrics::gauge!(PRODUCE_PURGATORY_REQUESTS).set(PRODUCE_WAITING.load(Ordering::Relaxed) as f64);
+    metrics::gauge!(FETCH_PURGATORY_REQUESTS).set(FETCH_WAITING.load(Ordering::Relaxed) as f64);
+    let storage = keel_storage::stats();
+    metrics::gauge!(keel_storage::metrics::OPEN_SEGMENTS).set(storage.open_segments as f64);
+    metrics::gauge!(keel_storage::metrics::MAPPED_BYTES).set(storage.mapped_bytes as f64);
+    let dir = topics.data_dir();
+    let labels = [("dir", dir.display().to_string())];
+    metrics::gauge!(LOG_DIR_USED_BYTES, &labels).set(used as f64);
+    if let Some((capacity, available)) = fs_space(dir) {
+        metrics::gauge!(LOG_DIR_CAPACITY_BYTES, &labels).set(capacity as f64);
+        metrics::gauge!(LOG_DIR_AVAILABLE_BYTES, &labels).set(available as f64);
     }
 }
 

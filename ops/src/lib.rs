@@ -84,9 +84,10 @@ pub enum Command {
     /// Check that every replica of every partition holds the same data.
     ///
     /// Asks every broker (not only leaders) for each replica it holds, compares the
-    /// replicas' batches over the committed range, and prints a line per replica with a
-    /// status: SYNCED, LAGGING (behind, same history), DIVERGED (different content or
-    /// epoch history), OFFLINE (its broker did not answer), LEADERLESS, MULTILEADER.
+    /// replicas' batches over what each has committed in common with the leader, and
+    /// prints a line per replica with a status: SYNCED, LAGGING (behind, same history),
+    /// DIVERGED (different content or epoch history), OFFLINE (its broker did not
+    /// answer), LEADERLESS, MULTILEADER.
     /// Exits 0 when every partition is SYNCED or LAGGING within --max-lag, else 1.
     Check(cmd::check::CheckArgs),
 }

@@ -12,8 +12,9 @@
 //! that predates it closes the connection (an unknown API key), which `keel check` reports.
 //!
 //! A query asks for every replica's state (optionally only some topics) and, for the ranges it
-//! names, a [`RangeDigest`] of the record batches: two replicas with the same history over a
-//! range have the same batches, byte for byte, so the same digest.
+//! names (several per partition if need be), a [`RangeDigest`] of the record batches: two
+//! replicas with the same history over a range have the same batches, byte for byte, so the
+//! same digest.
 
 use anyhow::{bail, Context};
 use bytes::{Buf, Bytes};
@@ -73,10 +74,10 @@ pub struct ReplicaState {
     /// On the leader: each follower's LEO as of its last fetch (-1 before one).
     #[serde(default)]
     pub follower_leos: Vec<(i32, i64)>,
-    /// Present when the query asked for this partition's digest.
+    /// One per range the query asked for on this partition.
     #[serde(default)]
-    pub digest: Option<RangeDigest>,
-    /// Why the digest could not be computed.
+    pub digests: Vec<RangeDigest>,
+    /// Why a digest could not be computed.
     #[serde(default)]
     pub error: Option<String>,
 }
@@ -226,11 +227,11 @@ mod tests {
                 topic: "t".into(),
                 partition: 2,
                 epochs: vec![(0, 0), (4, 17)],
-                digest: Some(RangeDigest {
+                digests: vec![RangeDigest {
                     crc32c: 7,
                     corrupt_batch: Some(12),
                     ..RangeDigest::default()
-                }),
+                }],
                 ..ReplicaState::default()
             }],
         };

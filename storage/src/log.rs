@@ -860,24 +860,29 @@ impl Log {
     }
 
     /// Bytes of batches from the one holding `offset` to the log end (what a reader at `offset`
-    /// has yet to read); 0 at or past the end. Uses the offset index, no scan of the data.
+    /// has yet to read); 0 at or past the end. Finds `offset` through the offset index and a
+    /// short scan of the segment (which may fault pages in): call it off async threads.
     pub fn bytes_from(&self, offset: i64) -> u64 {
-        let st = self.read_state();
-        if offset >= st.log_end {
-            return 0;
-        }
-        let offset = offset.max(st.log_start);
-        let mut total = 0;
-        let mut later = i64::MIN;
-        if let Some((_, seg)) = st.segments.range(..=offset).next_back() {
+        let (offset, holding, later): (i64, Option<Arc<Segment>>, u64) = {
+            let st = self.read_state();
+            if offset >= st.log_end {
+                return 0;
+            }
+            let offset = offset.max(st.log_start);
+            let holding = st
+                .segments
+                .range(..=offset)
+                .next_back()
+                .map(|(_, s)| s.clone());
+            let after = holding.as_ref().map_or(i64::MIN, |s| s.base_offset() + 1);
+            let later = st.segments.range(after..).map(|(_, s)| s.size()).sum();
+            (offset, holding, later)
+        };
+        let first = holding.map_or(0, |seg| {
             let end = seg.size();
-            total += end - seg.find(offset, end).unwrap_or(end);
-            later = seg.base_offset() + 1;
-        }
-        for seg in st.segments.range(later..).map(|(_, s)| s) {
-            total += seg.size();
-        }
-        total
+            end - seg.find(offset, end).unwrap_or(end)
+        });
+        first + later
     }
 
     pub fn segment_count(&self) -> usize {

@@ -172,6 +172,32 @@ fn a_stopped_follower_is_offline_then_lagging_then_synced() {
     wait_until("keel check exits 0 again", TIMEOUT, || {
         check(&cluster, topic).success()
     });
+    // --watch repeats (bounded by --count); --unsynced leaves out the SYNCED partition.
+    let watched = keel(
+        &[
+            "check",
+            "--bootstrap-server",
+            &cluster.bootstrap(),
+            "--watch",
+            "--count",
+            "2",
+            "--interval-ms",
+            "100",
+            "--unsynced",
+        ],
+        None,
+    );
+    watched.assert_success();
+    let text = watched.stdout_str();
+    assert_eq!(
+        text.matches("1 partitions: 1 SYNCED").count(),
+        2,
+        "{watched}"
+    );
+    assert!(
+        !text.contains(topic),
+        "--unsynced printed a SYNCED partition: {watched}"
+    );
 }
 
 #[test]

@@ -73,11 +73,15 @@ pub fn broker_state(topics: &Topics, broker_id: i32, query: &StateQuery) -> Brok
             continue;
         }
         for r in &topic.replicas {
-            let range = query
+            let mut ranges: Vec<(i64, i64)> = query
                 .digests
                 .iter()
-                .find(|d| &d.topic == name && d.partition == r.partition);
-            replicas.push(replica_state(name, r, range.map(|d| (d.from, d.to))));
+                .filter(|d| &d.topic == name && d.partition == r.partition)
+                .map(|d| (d.from, d.to))
+                .collect();
+            ranges.sort_unstable();
+            ranges.dedup();
+            replicas.push(replica_state(broker_id, name, r, &ranges));
         }
     }
     BrokerState {
@@ -86,8 +90,9 @@ pub fn broker_state(topics: &Topics, broker_id: i32, query: &StateQuery) -> Brok
     }
 }
 
-fn replica_state(topic: &str, r: &Replica, range: Option<(i64, i64)>) -> ReplicaState {
+fn replica_state(me: i32, topic: &str, r: &Replica, ranges: &[(i64, i64)]) -> ReplicaState {
     let s = r.status();
+    let others_in_sync = s.isr.iter().any(|&id| id != me);
     let mut out = ReplicaState {
         topic: topic.to_string(),
         partition: r.partition,
@@ -101,30 +106,48 @@ fn replica_state(topic: &str, r: &Replica, range: Option<(i64, i64)>) -> Replica
         hw: s.hw,
         epochs: r.log().epoch_entries(),
         follower_leos: s.followers.iter().map(|f| (f.broker_id, f.leo)).collect(),
-        digest: None,
+        digests: Vec::new(),
         error: None,
     };
-    let Some((from, to)) = range else {
-        return out;
-    };
-    match r.log().digest(from, to) {
-        Ok(d) => {
-            if let Some(bad) = d.corrupt_batch {
-                tracing::error!(topic, partition = r.partition, offset = bad, "a batch fails its CRC check; the next start rescans from it and fetches the rest from the leader");
-                if let Err(e) = r.log().mark_for_rescan(bad) {
-                    tracing::error!(topic, partition = r.partition, error = %e, "cannot mark the log for a rescan");
-                }
+    for &(from, to) in ranges {
+        let d = match r.log().digest(from, to) {
+            Ok(d) => d,
+            Err(e) => {
+                out.error = Some(format!("digest of [{from}, {to}): {e}"));
+                continue;
             }
-            out.digest = Some(RangeDigest {
-                from: d.from,
-                to: d.to,
-                batches: d.batches,
-                bytes: d.bytes,
-                crc32c: d.crc32c,
-                corrupt_batch: d.corrupt_batch,
-            });
+        };
+        if let Some(bad) = d.corrupt_batch {
+            tracing::error!(
+                topic,
+                partition = r.partition,
+                offset = bad,
+                "a batch fails its CRC check"
+            );
+            mark_for_repair(topic, r, bad, others_in_sync);
         }
-        Err(e) => out.error = Some(e.to_string()),
+        out.digests.push(RangeDigest {
+            from: d.from,
+            to: d.to,
+            batches: d.batches,
+            bytes: d.bytes,
+            crc32c: d.crc32c,
+            corrupt_batch: d.corrupt_batch,
+        });
     }
     out
+}
+
+/// Marks the log so that its next start rescans from `bad`, truncates there and fetches the
+/// rest from the leader; only while another in-sync replica holds the data, since the
+/// truncation also removes the good batches after `bad`.
+fn mark_for_repair(topic: &str, r: &Replica, bad: i64, others_in_sync: bool) {
+    if !others_in_sync {
+        tracing::error!(topic, partition = r.partition, offset = bad, "no other in-sync replica to repair from: not marking the log; copy the partition from a backup or accept losing it from this offset");
+        return;
+    }
+    match r.log().mark_for_rescan(bad) {
+        Ok(()) => tracing::error!(topic, partition = r.partition, offset = bad, "marked for repair: the next start truncates at the bad batch and fetches the rest from the leader"),
+        Err(e) => tracing::error!(topic, partition = r.partition, error = %e, "cannot mark the log for a rescan"),
+    }
 }

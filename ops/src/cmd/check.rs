@@ -3,12 +3,13 @@
 //! Two rounds of Keel's `ReplicaState` request (see `keel_protocol::replica_state`), sent to
 //! each broker directly, not only to leaders:
 //! 1. each broker's view of each replica: log start, LEO, HW, leader epoch, epoch cache;
-//! 2. per partition, a digest of the batches over the committed range `[max log start,
-//!    min HW)`, from every replica that answered.
+//! 2. digests of the batches: each replica over the range it has committed in common with
+//!    the leader, `[higher log start, lower HW)`, and the leader over each of those ranges.
 //!
 //! Then [`assess`] gives each replica and partition a [`Status`]. Data that is still
-//! replicating (above the lowest HW) or gone by retention (below the highest log start) is
-//! never compared, so a busy cluster is not flagged for being busy.
+//! replicating (above a HW) or gone by retention (below a log start) is never compared, so
+//! a busy cluster is not flagged for being busy, and a replica far behind is still compared
+//! over what it has.
 //!
 //! Exit code 0 when every partition is SYNCED, or LAGGING no more than `--max-lag` records;
 //! otherwise an error line and exit code 1.
@@ -29,7 +30,7 @@ use keel_protocol::replica_state::{
 
 use crate::args::ConnArgs;
 use crate::connect;
-use assess::{assess, committed_range, Answer, PartitionMeta, PartitionReport, Status};
+use assess::{assess, digest_requests, Answer, PartitionMeta, PartitionReport, Status};
 
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
@@ -144,18 +145,16 @@ pub async fn check_once(args: &CheckArgs) -> anyhow::Result<Vec<PartitionReport>
             .collect::<BTreeMap<i32, Answer>>()
     };
 
-    // Round 2: digests over each partition's committed range, from every replica.
+    // Round 2: digests over the ranges each replica shares with its leader.
     let mut digests: BTreeMap<i32, Vec<DigestRange>> = BTreeMap::new();
     for m in &metas {
-        if let Some((from, to)) = committed_range(&answers_of(&states, m)) {
-            for &b in &m.replicas {
-                digests.entry(b).or_default().push(DigestRange {
-                    topic: m.topic.clone(),
-                    partition: m.partition,
-                    from,
-                    to,
-                });
-            }
+        for (b, (from, to)) in digest_requests(&answers_of(&states, m)) {
+            digests.entry(b).or_default().push(DigestRange {
+                topic: m.topic.clone(),
+                partition: m.partition,
+                from,
+                to,
+            });
         }
     }
     for b in &brokers {
@@ -165,8 +164,19 @@ pub async fn check_once(args: &CheckArgs) -> anyhow::Result<Vec<PartitionReport>
                 topics: topics.clone(),
                 digests: ranges,
             };
-            let state = ask(conn, &query, timeout).await;
-            states.insert(b.node_id, state);
+            match ask(conn, &query, timeout).await {
+                Ok(state) => {
+                    states.insert(b.node_id, Ok(state));
+                }
+                // Keep what round 1 said; only the comparison is missing.
+                Err(e) => {
+                    if let Some(Ok(state)) = states.get_mut(&b.node_id) {
+                        for r in &mut state.replicas {
+                            r.error = Some(format!("no digest: {e}"));
+                        }
+                    }
+                }
+            }
         }
         progress.inc(1);
     }
@@ -356,7 +366,6 @@ mod tests {
             partition: 0,
             leader: 1,
             leader_epoch: 2,
-            committed: Some((0, 10)),
             status,
             replicas: vec![
                 ReplicaRow {
@@ -366,6 +375,7 @@ mod tests {
                     lag: Some(0),
                     in_isr: true,
                     is_leader: true,
+                    compared: None,
                     status: Status::Synced,
                     note: String::new(),
                 },
@@ -376,6 +386,7 @@ mod tests {
                     lag: Some(lag),
                     in_isr: status == Status::Synced,
                     is_leader: false,
+                    compared: Some((0, 10)),
                     status,
                     note: String::new(),
                 },

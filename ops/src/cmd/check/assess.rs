@@ -58,21 +58,80 @@ pub enum Answer {
     Unreachable(String),
 }
 
-/// The committed range to compare: `[max log start, min HW)` over the replicas that
-/// answered. Data above the lowest HW may still be replicating, and data below a replica's
-/// log start is gone by retention; neither is compared. `None` when nothing is comparable.
-pub fn committed_range(answers: &BTreeMap<i32, Answer>) -> Option<(i64, i64)> {
-    let states: Vec<&ReplicaState> = answers.values().filter_map(state).collect();
-    let from = states.iter().map(|s| s.log_start).max()?;
-    let to = states.iter().map(|s| s.hw).min()?;
-    (to > from).then_some((from, to))
-}
-
 fn state(a: &Answer) -> Option<&ReplicaState> {
     match a {
         Answer::Replica(s) => Some(s),
         _ => None,
     }
+}
+
+/// The range two replicas have both committed: `[higher log start, lower HW)`. Data above
+/// either HW may still be replicating, and data below either log start is gone by
+/// retention; neither is compared. `None` when empty.
+pub fn shared_range(a: &ReplicaState, b: &ReplicaState) -> Option<(i64, i64)> {
+    let from = a.log_start.max(b.log_start);
+    let to = a.hw.min(b.hw);
+    (to > from).then_some((from, to))
+}
+
+/// Who leads, as the replicas claim it: the claimants at the highest leader epoch (a
+/// broker still claiming an older epoch has not yet applied the change that moved the
+/// leadership). One claimant is the leader; more than one at the same epoch is two leaders.
+pub fn claimed_leaders(answers: &BTreeMap<i32, Answer>) -> Vec<i32> {
+    let claims: Vec<(i32, i32)> = answers
+        .iter()
+        .filter_map(|(&b, a)| {
+            state(a)
+                .filter(|s| s.is_leader)
+                .map(|s| (b, s.leader_epoch))
+        })
+        .collect();
+    let Some(top) = claims.iter().map(|&(_, e)| e).max() else {
+        return Vec::new();
+    };
+    claims
+        .into_iter()
+        .filter(|&(_, e)| e == top)
+        .map(|(b, _)| b)
+        .collect()
+}
+
+/// The replica every other is compared with: the leader, or without one the replica with
+/// the highest LEO.
+pub fn reference(answers: &BTreeMap<i32, Answer>) -> Option<i32> {
+    match claimed_leaders(answers).as_slice() {
+        [one] => Some(*one),
+        _ => answers
+            .iter()
+            .filter_map(|(&b, a)| state(a).map(|s| (s.leo, b)))
+            .max()
+            .map(|(_, b)| b),
+    }
+}
+
+/// The digests `keel check` asks for, per broker: each replica over the range it shares
+/// with the reference, and the reference over each of those ranges.
+pub fn digest_requests(answers: &BTreeMap<i32, Answer>) -> Vec<(i32, (i64, i64))> {
+    let Some(r) = reference(answers) else {
+        return Vec::new();
+    };
+    let Some(rs) = answers.get(&r).and_then(state) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (&b, a) in answers {
+        let Some(s) = state(a) else { continue };
+        if b == r {
+            continue;
+        }
+        if let Some(range) = shared_range(s, rs) {
+            out.push((b, range));
+            out.push((r, range));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// The epoch history over `[from, to)`: entries starting below `to`, the one in force at
@@ -100,6 +159,8 @@ pub struct ReplicaRow {
     pub lag: Option<i64>,
     pub in_isr: bool,
     pub is_leader: bool,
+    /// The range compared with the reference replica, if any.
+    pub compared: Option<(i64, i64)>,
     pub status: Status,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub note: String,
@@ -112,8 +173,6 @@ pub struct PartitionReport {
     pub partition: i32,
     pub leader: i32,
     pub leader_epoch: i32,
-    /// The compared committed range, if any.
-    pub committed: Option<(i64, i64)>,
     pub status: Status,
     pub replicas: Vec<ReplicaRow>,
 }
@@ -131,51 +190,54 @@ impl PartitionReport {
 }
 
 /// Judges one partition from its metadata and every assigned replica's answer (the
-/// answers carry digests over [`committed_range`]).
+/// answers carry the digests [`digest_requests`] asked for).
 pub fn assess(meta: &PartitionMeta, answers: &BTreeMap<i32, Answer>) -> PartitionReport {
-    let claimants: Vec<i32> = answers
-        .iter()
-        .filter(|(_, a)| state(a).is_some_and(|s| s.is_leader))
-        .map(|(&b, _)| b)
-        .collect();
-    let leader = match claimants.as_slice() {
-        [one] => Some(*one),
-        _ => None,
-    };
-    let reference = leader
-        .and_then(|b| answers.get(&b).and_then(state))
-        .or_else(|| answers.values().filter_map(state).max_by_key(|s| s.leo));
+    let leaders = claimed_leaders(answers);
+    let reference_id = reference(answers);
+    let reference = reference_id.and_then(|b| answers.get(&b).and_then(state));
     // The leader's ISR is the freshest; the metadata's stands in without a leader.
-    let isr = reference
-        .filter(|s| s.is_leader)
-        .map_or(&meta.isr, |s| &s.isr);
-    let committed = committed_range(answers);
+    let isr = match (leaders.as_slice(), reference) {
+        ([_], Some(r)) => &r.isr,
+        _ => &meta.isr,
+    };
     let mut rows = Vec::new();
     for &broker in &meta.replicas {
         let answer = answers
             .get(&broker)
             .cloned()
             .unwrap_or(Answer::Unreachable("not asked".into()));
-        rows.push(replica_row(broker, &answer, reference, isr, committed));
+        let is_reference = reference_id == Some(broker);
+        let mut row = replica_row(broker, &answer, reference, is_reference, isr);
+        if row.is_leader && !leaders.contains(&broker) {
+            row.is_leader = false;
+            row.note = join(&row.note, "still claims an older leader epoch");
+        }
+        rows.push(row);
     }
-    let status = if claimants.len() > 1 {
-        Status::Multileader
-    } else if leader.is_none() {
-        Status::Leaderless
-    } else {
-        rows.iter()
+    let status = match leaders.len() {
+        0 => Status::Leaderless,
+        1 => rows
+            .iter()
             .map(|r| r.status)
             .max()
-            .unwrap_or(Status::Synced)
+            .unwrap_or(Status::Synced),
+        _ => Status::Multileader,
     };
     PartitionReport {
         topic: meta.topic.clone(),
         partition: meta.partition,
-        leader: leader.unwrap_or(meta.leader),
+        leader: leaders.first().copied().unwrap_or(meta.leader),
         leader_epoch: reference.map_or(meta.leader_epoch, |s| s.leader_epoch),
-        committed,
         status,
         replicas: rows,
+    }
+}
+
+fn join(a: &str, b: &str) -> String {
+    if a.is_empty() {
+        b.to_string()
+    } else {
+        format!("{a}; {b}")
     }
 }
 
@@ -183,8 +245,8 @@ fn replica_row(
     broker: i32,
     answer: &Answer,
     reference: Option<&ReplicaState>,
+    is_reference: bool,
     isr: &[i32],
-    committed: Option<(i64, i64)>,
 ) -> ReplicaRow {
     let in_isr = isr.contains(&broker);
     let offline = |note: String| ReplicaRow {
@@ -194,6 +256,7 @@ fn replica_row(
         lag: None,
         in_isr,
         is_leader: false,
+        compared: None,
         status: Status::Offline,
         note,
     };
@@ -210,43 +273,87 @@ fn replica_row(
         lag,
         in_isr,
         is_leader: s.is_leader,
+        compared: None,
         status: Status::Synced,
-        note: String::new(),
+        note: s
+            .error
+            .as_ref()
+            .map(|e| format!("not compared: {e}"))
+            .unwrap_or_default(),
     };
-    if let Some(why) = divergence(s, reference, committed) {
-        row.status = Status::Diverged;
-        row.note = why;
-    } else if !in_isr && lag.unwrap_or(0) > 0 {
+    let verdict = match reference.filter(|_| !is_reference) {
+        Some(r) => compare(s, r),
+        None => Compared::Own(corrupt(s)),
+    };
+    match verdict {
+        Compared::Range(range, None) => row.compared = Some(range),
+        Compared::Range(range, Some(why)) => {
+            row.compared = Some(range);
+            row.status = Status::Diverged;
+            row.note = join(&row.note, &why);
+        }
+        Compared::Own(Some(why)) => {
+            row.status = Status::Diverged;
+            row.note = join(&row.note, &why);
+        }
+        Compared::Own(None) | Compared::Nothing => {}
+    }
+    if row.status == Status::Synced && !in_isr && lag.unwrap_or(0) > 0 {
         row.status = Status::Lagging;
     }
     row
 }
 
-/// Why `s` differs from `reference` over the committed range, if it does.
-fn divergence(
-    s: &ReplicaState,
-    reference: Option<&ReplicaState>,
-    committed: Option<(i64, i64)>,
-) -> Option<String> {
-    if let Some(bad) = s.digest.as_ref().and_then(|d| d.corrupt_batch) {
-        return Some(format!("batch at offset {bad} fails its CRC check"));
+/// What comparing a replica found.
+enum Compared {
+    /// Over this range; `Some` says why it differs.
+    Range((i64, i64), Option<String>),
+    /// Only the replica's own CRC checks (it is the reference).
+    Own(Option<String>),
+    /// Nothing to compare (no shared committed range, or a digest is missing).
+    Nothing,
+}
+
+/// A batch of `s` that failed its CRC check in any digest.
+fn corrupt(s: &ReplicaState) -> Option<String> {
+    s.digests
+        .iter()
+        .find_map(|d| d.corrupt_batch)
+        .map(|bad| format!("batch at offset {bad} fails its CRC check"))
+}
+
+/// Compares `s` with the reference `r` over the range they share.
+fn compare(s: &ReplicaState, r: &ReplicaState) -> Compared {
+    if let Some(why) = corrupt(s) {
+        return Compared::Own(Some(why));
     }
-    if let Some(e) = &s.error {
-        return Some(format!("no digest: {e}"));
-    }
-    let (r, (from, to)) = (reference?, committed?);
-    if std::ptr::eq(r, s) {
-        return None;
-    }
+    let Some((from, to)) = shared_range(s, r) else {
+        return Compared::Nothing;
+    };
     if epochs_in_range(&s.epochs, from, to) != epochs_in_range(&r.epochs, from, to) {
-        return Some(format!("leader epoch history differs in [{from}, {to})"));
+        return Compared::Range(
+            (from, to),
+            Some(format!("leader epoch history differs in [{from}, {to})")),
+        );
     }
-    match (&s.digest, &r.digest) {
-        (Some(a), Some(b)) if (a.from, a.to) == (b.from, b.to) && a != b => Some(format!(
-            "content differs in [{from}, {to}): {} batches crc32c {:08x}, leader {} batches crc32c {:08x}",
-            a.batches, a.crc32c, b.batches, b.crc32c
-        )),
-        _ => None,
+    let digest = |x: &ReplicaState| {
+        x.digests
+            .iter()
+            .find(|d| (d.from, d.to) == (from, to))
+            .cloned()
+    };
+    match (digest(s), digest(r)) {
+        // A reference whose own batch is corrupt is no yardstick: it is flagged itself.
+        (_, Some(b)) if b.corrupt_batch.is_some() => Compared::Nothing,
+        (Some(a), Some(b)) if a != b => Compared::Range(
+            (from, to),
+            Some(format!(
+                "content differs in [{from}, {to}): {} batches crc32c {:08x}, reference {} batches crc32c {:08x}",
+                a.batches, a.crc32c, b.batches, b.crc32c
+            )),
+        ),
+        (Some(_), Some(_)) => Compared::Range((from, to), None),
+        _ => Compared::Nothing,
     }
 }
 
@@ -268,14 +375,14 @@ mod tests {
             leo,
             hw,
             epochs: vec![(0, 0), (3, 50)],
-            digest: Some(RangeDigest {
+            digests: vec![RangeDigest {
                 from: 0,
-                to: 90,
+                to: hw.min(90),
                 batches: 9,
                 bytes: 900,
                 crc32c: crc,
                 corrupt_batch: None,
-            }),
+            }],
             ..ReplicaState::default()
         }))
     }
@@ -320,19 +427,54 @@ mod tests {
     }
 
     #[test]
-    fn committed_range_is_max_start_to_min_hw() {
+    fn ranges_are_shared_with_the_reference() {
         let a = answers(vec![
             (1, with(replica(true, 100, 90, 7), |s| s.log_start = 20)),
             (2, replica(false, 95, 80, 7)),
-            (3, Answer::Unreachable("down".into())),
+            (3, with(replica(false, 30, 25, 7), |s| s.log_start = 0)),
+            (4, Answer::Unreachable("down".into())),
         ]);
-        assert_eq!(committed_range(&a), Some((20, 80)));
-        let none = answers(vec![(
-            1,
-            with(replica(true, 10, 5, 7), |s| s.log_start = 5),
-        )]);
-        assert_eq!(committed_range(&none), None, "empty range");
-        assert_eq!(committed_range(&BTreeMap::new()), None);
+        let state = |b| match &a[&b] {
+            Answer::Replica(s) => s.clone(),
+            _ => unreachable!(),
+        };
+        assert_eq!(shared_range(&state(2), &state(1)), Some((20, 80)));
+        assert_eq!(shared_range(&state(3), &state(1)), Some((20, 25)));
+        // Each replica over what it shares with the leader; the leader over each range.
+        assert_eq!(
+            digest_requests(&a),
+            vec![(1, (20, 25)), (1, (20, 80)), (2, (20, 80)), (3, (20, 25))]
+        );
+        // A replica with nothing committed in common is not compared, and does not stop
+        // the others from being compared.
+        let far = answers(vec![
+            (1, with(replica(true, 100, 90, 7), |s| s.log_start = 50)),
+            (2, replica(false, 95, 90, 7)),
+            (3, replica(false, 40, 40, 7)),
+        ]);
+        assert_eq!(digest_requests(&far), vec![(1, (50, 90)), (2, (50, 90))]);
+        assert_eq!(digest_requests(&BTreeMap::new()), vec![]);
+    }
+
+    #[test]
+    fn the_leader_is_the_claimant_at_the_highest_epoch() {
+        let a = answers(vec![
+            (1, with(replica(true, 100, 90, 7), |s| s.leader_epoch = 2)),
+            (2, with(replica(true, 100, 90, 7), |s| s.leader_epoch = 3)),
+            (3, replica(false, 100, 90, 7)),
+        ]);
+        assert_eq!(claimed_leaders(&a), vec![2]);
+        assert_eq!(reference(&a), Some(2));
+        let r = assess(&meta(), &a);
+        assert_ne!(r.status, Status::Multileader);
+        assert_eq!(r.leader, 2);
+        assert!(r.replicas[0].note.contains("older leader epoch"), "{r:?}");
+        // Without a leader the highest LEO is the reference.
+        let none = answers(vec![
+            (1, replica(false, 90, 80, 7)),
+            (2, replica(false, 99, 80, 7)),
+        ]);
+        assert_eq!(reference(&none), Some(2));
     }
 
     #[test]
@@ -399,7 +541,7 @@ mod tests {
             (
                 2,
                 with(replica(false, 100, 90, 7), |s| {
-                    s.digest.as_mut().unwrap().corrupt_batch = Some(40)
+                    s.digests[0].corrupt_batch = Some(40)
                 }),
             ),
             (3, replica(false, 100, 90, 7)),
@@ -407,6 +549,40 @@ mod tests {
         let r = assess(&meta(), &corrupt);
         assert_eq!(r.replicas[1].status, Status::Diverged);
         assert!(r.replicas[1].note.contains("offset 40"));
+
+        // A corrupt batch on the leader: the leader is flagged, not every follower.
+        let leader_corrupt = answers(vec![
+            (
+                1,
+                with(replica(true, 100, 90, 7), |s| {
+                    s.digests[0].corrupt_batch = Some(40);
+                    s.digests[0].crc32c = 9;
+                }),
+            ),
+            (2, replica(false, 100, 90, 7)),
+            (3, replica(false, 100, 90, 7)),
+        ]);
+        let r = assess(&meta(), &leader_corrupt);
+        assert_eq!(
+            statuses(&r),
+            [Status::Diverged, Status::Synced, Status::Synced]
+        );
+
+        // A digest that failed (say retention moved the log start meanwhile) is not compared.
+        let failed = answers(vec![
+            (1, replica(true, 100, 90, 7)),
+            (
+                2,
+                with(replica(false, 100, 90, 8), |s| {
+                    s.digests.clear();
+                    s.error = Some("offset 0 out of range".into());
+                }),
+            ),
+            (3, replica(false, 100, 90, 7)),
+        ]);
+        let r = assess(&meta(), &failed);
+        assert_eq!(r.replicas[1].status, Status::Synced);
+        assert!(r.replicas[1].note.starts_with("not compared"), "{r:?}");
 
         // A broker that does not answer, or does not hold the replica.
         let offline = answers(vec![
