@@ -433,13 +433,16 @@ impl Drop for Waiting {
 /// The leader-side lag of one follower, as the gauges report it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FollowerLag {
+    /// Where the follower's log is taken to end: its LEO, or the log start when that is
+    /// unknown or below it (the lag in bytes is counted from here too).
+    pub from: i64,
     pub records: i64,
     pub caught_up_age_s: f64,
     pub fetch_age_s: f64,
 }
 
 /// A follower's lag from the leader's view. A follower that has not fetched yet in this
-/// leadership (LEO unknown) counts from the log start, and its ages from when the
+/// leadership (LEO unknown, -1) counts from the log start, and its ages from when the
 /// leadership began: it is as far behind as anything the leader knows.
 pub fn follower_lag(
     f: &crate::replica::FollowerStatus,
@@ -448,11 +451,12 @@ pub fn follower_lag(
     leader_since_ms: u64,
     now_ms: u64,
 ) -> FollowerLag {
-    let leo = if f.leo < 0 { log_start } else { f.leo };
+    let from = f.leo.max(log_start);
     let age =
         |t: u64| now_ms.saturating_sub(if t == 0 { leader_since_ms } else { t }) as f64 / 1000.0;
     FollowerLag {
-        records: (leader_leo - leo).max(0),
+        from,
+        records: (leader_leo - from).max(0),
         caught_up_age_s: age(f.last_caught_up_ms),
         fetch_age_s: age(f.last_fetch_ms),
     }
@@ -521,7 +525,7 @@ fn refresh_broker_gauges(topics: &Topics) {
                     ("partition", partition.clone()),
                     ("replica", f.broker_id.to_string()),
                 ];
-                let bytes = r.log().bytes_from(f.leo.max(s.log_start));
+                let bytes = r.log().bytes_from(lag.from);
                 metrics::gauge!(FOLLOWER_LAG_RECORDS, &labels).set(lag.records as f64);
                 metrics::gauge!(FOLLOWER_LAG_BYTES, &labels).set(bytes as f64);
                 metrics::gauge!(FOLLOWER_CAUGHT_UP_AGE_SECONDS, &labels).set(lag.caught_up_age_s);
@@ -630,14 +634,11 @@ mod tests {
         for (f, leo, start, since, now, (records, cu, fa)) in cases {
             let lag = follower_lag(&f, leo, start, since, now);
             assert_eq!(
-                lag,
-                FollowerLag {
-                    records,
-                    caught_up_age_s: cu,
-                    fetch_age_s: fa
-                },
+                (lag.records, lag.caught_up_age_s, lag.fetch_age_s),
+                (records, cu, fa),
                 "{f:?}"
             );
+            assert_eq!(lag.from, f.leo.max(start), "lag in bytes counts from here");
         }
     }
 

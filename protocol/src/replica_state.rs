@@ -82,18 +82,48 @@ pub struct ReplicaState {
     pub error: Option<String>,
 }
 
-/// The digest of a replica's batches over a [`DigestRange`].
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The digest of a replica's batches over a [`DigestRange`], as the storage crate's
+/// `Log::digest` computes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeDigest {
+    /// As requested.
     pub from: i64,
+    /// As requested.
     pub to: i64,
+    /// Batches covered.
     pub batches: u64,
+    /// Bytes of the covered batches.
     pub bytes: u64,
-    /// crc32c over every covered batch, in order, header included.
+    /// Base offset of the first covered batch.
+    #[serde(default)]
+    pub first_offset: Option<i64>,
+    /// Last offset + 1 of the last covered batch.
+    #[serde(default)]
+    pub end_offset: Option<i64>,
+    /// CRC-32C chained (`crc32c_append`, starting from 0) over every covered batch's full
+    /// bytes, header included; 0 if none is covered.
     pub crc32c: u32,
-    /// Base offset of the first batch whose stored CRC does not match its bytes.
+    /// Base offset of the first covered batch whose stored CRC does not match its bytes, or the
+    /// offset where a batch could not be read (the offset after the last good batch; then the
+    /// walk stopped there, and this may lie below `from` when the unreadable batch sits between
+    /// the index entry the walk started from and `from`).
     pub corrupt_batch: Option<i64>,
 }
+
+impl RangeDigest {
+    /// An empty digest of `[from, to)`: what a range that covers no batch gives.
+    pub fn empty(from: i64, to: i64) -> Self {
+        RangeDigest {
+            from,
+            to,
+            ..RangeDigest::default()
+        }
+    }
+}
+
+/// Queries and states are plain data (numbers, strings, lists, no maps with non-string keys):
+/// serialising them cannot fail.
+const PLAIN_DATA: &str = "replica states are plain data and always serialise";
 
 /// The request: a [`StateQuery`] as JSON.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -109,9 +139,8 @@ pub struct ReplicaStateResponse {
 
 impl ReplicaStateRequest {
     pub fn new(query: &StateQuery) -> Self {
-        // Plain data with string keys always serialises.
         Self {
-            json: Bytes::from(serde_json::to_vec(query).unwrap_or_default()),
+            json: Bytes::from(serde_json::to_vec(query).expect(PLAIN_DATA)),
         }
     }
 
@@ -123,7 +152,7 @@ impl ReplicaStateRequest {
 impl ReplicaStateResponse {
     pub fn new(state: &BrokerState) -> Self {
         Self {
-            json: Bytes::from(serde_json::to_vec(state).unwrap_or_default()),
+            json: Bytes::from(serde_json::to_vec(state).expect(PLAIN_DATA)),
         }
     }
 

@@ -12,49 +12,10 @@
 //! [`DigestWalk`] is pure over byte slices; [`crate::Log::digest`] feeds it the segments.
 
 use keel_protocol::batch::{batches, BatchHeader};
+/// The digest type is the one `keel check` carries on the wire.
+pub use keel_protocol::replica_state::RangeDigest;
 
 use crate::segment::{check_batch, BatchFault};
-
-/// Digest of the record batches in `[from, to)`; see [`crate::Log::digest`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RangeDigest {
-    /// As requested.
-    pub from: i64,
-    /// As requested.
-    pub to: i64,
-    /// Batches covered.
-    pub batches: u64,
-    /// Bytes of the covered batches.
-    pub bytes: u64,
-    /// Base offset of the first covered batch.
-    pub first_offset: Option<i64>,
-    /// Last offset + 1 of the last covered batch.
-    pub end_offset: Option<i64>,
-    /// CRC-32C chained (`crc32c_append`, starting from 0) over every covered batch's full
-    /// bytes, header included; 0 if none is covered.
-    pub crc32c: u32,
-    /// Base offset of the first covered batch whose stored CRC does not match its bytes, or the
-    /// offset where a batch could not be read (the offset after the last good batch; then the
-    /// walk stopped there, and this may lie below `from` when the unreadable batch sits between
-    /// the index entry the walk started from and `from`).
-    pub corrupt_batch: Option<i64>,
-}
-
-impl RangeDigest {
-    /// An empty digest of `[from, to)`: what a range that covers no batch gives.
-    pub fn empty(from: i64, to: i64) -> Self {
-        RangeDigest {
-            from,
-            to,
-            batches: 0,
-            bytes: 0,
-            first_offset: None,
-            end_offset: None,
-            crc32c: 0,
-            corrupt_batch: None,
-        }
-    }
-}
 
 /// Accumulates a [`RangeDigest`] over consecutive pieces of the log, oldest first.
 #[derive(Debug)]

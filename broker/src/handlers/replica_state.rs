@@ -14,7 +14,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::RequestHeader;
 use kafka_protocol::protocol::{Decodable, Encodable};
 use keel_protocol::replica_state::{
-    BrokerState, RangeDigest, ReplicaState, ReplicaStateRequest, ReplicaStateResponse, StateQuery,
+    BrokerState, ReplicaState, ReplicaStateRequest, ReplicaStateResponse, StateQuery,
 };
 use std::sync::Arc;
 
@@ -126,14 +126,7 @@ fn replica_state(me: i32, topic: &str, r: &Replica, ranges: &[(i64, i64)]) -> Re
             );
             mark_for_repair(topic, r, bad, others_in_sync);
         }
-        out.digests.push(RangeDigest {
-            from: d.from,
-            to: d.to,
-            batches: d.batches,
-            bytes: d.bytes,
-            crc32c: d.crc32c,
-            corrupt_batch: d.corrupt_batch,
-        });
+        out.digests.push(d);
     }
     out
 }

@@ -277,7 +277,7 @@ pub fn render(reports: &[PartitionReport], unsynced_only: bool) -> String {
         }
         for (i, row) in r.replicas.iter().enumerate() {
             let first = i == 0;
-            let status = if first && r.status != row.status && r.status > row.status {
+            let status = if first && r.status > row.status {
                 format!("{} ({})", row.status.as_str(), r.status.as_str())
             } else {
                 row.status.as_str().to_string()

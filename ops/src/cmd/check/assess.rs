@@ -281,37 +281,22 @@ fn replica_row(
             .map(|e| format!("not compared: {e}"))
             .unwrap_or_default(),
     };
-    let verdict = match reference.filter(|_| !is_reference) {
-        Some(r) => compare(s, r),
-        None => Compared::Own(corrupt(s)),
+    // A replica's own CRC failures count whoever it is; the reference is not compared with
+    // itself.
+    let (compared, differs) = match (corrupt(s), reference.filter(|_| !is_reference)) {
+        (Some(why), _) => (None, Some(why)),
+        (None, Some(r)) => compare(s, r),
+        (None, None) => (None, None),
     };
-    match verdict {
-        Compared::Range(range, None) => row.compared = Some(range),
-        Compared::Range(range, Some(why)) => {
-            row.compared = Some(range);
-            row.status = Status::Diverged;
-            row.note = join(&row.note, &why);
-        }
-        Compared::Own(Some(why)) => {
-            row.status = Status::Diverged;
-            row.note = join(&row.note, &why);
-        }
-        Compared::Own(None) | Compared::Nothing => {}
+    row.compared = compared;
+    if let Some(why) = differs {
+        row.status = Status::Diverged;
+        row.note = join(&row.note, &why);
     }
     if row.status == Status::Synced && !in_isr && lag.unwrap_or(0) > 0 {
         row.status = Status::Lagging;
     }
     row
-}
-
-/// What comparing a replica found.
-enum Compared {
-    /// Over this range; `Some` says why it differs.
-    Range((i64, i64), Option<String>),
-    /// Only the replica's own CRC checks (it is the reference).
-    Own(Option<String>),
-    /// Nothing to compare (no shared committed range, or a digest is missing).
-    Nothing,
 }
 
 /// A batch of `s` that failed its CRC check in any digest.
@@ -322,38 +307,35 @@ fn corrupt(s: &ReplicaState) -> Option<String> {
         .map(|bad| format!("batch at offset {bad} fails its CRC check"))
 }
 
-/// Compares `s` with the reference `r` over the range they share.
-fn compare(s: &ReplicaState, r: &ReplicaState) -> Compared {
-    if let Some(why) = corrupt(s) {
-        return Compared::Own(Some(why));
-    }
+/// Compares `s` with the reference `r` over the range they share: the range compared (none
+/// when they share no committed range or a digest is missing) and why they differ, if they do.
+fn compare(s: &ReplicaState, r: &ReplicaState) -> (Option<(i64, i64)>, Option<String>) {
     let Some((from, to)) = shared_range(s, r) else {
-        return Compared::Nothing;
+        return (None, None);
     };
     if epochs_in_range(&s.epochs, from, to) != epochs_in_range(&r.epochs, from, to) {
-        return Compared::Range(
-            (from, to),
-            Some(format!("leader epoch history differs in [{from}, {to})")),
-        );
+        let why = format!("leader epoch history differs in [{from}, {to})");
+        return (Some((from, to)), Some(why));
     }
     let digest = |x: &ReplicaState| {
         x.digests
             .iter()
             .find(|d| (d.from, d.to) == (from, to))
-            .cloned()
+            .copied()
     };
     match (digest(s), digest(r)) {
         // A reference whose own batch is corrupt is no yardstick: it is flagged itself.
-        (_, Some(b)) if b.corrupt_batch.is_some() => Compared::Nothing,
-        (Some(a), Some(b)) if a != b => Compared::Range(
-            (from, to),
-            Some(format!(
-                "content differs in [{from}, {to}): {} batches crc32c {:08x}, reference {} batches crc32c {:08x}",
-                a.batches, a.crc32c, b.batches, b.crc32c
-            )),
+        (_, Some(b)) if b.corrupt_batch.is_some() => (None, None),
+        (Some(a), Some(b)) => (
+            Some((from, to)),
+            (a != b).then(|| {
+                format!(
+                    "content differs in [{from}, {to}): {} batches crc32c {:08x}, reference {} batches crc32c {:08x}",
+                    a.batches, a.crc32c, b.batches, b.crc32c
+                )
+            }),
         ),
-        (Some(_), Some(_)) => Compared::Range((from, to), None),
-        _ => Compared::Nothing,
+        _ => (None, None),
     }
 }
 
@@ -381,7 +363,7 @@ mod tests {
                 batches: 9,
                 bytes: 900,
                 crc32c: crc,
-                corrupt_batch: None,
+                ..RangeDigest::default()
             }],
             ..ReplicaState::default()
         }))
