@@ -17,7 +17,7 @@ use crate::replication::{follower_high_watermark, IsrChangeResult};
 use crate::role::{Role, Timing, Transition};
 use keel_storage::{AppendInfo, FlushPolicy, Log, LogConfig, StorageError};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -48,9 +48,12 @@ pub struct Replica {
     /// `replica.lag.time.max.ms`
     lag_time_max_ms: u64,
     /// Set when recovery ended below the checkpointed HW (acknowledged data was lost
-    /// here): the offset this replica must reach again, from its leader, before it may
-    /// lead or count in an ISR.
-    must_reach: Option<i64>,
+    /// here), or when a repair was requested: the offset this replica must reach again,
+    /// from its leader, before it may lead or count in an ISR. `i64::MIN`: none.
+    must_reach: AtomicI64,
+    /// A batch failed its CRC check at this offset: truncate there (as a follower of a
+    /// fenced broker) and fetch the rest again. `i64::MAX`: none.
+    repair_at: AtomicI64,
 }
 
 /// Per-replica settings from the topic and broker configs.
@@ -178,7 +181,8 @@ impl Replica {
             min_insync_replicas: settings.min_insync_replicas,
             role: Mutex::new(role),
             lag_time_max_ms: settings.lag_time_max_ms,
-            must_reach,
+            must_reach: AtomicI64::new(must_reach.unwrap_or(i64::MIN)),
+            repair_at: AtomicI64::new(i64::MAX),
         });
         if flush_always {
             tokio::spawn(flusher(replica.clone(), stop.clone(), fatal.clone()));
@@ -249,10 +253,31 @@ impl Replica {
         }
     }
 
-    /// True while this replica lacks data it had acknowledged before an unclean stop.
+    /// True while this replica lacks data it had acknowledged (lost in an unclean stop, or
+    /// about to be cut at a corrupt batch): its broker stays fenced meanwhile.
     pub fn is_repairing(&self) -> bool {
+        self.repair_at.load(Ordering::Acquire) != i64::MAX
+            || self.log.log_end_offset() < self.must_reach.load(Ordering::Acquire)
+    }
+
+    /// Asks for the log to be cut at `bad` (a batch that fails its CRC check) and fetched
+    /// again from the leader. The cut waits until the broker is fenced and this replica
+    /// follows ([`Self::take_repair`]): a replica still in an ISR must not lack data it
+    /// acknowledged. Until it is back at today's HW it neither leads nor joins an ISR.
+    pub fn request_repair(&self, bad: i64) {
         self.must_reach
-            .is_some_and(|hw| self.log.log_end_offset() < hw)
+            .fetch_max(self.high_watermark(), Ordering::AcqRel);
+        self.repair_at.fetch_min(bad, Ordering::AcqRel);
+    }
+
+    /// The offset to cut at, if a repair is pending and this replica is a follower; the
+    /// request is consumed.
+    pub fn take_repair(&self) -> Option<i64> {
+        if self.is_leader() || self.is_deleted() {
+            return None;
+        }
+        let at = self.repair_at.swap(i64::MAX, Ordering::AcqRel);
+        (at != i64::MAX).then_some(at)
     }
 
     pub fn partition_epoch(&self) -> i32 {
@@ -270,6 +295,16 @@ impl Replica {
 
     pub fn min_insync_replicas(&self) -> i32 {
         self.min_insync_replicas
+    }
+
+    /// The HW to show consumers; `None` while this is a new leader whose HW has not yet
+    /// reached the log end it started its epoch with. Until then the HW may be below one
+    /// the previous leader already showed (it learns the followers' ends only from their
+    /// next fetches), and a consumer must never see the HW go back: it is asked to retry.
+    pub fn consumer_high_watermark(&self) -> Option<i64> {
+        let start = self.role().epoch_start_offset();
+        let hw = self.high_watermark();
+        (hw >= start).then_some(hw)
     }
 
     pub fn high_watermark(&self) -> i64 {

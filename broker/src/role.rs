@@ -111,6 +111,15 @@ impl Role {
         }
     }
 
+    /// The log end offset when this leader's epoch began (0 for a follower).
+    pub fn epoch_start_offset(&self) -> i64 {
+        if self.is_leader() {
+            self.epoch_start_offset
+        } else {
+            0
+        }
+    }
+
     pub fn follower_mut(&mut self, id: i32) -> Option<&mut FollowerState> {
         self.followers.iter_mut().find(|f| f.broker_id() == id)
     }

@@ -43,6 +43,8 @@ pub struct Consumer {
     cluster: Arc<Cluster>,
     config: ConsumerConfig,
     positions: BTreeMap<TopicPartition, i64>,
+    /// The high watermark in the last successful fetch answer for each partition.
+    high_watermarks: BTreeMap<TopicPartition, i64>,
 }
 
 impl Consumer {
@@ -56,6 +58,7 @@ impl Consumer {
             cluster: Cluster::connect(client).await?,
             config,
             positions: BTreeMap::new(),
+            high_watermarks: BTreeMap::new(),
         })
     }
 
@@ -133,6 +136,14 @@ impl Consumer {
     /// The next offset to be read from a partition, if it is assigned.
     pub fn position(&self, topic: &str, partition: i32) -> Option<i64> {
         self.positions.get(&(topic.to_owned(), partition)).copied()
+    }
+
+    /// The high watermark the partition's leader reported in the last fetch that returned
+    /// without an error for it; `None` before the first such fetch.
+    pub fn high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.high_watermarks
+            .get(&(topic.to_owned(), partition))
+            .copied()
     }
 
     /// The assigned partitions, sorted.
@@ -274,6 +285,7 @@ impl Consumer {
                     refresh = true;
                     continue;
                 }
+                self.high_watermarks.insert(key.clone(), p.high_watermark);
                 let Some(data) = p.records else {
                     continue;
                 };

@@ -40,13 +40,22 @@ impl DigestWalk {
                 Err(_) => return self.unreadable(next),
             };
             let last = b.header.last_offset();
-            let covered = b.header.base_offset() >= self.digest.from && last < self.digest.to;
-            // CRCs of batches outside the range are not computed.
-            let crc_ok = match check_batch(&b.header, b.bytes, next, covered) {
+            let base = b.header.base_offset();
+            // CRCs of batches starting outside the range are not computed. One starting
+            // inside is checked even when its (perhaps damaged) last offset says it reaches
+            // past the end.
+            let starts_inside = base >= self.digest.from && base < self.digest.to;
+            let covered = starts_inside && last < self.digest.to;
+            let crc_ok = match check_batch(&b.header, b.bytes, next, starts_inside) {
                 Ok(()) => true,
                 Err(BatchFault::Crc(_)) => false,
                 Err(BatchFault::Invalid(_)) => return self.unreadable(next),
             };
+            if !crc_ok && !covered {
+                // Its header cannot be trusted to say where the next batch starts.
+                self.digest.corrupt_batch.get_or_insert(base);
+                return false;
+            }
             if last >= self.digest.to {
                 return false;
             }
@@ -140,6 +149,17 @@ mod tests {
         assert_ne!(d.crc32c, good.crc32c);
         assert_eq!(digest(&buf, 13, 100).corrupt_batch, Some(16));
         assert_eq!(digest(&buf, 13, 16).corrupt_batch, None);
+    }
+
+    #[test]
+    fn a_damaged_last_offset_is_a_crc_failure_not_the_end_of_the_range() {
+        let (mut buf, s) = log_bytes();
+        // lastOffsetDelta (bytes 23..27) of the batch at 13: it now claims to reach past 100.
+        buf[s[2] + 23..s[2] + 27].copy_from_slice(&1000i32.to_be_bytes());
+        let d = digest(&buf, 0, 100);
+        assert_eq!(d.corrupt_batch, Some(13));
+        assert_eq!(d.batches, 2, "the walk stops there");
+        assert_eq!(digest(&buf, 0, 13).corrupt_batch, None, "past the range");
     }
 
     #[test]

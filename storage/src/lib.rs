@@ -20,13 +20,16 @@
 //! - `epoch_cache`: the leader-epoch → start-offset cache (pure).
 //! - `retention`: which segments retention deletes (pure); [`RetentionOutcome`].
 //! - [`failpoint`]: named failure-injection points for tests (`segment.write`, `segment.fsync`).
+//! - [`sync_journal`]: test-only record of what each segment's last fsync made durable
+//!   (`KEEL_TEST_SYNC_JOURNAL=1`), for simulating a power cut on a killed broker's data.
 //! - [`metrics`]: metric names, the fsync counter and timer, and [`stats`] ([`StorageStats`]).
 //!
 //! Directory layout: `<20-digit base offset>.log|.index|.timeindex` per segment, plus
 //! `recovery-point-offset-checkpoint`, `replication-offset-checkpoint` (HW),
 //! `log-start-offset-checkpoint`, `leader-epoch-checkpoint`, between a clean close and the
 //! next open `.keel-clean-shutdown`, and from a [`Log::mark_for_rescan`] until the next open
-//! `rescan-offset-checkpoint`.
+//! `rescan-offset-checkpoint`. With the [`sync_journal`] on, also `<base>.log.synced` per synced
+//! segment.
 
 mod checkpoint;
 pub mod config;
@@ -40,6 +43,7 @@ pub mod metrics;
 mod recovery;
 mod retention;
 mod segment;
+pub mod sync_journal;
 #[doc(hidden)]
 pub mod test_support;
 mod time_index;

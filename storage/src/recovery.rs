@@ -2,7 +2,9 @@
 //!
 //! Without the clean-shutdown marker, only the segments from the one holding the recovery
 //! point onwards are scanned (every batch's length and CRC checked); the first bad batch and
-//! everything after it (including later segments) is removed. The recovery point only moves
+//! everything after it (including later segments) is removed, and so is every segment after
+//! one that ends short of the next one's base offset (a power cut can drop the unsynced tail
+//! of a rolled segment and keep the newer, empty files). The recovery point only moves
 //! past a rolled segment once a flush has sealed (fsynced) it, so a torn write can only be in
 //! a scanned segment: the active one, or one rolled shortly before the crash. Indexes of
 //! unscanned segments are sanity-checked and rebuilt if missing or bad. With the marker,
@@ -22,6 +24,7 @@ use crate::config::LogConfig;
 use crate::epoch_cache::EpochCache;
 use crate::error::{Result, StorageError};
 use crate::segment::{Segment, INDEX_EXT, LOG_EXT, TIME_INDEX_EXT};
+use crate::sync_journal::SIDECAR_EXT;
 
 /// What [`crate::Log::open`] found and repaired.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,7 +33,8 @@ pub struct RecoveryInfo {
     pub clean_shutdown: bool,
     /// Segments whose batches were read and CRC-checked.
     pub scanned_segments: usize,
-    /// Bytes removed: a torn or corrupt tail plus any segments after it.
+    /// Bytes removed: a torn or corrupt tail plus any segments after it (or after a segment
+    /// ending short of the next one's base offset).
     pub truncated_bytes: u64,
     /// Unscanned segments whose index files were missing or failed the sanity check and were
     /// rebuilt from the log (scanned segments always get fresh indexes and are not counted).
@@ -102,9 +106,10 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         }
     };
 
-    // Inventory: segment bases, orphan index files, leftover temp files.
+    // Inventory: segment bases, orphan index files and sync-journal sidecars, leftover temp
+    // files.
     let mut bases = Vec::new();
-    let mut index_files = Vec::new();
+    let mut companions = Vec::new();
     let entries = std::fs::read_dir(dir)
         .map_err(|e| StorageError::io(format!("list {}", dir.display()), e))?;
     for entry in entries {
@@ -116,12 +121,14 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         }
         match parse_name(&name) {
             Some((base, LOG_EXT)) => bases.push(base),
-            Some((base, INDEX_EXT | TIME_INDEX_EXT)) => index_files.push((base, entry.path())),
+            Some((base, INDEX_EXT | TIME_INDEX_EXT | SIDECAR_EXT)) => {
+                companions.push((base, entry.path()))
+            }
             _ => {}
         }
     }
     bases.sort_unstable();
-    for (base, path) in index_files {
+    for (base, path) in companions {
         if bases.binary_search(&base).is_err() {
             remove(&path)?;
         }
@@ -131,7 +138,7 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
     // crash made the unlink undone; drop them again.
     let mut log_start = loaded.log_start.unwrap_or(i64::MIN);
     while bases.len() > 1 && bases[1] <= log_start {
-        for ext in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT] {
+        for ext in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT, SIDECAR_EXT] {
             let p = dir.join(crate::segment::file_name(bases[0], ext));
             if p.exists() {
                 remove(&p)?;
@@ -178,6 +185,8 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
 
     let mut segments = BTreeMap::new();
     let mut log_end = bases[0];
+    // A scanned segment was cut or later ones removed: the directory needs a sync.
+    let mut repaired = false;
     let mut i = 0;
     while i < bases.len() {
         let base = bases[i];
@@ -214,16 +223,33 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
                 epochs.assign(h.partition_leader_epoch(), h.base_offset())
             })?;
             seg.set_size(end);
-            if end < file_len {
+            // A segment ending short of the next one's base offset lost its tail while newer
+            // segment files survived: a power cut dropped the unsynced end of a segment rolled
+            // without a flush (the files of later rolls exist, their data may be anything).
+            // Nothing after it can be durable (a flush seals rolled segments oldest first), so
+            // it is the end of the log, as with a torn tail.
+            let short = bases.get(i + 1).filter(|&&b| next < b);
+            if let Some(&expected) = short {
                 tracing::warn!(
                     segment = seg.name(),
-                    position = end,
-                    bytes = file_len - end,
-                    error = err.as_ref().map(|e| e.to_string()),
-                    "truncating torn or corrupt tail"
+                    next_offset = next,
+                    next_segment = expected,
+                    "segment ends short of the next one: dropping the later segments"
                 );
-                info.truncated_bytes += file_len - end;
-                seg.discard_tail(end)?;
+            }
+            if end < file_len || short.is_some() {
+                if end < file_len {
+                    tracing::warn!(
+                        segment = seg.name(),
+                        position = end,
+                        bytes = file_len - end,
+                        error = err.as_ref().map(|e| e.to_string()),
+                        "truncating torn or corrupt tail"
+                    );
+                    info.truncated_bytes += file_len - end;
+                    seg.discard_tail(end)?;
+                }
+                repaired = true;
                 if !last {
                     // Everything after a bad batch goes, newest segment first so that a crash
                     // in between leaves a shorter but consistent log.
@@ -248,7 +274,7 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         segments.insert(base, Arc::new(seg));
         i += 1;
     }
-    if info.truncated_bytes > 0 {
+    if repaired {
         checkpoint::sync_dir(dir)?;
     }
 
@@ -333,6 +359,10 @@ mod tests {
         assert_eq!(
             parse_name("00000000000000001024.timeindex"),
             Some((1024, "timeindex"))
+        );
+        assert_eq!(
+            parse_name("00000000000000001024.log.synced"),
+            Some((1024, "log.synced"))
         );
         assert_eq!(parse_name("1024.log"), None);
         assert_eq!(parse_name("leader-epoch-checkpoint"), None);

@@ -26,6 +26,7 @@ use crate::error::{Result, StorageError};
 use crate::failpoint::{self, FailAction};
 use crate::index::OffsetIndex;
 use crate::metrics::{timed_sync, Mapped, OpenSegment};
+use crate::sync_journal;
 use crate::time_index::TimeIndex;
 
 pub(crate) const LOG_EXT: &str = "log";
@@ -193,7 +194,8 @@ impl Segment {
         (config.segment_bytes + u64::from(config.max_batch_bytes)) as usize
     }
 
-    /// Creates a new, empty segment, replacing any stale files of the same name.
+    /// Creates a new, empty segment, replacing any stale files of the same name (including a
+    /// [`sync_journal`] sidecar).
     pub(crate) fn create(dir: &Path, base_offset: i64, config: &LogConfig) -> Result<Segment> {
         for ext in [INDEX_EXT, TIME_INDEX_EXT] {
             let p = dir.join(file_name(base_offset, ext));
@@ -202,6 +204,15 @@ impl Segment {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(StorageError::io(format!("remove {}", p.display()), e)),
             }
+        }
+        let log_path = dir.join(file_name(base_offset, LOG_EXT));
+        if sync_journal::enabled(&log_path) {
+            sync_journal::remove(&log_path).map_err(|e| {
+                StorageError::io(
+                    format!("remove {}", sync_journal::sidecar_path(&log_path).display()),
+                    e,
+                )
+            })?;
         }
         let seg = Self::open_inner(dir, base_offset, config, true, true)?;
         Ok(seg)
@@ -377,10 +388,24 @@ impl Segment {
 
     /// fdatasync the log file. An error means the data may be lost: see
     /// [`StorageError::FsyncFailed`].
+    ///
+    /// With the [`sync_journal`] on, the file's length (capped at the logical size: bytes past
+    /// it are not part of the log, and a hole punched there must not count as durable data) is
+    /// taken before the sync and recorded once it succeeded: every byte written before the
+    /// sync started is durable after it, and every byte a flush reports durable was written
+    /// before it read the logical size.
     pub(crate) fn sync(&self) -> Result<()> {
+        let journaled = sync_journal::enabled(&self.log_path)
+            .then(|| self.file_len().map(|len| len.min(self.size())))
+            .transpose()?;
         failpoint::check_io(failpoint::SEGMENT_FSYNC, &self.log_path)
             .and_then(|()| timed_sync(|| self.file.sync_data()))
-            .map_err(|e| StorageError::fsync(format!("segment {}", self.name), e))
+            .map_err(|e| StorageError::fsync(format!("segment {}", self.name), e))?;
+        if let Some(len) = journaled {
+            sync_journal::record(&self.log_path, len)
+                .map_err(|e| StorageError::io(format!("segment {}: sync journal", self.name), e))?;
+        }
+        Ok(())
     }
 
     /// Hands the page cache of `[cache_dropped, upto)` back to the kernel; `u64::MAX` means the
@@ -439,8 +464,19 @@ impl Segment {
 
     /// Makes the bytes from `from` to the end of the file unreadable for recovery: shrinks the
     /// file if nobody else holds the mapping, else punches a hole (falling back to zeroing the
-    /// first header). Does not sync.
+    /// first header). Does not sync. With the [`sync_journal`] on, lowers the recorded durable
+    /// length to `from`: what is written there next is not durable before its own sync.
     pub(crate) fn discard_tail(&self, from: u64) -> Result<()> {
+        self.cut_tail(from)?;
+        if sync_journal::enabled(&self.log_path) {
+            sync_journal::clamp(&self.log_path, from)
+                .map_err(|e| StorageError::io(format!("segment {}: sync journal", self.name), e))?;
+        }
+        Ok(())
+    }
+
+    /// [`Segment::discard_tail`] without the journal.
+    fn cut_tail(&self, from: u64) -> Result<()> {
         let ctx = || format!("segment {}: discard from position {from}", self.name);
         let len = self.file_len()?;
         if len <= from {
@@ -684,9 +720,15 @@ impl Segment {
         Ok(())
     }
 
-    /// Unlinks the segment's files (log first). Mappings held by readers stay valid.
+    /// Unlinks the segment's files (log first; a [`sync_journal`] sidecar last: a segment
+    /// without its sidecar would count as never synced, and recovery removes a sidecar left
+    /// behind). Mappings held by readers stay valid.
     pub(crate) fn delete_files(&self, dir: &Path) -> Result<()> {
-        for ext in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT] {
+        let journaled = sync_journal::enabled(&self.log_path);
+        for ext in [LOG_EXT, INDEX_EXT, TIME_INDEX_EXT]
+            .into_iter()
+            .chain(journaled.then_some(sync_journal::SIDECAR_EXT))
+        {
             let p = dir.join(file_name(self.base_offset, ext));
             match std::fs::remove_file(&p) {
                 Ok(()) => {}

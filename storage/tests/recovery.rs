@@ -167,6 +167,55 @@ fn corrupt_recovery_point_forces_full_scan_and_cuts_later_segments() {
 }
 
 #[test]
+fn segment_ending_short_of_the_next_one_ends_the_log() {
+    // A power cut after rolls without a flush: the unsynced tail of the segment holding the
+    // last flush is lost, the newer segment files survive empty (or with whatever they hold).
+    let dir = tempfile::tempdir().unwrap();
+    let (flushed, kept, cut_at, flushed_len) = {
+        let log = open(dir.path());
+        let kept = fill(&log, 12);
+        let flushed = log.log_end_offset();
+        let active = segment_files(dir.path(), "log").pop().unwrap();
+        let len = std::fs::metadata(&active).unwrap().len();
+        for i in 0..30 {
+            log.append_as_leader(&batch(2, 150, 100 + i, 1), 1).unwrap();
+        }
+        (flushed, kept, active, len)
+    };
+    assert_eq!(flushed, 24);
+    let logs = segment_files(dir.path(), "log");
+    let at = logs.iter().position(|p| *p == cut_at).unwrap();
+    assert!(
+        logs.len() >= at + 3,
+        "rolled at least twice after the flush"
+    );
+    let set_len = |p: &Path, len: u64| {
+        OpenOptions::new()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_len(len)
+            .unwrap()
+    };
+    set_len(&cut_at, flushed_len);
+    for p in &logs[at + 1..] {
+        set_len(p, 0);
+    }
+
+    let log = open(dir.path());
+    assert_eq!(log.log_end_offset(), flushed, "{:?}", log.recovery_info());
+    assert_eq!(log.segment_count(), at + 1);
+    assert_eq!(segment_files(dir.path(), "log").len(), at + 1);
+    assert_eq!(read_all(&log, 0), kept);
+    assert_eq!(
+        log.append_as_leader(&batch(1, 10, 5, 1), 1)
+            .unwrap()
+            .base_offset,
+        flushed
+    );
+}
+
+#[test]
 fn missing_index_of_sealed_segment_is_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     let all = {

@@ -22,6 +22,8 @@ pub struct BrokerOpts {
     pub node_id: i32,
     /// Broker properties passed as `--set key=value`.
     pub settings: Vec<(String, String)>,
+    /// Environment variables for the process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for BrokerOpts {
@@ -29,6 +31,7 @@ impl Default for BrokerOpts {
         BrokerOpts {
             node_id: 1,
             settings: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -174,6 +177,7 @@ impl TestBroker {
         for (k, v) in &self.opts.settings {
             cmd.args(["--set", &format!("{k}={v}")]);
         }
+        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));

@@ -25,6 +25,7 @@ use keel_client::{Admin, ClientConfig, TopicDescription, TopicSpec};
 use crate::broker::{die_with_parent, stdout_lines, wait_for_ready_line};
 use crate::broker::{BrokerOpts, TestBroker, SIGTERM_TIMEOUT};
 use crate::command::{keel_bin, tail};
+use crate::proxy::{FaultProxy, Net};
 use crate::wait::{wait_for, wait_until};
 
 /// How long the brokers may take to appear in Metadata after they started.
@@ -40,6 +41,11 @@ pub struct ClusterOpts {
     /// Properties passed as `--set key=value` to every node, before the cluster's own
     /// (`process.roles`, `controller.*`), which win.
     pub settings: Vec<(String, String)>,
+    /// Environment variables set for every node.
+    pub env: Vec<(String, String)>,
+    /// Put a [`FaultProxy`] in front of every node's listener: brokers advertise it and
+    /// reach the controller through it, so [`TestCluster::net`] can cut links between nodes.
+    pub fault_proxies: bool,
 }
 
 impl Default for ClusterOpts {
@@ -47,6 +53,8 @@ impl Default for ClusterOpts {
         ClusterOpts {
             brokers: 3,
             settings: Vec::new(),
+            env: Vec::new(),
+            fault_proxies: false,
         }
     }
 }
@@ -61,6 +69,17 @@ impl ClusterOpts {
         self.settings.push((key.to_string(), value.to_string()));
         self
     }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// See [`ClusterOpts::fault_proxies`].
+    pub fn fault_proxies(mut self) -> Self {
+        self.fault_proxies = true;
+        self
+    }
 }
 
 /// One node of a [`TestCluster`].
@@ -71,6 +90,8 @@ pub struct Node {
     up: bool,
     /// SIGSTOPped and not yet continued.
     paused: bool,
+    /// The proxy in front of its listener, with fault proxies on.
+    proxy: Option<FaultProxy>,
 }
 
 enum Process {
@@ -171,39 +192,58 @@ pub struct TestCluster {
     opts: ClusterOpts,
     /// Node 0 (the controller) first, then the brokers in id order.
     nodes: Vec<Node>,
+    /// The links' faults, used by the proxies (idle without them).
+    net: Net,
 }
 
 impl TestCluster {
     /// Starts the controller, then the brokers, and waits until Metadata lists them all.
     pub fn start(opts: ClusterOpts) -> TestCluster {
         assert!(opts.brokers >= 1, "a cluster needs at least one broker");
-        let controller = ControllerProcess::start(&opts.settings);
-        let voters = format!("0@{}", controller.controller);
-        let mut cluster = TestCluster {
-            nodes: vec![Node {
-                id: 0,
-                process: Process::Controller(controller),
-                up: true,
-                paused: false,
-            }],
-            opts,
+        let net = Net::new();
+        let proxy = |id: i32| opts.fault_proxies.then(|| FaultProxy::start(&net, id));
+        let controller = ControllerProcess::start(&opts.settings, &opts.env);
+        let controller_proxy = proxy(0);
+        let voters = match &controller_proxy {
+            Some(p) => {
+                p.set_target(controller.controller);
+                format!("0@{}", p.addr())
+            }
+            None => format!("0@{}", controller.controller),
         };
-        for id in 1..=cluster.opts.brokers {
+        let mut nodes = vec![Node {
+            id: 0,
+            process: Process::Controller(controller),
+            up: true,
+            paused: false,
+            proxy: controller_proxy,
+        }];
+        for id in 1..=opts.brokers {
             let id = i32::try_from(id).expect("broker count fits i32");
-            let mut settings = cluster.opts.settings.clone();
+            let broker_proxy = proxy(id);
+            let mut settings = opts.settings.clone();
             settings.push(("process.roles".into(), "broker".into()));
             settings.push(("controller.quorum.voters".into(), voters.clone()));
+            if let Some(p) = &broker_proxy {
+                settings.push(("advertised.listeners".into(), p.addr().to_string()));
+            }
             let broker = TestBroker::start(BrokerOpts {
                 node_id: id,
                 settings,
+                env: opts.env.clone(),
             });
-            cluster.nodes.push(Node {
+            if let Some(p) = &broker_proxy {
+                p.set_target(broker.kafka_addr());
+            }
+            nodes.push(Node {
                 id,
                 process: Process::Broker(broker),
                 up: true,
                 paused: false,
+                proxy: broker_proxy,
             });
         }
+        let cluster = TestCluster { opts, nodes, net };
         let ids = cluster.broker_ids();
         cluster.wait_for_brokers(&ids, REGISTER_TIMEOUT);
         cluster
@@ -243,6 +283,16 @@ impl TestCluster {
 
     pub fn controller(&self) -> &Node {
         &self.nodes[0]
+    }
+
+    /// The fault table of the links between nodes; it acts only with
+    /// [`ClusterOpts::fault_proxies`].
+    pub fn net(&self) -> &Net {
+        assert!(
+            self.opts.fault_proxies,
+            "link faults need a cluster started with ClusterOpts::fault_proxies"
+        );
+        &self.net
     }
 
     fn node_mut(&mut self, id: i32) -> &mut Node {
@@ -307,6 +357,13 @@ impl TestCluster {
         match &mut node.process {
             Process::Broker(b) => b.restart(),
             Process::Controller(c) => c.restart(),
+        }
+        // A restart may have fallen back to other ports.
+        if let Some(p) = &node.proxy {
+            match &node.process {
+                Process::Broker(b) => p.set_target(b.kafka_addr()),
+                Process::Controller(c) => p.set_target(c.controller),
+            }
         }
         node.up = true;
     }
@@ -515,6 +572,7 @@ where
 /// no Kafka listener.
 struct ControllerProcess {
     settings: Vec<(String, String)>,
+    env: Vec<(String, String)>,
     // Field order matters: the child is killed in `Drop` before the directory goes away.
     child: Option<Child>,
     controller: SocketAddr,
@@ -524,7 +582,7 @@ struct ControllerProcess {
 }
 
 impl ControllerProcess {
-    fn start(settings: &[(String, String)]) -> ControllerProcess {
+    fn start(settings: &[(String, String)], env: &[(String, String)]) -> ControllerProcess {
         let dir = tempfile::Builder::new()
             .prefix("keel-test-controller-")
             .tempdir()
@@ -533,6 +591,7 @@ impl ControllerProcess {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut c = ControllerProcess {
             settings: settings.to_vec(),
+            env: env.to_vec(),
             child: None,
             controller: any,
             metrics: any,
@@ -625,6 +684,7 @@ impl ControllerProcess {
         for (k, v) in self.settings.iter().cloned().chain(own) {
             cmd.args(["--set", &format!("{k}={v}")]);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));

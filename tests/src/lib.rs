@@ -13,13 +13,22 @@
 //! - [`wait`]: [`wait_until`], the only way tests wait for a condition.
 //! - [`raw`]: a small blocking Kafka connection built on the `kafka-protocol` codecs, used as an
 //!   independent oracle and to send malformed requests.
+//! - [`disk`]: disk faults on a stopped node's data: a simulated power cut (with the brokers'
+//!   sync journal), a flipped byte, a torn tail.
+//! - [`proxy`]: a fault-injecting TCP proxy per node ([`proxy::Net`] drops, black-holes or
+//!   delays the links between nodes), used by a cluster started with fault proxies.
+//! - [`chaos`]: the Jepsen-style run behind `keel-chaos`: workload, seeded nemesis schedule,
+//!   history checker and the checks of a healed cluster.
 //! - [`data`]: deterministic keyed records with headers, and their text forms for kcat.
 //! - [`runtime`]: the tokio runtime a test drives its clients on.
 
 pub mod broker;
+pub mod chaos;
 pub mod cluster;
 pub mod command;
 pub mod data;
+pub mod disk;
+pub mod proxy;
 pub mod raw;
 pub mod tools;
 pub mod wait;

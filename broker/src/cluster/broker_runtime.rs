@@ -46,6 +46,8 @@ pub struct ClusterBroker {
     /// registration and no replica is repairing data lost in an unclean stop. Until then
     /// heartbeats ask to stay fenced, so it neither leads nor counts in an ISR.
     ready: AtomicBool,
+    /// Wakes the replica manager to look at readiness again (a repair was requested).
+    recheck: tokio::sync::Notify,
     image: watch::Sender<Arc<MetadataImage>>,
     /// The metadata offset whose replica changes this broker has applied (-1: none yet).
     applied: watch::Sender<i64>,
@@ -78,6 +80,7 @@ impl ClusterBroker {
             broker_epoch: AtomicI64::new(-1),
             shutting_down: AtomicBool::new(false),
             ready: AtomicBool::new(false),
+            recheck: tokio::sync::Notify::new(),
             image: watch::Sender::new(Arc::new(MetadataImage::new())),
             applied: watch::Sender::new(-1),
             topics,
@@ -97,6 +100,12 @@ impl ClusterBroker {
 
     pub fn broker_epoch(&self) -> i64 {
         self.broker_epoch.load(Ordering::Acquire)
+    }
+
+    /// A replica asked for a repair: look at readiness now (a ready broker otherwise waits
+    /// for a metadata change), so the broker asks to be fenced without delay.
+    pub fn recheck_readiness(&self) {
+        self.recheck.notify_one();
     }
 
     /// The connection to the controller, (re)connecting if needed.
@@ -373,6 +382,21 @@ impl ClusterBroker {
                     r.set_fenced(fenced);
                 }
             }
+            // Repairs of corrupt batches cut the log once the controller has fenced us (no
+            // ISR holds us any more) and the replica follows.
+            if !new.is_unfenced(self.node_id) {
+                for topic in self.topics.all() {
+                    for r in &topic.replicas {
+                        if let Some(at) = r.take_repair() {
+                            let r = r.clone();
+                            let cut = tokio::task::spawn_blocking(move || fetcher::repair(&r, at));
+                            if let Ok(Err(e)) = cut.await {
+                                tracing::error!(node = self.node_id, topic = %topic.meta.name, error = %e, "cutting the log at a corrupt batch failed");
+                            }
+                        }
+                    }
+                }
+            }
             let caught_up = new
                 .broker(self.node_id)
                 .is_some_and(|b| b.epoch == self.broker_epoch() && new.offset() >= b.registered_at);
@@ -454,6 +478,7 @@ impl ClusterBroker {
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() { break },
                 _ = tokio::time::sleep(recheck) => {}
+                _ = self.recheck.notified() => {}
                 _ = self.stop.cancelled() => break,
             }
         }

@@ -303,6 +303,16 @@ fn has_diverging_epoch(p: &PartitionData) -> bool {
     p.diverging_epoch.epoch >= 0 || p.diverging_epoch.end_offset >= 0
 }
 
+/// Cuts a follower replica at `bad`, a batch that failed its CRC check; the fetcher fetches
+/// the rest again (an append in flight meanwhile fails its offset check and is retried).
+pub(crate) fn repair(r: &Replica, bad: i64) -> Result<i64, String> {
+    truncate(
+        r,
+        TruncationDecision::TruncateTo(bad),
+        "a batch fails its CRC check",
+    )
+}
+
 /// Applies a truncation decision to a follower replica: truncates, counts it (truncations,
 /// records and bytes removed), logs `why`, and adopts the HW only afterwards. Returns the
 /// new log end.

@@ -183,8 +183,8 @@ impl Controller {
     }
 
     /// [`Controller::heartbeat`] with Kafka's `want_fence`: a broker that is not ready to
-    /// serve (e.g. a replica recovered below its checkpointed HW has not caught up) stays
-    /// fenced — out of every ISR and election — while it asks.
+    /// serve (e.g. a replica recovered below its checkpointed HW has not caught up, or one
+    /// is being repaired) is fenced — out of every ISR and election — while it asks.
     pub fn heartbeat_with(
         &mut self,
         id: i32,
@@ -204,6 +204,12 @@ impl Controller {
                 changes.fence(id, epoch);
                 self.settled.remove(&id);
             }
+        } else if want_fence && !broker.fenced {
+            // A running broker found it lacks acknowledged data (a replica under repair):
+            // out of every ISR and leadership until it has it back.
+            tracing::info!(broker = id, "fenced at its own request");
+            changes.fence(id, epoch);
+            self.settled.remove(&id);
         } else if broker.fenced
             && !want_fence
             && metadata_offset >= broker.registered_at

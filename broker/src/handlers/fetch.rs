@@ -231,7 +231,17 @@ fn read_all(
                         errors = true;
                         return data.with_error_code(ResponseError::NotLeaderOrFollower.code());
                     }
-                    let hw = replica.high_watermark();
+                    let hw = match reader {
+                        Reader::Consumer => match replica.consumer_high_watermark() {
+                            Some(hw) => hw,
+                            None => {
+                                errors = true;
+                                return data
+                                    .with_error_code(ResponseError::OffsetNotAvailable.code());
+                            }
+                        },
+                        Reader::Follower { .. } => replica.high_watermark(),
+                    };
                     let log = replica.log();
                     data = data
                         .with_high_watermark(hw)

@@ -35,7 +35,14 @@ pub fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> Reply {
                         return r.with_error_code(ResponseError::NotLeaderOrFollower.code());
                     }
                     let log = replica.log();
-                    let hw = replica.high_watermark();
+                    // KIP-207: a new leader gives no "latest" (nor anything bounded by the HW)
+                    // until its HW has caught up with the previous leader's.
+                    let Some(hw) = replica
+                        .consumer_high_watermark()
+                        .or_else(|| (req.replica_id.0 >= 0).then(|| replica.high_watermark()))
+                    else {
+                        return r.with_error_code(ResponseError::OffsetNotAvailable.code());
+                    };
                     // The field exists from v4; an older response must leave it at -1.
                     let r = if version >= 4 {
                         r.with_leader_epoch(replica.leader_epoch())

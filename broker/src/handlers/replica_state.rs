@@ -1,9 +1,10 @@
 //! `ReplicaState` (Keel's own API, see [`keel_protocol::replica_state`]): this broker's view of
 //! every partition replica it holds, and digests of their batches over the ranges asked for.
 //!
-//! A digest that meets a batch whose CRC does not match its bytes marks the log for a rescan
-//! ([`keel_storage::Log::mark_for_rescan`]): the next start CRC-checks from there, truncates
-//! at the bad batch and fetches the rest again from the leader.
+//! A digest that meets a batch whose CRC does not match its bytes starts a repair
+//! ([`Replica::request_repair`]): the broker asks to be fenced, then cuts the log at the bad
+//! batch and fetches the rest again from the leader. The log is also marked for a rescan
+//! ([`keel_storage::Log::mark_for_rescan`]), so a crash before the cut does not lose it.
 
 use super::{Reply, CLOSE};
 use crate::metrics as m;
@@ -36,6 +37,7 @@ pub fn handle(shared: &Arc<Shared>, mut frame: Bytes) -> Reply {
     let topics = shared.topics.clone();
     let broker_id = shared.config.node_id;
     let correlation_id = header.correlation_id;
+    let cluster = shared.cluster.clone();
     Box::pin(async move {
         let state =
             tokio::task::spawn_blocking(move || broker_state(&topics, broker_id, &query)).await;
@@ -46,6 +48,14 @@ pub fn handle(shared: &Arc<Shared>, mut frame: Bytes) -> Reply {
                 return CLOSE;
             }
         };
+        let damaged = state
+            .replicas
+            .iter()
+            .flat_map(|r| &r.digests)
+            .any(|d| d.corrupt_batch.is_some());
+        if let Some(rt) = cluster.filter(|_| damaged) {
+            rt.recheck_readiness();
+        }
         let mut buf = BytesMut::new();
         buf.put_i32(correlation_id);
         if let Err(e) = ReplicaStateResponse::new(&state).encode(&mut buf, 0) {
@@ -131,16 +141,18 @@ fn replica_state(me: i32, topic: &str, r: &Replica, ranges: &[(i64, i64)]) -> Re
     out
 }
 
-/// Marks the log so that its next start rescans from `bad`, truncates there and fetches the
-/// rest from the leader; only while another in-sync replica holds the data, since the
-/// truncation also removes the good batches after `bad`.
+/// Starts the repair of a replica at `bad` (and marks its log for a rescan); only while
+/// another in-sync replica holds the data, since the cut also removes the good batches after
+/// `bad`.
 fn mark_for_repair(topic: &str, r: &Replica, bad: i64, others_in_sync: bool) {
     if !others_in_sync {
         tracing::error!(topic, partition = r.partition, offset = bad, "no other in-sync replica to repair from: not marking the log; copy the partition from a backup or accept losing it from this offset");
         return;
     }
-    match r.log().mark_for_rescan(bad) {
-        Ok(()) => tracing::error!(topic, partition = r.partition, offset = bad, "marked for repair: the next start truncates at the bad batch and fetches the rest from the leader"),
-        Err(e) => tracing::error!(topic, partition = r.partition, error = %e, "cannot mark the log for a rescan"),
+    // The mark covers a crash before the online repair is done.
+    if let Err(e) = r.log().mark_for_rescan(bad) {
+        tracing::error!(topic, partition = r.partition, error = %e, "cannot mark the log for a rescan");
     }
+    r.request_repair(bad);
+    tracing::error!(topic, partition = r.partition, offset = bad, "repairing: the broker is fenced, truncates at the bad batch and fetches the rest from the leader");
 }

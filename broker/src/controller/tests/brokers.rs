@@ -362,3 +362,28 @@ fn a_broker_that_wants_fencing_stays_fenced_until_it_stops_asking() {
     h.commit(records);
     assert!(h.image().is_unfenced(3));
 }
+
+#[test]
+fn an_unfenced_broker_that_asks_is_fenced_and_loses_its_isr_places() {
+    let mut h = Harness::cluster(3);
+    h.create("t", 1, 3);
+    let b = h.image().broker(2).cloned().expect("broker 2");
+    let offset = h.image().offset();
+    let (reply, records) =
+        h.c.heartbeat_with(2, b.epoch, offset, false, true, h.now)
+            .unwrap();
+    h.commit(records);
+    assert!(reply.fenced, "fenced at its own request");
+    assert!(!h.image().is_unfenced(2));
+    let p = h.p("t", 0);
+    assert!(!p.isr.contains(&2), "out of the ISR: {p:?}");
+    assert_ne!(p.leader, 2, "not the leader: {p:?}");
+    // Once it stops asking it is unfenced again (ISR expansion is the leader's business).
+    let offset = h.image().offset();
+    let (reply, records) =
+        h.c.heartbeat_with(2, b.epoch, offset, false, false, h.now)
+            .unwrap();
+    h.commit(records);
+    assert!(!reply.fenced);
+    assert!(h.image().is_unfenced(2));
+}

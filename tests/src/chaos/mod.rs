@@ -1,0 +1,523 @@
+//! A Jepsen-style chaos run: a workload on a real cluster, a seeded schedule of faults
+//! (the nemesis), then heal, drain and check.
+//!
+//! [`run`] drives it and returns a [`Report`]; the `keel-chaos` binary and the CI test are
+//! thin wrappers. Everything random comes from the seed, and the report starts with it and
+//! the fault schedule, so a failed run can be replayed with the same `--seed`.
+//!
+//! After the last fault is healed the run checks, in order:
+//! 1. the history ([`checker::check`]): no acknowledged write lost or moved, no value twice,
+//!    nothing read and later changed, no high watermark gone down;
+//! 2. `keel check` reports every partition SYNCED within [`ChaosOpts::sync_timeout`] of the
+//!    heal;
+//! 3. every replica's segment files hold the same bytes below the HW;
+//! 4. no broker holds a deleted file open or mapped, and its storage gauges match its files.
+
+pub mod checker;
+pub mod nemesis;
+pub mod replicas;
+pub mod workload;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use keel_client::{Admin, ClientConfig, Consumer, ConsumerConfig, Offset};
+
+use crate::cluster::{ClusterOpts, TestCluster};
+use crate::command::keel;
+use crate::proxy::LinkFault;
+use crate::wait::poll_until;
+use checker::{Final, Verdict};
+use nemesis::{Fault, LinkMode, Nemesis, Timing};
+use workload::{Workload, WorkloadOpts};
+
+/// How a chaos run goes.
+#[derive(Debug, Clone)]
+pub struct ChaosOpts {
+    pub seed: u64,
+    pub cycles: usize,
+    pub nemeses: Vec<Nemesis>,
+    pub brokers: usize,
+    pub workload: WorkloadOpts,
+    pub timing: Timing,
+    /// From the heal of the last fault until `keel check` must say SYNCED.
+    pub sync_timeout: Duration,
+    /// The whole run stops injecting faults after this long (the checks still run).
+    pub max_duration: Duration,
+    /// Print a line per cycle as the run goes.
+    pub verbose: bool,
+}
+
+impl Default for ChaosOpts {
+    fn default() -> Self {
+        ChaosOpts {
+            seed: 1,
+            cycles: 20,
+            nemeses: Nemesis::ALL.to_vec(),
+            brokers: 3,
+            workload: WorkloadOpts::default(),
+            timing: Timing::default(),
+            sync_timeout: Duration::from_secs(30),
+            max_duration: Duration::from_secs(30 * 60),
+            verbose: false,
+        }
+    }
+}
+
+/// The outcome of a run.
+#[derive(Debug)]
+pub struct Report {
+    pub seed: u64,
+    /// What was injected, one line per cycle, with the time it started.
+    pub schedule: Vec<String>,
+    pub verdict: Verdict,
+    /// Problems found by the cluster checks (steps 2–4).
+    pub cluster_problems: Vec<String>,
+    /// Seconds from the last heal until `keel check` said SYNCED.
+    pub synced_after: Option<f64>,
+    pub elapsed: Duration,
+    /// Faults injected per nemesis.
+    pub injected: BTreeMap<&'static str, usize>,
+    /// Where a failed run left its evidence: node logs, `keel check --json`, checkpoints.
+    pub kept: Option<std::path::PathBuf>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.verdict.ok() && self.cluster_problems.is_empty()
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "seed {}", self.seed)?;
+        writeln!(f, "schedule:")?;
+        for line in &self.schedule {
+            writeln!(f, "  {line}")?;
+        }
+        let injected: Vec<String> = self
+            .injected
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        writeln!(f, "faults injected: {}", injected.join(", "))?;
+        writeln!(f, "history:")?;
+        write!(f, "{}", self.verdict)?;
+        match self.synced_after {
+            Some(s) => writeln!(f, "keel check: every partition SYNCED {s:.1} s after heal")?,
+            None => writeln!(f, "keel check: not SYNCED in time")?,
+        }
+        writeln!(f, "cluster problems: {}", self.cluster_problems.len())?;
+        for p in &self.cluster_problems {
+            writeln!(f, "  {p}")?;
+        }
+        if let Some(dir) = &self.kept {
+            writeln!(f, "evidence kept in {}", dir.display())?;
+        }
+        writeln!(
+            f,
+            "verdict: {} ({:.0} s)",
+            if self.ok() { "PASS" } else { "FAIL" },
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// Broker settings of a chaos cluster: failures are noticed within seconds, segments are
+/// small so rolls, truncations across segments and many files happen.
+fn cluster_opts(opts: &ChaosOpts) -> ClusterOpts {
+    ClusterOpts::default()
+        .brokers(opts.brokers)
+        .fault_proxies()
+        .env("KEEL_TEST_SYNC_JOURNAL", "1")
+        .set("broker.heartbeat.interval.ms", "300")
+        .set("broker.session.timeout.ms", "2500")
+        .set("replica.lag.time.max.ms", "2000")
+        .set("log.segment.bytes", "65536")
+        .set("metrics.partition.interval.ms", "200")
+}
+
+/// Runs a chaos test and returns its report; panics only when the harness itself cannot
+/// go on (a node that does not start, a client that cannot be built).
+pub fn run(opts: &ChaosOpts) -> Report {
+    let started = Instant::now();
+    let steps = nemesis::schedule(
+        opts.seed,
+        opts.cycles,
+        &opts.nemeses,
+        opts.brokers as i32,
+        opts.timing,
+    );
+    let rt = crate::runtime();
+    let mut cluster = TestCluster::start(cluster_opts(opts));
+    let topic = opts.workload.topic.clone();
+    cluster.create_replicated_topic(&topic, opts.workload.partitions, Duration::from_secs(30));
+    let mut workload = Workload::start(&rt, &cluster.bootstrap(), &opts.workload);
+
+    let mut schedule = Vec::new();
+    let mut injected: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for (i, step) in steps.iter().enumerate() {
+        if started.elapsed() > opts.max_duration {
+            schedule.push(format!("stopped after {i} cycles: --max-duration reached"));
+            break;
+        }
+        let at = started.elapsed().as_secs_f64();
+        let detail = inject(&mut cluster, step.fault, opts);
+        *injected.entry(step.fault.nemesis().name()).or_default() += 1;
+        std::thread::sleep(step.hold);
+        heal(&mut cluster, step.fault);
+        let writable = settle(&cluster, &topic, opts.workload.partitions);
+        std::thread::sleep(step.settle);
+        let p = workload.progress();
+        let line = format!(
+            "{:>3} t={at:>6.1}s {step}{detail}{}; acked {} failed {} read {}",
+            i + 1,
+            if writable {
+                ""
+            } else {
+                " (ISR not back to 2 within 20 s)"
+            },
+            p.acked,
+            p.failed,
+            p.consumed
+        );
+        if opts.verbose {
+            eprintln!("{line}");
+        }
+        schedule.push(line);
+    }
+    let healed = Instant::now();
+
+    // Drain: producers resolve every delivery, then the consumers catch up.
+    let writes = workload.stop_producers(&rt, Duration::from_secs(60));
+    let mut cluster_problems = Vec::new();
+    let synced_after = wait_synced(
+        &cluster,
+        &topic,
+        healed,
+        opts.sync_timeout,
+        &mut cluster_problems,
+    );
+    let fin = read_final(
+        &rt,
+        &cluster,
+        &topic,
+        opts.workload.partitions,
+        &mut cluster_problems,
+    );
+    let reads = workload.stop_consumers(&rt, Duration::from_secs(30));
+    let verdict = checker::check(&writes, &reads, &fin);
+
+    cluster_problems.extend(compare_replicas(&cluster, &topic, &fin));
+    cluster_problems.extend(resource_problems(&cluster));
+    let kept = (!verdict.ok() || !cluster_problems.is_empty())
+        .then(|| keep_evidence(&cluster, &topic, opts.seed));
+    Report {
+        kept,
+        seed: opts.seed,
+        schedule,
+        verdict,
+        cluster_problems,
+        synced_after,
+        elapsed: started.elapsed(),
+        injected,
+    }
+}
+
+/// Applies a fault; returns a note for the schedule line (what a corruption or power loss
+/// did).
+fn inject(cluster: &mut TestCluster, fault: Fault, opts: &ChaosOpts) -> String {
+    let others =
+        |node: i32| -> Vec<i32> { (0..=opts.brokers as i32).filter(|&n| n != node).collect() };
+    match fault {
+        Fault::Kill { node } => {
+            cluster.kill9(node);
+            String::new()
+        }
+        Fault::Pause { node } => {
+            cluster.sigstop(node);
+            String::new()
+        }
+        Fault::Partition { node, mode } => {
+            let link = match mode {
+                LinkMode::Drop => LinkFault::Drop,
+                LinkMode::Blackhole => LinkFault::Blackhole,
+                LinkMode::Delay(ms) => LinkFault::Delay(Duration::from_millis(ms)),
+            };
+            cluster.net().isolate(node, &others(node), link);
+            String::new()
+        }
+        Fault::Corrupt { node, pick } => {
+            cluster.kill9(node);
+            let data = cluster.broker(node).data_dir();
+            let topic = &opts.workload.topic;
+            let partition = (pick % opts.workload.partitions as u64) as i32;
+            let dir = crate::disk::replica_dir(&data, topic, partition);
+            let bytes: u64 = crate::disk::segment_files(&dir)
+                .iter()
+                .filter_map(|(_, f)| f.metadata().ok())
+                .map(|m| m.len())
+                .sum();
+            if bytes == 0 {
+                format!(" [{topic}-{partition} holds no batch yet: nothing corrupted]")
+            } else {
+                let done = crate::disk::corrupt_byte(&data, topic, partition, pick >> 8);
+                format!(" [{done}]")
+            }
+        }
+        Fault::PowerLoss { node } => {
+            cluster.kill9(node);
+            let lost = crate::disk::simulate_power_loss(&cluster.broker(node).data_dir());
+            format!(" [{lost}]")
+        }
+    }
+}
+
+/// Undoes a fault: restarts a killed node, continues a paused one, restores links.
+fn heal(cluster: &mut TestCluster, fault: Fault) {
+    match fault {
+        Fault::Kill { node } | Fault::Corrupt { node, .. } | Fault::PowerLoss { node } => {
+            cluster.restart(node)
+        }
+        Fault::Pause { node } => cluster.sigcont(node),
+        Fault::Partition { .. } => cluster.net().heal_all(),
+    }
+}
+
+/// Waits (up to 20 s) until every partition's ISR holds at least two brokers again, so the
+/// next fault does not start from a cluster that cannot take writes. `false` if it did not.
+fn settle(cluster: &TestCluster, topic: &str, partitions: i32) -> bool {
+    poll_until(Duration::from_secs(20), || {
+        cluster.describe_topic(topic).is_some_and(|d| {
+            d.partitions.len() == partitions as usize
+                && d.partitions
+                    .iter()
+                    .all(|p| p.leader >= 0 && p.isr.len() >= 2)
+        })
+    })
+}
+
+/// Runs `keel check` until it exits 0 or `timeout` after `healed` passes; returns the
+/// seconds from `healed` to success.
+fn wait_synced(
+    cluster: &TestCluster,
+    topic: &str,
+    healed: Instant,
+    timeout: Duration,
+    problems: &mut Vec<String>,
+) -> Option<f64> {
+    let bootstrap = cluster.bootstrap();
+    let mut last = String::new();
+    let left = timeout.saturating_sub(healed.elapsed());
+    let ok = poll_until(left, || {
+        let out = keel(
+            &[
+                "check",
+                "--bootstrap-server",
+                &bootstrap,
+                "--topic",
+                topic,
+                "--unsynced",
+                "--timeout-ms",
+                "5000",
+            ],
+            None,
+        );
+        last = format!("{}{}", out.stdout_str(), out.stderr_str());
+        out.success()
+    });
+    if ok {
+        Some(healed.elapsed().as_secs_f64())
+    } else {
+        problems.push(format!(
+            "keel check did not report every partition SYNCED within {timeout:?} of the heal; last answer:\n{last}"
+        ));
+        None
+    }
+}
+
+/// Reads every partition from offset 0 up to its HW, from the leaders.
+fn read_final(
+    rt: &tokio::runtime::Runtime,
+    cluster: &TestCluster,
+    topic: &str,
+    partitions: i32,
+    problems: &mut Vec<String>,
+) -> Final {
+    let bootstrap = cluster.bootstrap();
+    let topic = topic.to_string();
+    let read = async move {
+        let client = ClientConfig::new(&bootstrap);
+        let admin = Admin::new(client.clone()).await?;
+        let mut fin = Final::default();
+        for p in 0..partitions {
+            fin.hw
+                .insert(p, admin.list_offsets(&topic, p, Offset::Latest).await?);
+        }
+        let mut consumer = Consumer::new(client, ConsumerConfig::default()).await?;
+        let all: Vec<i32> = (0..partitions).collect();
+        consumer.assign(&topic, &all, Offset::At(0)).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while all
+            .iter()
+            .any(|&p| consumer.position(&topic, p).unwrap_or(0) < fin.hw[&p])
+        {
+            if Instant::now() > deadline {
+                return Err(keel_client::ClientError::Config(format!(
+                    "reading up to {:?} took over 60 s",
+                    fin.hw
+                )));
+            }
+            for r in consumer.poll().await? {
+                if r.offset < fin.hw[&r.partition] {
+                    let v = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default());
+                    fin.records.insert((r.partition, r.offset), v.into_owned());
+                }
+            }
+        }
+        Ok::<_, keel_client::ClientError>(fin)
+    };
+    match rt.block_on(read) {
+        Ok(fin) => fin,
+        Err(e) => {
+            problems.push(format!("final read failed: {e}"));
+            Final::default()
+        }
+    }
+}
+
+/// Every partition's replicas hold identical bytes below the final HW.
+fn compare_replicas(cluster: &TestCluster, topic: &str, fin: &Final) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (&p, &hw) in &fin.hw {
+        let name = format!("{topic}-{p}");
+        let replicas: BTreeMap<i32, std::path::PathBuf> = cluster
+            .broker_ids()
+            .into_iter()
+            .map(|id| (id, cluster.broker(id).data_dir().join(&name)))
+            .filter(|(_, dir)| dir.is_dir())
+            .collect();
+        if replicas.len() != 3 {
+            problems.push(format!(
+                "{name}: {} replica dirs, 3 expected",
+                replicas.len()
+            ));
+        }
+        problems.extend(replicas::compare_committed(p, hw, &replicas));
+    }
+    problems
+}
+
+/// Waits (up to 20 s: deletions run in the background, gauges refresh on an interval) until
+/// no broker holds a deleted file and each one's gauges match its files.
+fn resource_problems(cluster: &TestCluster) -> Vec<String> {
+    let mut problems = Vec::new();
+    poll_until(Duration::from_secs(20), || {
+        problems.clear();
+        for id in cluster.broker_ids() {
+            let node = cluster.broker(id);
+            for held in replicas::deleted_files_held(node.pid()) {
+                problems.push(format!("broker {id} holds a deleted file: {held}"));
+            }
+            match cluster.try_scrape_metrics(id) {
+                Some(m) => problems.extend(replicas::accounting_problems(id, &m, &node.data_dir())),
+                None => problems.push(format!("broker {id}: /metrics does not answer")),
+            }
+        }
+        problems.is_empty()
+    });
+    problems
+}
+
+/// Copies what a failed run leaves for a post-mortem out of the cluster's temp dirs (which go
+/// when it drops): every node's stderr log, `keel check --json`, and each node's data dir
+/// without segment and index files (checkpoints, epoch caches, journals).
+fn keep_evidence(cluster: &TestCluster, topic: &str, seed: u64) -> std::path::PathBuf {
+    let out = std::env::temp_dir()
+        .join("keel-chaos")
+        .join(format!("seed-{seed}"));
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::create_dir_all(&out);
+    let check = keel(
+        &[
+            "check",
+            "--bootstrap-server",
+            &cluster.bootstrap(),
+            "--topic",
+            topic,
+            "--json",
+            "--timeout-ms",
+            "5000",
+        ],
+        None,
+    );
+    let _ = std::fs::write(out.join("check.json"), check.stdout_str());
+    for id in cluster.node_ids() {
+        let node = cluster.node(id);
+        let _ = std::fs::copy(node.log_path(), out.join(format!("node-{id}.stderr.log")));
+        copy_small(&node.data_dir(), &out.join(format!("node-{id}.data")));
+    }
+    out
+}
+
+fn copy_small(from: &std::path::Path, to: &std::path::Path) {
+    let _ = std::fs::create_dir_all(to);
+    for e in std::fs::read_dir(from).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_small(&p, &to.join(e.file_name()));
+        } else if !p
+            .extension()
+            .is_some_and(|x| x == "log" || x == "index" || x == "timeindex")
+        {
+            let _ = std::fs::copy(&p, to.join(e.file_name()));
+        }
+    }
+}
+
+/// The one-line summary a CI log shows.
+pub fn summary(report: &Report) -> String {
+    let mut s = String::new();
+    let v = &report.verdict;
+    let _ = write!(
+        s,
+        "seed {} cycles {}: acked {}, lost {}, inconsistent offsets {}, duplicates {}, phantoms {}, \
+         read-then-changed {}, HW regressions {}, anomalies {}, cluster problems {} → {}",
+        report.seed,
+        report.schedule.len(),
+        v.acked,
+        v.lost.len(),
+        v.misplaced.len(),
+        v.duplicated.len(),
+        v.phantom.len(),
+        v.read_then_changed.len(),
+        v.hw_below_seen.len(),
+        v.anomalies.len(),
+        report.cluster_problems.len(),
+        if report.ok() { "PASS" } else { "FAIL" }
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nemesis::Step;
+    use super::*;
+
+    #[test]
+    fn a_step_line_names_the_fault() {
+        let step = Step {
+            fault: Fault::Partition {
+                node: 2,
+                mode: LinkMode::Delay(120),
+            },
+            hold: Duration::from_millis(800),
+            settle: Duration::from_millis(300),
+        };
+        assert_eq!(
+            step.to_string(),
+            "partition node 2 (delay 120 ms) for 800 ms, then 300 ms healed"
+        );
+    }
+}
