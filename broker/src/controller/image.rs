@@ -241,6 +241,14 @@ impl MetadataImage {
         self.partitions().filter(move |p| p.leader == id)
     }
 
+    /// Whether fencing broker `id` leaves every partition whose ISR holds it another unfenced
+    /// ISR member, so that none becomes leaderless.
+    pub fn can_fence_without_leaderless(&self, id: i32) -> bool {
+        self.partitions()
+            .filter(|p| p.isr.contains(&id))
+            .all(|p| p.isr.iter().any(|&b| b != id && self.is_unfenced(b)))
+    }
+
     pub fn partitions_with_replica(&self, id: i32) -> impl Iterator<Item = &PartitionRecord> + '_ {
         self.partitions().filter(move |p| p.replicas.contains(&id))
     }

@@ -204,9 +204,11 @@ impl Controller {
                 changes.fence(id, epoch);
                 self.settled.remove(&id);
             }
-        } else if want_fence && !broker.fenced {
-            // A running broker found it lacks acknowledged data (a replica under repair):
-            // out of every ISR and leadership until it has it back.
+        } else if want_fence && !broker.fenced && self.image.can_fence_without_leaderless(id) {
+            // A running broker is about to lack acknowledged data (a replica under repair):
+            // out of every ISR and leadership until it has it back. Not while that would
+            // leave a partition without a leader (another broker repairing too): then it
+            // waits, keeps asking, and repairs are done one after the other.
             tracing::info!(broker = id, "fenced at its own request");
             changes.fence(id, epoch);
             self.settled.remove(&id);

@@ -387,3 +387,25 @@ fn an_unfenced_broker_that_asks_is_fenced_and_loses_its_isr_places() {
     assert!(!reply.fenced);
     assert!(h.image().is_unfenced(2));
 }
+
+#[test]
+fn a_broker_asking_to_be_fenced_waits_while_that_would_leave_a_partition_leaderless() {
+    let mut h = Harness::cluster(3);
+    h.create("t", 1, 3);
+    let asks = |h: &mut Harness, id: i32| {
+        let b = h.image().broker(id).cloned().expect("broker");
+        let offset = h.image().offset();
+        let (reply, records) =
+            h.c.heartbeat_with(id, b.epoch, offset, false, true, h.now)
+                .unwrap();
+        h.commit(records);
+        reply.fenced
+    };
+    assert!(asks(&mut h, 1), "the first is fenced");
+    assert!(asks(&mut h, 2), "the second too: broker 3 still leads");
+    assert!(
+        !asks(&mut h, 3),
+        "the last ISR member stays: t-0 would have no leader"
+    );
+    assert_eq!(h.p("t", 0).leader, 3);
+}
