@@ -42,6 +42,8 @@ pub struct Replica {
     deleted: AtomicBool,
     /// Mirrors `role.is_leader()` for waiters that must not take the role lock.
     leading: AtomicBool,
+    /// Mirrors `role.epoch_start_offset()`, for consumer fetches.
+    epoch_start: AtomicI64,
     min_insync_replicas: i32,
     /// Leader or follower, and the leader's view of its followers.
     role: Mutex<Role>,
@@ -178,6 +180,7 @@ impl Replica {
             hw: watch::Sender::new(hw),
             deleted: AtomicBool::new(false),
             leading: AtomicBool::new(role.is_leader()),
+            epoch_start: AtomicI64::new(role.epoch_start_offset()),
             min_insync_replicas: settings.min_insync_replicas,
             role: Mutex::new(role),
             lag_time_max_ms: settings.lag_time_max_ms,
@@ -302,7 +305,7 @@ impl Replica {
     /// the previous leader already showed (it learns the followers' ends only from their
     /// next fetches), and a consumer must never see the HW go back: it is asked to retry.
     pub fn consumer_high_watermark(&self) -> Option<i64> {
-        let start = self.role().epoch_start_offset();
+        let start = self.epoch_start.load(Ordering::Acquire);
         let hw = self.high_watermark();
         (hw >= start).then_some(hw)
     }
@@ -405,6 +408,8 @@ impl Replica {
             let mut role = self.role();
             let t = role.apply(record, self.log.log_end_offset(), now_ms());
             self.leading.store(role.is_leader(), Ordering::Release);
+            self.epoch_start
+                .store(role.epoch_start_offset(), Ordering::Release);
             t
         };
         if transition == Transition::BecameLeader {

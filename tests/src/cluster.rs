@@ -24,7 +24,7 @@ use keel_client::{Admin, ClientConfig, TopicDescription, TopicSpec};
 
 use crate::broker::{die_with_parent, stdout_lines, wait_for_ready_line};
 use crate::broker::{BrokerOpts, TestBroker, SIGTERM_TIMEOUT};
-use crate::command::{keel_bin, tail};
+use crate::command::{keel_bin, tail, CmdOutput};
 use crate::proxy::{FaultProxy, Net};
 use crate::wait::{wait_for, wait_until};
 
@@ -73,6 +73,15 @@ impl ClusterOpts {
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));
         self
+    }
+
+    /// Failures noticed within seconds: fencing after 1.5 s of silence, ISR shrink after
+    /// 2 s behind, partition gauges every 100 ms.
+    pub fn fast_failover(self) -> Self {
+        self.set("broker.session.timeout.ms", "1500")
+            .set("broker.heartbeat.interval.ms", "200")
+            .set("replica.lag.time.max.ms", "2000")
+            .set("metrics.partition.interval.ms", "100")
     }
 
     /// See [`ClusterOpts::fault_proxies`].
@@ -480,6 +489,15 @@ impl TestCluster {
             self.leader_of(topic, partition)
                 .filter(|leader| Some(*leader) != not)
         })
+    }
+
+    /// `keel check --topic <topic>` against the cluster, with `extra` arguments (such as
+    /// `--timeout-ms`); exit 0 means every partition is SYNCED.
+    pub fn keel_check(&self, topic: &str, extra: &[&str]) -> CmdOutput {
+        let bootstrap = self.bootstrap();
+        let mut args = vec!["check", "--bootstrap-server", &bootstrap, "--topic", topic];
+        args.extend_from_slice(extra);
+        crate::command::keel(&args, None)
     }
 
     /// Node `id`'s `/metrics` text; panics if it does not answer.

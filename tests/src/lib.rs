@@ -40,6 +40,13 @@ pub use data::TestRecord;
 pub use tools::{require_python_modules, require_tool};
 pub use wait::{poll_until, wait_for, wait_until};
 
+/// One cluster at a time within a test binary: four node processes already share two
+/// cores. Hold the guard for the whole test.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A multi-thread tokio runtime with two workers, on which a test drives its clients.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

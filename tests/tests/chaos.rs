@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_client::{
@@ -15,13 +15,7 @@ use keel_client::{
 use keel_tests::chaos::nemesis::Nemesis;
 use keel_tests::chaos::replicas::compare_committed;
 use keel_tests::chaos::{self, ChaosOpts};
-use keel_tests::{keel, poll_until, runtime, wait_until, ClusterOpts, KeepLogs, TestCluster};
-
-/// One cluster at a time: four processes on two shared cores.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
+use keel_tests::{poll_until, runtime, serial, wait_until, ClusterOpts, KeepLogs, TestCluster};
 
 /// The seed of the CI run: `KEEL_CHAOS_SEED` to replay or vary it, 1 by default.
 fn ci_seed() -> u64 {
@@ -135,9 +129,7 @@ fn diverged_follower_is_detected_and_repaired_without_a_restart() {
     let rt = runtime();
     let mut cluster = TestCluster::start(
         ClusterOpts::default()
-            .set("broker.session.timeout.ms", "1500")
-            .set("broker.heartbeat.interval.ms", "200")
-            .set("replica.lag.time.max.ms", "2000")
+            .fast_failover()
             .set("log.segment.bytes", "4096"),
     );
     let _keep = KeepLogs::new("chaos", "diverged_follower", &cluster);
@@ -147,13 +139,8 @@ fn diverged_follower_is_detected_and_repaired_without_a_restart() {
         rt.block_on(write_versions(&bootstrap, version))
             .unwrap_or_else(|e| panic!("write version {version}: {e}"));
     }
-    let check = |args: &[&str]| {
-        let mut all = vec!["check", "--bootstrap-server", &bootstrap, "--topic", TOPIC];
-        all.extend_from_slice(args);
-        keel(&all, None)
-    };
     wait_until("keel check says SYNCED", Duration::from_secs(30), || {
-        check(&[]).success()
+        cluster.keel_check(TOPIC, &[]).success()
     });
 
     // Damage a follower at rest: clean stop, flip a byte in its oldest data, start again.
@@ -200,7 +187,7 @@ fn diverged_follower_is_detected_and_repaired_without_a_restart() {
     };
 
     // Detected: the damaged follower, and only it, is DIVERGED for a failing CRC.
-    let detected = check(&["--json"]);
+    let detected = cluster.keel_check(TOPIC, &["--json"]);
     let json = detected.stdout_str();
     assert!(
         !detected.success(),
@@ -216,9 +203,9 @@ fn diverged_follower_is_detected_and_repaired_without_a_restart() {
                 .unwrap_or_else(|e| panic!("write version {version}: {e}"));
             version += 1;
         }
-        check(&[]).success()
+        cluster.keel_check(TOPIC, &[]).success()
     });
-    let last = check(&[]);
+    let last = cluster.keel_check(TOPIC, &[]);
     assert!(repaired, "not repaired within 30 s: {last}");
     println!(
         "repaired {:.1} s after detection, without a restart",

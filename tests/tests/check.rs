@@ -51,18 +51,7 @@ fn produce(cluster: &TestCluster, rt: &tokio::runtime::Runtime, topic: &str, tag
 }
 
 fn check(cluster: &TestCluster, topic: &str) -> CmdOutput {
-    keel(
-        &[
-            "check",
-            "--bootstrap-server",
-            &cluster.bootstrap(),
-            "--topic",
-            topic,
-            "--timeout-ms",
-            "3000",
-        ],
-        None,
-    )
+    cluster.keel_check(topic, &["--timeout-ms", "3000"])
 }
 
 /// The STATUS cell of broker `id`'s row in the check table.

@@ -19,7 +19,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -29,7 +28,7 @@ use keel::cmd::cluster::{parse_exposition, Sample};
 use keel_client::{Acks, ClientConfig, Producer, ProducerConfig, ProducerRecord};
 use keel_tests::raw::{raw_header, RawConn};
 use keel_tests::{
-    poll_until, require_tool, run, runtime, wait_until, ClusterOpts, KeepLogs, TestCluster,
+    poll_until, require_tool, run, runtime, serial, wait_until, ClusterOpts, KeepLogs, TestCluster,
 };
 
 /// Bound of a single wait on the cluster.
@@ -366,12 +365,6 @@ impl Exposition {
 // ---------------------------------------------------------------------------------------
 // Cluster helpers
 // ---------------------------------------------------------------------------------------
-
-/// One cluster test at a time: four broker processes on two shared cores.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Three brokers, RF 3 and min ISR 2 by default, partition gauges refreshed every 100 ms.
 /// The session timeout is far longer than any pause here, so a paused follower leaves the

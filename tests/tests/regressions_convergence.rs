@@ -26,7 +26,7 @@ use keel_client::{
 };
 use keel_tests::chaos::replicas::{compare_committed, stored_batches, StoredBatch};
 use keel_tests::disk::{replica_dir, segment_files, simulate_power_loss, SYNC_JOURNAL_ENV};
-use keel_tests::{keel, poll_until, runtime, wait_until, ClusterOpts, CmdOutput, KeepLogs};
+use keel_tests::{poll_until, runtime, serial, wait_until, ClusterOpts, CmdOutput, KeepLogs};
 use keel_tests::{wait_for, TestCluster};
 
 /// Where [`KeepLogs`] copies the nodes' logs to, under `$TMPDIR`.
@@ -43,12 +43,6 @@ const FOLLOWER_LAG_RECORDS: &str = "keel_follower_lag_records";
 // Shared helpers
 // ---------------------------------------------------------------------------------------
 
-/// One cluster test at a time: four broker processes on two shared cores.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -56,29 +50,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Fast fencing, ISR shrink and partition gauges; RF 3 and min ISR 2 by default.
 fn fast_opts() -> ClusterOpts {
     ClusterOpts::default()
-        .brokers(3)
-        .set("broker.session.timeout.ms", "1500")
-        .set("broker.heartbeat.interval.ms", "200")
-        .set("replica.lag.time.max.ms", "2000")
-        .set("metrics.partition.interval.ms", "100")
+        .fast_failover()
         .set("min.insync.replicas", "2")
         .set("default.replication.factor", "3")
 }
 
 /// `keel check` of one topic; exit 0 means every partition is SYNCED.
 fn check(cluster: &TestCluster, topic: &str) -> CmdOutput {
-    keel(
-        &[
-            "check",
-            "--bootstrap-server",
-            &cluster.bootstrap(),
-            "--topic",
-            topic,
-            "--timeout-ms",
-            "3000",
-        ],
-        None,
-    )
+    cluster.keel_check(topic, &["--timeout-ms", "3000"])
 }
 
 /// Runs `keel check` until it exits 0 or `timeout` passes; whether it did, and its last run.

@@ -19,7 +19,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,7 +36,11 @@ use keel_tests::chaos::replicas::{
 };
 use keel_tests::disk::segment_files;
 use keel_tests::proxy::LinkFault;
-use keel_tests::{poll_until, runtime, wait_for, wait_until, ClusterOpts, TestCluster};
+use keel_tests::{poll_until, runtime, serial, wait_for, wait_until};
+use keel_tests::{ClusterOpts, KeepLogs, TestCluster};
+
+/// Where [`KeepLogs`] copies the nodes' logs to, under `$TMPDIR`.
+const LOG_DIR: &str = "keel-regressions-lifecycle";
 use tokio::runtime::Runtime;
 
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
@@ -57,61 +61,11 @@ const CLEANUP: Duration = Duration::from_secs(20);
 // Shared helpers
 // ---------------------------------------------------------------------------------------
 
-/// One cluster test at a time: four broker processes each on two shared cores.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Fast fencing, ISR shrink and metrics.
+/// Fast fencing, ISR shrink and metrics; min ISR 2.
 fn fast_opts() -> ClusterOpts {
     ClusterOpts::default()
-        .brokers(3)
-        .set("broker.session.timeout.ms", "1500")
-        .set("broker.heartbeat.interval.ms", "200")
-        .set("replica.lag.time.max.ms", "2000")
-        .set("metrics.partition.interval.ms", "100")
+        .fast_failover()
         .set("min.insync.replicas", "2")
-}
-
-/// On a panic, copies every node's stderr log (and a listing of its data dir) out of the
-/// cluster's temp dirs, which are removed when the cluster drops. Declare it after the
-/// cluster so it drops first.
-struct KeepLogsOnFailure {
-    test: &'static str,
-    nodes: Vec<(i32, PathBuf, PathBuf)>,
-}
-
-impl KeepLogsOnFailure {
-    fn new(test: &'static str, cluster: &TestCluster) -> Self {
-        let nodes = cluster
-            .node_ids()
-            .into_iter()
-            .map(|id| {
-                let n = cluster.node(id);
-                (id, n.log_path(), n.data_dir())
-            })
-            .collect();
-        KeepLogsOnFailure { test, nodes }
-    }
-}
-
-impl Drop for KeepLogsOnFailure {
-    fn drop(&mut self) {
-        if !std::thread::panicking() && std::env::var_os("KEEL_TEST_KEEP_LOGS").is_none() {
-            return;
-        }
-        let out = std::env::temp_dir()
-            .join("keel-regressions-lifecycle")
-            .join(self.test);
-        let _ = std::fs::remove_dir_all(&out);
-        let _ = std::fs::create_dir_all(&out);
-        for (id, log, data) in &self.nodes {
-            let _ = std::fs::copy(log, out.join(format!("node{id}.stderr.log")));
-            let _ = std::fs::write(out.join(format!("node{id}.data-dir.txt")), list_tree(data));
-        }
-        eprintln!("node logs kept in {}", out.display());
-    }
 }
 
 fn list_tree(dir: &Path) -> String {
@@ -833,7 +787,7 @@ fn create_delete_storm_with_a_broker_killed_leaves_no_zombie() {
     const QUIET: Duration = Duration::from_secs(5);
     let started = Instant::now();
     let mut cluster = TestCluster::start(fast_opts());
-    let _keep = KeepLogsOnFailure::new("create_delete_storm", &cluster);
+    let _keep = KeepLogs::new(LOG_DIR, "create_delete_storm", &cluster);
     let all = cluster.broker_ids();
     let rt = runtime();
     cluster.create_replicated_topic(STEADY, 1, SETTLE);
@@ -1276,7 +1230,7 @@ fn forced_divergence_converges_within_two_rounds_and_disk_accounting_holds() {
             .fault_proxies()
             .set("log.segment.bytes", &SEGMENT_BYTES.to_string()),
     );
-    let _keep = KeepLogsOnFailure::new("forced_divergence", &cluster);
+    let _keep = KeepLogs::new(LOG_DIR, "forced_divergence", &cluster);
     let all = cluster.broker_ids();
     let nodes = cluster.node_ids();
     let rt = runtime();

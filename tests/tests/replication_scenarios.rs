@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,7 +28,7 @@ use keel_client::{
     Acks, Admin, ClientConfig, ClientError, Consumer, ConsumerConfig, Offset, PartitionInfo,
     Producer, ProducerConfig, ProducerRecord, RecordMetadata, TopicSpec,
 };
-use keel_tests::{poll_until, runtime, wait_until, ClusterOpts, TestCluster};
+use keel_tests::{poll_until, runtime, serial, wait_until, ClusterOpts, TestCluster};
 
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
@@ -42,20 +42,9 @@ const SETTLE: Duration = Duration::from_secs(30);
 // Shared helpers
 // ---------------------------------------------------------------------------------------
 
-/// One cluster test at a time: four broker processes each on two shared cores.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// The settings of every scenario: fast fencing, ISR shrink and metrics.
 fn fast_opts() -> ClusterOpts {
-    ClusterOpts::default()
-        .brokers(3)
-        .set("broker.session.timeout.ms", "1500")
-        .set("broker.heartbeat.interval.ms", "200")
-        .set("replica.lag.time.max.ms", "2000")
-        .set("metrics.partition.interval.ms", "100")
+    ClusterOpts::default().brokers(3).fast_failover()
 }
 
 /// On a panic, copies every node's stderr log (and a listing of its data dir) out of the

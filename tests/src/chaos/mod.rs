@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use keel_client::{Admin, ClientConfig, Consumer, ConsumerConfig, Offset};
 
 use crate::cluster::{ClusterOpts, TestCluster};
-use crate::command::keel;
 use crate::proxy::LinkFault;
 use crate::wait::poll_until;
 use checker::{Final, Verdict};
@@ -307,23 +306,10 @@ fn wait_synced(
     timeout: Duration,
     problems: &mut Vec<String>,
 ) -> Option<f64> {
-    let bootstrap = cluster.bootstrap();
     let mut last = String::new();
     let left = timeout.saturating_sub(healed.elapsed());
     let ok = poll_until(left, || {
-        let out = keel(
-            &[
-                "check",
-                "--bootstrap-server",
-                &bootstrap,
-                "--topic",
-                topic,
-                "--unsynced",
-                "--timeout-ms",
-                "5000",
-            ],
-            None,
-        );
+        let out = cluster.keel_check(topic, &["--unsynced", "--timeout-ms", "5000"]);
         last = format!("{}{}", out.stdout_str(), out.stderr_str());
         out.success()
     });
@@ -439,19 +425,7 @@ fn keep_evidence(cluster: &TestCluster, topic: &str, seed: u64) -> std::path::Pa
         .join(format!("seed-{seed}"));
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::create_dir_all(&out);
-    let check = keel(
-        &[
-            "check",
-            "--bootstrap-server",
-            &cluster.bootstrap(),
-            "--topic",
-            topic,
-            "--json",
-            "--timeout-ms",
-            "5000",
-        ],
-        None,
-    );
+    let check = cluster.keel_check(topic, &["--json", "--timeout-ms", "5000"]);
     let _ = std::fs::write(out.join("check.json"), check.stdout_str());
     for id in cluster.node_ids() {
         let node = cluster.node(id);
