@@ -493,7 +493,6 @@ pub async fn broker_gauges(topics: Arc<Topics>, interval: Duration, stop: Cancel
 }
 
 fn refresh_broker_gauges(topics: &Topics) {
-    let now = crate::maintenance::now_ms().max(0) as u64;
     let mut count = 0usize;
     let mut used = 0u64;
     for topic in topics.all() {
@@ -519,7 +518,7 @@ fn refresh_broker_gauges(topics: &Topics) {
             set(PARTITION_UNDER_REPLICATED, f64::from(u8::from(under)));
             set(PARTITION_UNDER_MIN_ISR, f64::from(u8::from(under_min)));
             for f in &s.followers {
-                let lag = follower_lag(f, s.leo, s.log_start, s.leader_since_ms, now);
+                let lag = follower_lag(f, s.leo, s.log_start, s.leader_since_ms, s.now_ms);
                 let labels = [
                     ("topic", topic.meta.name.clone()),
                     ("partition", partition.clone()),

@@ -13,7 +13,7 @@
 use crate::controller::PartitionRecord;
 use crate::error::BrokerError;
 use crate::maintenance::now_ms as wall_ms;
-use crate::replication::{follower_high_watermark, IsrChangeResult};
+use crate::replication::{follower_high_watermark, IsrChangeResult, LagClock};
 use crate::role::{Role, Timing, Transition};
 use keel_storage::{AppendInfo, FlushPolicy, Log, LogConfig, StorageError};
 use std::path::PathBuf;
@@ -24,8 +24,18 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-fn now_ms() -> u64 {
-    wall_ms().max(0) as u64
+/// The process's [`LagClock`]: follower fetch times, catch-up times and ISR checks of every
+/// replica on this broker are measured on it, so a stall of the whole process is not
+/// counted against the followers.
+static LAG_CLOCK: Mutex<LagClock> = Mutex::new(LagClock::new());
+
+/// Reads the lag clock, letting it advance at most `max_step_ms` since the previous reading.
+fn lag_clock_ms(max_step_ms: u64) -> u64 {
+    let wall = wall_ms().max(0) as u64;
+    LAG_CLOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .observe(wall, max_step_ms)
 }
 
 pub struct Replica {
@@ -82,6 +92,10 @@ pub struct ReplicaStatus {
     pub segments: usize,
     /// When this broker became leader (0 unless leading).
     pub leader_since_ms: u64,
+    /// When this status was read. This and the other times are on the broker's lag clock
+    /// (wall-clock milliseconds that skip stalls of the process), so only their differences
+    /// mean anything.
+    pub now_ms: u64,
     /// The leader's view of its followers (empty unless leading).
     pub followers: Vec<FollowerStatus>,
 }
@@ -240,6 +254,7 @@ impl Replica {
                 replicas: role.replicas.clone(),
                 isr: role.isr.clone(),
                 leader_since_ms: role.leader_since_ms,
+                now_ms: self.now_ms(),
                 followers,
                 ..ReplicaStatus::default()
             };
@@ -406,7 +421,7 @@ impl Replica {
     pub fn apply_record(&self, record: &PartitionRecord) -> Transition {
         let transition = {
             let mut role = self.role();
-            let t = role.apply(record, self.log.log_end_offset(), now_ms());
+            let t = role.apply(record, self.log.log_end_offset(), self.now_ms());
             self.leading.store(role.is_leader(), Ordering::Release);
             self.epoch_start
                 .store(role.epoch_start_offset(), Ordering::Release);
@@ -428,7 +443,7 @@ impl Replica {
     /// The leader's side of a follower fetch: records the follower's position, moves the
     /// HW, and returns an ISR change to propose, if one is due.
     pub fn follower_fetched(&self, follower: i32, fetch_offset: i64) -> Option<Vec<i32>> {
-        let now = now_ms();
+        let now = self.now_ms();
         let leo = self.log.log_end_offset();
         {
             let mut role = self.role();
@@ -469,9 +484,14 @@ impl Replica {
         }
     }
 
+    /// Now on the lag clock, stepping at most half the lag limit (the ISR check period).
+    fn now_ms(&self) -> u64 {
+        lag_clock_ms(self.lag_time_max_ms / 2)
+    }
+
     fn timing(&self) -> Timing {
         Timing {
-            now_ms: now_ms(),
+            now_ms: self.now_ms(),
             lag_time_max_ms: self.lag_time_max_ms,
         }
     }

@@ -6,7 +6,9 @@
 //!   are updated and added across several segment rolls);
 //! - followers whose HW and LEO stay far behind the leader after a pause and never
 //!   converge (here: 16 partitions under acks=all load, one broker paused and resumed
-//!   again and again).
+//!   again and again);
+//! - a leader resumed after a stall of its own shrinking the ISR of followers that kept
+//!   fetching (found by the test above).
 //!
 //! The tests share two cores with other suites: they run one at a time (a process-wide
 //! lock, and `flock /tmp/keel-cluster.lock` around the cargo run), every wait is a condition
@@ -53,6 +55,15 @@ fn fast_opts() -> ClusterOpts {
         .fast_failover()
         .set("min.insync.replicas", "2")
         .set("default.replication.factor", "3")
+}
+
+/// For SIGSTOP tests: the session timeout is well above the pauses, so a paused broker
+/// leaves ISRs by the leaders' lag rule (1 s) but is never fenced and leadership stays
+/// where it is.
+fn pause_opts() -> ClusterOpts {
+    fast_opts()
+        .set("broker.session.timeout.ms", "6000")
+        .set("replica.lag.time.max.ms", "1000")
 }
 
 /// `keel check` of one topic; exit 0 means every partition is SYNCED.
@@ -651,16 +662,18 @@ fn isr_shrinks(cluster: &TestCluster) -> f64 {
     cluster
         .broker_ids()
         .into_iter()
-        .map(|b| {
-            let text = cluster.scrape_metrics(b);
-            let samples = parse_exposition(&text)
-                .unwrap_or_else(|e| panic!("node {b}'s /metrics does not parse: {e}"));
-            samples
-                .iter()
-                .filter(|s| s.name == "keel_isr_shrinks_total")
-                .map(|s| s.value)
-                .sum::<f64>()
-        })
+        .map(|b| isr_shrinks_of(cluster, b))
+        .sum()
+}
+
+/// ISR shrinks committed by broker `id` (for partitions it leads).
+fn isr_shrinks_of(cluster: &TestCluster, id: i32) -> f64 {
+    let text = cluster.scrape_metrics(id);
+    parse_exposition(&text)
+        .unwrap_or_else(|e| panic!("node {id}'s /metrics does not parse: {e}"))
+        .iter()
+        .filter(|s| s.name == "keel_isr_shrinks_total")
+        .map(|s| s.value)
         .sum()
 }
 
@@ -784,13 +797,7 @@ fn paused_follower_converges_on_16_partitions() {
     /// The limit, from the last SIGCONT.
     const CONVERGE: Duration = Duration::from_secs(10);
     let started = Instant::now();
-    // The session timeout is well above the longest pause: the paused broker leaves ISRs by
-    // the leaders' lag rule (1 s) but is never fenced, so leadership stays where it is.
-    let mut cluster = TestCluster::start(
-        fast_opts()
-            .set("broker.session.timeout.ms", "6000")
-            .set("replica.lag.time.max.ms", "1000"),
-    );
+    let mut cluster = TestCluster::start(pause_opts());
     let keep = KeepLogs::new(LOG_DIR, TEST, &cluster);
     cluster.create_replicated_topic(TOPIC, PARTITIONS, SETTLE);
     let paused = *cluster.broker_ids().last().expect("three brokers");
@@ -925,5 +932,76 @@ fn paused_follower_converges_on_16_partitions() {
         checked.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
+    drop(keep);
+}
+
+/// Guards against: a leader that was itself stopped blaming its followers for the stall.
+/// Found by the test above: a leader resumed after SIGSTOP ran its ISR check before it read
+/// the fetches its followers had queued meanwhile, so both looked late by the length of the
+/// pause, and it shrank the ISR to itself (below min ISR) for up to 1.4 s, refusing acks=all
+/// and making producer retries append batches twice.
+///
+/// Under acks=all load on 3 partitions, the broker leading partition 0 is SIGSTOPped three
+/// times for 2.5 s (longer than `replica.lag.time.max.ms`, shorter than the session
+/// timeout). The leader must commit no ISR shrink for the whole run, every ISR stays full,
+/// and no record fails.
+#[test]
+fn paused_leader_keeps_its_followers_in_the_isr() {
+    let _serial = serial();
+    const TEST: &str = "paused_leader_keeps_its_followers_in_the_isr";
+    const TOPIC: &str = "pausedleader";
+    const PARTITIONS: i32 = 3;
+    const PAUSE: Duration = Duration::from_millis(2500);
+    let mut cluster = TestCluster::start(pause_opts());
+    let keep = KeepLogs::new(LOG_DIR, TEST, &cluster);
+    cluster.create_replicated_topic(TOPIC, PARTITIONS, SETTLE);
+    let leader = cluster
+        .leader_of(TOPIC, 0)
+        .expect("partition 0 has a leader");
+    let rt = runtime();
+    let load = Load::start(&rt, &cluster.bootstrap(), TOPIC, PARTITIONS);
+    wait_until("the load is acknowledged (500 records)", SETTLE, || {
+        load.acks() >= 500
+    });
+    let shrinks_before = isr_shrinks_of(&cluster, leader);
+    for i in 0..3 {
+        cluster.sigstop(leader);
+        // The fault's length: the leader stays stopped this long.
+        std::thread::sleep(PAUSE);
+        cluster.sigcont(leader);
+        let acks_after = load.acks();
+        wait_until(
+            &format!("300 more acks after resume {}", i + 1),
+            SETTLE,
+            || load.acks() >= acks_after + 300,
+        );
+        // An observation window longer than the lag limit: a wrong shrink would be
+        // committed within it.
+        std::thread::sleep(Duration::from_millis(1500));
+        let shrinks = isr_shrinks_of(&cluster, leader) - shrinks_before;
+        assert_eq!(
+            shrinks,
+            0.0,
+            "broker {leader} shrank an ISR after resume {} although its followers kept fetching",
+            i + 1
+        );
+        for p in 0..PARTITIONS {
+            let isr = cluster.isr_of(TOPIC, p).unwrap_or_default();
+            assert_eq!(
+                isr.len(),
+                3,
+                "partition {p} ISR after resume {}: {isr:?}",
+                i + 1
+            );
+        }
+    }
+    let (sent, _, failed) = load.finish(&rt, SETTLE);
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} acks=all records failed, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    eprintln!("{sent} records, 3 pauses of the leader, no ISR shrink");
     drop(keep);
 }

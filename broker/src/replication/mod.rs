@@ -15,6 +15,8 @@
 //!   gate ([`IsrChangeGate`]).
 //! - [`high_watermark`]: the leader's HW ([`leader_high_watermark`]), frozen under min ISR
 //!   (KIP-966); the follower's HW ([`follower_high_watermark`]); acks=all checks.
+//! - [`lag_clock`]: the clock ISR decisions are measured on ([`LagClock`]), which skips
+//!   stalls of the leader's own process.
 //! - [`truncation`]: the follower's truncation point after a `DivergingEpoch` or an
 //!   OffsetForLeaderEpoch answer (KIP-101/279/320) and the leader's validation of a follower
 //!   fetch (Fetch v12 `LastFetchedEpoch`).
@@ -39,6 +41,7 @@
 pub mod follower_state;
 pub mod high_watermark;
 pub mod isr;
+pub mod lag_clock;
 #[cfg(test)]
 mod sim;
 pub mod truncation;
@@ -51,6 +54,7 @@ pub use isr::{
     expand_candidates, hw_follower_leos, maximal_isr, shrink_candidates, IsrChangeGate,
     IsrChangeResult, PendingIsrChange,
 };
+pub use lag_clock::LagClock;
 pub use truncation::{
     check_current_leader_epoch, leader_end_offset_for_epoch, on_diverging_epoch,
     on_offset_for_leader_epoch, on_offset_out_of_range, validate_follower_fetch, EpochEndOffset,
