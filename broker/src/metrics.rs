@@ -51,6 +51,7 @@ pub const REPLICAS_DELETED_TOTAL: &str = "keel_replica_deleted_total";
 pub const ISR_SHRINKS_TOTAL: &str = "keel_isr_shrinks_total";
 pub const ISR_EXPANDS_TOTAL: &str = "keel_isr_expands_total";
 pub const TRUNCATIONS_TOTAL: &str = "keel_replica_truncations_total";
+pub const CREATE_TOPICS_UNSETTLED_TOTAL: &str = "keel_create_topics_unsettled_total";
 pub const TRUNCATED_RECORDS_TOTAL: &str = "keel_replica_truncated_records_total";
 pub const TRUNCATED_BYTES_TOTAL: &str = "keel_replica_truncated_bytes_total";
 pub const DIVERGENCE_RESYNCS_TOTAL: &str = "keel_replica_divergence_resyncs_total";
@@ -185,6 +186,11 @@ fn describe() {
         "Partition replicas removed from this broker."
     );
     describe_counter!(
+        CREATE_TOPICS_UNSETTLED_TOTAL,
+        "Forwarded CreateTopics answered when the wait for this broker's metadata to show the \
+         new topics (led, or deleted again) ran out: its metadata lags the controller's."
+    );
+    describe_counter!(
         ISR_SHRINKS_TOTAL,
         "ISR shrinks committed by the controller for partitions this broker leads."
     );
@@ -293,6 +299,7 @@ const BROKER_COUNTERS: &[&str] = &[
     REPLICAS_DELETED_TOTAL,
     ISR_SHRINKS_TOTAL,
     ISR_EXPANDS_TOTAL,
+    CREATE_TOPICS_UNSETTLED_TOTAL,
     TRUNCATIONS_TOTAL,
     TRUNCATED_RECORDS_TOTAL,
     TRUNCATED_BYTES_TOTAL,

@@ -5,7 +5,9 @@
 //! Every loop here backs off on failure (bounded, counted) and stops with the broker.
 
 use super::fetcher;
-use crate::controller::{decode_batches, diff, MetadataImage, ReplicaChange, METADATA_TOPIC};
+use crate::controller::{
+    decode_batches, diff, MetadataImage, MetadataRecord, ReplicaChange, METADATA_TOPIC,
+};
 use crate::metrics as m;
 use crate::replica::Replica;
 use crate::replication::IsrChangeResult;
@@ -21,7 +23,7 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, Fetc
 use kafka_protocol::messages::{BrokerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use keel_client::connection::Connection;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,9 +53,16 @@ pub struct ClusterBroker {
     image: watch::Sender<Arc<MetadataImage>>,
     /// The metadata offset whose replica changes this broker has applied (-1: none yet).
     applied: watch::Sender<i64>,
+    /// Ids of the topics most recently removed by the metadata (at most
+    /// [`REMOVED_TOPICS_KEPT`], oldest first): a forwarded CreateTopics whose topic was
+    /// deleted again before this broker saw it learns so here instead of waiting in vain.
+    removed_topics: std::sync::Mutex<VecDeque<uuid::Uuid>>,
     pub topics: Arc<Topics>,
     pub stop: CancellationToken,
 }
+
+/// How many removed topic ids a broker remembers (16 bytes each).
+const REMOVED_TOPICS_KEPT: usize = 1024;
 
 /// Exponential backoff from 50 ms to 2 s.
 pub fn backoff(attempt: u32) -> Duration {
@@ -83,6 +92,7 @@ impl ClusterBroker {
             recheck: tokio::sync::Notify::new(),
             image: watch::Sender::new(Arc::new(MetadataImage::new())),
             applied: watch::Sender::new(-1),
+            removed_topics: std::sync::Mutex::new(VecDeque::new()),
             topics,
             stop,
             config,
@@ -91,6 +101,14 @@ impl ClusterBroker {
 
     pub fn image(&self) -> Arc<MetadataImage> {
         self.image.borrow().clone()
+    }
+
+    /// Whether the metadata removed the topic with this id lately (see `removed_topics`).
+    pub fn was_removed(&self, id: uuid::Uuid) -> bool {
+        self.removed_topics
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&id)
     }
 
     /// Watches the metadata offset up to which replica changes are applied here.
@@ -320,6 +338,16 @@ impl ClusterBroker {
                     }
                     for (offset, record) in &records {
                         image.apply(*offset, record);
+                        if let MetadataRecord::RemoveTopic { id, .. } = record {
+                            let mut removed = self
+                                .removed_topics
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                            if removed.len() == REMOVED_TOPICS_KEPT {
+                                removed.pop_front();
+                            }
+                            removed.push_back(*id);
+                        }
                     }
                     self.image.send_replace(Arc::new(image.clone()));
                 }

@@ -208,15 +208,19 @@ impl ControllerService {
                 let partitions = (t.num_partitions != -1).then_some(t.num_partitions);
                 let rf = (t.replication_factor != -1).then_some(t.replication_factor);
                 let outcome = if req.validate_only {
-                    Ok(())
+                    Ok(None)
                 } else {
                     self.driver
                         .create_topic(&t.name, partitions, rf, configs, now_ms())
+                        .map(Some)
                 };
                 match outcome {
-                    Ok(()) => {
+                    Ok(created) => {
+                        // By id: a delete racing this answer must not lend it another
+                        // topic's id (the forwarding broker waits for exactly this id).
                         let image = self.driver.image();
-                        match image.topic(&t.name) {
+                        let topic = created.and_then(|id| image.topic_by_id(id));
+                        match topic {
                             Some(topic) => result
                                 .with_topic_id(topic.id)
                                 .with_num_partitions(topic.partitions.len() as i32)
@@ -226,7 +230,7 @@ impl ControllerService {
                                         .first()
                                         .map_or(-1, |p| p.replicas.len() as i16),
                                 ),
-                            None => result,
+                            None => result.with_topic_id(created.unwrap_or_default()),
                         }
                     }
                     Err(e) => {

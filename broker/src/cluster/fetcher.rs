@@ -315,7 +315,7 @@ pub(crate) fn repair(r: &Replica, bad: i64) -> Result<i64, String> {
 
 /// Applies a truncation decision to a follower replica: truncates, counts it (truncations,
 /// records and bytes removed), logs `why`, and adopts the HW only afterwards. Returns the
-/// new log end.
+/// new log end. `NoTruncation` and `AskAgain` cut nothing and are not counted.
 fn truncate(r: &Replica, decision: TruncationDecision, why: &str) -> Result<i64, String> {
     let log = r.log();
     let leo = log.log_end_offset();
@@ -331,11 +331,20 @@ fn truncate(r: &Replica, decision: TruncationDecision, why: &str) -> Result<i64,
         TruncationDecision::NoTruncation | TruncationDecision::AskAgain { .. } => Ok(leo),
     }
     .map_err(|e| e.to_string())?;
-    metrics::counter!(m::TRUNCATIONS_TOTAL).increment(1);
-    metrics::counter!(m::TRUNCATED_RECORDS_TOTAL).increment(leo.saturating_sub(to).max(0) as u64);
-    metrics::counter!(m::TRUNCATED_BYTES_TOTAL)
-        .increment(size_before.saturating_sub(log.size_bytes()));
-    tracing::info!(topic = %r.topic, partition = r.partition, from = leo, to, ?decision, "truncated follower log: {why}");
+    let cut = !matches!(
+        decision,
+        TruncationDecision::NoTruncation | TruncationDecision::AskAgain { .. }
+    );
+    if cut {
+        metrics::counter!(m::TRUNCATIONS_TOTAL).increment(1);
+        metrics::counter!(m::TRUNCATED_RECORDS_TOTAL)
+            .increment(leo.saturating_sub(to).max(0) as u64);
+        metrics::counter!(m::TRUNCATED_BYTES_TOTAL)
+            .increment(size_before.saturating_sub(log.size_bytes()));
+        tracing::info!(topic = %r.topic, partition = r.partition, from = leo, to, ?decision, "truncated follower log: {why}");
+    } else {
+        tracing::debug!(topic = %r.topic, partition = r.partition, ?decision, "no truncation needed: {why}");
+    }
     r.follower_appended();
     r.set_follower_hw(r.high_watermark());
     Ok(to)

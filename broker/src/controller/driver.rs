@@ -152,13 +152,21 @@ impl ControllerDriver {
         replication_factor: Option<i16>,
         configs: BTreeMap<String, String>,
         now_ms: u64,
-    ) -> Result<(), DriverError> {
+    ) -> Result<uuid::Uuid, DriverError> {
         let mut inner = self.lock();
         let records =
             inner
                 .controller
                 .create_topic(name, partitions, replication_factor, configs)?;
-        self.commit(&mut inner, &records, now_ms)
+        let id = records
+            .iter()
+            .find_map(|r| match r {
+                MetadataRecord::Topic { id, .. } => Some(*id),
+                _ => None,
+            })
+            .expect("a created topic has a topic record");
+        self.commit(&mut inner, &records, now_ms)?;
+        Ok(id)
     }
 
     pub fn delete_topic(&self, name: &str, now_ms: u64) -> Result<(), DriverError> {
