@@ -18,6 +18,8 @@ pub const REQUESTS_TOTAL: &str = "keel_server_requests_total";
 pub const REQUEST_ERRORS_TOTAL: &str = "keel_server_request_errors_total";
 pub const REQUEST_DURATION_SECONDS: &str = "keel_server_request_duration_seconds";
 pub const CONNECTIONS_ACTIVE: &str = "keel_server_connections_active";
+pub const RUNTIME_TASKS: &str = "keel_runtime_tasks";
+pub const PROCESS_OPEN_FDS: &str = "keel_process_open_fds";
 pub const CONNECTIONS_CLOSED_ON_ERROR_TOTAL: &str = "keel_server_connections_closed_on_error_total";
 pub const RECEIVED_BYTES_TOTAL: &str = "keel_server_received_bytes_total";
 pub const SENT_BYTES_TOTAL: &str = "keel_server_sent_bytes_total";
@@ -87,6 +89,14 @@ fn describe() {
         "Time from request read to response ready, by API and version."
     );
     describe_gauge!(CONNECTIONS_ACTIVE, "Open client connections.");
+    describe_gauge!(
+        RUNTIME_TASKS,
+        "Async tasks alive in this process (connections, fetchers, flushers, timers)."
+    );
+    describe_gauge!(
+        PROCESS_OPEN_FDS,
+        "File descriptors open in this process (segments, indexes, sockets); Linux only."
+    );
     describe_counter!(
         CONNECTIONS_CLOSED_ON_ERROR_TOTAL,
         "Connections closed because of a protocol error."
@@ -541,6 +551,13 @@ fn refresh_broker_gauges(topics: &Topics) {
     }
     metrics::gauge!(REPLICAS_HOSTED).set(count as f64);
     metrics::gauge!(CONNECTIONS_ACTIVE).set(OPEN_CONNECTIONS.load(Ordering::Relaxed) as f64);
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        metrics::gauge!(RUNTIME_TASKS).set(rt.metrics().num_alive_tasks() as f64);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        // The directory's own descriptor is among the entries: not counted.
+        metrics::gauge!(PROCESS_OPEN_FDS).set(fds.count().saturating_sub(1) as f64);
+    }
     metrics::gauge!(PRODUCE_PURGATORY_REQUESTS).set(PRODUCE_WAITING.load(Ordering::Relaxed) as f64);
     metrics::gauge!(FETCH_PURGATORY_REQUESTS).set(FETCH_WAITING.load(Ordering::Relaxed) as f64);
     let storage = keel_storage::stats();

@@ -11,7 +11,9 @@
 //! 2. `keel check` reports every partition SYNCED within [`ChaosOpts::sync_timeout`] of the
 //!    heal;
 //! 3. every replica's segment files hold the same bytes below the HW;
-//! 4. no broker holds a deleted file open or mapped, and its storage gauges match its files.
+//! 4. no broker holds a deleted file open or mapped, its storage gauges match its files, and
+//!    its tasks and non-data file descriptors are back near their baseline (taken before the
+//!    first fault, with no client connected).
 
 pub mod checker;
 pub mod nemesis;
@@ -80,6 +82,8 @@ pub struct Report {
     pub injected: BTreeMap<&'static str, usize>,
     /// Where a failed run left its evidence: node logs, `keel check --json`, checkpoints.
     pub kept: Option<std::path::PathBuf>,
+    /// Per broker: tasks and non-data descriptors at the baseline → at the end.
+    pub resources: Vec<String>,
 }
 
 impl Report {
@@ -107,6 +111,7 @@ impl std::fmt::Display for Report {
             Some(s) => writeln!(f, "keel check: every partition SYNCED {s:.1} s after heal")?,
             None => writeln!(f, "keel check: not SYNCED in time")?,
         }
+        writeln!(f, "resources: {}", self.resources.join("; "))?;
         writeln!(f, "cluster problems: {}", self.cluster_problems.len())?;
         for p in &self.cluster_problems {
             writeln!(f, "  {p}")?;
@@ -152,6 +157,7 @@ pub fn run(opts: &ChaosOpts) -> Report {
     let mut cluster = TestCluster::start(cluster_opts(opts));
     let topic = opts.workload.topic.clone();
     cluster.create_replicated_topic(&topic, opts.workload.partitions, Duration::from_secs(30));
+    let baseline = resource_baseline(&cluster);
     let mut workload = Workload::start(&rt, &cluster.bootstrap(), &opts.workload);
 
     let mut schedule = Vec::new();
@@ -209,7 +215,8 @@ pub fn run(opts: &ChaosOpts) -> Report {
     let verdict = checker::check(&writes, &reads, &fin);
 
     cluster_problems.extend(compare_replicas(&cluster, &topic, &fin));
-    cluster_problems.extend(resource_problems(&cluster));
+    let (problems, resources) = resource_problems(&cluster, &baseline);
+    cluster_problems.extend(problems);
     let kept = (!verdict.ok() || !cluster_problems.is_empty())
         .then(|| keep_evidence(&cluster, &topic, opts.seed));
     Report {
@@ -221,6 +228,7 @@ pub fn run(opts: &ChaosOpts) -> Report {
         synced_after,
         elapsed: started.elapsed(),
         injected,
+        resources,
     }
 }
 
@@ -395,35 +403,98 @@ fn compare_replicas(cluster: &TestCluster, topic: &str, fin: &Final) -> Vec<Stri
     problems
 }
 
+/// How far above its baseline a broker's task count and non-data descriptors may end: a
+/// few connections of the checks themselves (metrics scrapes, `keel check`) and fetchers
+/// to leaders that moved. A leak of one per fault exceeds it within a short run.
+const TASK_SLACK: f64 = 12.0;
+const FD_SLACK: usize = 12;
+
+/// Each broker's [`replicas::Resources`] before the first fault: once two readings half a
+/// second apart (more than two gauge refreshes) agree, so the new topic's fetchers,
+/// flushers and replica connections are all counted. At most 10 s.
+fn resource_baseline(cluster: &TestCluster) -> BTreeMap<i32, replicas::Resources> {
+    let read = || -> BTreeMap<i32, replicas::Resources> {
+        cluster
+            .broker_ids()
+            .into_iter()
+            .filter_map(|id| {
+                let node = cluster.broker(id);
+                let m = cluster.try_scrape_metrics(id)?;
+                Some((id, replicas::resources(node.pid(), &node.data_dir(), &m)?))
+            })
+            .collect()
+    };
+    let mut base = read();
+    poll_until(Duration::from_secs(10), || {
+        // Pacing between the two readings, not a wait for a condition.
+        std::thread::sleep(Duration::from_millis(500));
+        let now = read();
+        let stable = now == base && now.len() == cluster.broker_ids().len();
+        base = now;
+        stable
+    });
+    base
+}
+
 /// Waits (up to 20 s: deletions run in the background, gauges refresh on an interval) until
-/// no broker holds a deleted file and each one's gauges match its files.
-fn resource_problems(cluster: &TestCluster) -> Vec<String> {
+/// no broker holds a deleted file, each one's gauges match its files, and its tasks and
+/// non-data descriptors are back within the slack of `baseline`.
+/// Also returns, per broker, its resources at the baseline and at the end.
+fn resource_problems(
+    cluster: &TestCluster,
+    baseline: &BTreeMap<i32, replicas::Resources>,
+) -> (Vec<String>, Vec<String>) {
     let mut problems = Vec::new();
+    let mut summary = Vec::new();
     poll_until(Duration::from_secs(20), || {
         problems.clear();
+        summary.clear();
         for id in cluster.broker_ids() {
             let node = cluster.broker(id);
             for held in replicas::deleted_files_held(node.pid()) {
                 problems.push(format!("broker {id} holds a deleted file: {held}"));
             }
-            match cluster.try_scrape_metrics(id) {
-                Some(m) => problems.extend(replicas::accounting_problems(id, &m, &node.data_dir())),
-                None => problems.push(format!("broker {id}: /metrics does not answer")),
+            let Some(m) = cluster.try_scrape_metrics(id) else {
+                problems.push(format!("broker {id}: /metrics does not answer"));
+                continue;
+            };
+            problems.extend(replicas::accounting_problems(id, &m, &node.data_dir()));
+            let (Some(base), Some(now)) = (
+                baseline.get(&id),
+                replicas::resources(node.pid(), &node.data_dir(), &m),
+            ) else {
+                problems.push(format!("broker {id}: no task gauge or baseline"));
+                continue;
+            };
+            summary.push(format!(
+                "broker {id} tasks {}→{} fds {}→{}",
+                base.tasks, now.tasks, base.other_fds, now.other_fds
+            ));
+            if now.tasks > base.tasks + TASK_SLACK || now.other_fds > base.other_fds + FD_SLACK {
+                problems.push(format!(
+                    "broker {id}: {} tasks and {} non-data descriptors, baseline {} and {}",
+                    now.tasks, now.other_fds, base.tasks, base.other_fds
+                ));
             }
         }
         problems.is_empty()
     });
-    problems
+    (problems, summary)
 }
 
 /// Copies what a failed run leaves for a post-mortem out of the cluster's temp dirs (which go
 /// when it drops): every node's stderr log, `keel check --json`, and each node's data dir
 /// without segment and index files (checkpoints, epoch caches, journals).
 fn keep_evidence(cluster: &TestCluster, topic: &str, seed: u64) -> std::path::PathBuf {
-    let out = std::env::temp_dir()
-        .join("keel-chaos")
-        .join(format!("seed-{seed}"));
-    let _ = std::fs::remove_dir_all(&out);
+    // A replay of the same seed keeps the earlier evidence: seed-N, seed-N.2, ...
+    let root = std::env::temp_dir().join("keel-chaos");
+    let out = (1..)
+        .map(|n| match n {
+            1 => root.join(format!("seed-{seed}")),
+            n => root.join(format!("seed-{seed}.{n}")),
+        })
+        .find(|dir| !dir.exists())
+        .expect("an unused evidence directory");
     let _ = std::fs::create_dir_all(&out);
     let check = cluster.keel_check(topic, &["--json", "--timeout-ms", "5000"]);
     let _ = std::fs::write(out.join("check.json"), check.stdout_str());

@@ -148,6 +148,38 @@ pub fn deleted_files_held(pid: u32) -> Vec<String> {
     held
 }
 
+/// A broker's resources that return to a baseline once faults are healed and clients are
+/// gone: its async tasks (the `keel_runtime_tasks` gauge) and its file descriptors outside
+/// its data dir (sockets, the event loop, its log). Descriptors of segment and index files
+/// follow the data, which grows, so they are checked against the files instead
+/// ([`deleted_files_held`], [`accounting_problems`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resources {
+    pub tasks: f64,
+    pub other_fds: usize,
+}
+
+/// [`Resources`] of the broker process `pid` with data dir `data_dir` and metrics text
+/// `metrics`; `None` if the gauge is missing.
+pub fn resources(pid: u32, data_dir: &Path, metrics: &str) -> Option<Resources> {
+    let samples = parse_exposition(metrics).ok()?;
+    let tasks = samples
+        .iter()
+        .find(|s| s.name == "keel_runtime_tasks")?
+        .value;
+    let data_dir = data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.to_path_buf());
+    let other_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|t| !t.starts_with(&data_dir))
+        .count();
+    Some(Resources { tasks, other_fds })
+}
+
 fn gauge(samples: &[Sample], name: &str) -> f64 {
     samples
         .iter()
