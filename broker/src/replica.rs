@@ -68,6 +68,11 @@ pub struct Replica {
     repair_at: AtomicI64,
 }
 
+/// See [`Replica::following`].
+pub struct FollowingGuard<'a> {
+    _role: MutexGuard<'a, Role>,
+}
+
 /// Per-replica settings from the topic and broker configs.
 #[derive(Debug, Clone, Copy)]
 pub struct ReplicaSettings {
@@ -217,6 +222,18 @@ impl Replica {
 
     pub fn leader_epoch(&self) -> i32 {
         self.role().leader_epoch
+    }
+
+    /// Holds the role while a follower fetch's answer is applied, if this replica still
+    /// follows `leader` in `leader_epoch` (the epoch the fetch was sent for); `None` if it
+    /// has moved on. A role change waits until the guard is dropped, so nothing an old
+    /// leadership sent (batches, a truncation, a HW) lands in a replica that has since become
+    /// leader or follows someone else: a new leader's epoch would otherwise start below
+    /// batches appended after it, and its epoch history differ from its followers'.
+    pub fn following(&self, leader: i32, leader_epoch: i32) -> Option<FollowingGuard<'_>> {
+        let role = self.role();
+        (!role.is_leader() && role.leader == leader && role.leader_epoch == leader_epoch)
+            .then_some(FollowingGuard { _role: role })
     }
 
     pub fn is_leader(&self) -> bool {
@@ -672,6 +689,66 @@ mod tests {
                 "replica {i}: its flusher still holds it after deletion"
             );
         }
+    }
+
+    fn partition_record(leader: i32, leader_epoch: i32) -> PartitionRecord {
+        PartitionRecord {
+            topic: "t".into(),
+            partition: 0,
+            replicas: vec![1, 2, 3],
+            isr: vec![1, 2, 3],
+            leader,
+            leader_epoch,
+            partition_epoch: leader_epoch,
+        }
+    }
+
+    /// A fetch answer from an old leadership must not land in a replica that moved on: the
+    /// guard is only given while the replica follows that leader in that epoch, and a role
+    /// change waits for it. (Without it a broker that became leader while appending a fetch
+    /// from its old leader had batches below its new epoch's start, and `keel check` saw
+    /// its epoch history differ from its followers'.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fetch_answer_applies_only_to_the_leadership_it_was_fetched_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = CancellationToken::new();
+        let r = Replica::open(
+            "t",
+            0,
+            dir.path().join("t-0"),
+            LogConfig::default(),
+            ReplicaSettings {
+                min_insync_replicas: 1,
+                lag_time_max_ms: 30_000,
+            },
+            Role::unassigned(1),
+            &stop,
+            &FatalSignal::default(),
+        )
+        .unwrap();
+        r.apply_record(&partition_record(2, 5));
+        // (leader, epoch) -> guard given?
+        for (leader, epoch, want) in [(2, 5, true), (2, 4, false), (2, 6, false), (3, 5, false)] {
+            assert_eq!(
+                r.following(leader, epoch).is_some(),
+                want,
+                "{leader} {epoch}"
+            );
+        }
+        // While an answer is applied, becoming leader waits for it.
+        let guard = r.following(2, 5).expect("follows 2 in epoch 5");
+        let r2 = r.clone();
+        let elected = std::thread::spawn(move || r2.apply_record(&partition_record(1, 6)));
+        // Room for the election to run if the guard did not hold it back.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !elected.is_finished(),
+            "the role changed under an applying fetch"
+        );
+        drop(guard);
+        assert_eq!(elected.join().unwrap(), Transition::BecameLeader);
+        assert!(r.following(2, 5).is_none(), "a leader follows nobody");
+        stop.cancel();
     }
 
     #[test]

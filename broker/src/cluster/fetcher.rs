@@ -132,6 +132,16 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
                     continue;
                 };
                 let r = replica.clone();
+                // The epoch this partition was fetched in: the answer applies only if the
+                // replica still follows `leader` in it.
+                let epoch = req
+                    .topics
+                    .iter()
+                    .filter(|ft| ft.topic_id == t.topic_id)
+                    .flat_map(|ft| &ft.partitions)
+                    .find(|fp| fp.partition == p.partition_index)
+                    .map_or(-1, |fp| fp.current_leader_epoch);
+                let fetched = (leader, epoch);
                 // Only a partition with records or a diverging epoch does I/O; an idle one
                 // just adopts the HW, here, without a trip to the blocking pool (with many
                 // idle partitions those trips cost more CPU than the data).
@@ -140,9 +150,10 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
                     && p.records.as_ref().is_none_or(|b| b.is_empty());
                 work.push(async move {
                     let outcome = if idle {
-                        Ok(handle_partition(&r, p, flush))
+                        Ok(handle_partition(&r, fetched, p, flush))
                     } else {
-                        tokio::task::spawn_blocking(move || handle_partition(&r, p, flush)).await
+                        tokio::task::spawn_blocking(move || handle_partition(&r, fetched, p, flush))
+                            .await
                     };
                     (replica.clone(), outcome)
                 });
@@ -153,7 +164,7 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
         for (replica, outcome) in futures::future::join_all(work).await {
             match outcome {
                 Ok(Ok(Applied::Done)) => {}
-                Ok(Ok(Applied::OutOfRange)) => out_of_range.push(replica),
+                Ok(Ok(Applied::OutOfRange(epoch))) => out_of_range.push((replica, epoch)),
                 Ok(Err(e)) => {
                     // Usually a metadata race (the leader learns of a change a moment
                     // later than we do); counted, backed off, retried.
@@ -163,8 +174,8 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
                 Err(e) => tracing::error!(error = %e, "follower append task panicked"),
             }
         }
-        for replica in out_of_range {
-            if let Err(e) = resolve_out_of_range(&c, &rt, &replica).await {
+        for (replica, epoch) in out_of_range {
+            if let Err(e) = resolve_out_of_range(&c, &rt, &replica, (leader, epoch)).await {
                 tracing::warn!(topic = %replica.topic, partition = replica.partition, leader, error = %e, "cannot resolve an out-of-range fetch");
                 backed_off = true;
             }
@@ -251,16 +262,24 @@ fn request(
 /// What applying one partition of a fetch response led to.
 enum Applied {
     Done,
-    /// The leader answered OFFSET_OUT_OF_RANGE: ask for its log start and end.
-    OutOfRange,
+    /// The leader answered OFFSET_OUT_OF_RANGE to a fetch in this leader epoch: ask for its
+    /// log start and end.
+    OutOfRange(i32),
 }
 
-/// Applies one partition of a fetch response to the follower replica.
-fn handle_partition(r: &Replica, p: PartitionData, flush: bool) -> Result<Applied, String> {
+/// Applies one partition of a fetch response to the follower replica, if it still follows
+/// the leader in the epoch the fetch was sent for, `fetched` = (leader, leader epoch).
+fn handle_partition(
+    r: &Replica,
+    fetched: (i32, i32),
+    p: PartitionData,
+    flush: bool,
+) -> Result<Applied, String> {
     let log = r.log();
     if p.error_code == ResponseError::OffsetOutOfRange.code() {
-        return Ok(Applied::OutOfRange);
+        return Ok(Applied::OutOfRange(fetched.1));
     }
+    let _following = following(r, fetched)?;
     if p.error_code != 0 {
         let name = ResponseError::try_from_code(p.error_code)
             .map_or_else(|| "?".into(), |e| e.to_string());
@@ -357,6 +376,7 @@ async fn resolve_out_of_range(
     c: &Connection,
     rt: &ClusterBroker,
     r: &Arc<Replica>,
+    fetched: (i32, i32),
 ) -> Result<(), String> {
     let mut ends = [0i64; 2];
     for (slot, timestamp) in ends.iter_mut().zip([-2i64, -1]) {
@@ -366,7 +386,7 @@ async fn resolve_out_of_range(
                 .with_name(TopicName(StrBytes::from_string(r.topic.to_string())))
                 .with_partitions(vec![ListOffsetsPartition::default()
                     .with_partition_index(r.partition)
-                    .with_current_leader_epoch(r.leader_epoch())
+                    .with_current_leader_epoch(fetched.1)
                     .with_timestamp(timestamp)])]);
         let resp = c
             .send_version(&req, 4, Duration::from_secs(10))
@@ -386,6 +406,7 @@ async fn resolve_out_of_range(
     let [start, end] = ends;
     let r = r.clone();
     tokio::task::spawn_blocking(move || {
+        let _following = following(&r, fetched)?;
         let decision = on_offset_out_of_range(start, end, r.log().log_end_offset());
         let why = format!("out of range: leader log start {start}, LEO {end}");
         tracing::warn!(topic = %r.topic, partition = r.partition, "fetch {why}");
@@ -393,6 +414,16 @@ async fn resolve_out_of_range(
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+/// [`Replica::following`], or why the answer no longer applies.
+fn following(
+    r: &Replica,
+    (leader, epoch): (i32, i32),
+) -> Result<crate::replica::FollowingGuard<'_>, String> {
+    r.following(leader, epoch).ok_or_else(|| {
+        format!("no longer follows broker {leader} in leader epoch {epoch}: answer dropped")
+    })
 }
 
 async fn sleep_or_stop(stop: &CancellationToken, d: Duration) -> bool {
