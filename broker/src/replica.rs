@@ -656,6 +656,28 @@ mod tests {
         }
     }
 
+    /// Partition `partition` of topic "t" on broker 1, not told its role yet.
+    fn open_replica(
+        dir: &std::path::Path,
+        partition: i32,
+        stop: &CancellationToken,
+    ) -> Arc<Replica> {
+        Replica::open(
+            "t",
+            partition,
+            dir.join(format!("t-{partition}")),
+            LogConfig::default(),
+            ReplicaSettings {
+                min_insync_replicas: 1,
+                lag_time_max_ms: 30_000,
+            },
+            Role::unassigned(1),
+            stop,
+            &FatalSignal::default(),
+        )
+        .unwrap()
+    }
+
     /// The zombie of a replica created and deleted at once: its flusher must end even when
     /// the deletion comes before the task first runs, or it keeps the log's files open.
     #[tokio::test(flavor = "current_thread")]
@@ -663,20 +685,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let stop = CancellationToken::new();
         for i in 0..20 {
-            let r = Replica::open(
-                "t",
-                i,
-                dir.path().join(format!("t-{i}")),
-                LogConfig::default(),
-                ReplicaSettings {
-                    min_insync_replicas: 1,
-                    lag_time_max_ms: 30_000,
-                },
-                Role::unassigned(1),
-                &stop,
-                &FatalSignal::default(),
-            )
-            .unwrap();
+            let r = open_replica(dir.path(), i, &stop);
             // On a current-thread runtime the flusher has not run yet.
             r.mark_deleted();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -712,20 +721,7 @@ mod tests {
     async fn a_fetch_answer_applies_only_to_the_leadership_it_was_fetched_in() {
         let dir = tempfile::tempdir().unwrap();
         let stop = CancellationToken::new();
-        let r = Replica::open(
-            "t",
-            0,
-            dir.path().join("t-0"),
-            LogConfig::default(),
-            ReplicaSettings {
-                min_insync_replicas: 1,
-                lag_time_max_ms: 30_000,
-            },
-            Role::unassigned(1),
-            &stop,
-            &FatalSignal::default(),
-        )
-        .unwrap();
+        let r = open_replica(dir.path(), 0, &stop);
         r.apply_record(&partition_record(2, 5));
         // (leader, epoch) -> guard given?
         for (leader, epoch, want) in [(2, 5, true), (2, 4, false), (2, 6, false), (3, 5, false)] {
