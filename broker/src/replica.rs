@@ -501,9 +501,11 @@ impl Replica {
         }
     }
 
-    /// Now on the lag clock, stepping at most half the lag limit (the ISR check period).
+    /// Now on the lag clock, stepping at most half the lag limit: the ISR check period, so
+    /// a running broker's checks alone keep the clock at pace (50 ms at least, the shortest
+    /// period the check loop uses).
     fn now_ms(&self) -> u64 {
-        lag_clock_ms(self.lag_time_max_ms / 2)
+        lag_clock_ms((self.lag_time_max_ms / 2).max(50))
     }
 
     fn timing(&self) -> Timing {
