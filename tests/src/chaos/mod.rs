@@ -161,6 +161,7 @@ pub fn run(opts: &ChaosOpts) -> Report {
     let mut workload = Workload::start(&rt, &cluster.bootstrap(), &opts.workload);
 
     let mut schedule = Vec::new();
+    let mut scrub_problems = Vec::new();
     let mut injected: BTreeMap<&'static str, usize> = BTreeMap::new();
     for (i, step) in steps.iter().enumerate() {
         if started.elapsed() > opts.max_duration {
@@ -173,10 +174,16 @@ pub fn run(opts: &ChaosOpts) -> Report {
         std::thread::sleep(step.hold);
         heal(&mut cluster, step.fault);
         let writable = settle(&cluster, &topic, opts.workload.partitions);
+        let scrubbed = match step.fault {
+            Fault::Corrupt { .. } => {
+                scrub(&cluster, &topic, opts.sync_timeout, &mut scrub_problems)
+            }
+            _ => String::new(),
+        };
         std::thread::sleep(step.settle);
         let p = workload.progress();
         let line = format!(
-            "{:>3} t={at:>6.1}s {step}{detail}{}; acked {} failed {} read {}",
+            "{:>3} t={at:>6.1}s {step}{detail}{}{scrubbed}; acked {} failed {} read {}",
             i + 1,
             if writable {
                 ""
@@ -196,7 +203,7 @@ pub fn run(opts: &ChaosOpts) -> Report {
 
     // Drain: producers resolve every delivery, then the consumers catch up.
     let writes = workload.stop_producers(&rt, Duration::from_secs(60));
-    let mut cluster_problems = Vec::new();
+    let mut cluster_problems = scrub_problems;
     let synced_after = wait_synced(
         &cluster,
         &topic,
@@ -294,6 +301,38 @@ fn heal(cluster: &mut TestCluster, fault: Fault) {
 
 /// Waits (up to 20 s) until every partition's ISR holds at least two brokers again, so the
 /// next fault does not start from a cluster that cannot take writes. `false` if it did not.
+/// After a corruption is healed: runs `keel check`, as an operator's scrub would, until it
+/// reports every partition SYNCED (its first run starts the repair of what it finds), at
+/// most `timeout`. This keeps the damage within the fault model of RF 3 and min ISR 2: one
+/// damaged replica of a partition at a time. Without it, damage piles up undetected until
+/// every replica of a partition has a bad batch (at different offsets), and no replica can
+/// be repaired from another (see TESTING.md). Returns a note for the schedule line.
+fn scrub(
+    cluster: &TestCluster,
+    topic: &str,
+    timeout: Duration,
+    problems: &mut Vec<String>,
+) -> String {
+    let started = Instant::now();
+    let mut last = String::new();
+    let ok = poll_until(timeout, || {
+        let out = cluster.keel_check(topic, &["--unsynced", "--timeout-ms", "5000"]);
+        last = format!("{}{}", out.stdout_str(), out.stderr_str());
+        out.success()
+    });
+    if ok {
+        format!(
+            ", scrubbed: SYNCED after {:.1} s",
+            started.elapsed().as_secs_f64()
+        )
+    } else {
+        problems.push(format!(
+            "keel check did not report every partition SYNCED within {timeout:?} of a corruption; last answer:\n{last}"
+        ));
+        format!(", scrub: not SYNCED within {timeout:?}")
+    }
+}
+
 fn settle(cluster: &TestCluster, topic: &str, partitions: i32) -> bool {
     poll_until(Duration::from_secs(20), || {
         cluster.describe_topic(topic).is_some_and(|d| {
