@@ -20,7 +20,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use keel::cmd::cluster::{partition_offsets, scrape_metrics, ReadyLine, ReplicaOffsets, Role};
-use keel_client::{Admin, ClientConfig, TopicDescription, TopicSpec};
+use keel_client::{Admin, ClientConfig, PartitionInfo, TopicDescription, TopicSpec};
 
 use crate::broker::{die_with_parent, stdout_lines, wait_for_ready_line};
 use crate::broker::{BrokerOpts, TestBroker, SIGTERM_TIMEOUT};
@@ -515,6 +515,82 @@ impl TestCluster {
     fn get_metrics(&self, id: i32) -> anyhow::Result<String> {
         let addr = self.node(id).metrics_addr();
         block_on(scrape_metrics(addr, PROBE_TIMEOUT))
+    }
+
+    /// One partition of [`TestCluster::describe_topic`].
+    pub fn partition_info(&self, topic: &str, partition: i32) -> Option<PartitionInfo> {
+        self.describe_topic(topic)?
+            .partitions
+            .into_iter()
+            .find(|p| p.partition == partition)
+    }
+
+    /// Kafka addresses of brokers `ids`, comma-separated (a bootstrap list).
+    pub fn kafka_addrs(&self, ids: &[i32]) -> String {
+        ids.iter()
+            .map(|&id| self.broker(id).kafka_addr().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// (LEO, HW) of node `id`'s replica of `topic-partition` from its metrics, `None`s when
+    /// the node does not answer or has no such replica.
+    pub fn try_replica_offsets(
+        &self,
+        id: i32,
+        topic: &str,
+        partition: i32,
+    ) -> (Option<i64>, Option<i64>) {
+        let Some(text) = self.try_scrape_metrics(id) else {
+            return (None, None);
+        };
+        partition_offsets(&text)
+            .get(&(topic.to_string(), partition))
+            .map_or((None, None), |o| (o.leo, o.hw))
+    }
+
+    /// Waits until Metadata shows every broker in `ids` in the ISR with a leader among
+    /// them, and every replica in `ids` reports the same LEO with HW == LEO, at least
+    /// `min_leo`. Returns (leader, LEO); panics with the last state seen after `timeout`.
+    pub fn wait_in_sync(
+        &self,
+        topic: &str,
+        partition: i32,
+        ids: &[i32],
+        min_leo: i64,
+        timeout: Duration,
+    ) -> (i32, i64) {
+        let mut last = String::new();
+        let start = Instant::now();
+        let mut found = None;
+        crate::wait::poll_until(timeout, || {
+            let state = self.partition_info(topic, partition);
+            let offsets: Vec<(i32, Option<i64>, Option<i64>)> = ids
+                .iter()
+                .map(|&id| {
+                    let (leo, hw) = self.try_replica_offsets(id, topic, partition);
+                    (id, leo, hw)
+                })
+                .collect();
+            last = format!("metadata {state:?}; (id, leo, hw) {offsets:?}");
+            let Some(p) = &state else { return false };
+            let isr_ok = ids.iter().all(|id| p.isr.contains(id)) && ids.contains(&p.leader);
+            let leo = offsets[0].1;
+            let same = offsets
+                .iter()
+                .all(|(_, l, h)| l.is_some() && *l == leo && *h == leo);
+            if isr_ok && same && leo.is_some_and(|l| l >= min_leo) {
+                found = Some((p.leader, leo.unwrap_or_default()));
+            }
+            found.is_some()
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "timed out after {:.1}s waiting until {topic}-{partition}: replicas {ids:?} in \
+                 the ISR, LEO == HW >= {min_leo} everywhere; last seen: {last}",
+                start.elapsed().as_secs_f64()
+            )
+        })
     }
 
     /// LEO and HW of node `id`'s replica of `topic-partition`, from its metrics (which

@@ -88,22 +88,6 @@ fn list_tree(dir: &Path) -> String {
     out
 }
 
-/// Kafka addresses of `ids`, comma-separated.
-fn addrs(cluster: &TestCluster, ids: &[i32]) -> String {
-    ids.iter()
-        .map(|&id| cluster.broker(id).kafka_addr().to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn partition_info(cluster: &TestCluster, topic: &str, partition: i32) -> Option<PartitionInfo> {
-    cluster
-        .describe_topic(topic)?
-        .partitions
-        .into_iter()
-        .find(|p| p.partition == partition)
-}
-
 /// The partition as the brokers behind `bootstrap` (and only those, as far as the client
 /// goes) describe it; `None` when they do not answer within a few seconds.
 fn partition_via(
@@ -148,65 +132,6 @@ fn metric_sum(text: &str, name: &str) -> f64 {
 /// A counter or gauge of node `id`, summed over labels; panics if the node does not answer.
 fn metric_of(cluster: &TestCluster, id: i32, name: &str) -> i64 {
     metric_sum(&cluster.scrape_metrics(id), name) as i64
-}
-
-fn leo_hw(
-    cluster: &TestCluster,
-    id: i32,
-    topic: &str,
-    partition: i32,
-) -> (Option<i64>, Option<i64>) {
-    let Some(text) = cluster.try_scrape_metrics(id) else {
-        return (None, None);
-    };
-    let offsets = keel::cmd::cluster::partition_offsets(&text);
-    offsets
-        .get(&(topic.to_string(), partition))
-        .map_or((None, None), |o| (o.leo, o.hw))
-}
-
-/// Waits until Metadata shows every broker in `ids` in the ISR with a leader among them,
-/// and every replica in `ids` reports the same LEO with HW == LEO, at least `min_leo`.
-/// Returns (leader, LEO).
-fn wait_in_sync(
-    cluster: &TestCluster,
-    topic: &str,
-    partition: i32,
-    ids: &[i32],
-    min_leo: i64,
-    timeout: Duration,
-) -> (i32, i64) {
-    let mut last = String::new();
-    let start = Instant::now();
-    let mut found = None;
-    poll_until(timeout, || {
-        let state = partition_info(cluster, topic, partition);
-        let offsets: Vec<(i32, Option<i64>, Option<i64>)> = ids
-            .iter()
-            .map(|&id| {
-                let (leo, hw) = leo_hw(cluster, id, topic, partition);
-                (id, leo, hw)
-            })
-            .collect();
-        last = format!("metadata {state:?}; (id, leo, hw) {offsets:?}");
-        let Some(p) = &state else { return false };
-        let isr_ok = ids.iter().all(|id| p.isr.contains(id)) && ids.contains(&p.leader);
-        let leo = offsets[0].1;
-        let same = offsets
-            .iter()
-            .all(|(_, l, h)| l.is_some() && *l == leo && *h == leo);
-        if isr_ok && same && leo.is_some_and(|l| l >= min_leo) {
-            found = Some((p.leader, leo.unwrap_or_default()));
-        }
-        found.is_some()
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "timed out after {:.1}s waiting until {topic}-{partition}: replicas {ids:?} in the \
-             ISR, LEO == HW >= {min_leo} everywhere; last seen: {last}",
-            start.elapsed().as_secs_f64()
-        )
-    })
 }
 
 /// Produces `values` to `topic`/`partition`, `chunk` records at a time (each chunk awaited
@@ -792,7 +717,7 @@ fn create_delete_storm_with_a_broker_killed_leaves_no_zombie() {
     let all = cluster.broker_ids();
     let rt = runtime();
     cluster.create_replicated_topic(STEADY, 1, SETTLE);
-    let (victim, _) = wait_in_sync(&cluster, STEADY, 0, &all, 0, SETTLE);
+    let (victim, _) = cluster.wait_in_sync(STEADY, 0, &all, 0, SETTLE);
     eprintln!("steady leader {victim} is the broker killed during the storm");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -868,7 +793,7 @@ fn create_delete_storm_with_a_broker_killed_leaves_no_zombie() {
             for p in 0..PARTITIONS {
                 let mut seen = (None, None);
                 let empty = poll_until(Duration::from_secs(10), || {
-                    seen = leo_hw(&cluster, victim, CHURN, p);
+                    seen = cluster.try_replica_offsets(victim, CHURN, p);
                     seen == (Some(0), Some(0))
                 });
                 assert!(
@@ -964,14 +889,7 @@ fn create_delete_storm_with_a_broker_killed_leaves_no_zombie() {
     // The victim is back and in sync; from here on, the nodes' logs are watched.
     cluster.wait_for_brokers(&all, SETTLE);
     let steady_end = steady_acked.keys().max().map_or(0, |o| o + 1);
-    wait_in_sync(
-        &cluster,
-        STEADY,
-        0,
-        &all,
-        steady_end,
-        Duration::from_secs(45),
-    );
+    cluster.wait_in_sync(STEADY, 0, &all, steady_end, Duration::from_secs(45));
     let storm_over: BTreeMap<i32, u64> = cluster
         .node_ids()
         .into_iter()
@@ -1020,7 +938,7 @@ fn create_delete_storm_with_a_broker_killed_leaves_no_zombie() {
         let empty = poll_until(CLEANUP, || {
             seen = ids
                 .iter()
-                .map(|&id| (id, leo_hw(&cluster, id, CHURN, p)))
+                .map(|&id| (id, cluster.try_replica_offsets(id, CHURN, p)))
                 .collect();
             seen.iter().all(|(_, o)| *o == (Some(0), Some(0)))
         });
@@ -1236,12 +1154,13 @@ fn forced_divergence_converges_within_two_rounds_and_disk_accounting_holds() {
     let nodes = cluster.node_ids();
     let rt = runtime();
     cluster.create_replicated_topic(TOPIC, 1, SETTLE);
-    let f = partition_info(&cluster, TOPIC, 0)
+    let f = cluster
+        .partition_info(TOPIC, 0)
         .and_then(|p| p.replicas.first().copied())
         .expect("the partition has replicas");
     let others: Vec<i32> = all.iter().copied().filter(|&b| b != f).collect();
-    let others_bootstrap = addrs(&cluster, &others);
-    let f_bootstrap = addrs(&cluster, &[f]);
+    let others_bootstrap = cluster.kafka_addrs(&others);
+    let f_bootstrap = cluster.kafka_addrs(&[f]);
     let pad = |tag: &str| format!("{tag}-{}", "x".repeat(VALUE_BYTES));
     eprintln!("F is broker {f} (the preferred replica); the others are {others:?}");
 
@@ -1252,15 +1171,19 @@ fn forced_divergence_converges_within_two_rounds_and_disk_accounting_holds() {
         let round_started = Instant::now();
         // F leads (the preferred replica gets leadership back once it is in sync).
         let ok = poll_until(SETTLE, || {
-            partition_info(&cluster, TOPIC, 0).is_some_and(|p| p.leader == f && p.isr.len() == 3)
+            cluster
+                .partition_info(TOPIC, 0)
+                .is_some_and(|p| p.leader == f && p.isr.len() == 3)
         });
         assert!(
             ok,
             "round {round}: broker {f} does not lead {TOPIC}-0 with an ISR of 3 again: {:?}",
-            partition_info(&cluster, TOPIC, 0)
+            cluster.partition_info(TOPIC, 0)
         );
-        wait_in_sync(&cluster, TOPIC, 0, &all, end, SETTLE);
-        let epoch_before = partition_info(&cluster, TOPIC, 0).map_or(-1, |p| p.leader_epoch);
+        cluster.wait_in_sync(TOPIC, 0, &all, end, SETTLE);
+        let epoch_before = cluster
+            .partition_info(TOPIC, 0)
+            .map_or(-1, |p| p.leader_epoch);
         let truncations_before = metric_of(&cluster, f, TRUNCATIONS_TOTAL);
         let resyncs_before = metric_of(&cluster, f, DIVERGENCE_RESYNCS_TOTAL);
 
@@ -1278,7 +1201,7 @@ fn forced_divergence_converges_within_two_rounds_and_disk_accounting_holds() {
             10,
         ));
         end = committed.keys().max().map_or(0, |o| o + 1);
-        wait_in_sync(&cluster, TOPIC, 0, &all, end, SETTLE);
+        cluster.wait_in_sync(TOPIC, 0, &all, end, SETTLE);
 
         // Cut F off from every node; the others elect a new leader once F is fenced.
         cluster.net().isolate(f, &nodes, LinkFault::Drop);
@@ -1317,7 +1240,7 @@ fn forced_divergence_converges_within_two_rounds_and_disk_accounting_holds() {
         end = committed.keys().max().map_or(0, |o| o + 1);
         let mut f_leo = None;
         let in_place = poll_until(Duration::from_secs(5), || {
-            f_leo = leo_hw(&cluster, f, TOPIC, 0).0;
+            f_leo = cluster.try_replica_offsets(f, TOPIC, 0).0;
             f_leo.is_some_and(|l| l >= end + (DIVERGENT - COMMITTED) as i64)
         });
         assert!(
@@ -1339,7 +1262,7 @@ fn forced_divergence_converges_within_two_rounds_and_disk_accounting_holds() {
 
         // Heal: F follows, truncates its tail and catches up.
         cluster.net().heal_all();
-        let (leader, hw) = wait_in_sync(&cluster, TOPIC, 0, &all, end, Duration::from_secs(45));
+        let (leader, hw) = cluster.wait_in_sync(TOPIC, 0, &all, end, Duration::from_secs(45));
         assert_eq!(
             hw, end,
             "round {round}: records beyond the acknowledged ones"
@@ -1481,7 +1404,7 @@ fn forwarded_create_racing_a_delete_does_not_wait_out_its_bound() {
     let keep = KeepLogs::new(LOG_DIR, "forwarded_create_racing_a_delete", &cluster);
     let brokers = cluster.broker_ids();
     let via = cluster.broker(brokers[0]).kafka_addr().to_string();
-    let other = addrs(&cluster, &brokers[1..]);
+    let other = cluster.kafka_addrs(&brokers[1..]);
     let spec = TopicSpec {
         name: TOPIC.to_string(),
         partitions: 2,

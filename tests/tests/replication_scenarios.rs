@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use keel_client::{
-    Acks, Admin, ClientConfig, ClientError, Consumer, ConsumerConfig, Offset, PartitionInfo,
-    Producer, ProducerConfig, ProducerRecord, RecordMetadata, TopicSpec,
+    Acks, Admin, ClientConfig, ClientError, Consumer, ConsumerConfig, Offset, Producer,
+    ProducerConfig, ProducerRecord, RecordMetadata, TopicSpec,
 };
 use keel_tests::{poll_until, runtime, serial, wait_until, ClusterOpts, TestCluster};
 
@@ -142,22 +142,6 @@ async fn create_topic(
         .await
 }
 
-fn partition_info(cluster: &TestCluster, topic: &str, partition: i32) -> Option<PartitionInfo> {
-    cluster
-        .describe_topic(topic)?
-        .partitions
-        .into_iter()
-        .find(|p| p.partition == partition)
-}
-
-/// Kafka addresses of `ids`, comma-separated.
-fn addrs(cluster: &TestCluster, ids: &[i32]) -> String {
-    ids.iter()
-        .map(|&id| cluster.broker(id).kafka_addr().to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// Sum of all samples of `name` (any labels) in Prometheus text; 0 when absent (a counter
 /// that was never incremented is not exported).
 fn metric_sum(text: &str, name: &str) -> f64 {
@@ -171,21 +155,6 @@ fn metric_sum(text: &str, name: &str) -> f64 {
             l.rsplit(' ').next()?.parse::<f64>().ok()
         })
         .sum()
-}
-
-fn leo_hw(
-    cluster: &TestCluster,
-    id: i32,
-    topic: &str,
-    partition: i32,
-) -> (Option<i64>, Option<i64>) {
-    let Some(text) = cluster.try_scrape_metrics(id) else {
-        return (None, None);
-    };
-    let offsets = keel::cmd::cluster::partition_offsets(&text);
-    offsets
-        .get(&(topic.to_string(), partition))
-        .map_or((None, None), |o| (o.leo, o.hw))
 }
 
 /// Every replica in `ids` still starts its log at offset 0 (nothing here deletes data:
@@ -213,52 +182,6 @@ fn assert_log_start_zero(
              (its log was discarded up to there)"
         );
     }
-}
-
-/// Waits until Metadata shows every broker in `ids` in the ISR with a leader among them,
-/// and every replica in `ids` reports the same LEO with HW == LEO, at least `min_leo`.
-/// Returns (leader, LEO).
-fn wait_in_sync(
-    cluster: &TestCluster,
-    topic: &str,
-    partition: i32,
-    ids: &[i32],
-    min_leo: i64,
-    timeout: Duration,
-) -> (i32, i64) {
-    let mut last = String::new();
-    let desc = format!(
-        "{topic}-{partition}: replicas {ids:?} in the ISR, LEO == HW >= {min_leo} everywhere"
-    );
-    let start = Instant::now();
-    let mut found = None;
-    poll_until(timeout, || {
-        let state = partition_info(cluster, topic, partition);
-        let offsets: Vec<(i32, Option<i64>, Option<i64>)> = ids
-            .iter()
-            .map(|&id| {
-                let (leo, hw) = leo_hw(cluster, id, topic, partition);
-                (id, leo, hw)
-            })
-            .collect();
-        last = format!("metadata {state:?}; (id, leo, hw) {offsets:?}");
-        let Some(p) = &state else { return false };
-        let isr_ok = ids.iter().all(|id| p.isr.contains(id)) && ids.contains(&p.leader);
-        let leo = offsets[0].1;
-        let same = offsets
-            .iter()
-            .all(|(_, l, h)| l.is_some() && *l == leo && *h == leo);
-        if isr_ok && same && leo.is_some_and(|l| l >= min_leo) {
-            found = Some((p.leader, leo.unwrap_or_default()));
-        }
-        found.is_some()
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "timed out after {:.1}s waiting until {desc}; last seen: {last}",
-            start.elapsed().as_secs_f64()
-        )
-    })
 }
 
 /// Produces `records` (key, value) to `topic`/`partition` one after the other (each awaited,
@@ -475,7 +398,7 @@ fn back_to_back_failovers_converge_without_reset_loops() {
     let rt = runtime();
     rt.block_on(create_topic(&cluster.bootstrap(), TOPIC, 1, &[]))
         .unwrap_or_else(|e| panic!("create {TOPIC}: {e}"));
-    wait_in_sync(&cluster, TOPIC, 0, &all, 0, SETTLE);
+    cluster.wait_in_sync(TOPIC, 0, &all, 0, SETTLE);
 
     // Committed history while all are healthy.
     let mut committed: BTreeMap<i64, String> = rt.block_on(produce_acked(
@@ -489,7 +412,7 @@ fn back_to_back_failovers_converge_without_reset_loops() {
         committed.keys().copied().collect::<Vec<_>>(),
         (0..50).collect::<Vec<_>>()
     );
-    let (l1, _) = wait_in_sync(&cluster, TOPIC, 0, &all, 50, SETTLE);
+    let (l1, _) = cluster.wait_in_sync(TOPIC, 0, &all, 50, SETTLE);
     let followers: Vec<i32> = all.iter().copied().filter(|&b| b != l1).collect();
     eprintln!("failover 1: leader {l1}, followers {followers:?}");
 
@@ -501,7 +424,7 @@ fn back_to_back_failovers_converge_without_reset_loops() {
         cluster.sigstop(f);
     }
     let tail1_acks = rt.block_on(produce(
-        &addrs(&cluster, &[l1]),
+        &cluster.kafka_addrs(&[l1]),
         Acks::Leader,
         TOPIC,
         0,
@@ -518,22 +441,22 @@ fn back_to_back_failovers_converge_without_reset_loops() {
     let fb = *followers.iter().find(|&&f| f != l2).expect("two followers");
     eprintln!("failover 1 done: leader {l2}, follower {fb}");
     let live2 = [l2, fb];
-    wait_in_sync(&cluster, TOPIC, 0, &live2, 50, SETTLE);
+    cluster.wait_in_sync(TOPIC, 0, &live2, 50, SETTLE);
     committed.extend(rt.block_on(produce_acked(
-        &addrs(&cluster, &live2),
+        &cluster.kafka_addrs(&live2),
         Acks::All,
         TOPIC,
         0,
         &kv("all1", 10),
     )));
     let leo_before_tail2 = committed.keys().max().copied().unwrap_or(-1) + 1;
-    wait_in_sync(&cluster, TOPIC, 0, &live2, leo_before_tail2, SETTLE);
+    cluster.wait_in_sync(TOPIC, 0, &live2, leo_before_tail2, SETTLE);
 
     // Failover 2, the same way on the second leader.
     let tail2 = kv("tail2", 10);
     cluster.sigstop(fb);
     let tail2_acks = rt.block_on(produce(
-        &addrs(&cluster, &[l2]),
+        &cluster.kafka_addrs(&[l2]),
         Acks::Leader,
         TOPIC,
         0,
@@ -548,7 +471,7 @@ fn back_to_back_failovers_converge_without_reset_loops() {
     assert_eq!(l3, fb, "the only live in-sync replica leads");
     // The lone leader commits acks=all records (ISR {fb}, min ISR 1).
     committed.extend(rt.block_on(produce_acked(
-        &addrs(&cluster, &[l3]),
+        &cluster.kafka_addrs(&[l3]),
         Acks::All,
         TOPIC,
         0,
@@ -560,7 +483,7 @@ fn back_to_back_failovers_converge_without_reset_loops() {
     cluster.restart(l2);
     cluster.wait_for_brokers(&all, SETTLE);
     let end = committed.keys().max().copied().unwrap_or(-1) + 1;
-    wait_in_sync(&cluster, TOPIC, 0, &all, end, Duration::from_secs(45));
+    cluster.wait_in_sync(TOPIC, 0, &all, end, Duration::from_secs(45));
     let truncations = |cluster: &TestCluster| -> BTreeMap<i32, i64> {
         all.iter()
             .map(|&id| {
@@ -575,14 +498,14 @@ fn back_to_back_failovers_converge_without_reset_loops() {
 
     // More committed writes; converge again; the counters must not have moved.
     committed.extend(rt.block_on(produce_acked(
-        &addrs(&cluster, &all),
+        &cluster.kafka_addrs(&all),
         Acks::All,
         TOPIC,
         0,
         &kv("all3", 10),
     )));
     let end = committed.keys().max().copied().unwrap_or(-1) + 1;
-    wait_in_sync(&cluster, TOPIC, 0, &all, end, SETTLE);
+    cluster.wait_in_sync(TOPIC, 0, &all, end, SETTLE);
     let t2 = truncations(&cluster);
     eprintln!("truncations after more writes: {t2:?}");
     for (id, n) in &t2 {
@@ -606,7 +529,7 @@ fn back_to_back_failovers_converge_without_reset_loops() {
     // holds no batch, so the last leader never sees it. When the middle leader comes back
     // as a follower, its last epoch is unknown to the leader; the leader's diverging-epoch
     // answer then ends exactly at the follower's log end: nothing to truncate.
-    let (la, _) = wait_in_sync(&cluster, TOPIC, 0, &all, end, SETTLE);
+    let (la, _) = cluster.wait_in_sync(TOPIC, 0, &all, end, SETTLE);
     cluster.kill9(la);
     let lb = cluster.wait_for_leader(TOPIC, 0, Some(la), SETTLE);
     // A clean stop of the middle leader: its epoch cache (with the empty epoch) is
@@ -625,7 +548,7 @@ fn back_to_back_failovers_converge_without_reset_loops() {
     cluster.restart(la);
     cluster.restart(lb);
     cluster.wait_for_brokers(&all, SETTLE);
-    wait_in_sync(&cluster, TOPIC, 0, &all, end, SETTLE);
+    cluster.wait_in_sync(TOPIC, 0, &all, end, SETTLE);
     assert_log_start_zero(
         &cluster,
         &all,
@@ -653,16 +576,16 @@ fn back_to_back_failovers_converge_without_reset_loops() {
         cluster.restart(id);
     }
     cluster.wait_for_brokers(&all, SETTLE);
-    wait_in_sync(&cluster, TOPIC, 0, &all, end, SETTLE);
+    cluster.wait_in_sync(TOPIC, 0, &all, end, SETTLE);
     committed.extend(rt.block_on(produce_acked(
-        &addrs(&cluster, &all),
+        &cluster.kafka_addrs(&all),
         Acks::All,
         TOPIC,
         0,
         &kv("all4", 10),
     )));
     let end = committed.keys().max().copied().unwrap_or(-1) + 1;
-    wait_in_sync(&cluster, TOPIC, 0, &all, end, SETTLE);
+    cluster.wait_in_sync(TOPIC, 0, &all, end, SETTLE);
     assert_log_start_zero(&cluster, &all, TOPIC, 0, "after restarting every node");
     let t3 = truncations(&cluster);
     eprintln!("truncations after restarting every node: {t3:?}");
@@ -718,7 +641,7 @@ fn restarted_follower_gets_updates_to_existing_keys() {
         &[("min.insync.replicas", "2")],
     ))
     .unwrap_or_else(|e| panic!("create {TOPIC}: {e}"));
-    wait_in_sync(&cluster, TOPIC, 0, &all, 0, SETTLE);
+    cluster.wait_in_sync(TOPIC, 0, &all, 0, SETTLE);
 
     let v1: Vec<(String, String)> = (0..100)
         .map(|i| (format!("k{i}"), format!("v1-k{i}")))
@@ -730,7 +653,7 @@ fn restarted_follower_gets_updates_to_existing_keys() {
         0,
         &v1,
     ));
-    let (leader, _) = wait_in_sync(&cluster, TOPIC, 0, &all, 100, SETTLE);
+    let (leader, _) = cluster.wait_in_sync(TOPIC, 0, &all, 100, SETTLE);
     let follower = *all.iter().find(|&&b| b != leader).expect("a follower");
     eprintln!("leader {leader}; stopping follower {follower}");
     let status = cluster.stop(follower);
@@ -742,7 +665,7 @@ fn restarted_follower_gets_updates_to_existing_keys() {
         .chain((100..150).map(|i| (format!("k{i}"), format!("v2-k{i}"))))
         .collect();
     let acked = rt.block_on(produce_acked(
-        &addrs(&cluster, &live),
+        &cluster.kafka_addrs(&live),
         Acks::All,
         TOPIC,
         0,
@@ -753,7 +676,7 @@ fn restarted_follower_gets_updates_to_existing_keys() {
 
     cluster.restart(follower);
     cluster.wait_for_brokers(&all, SETTLE);
-    wait_in_sync(&cluster, TOPIC, 0, &all, end, Duration::from_secs(45));
+    cluster.wait_in_sync(TOPIC, 0, &all, end, Duration::from_secs(45));
 
     let mut want: BTreeMap<String, String> = BTreeMap::new();
     for (k, v) in v1.iter().chain(&updates) {
@@ -836,14 +759,14 @@ fn topic_recreated_while_broker_away_does_not_reuse_old_data() {
             old.len(),
             "{topic}: every old record acknowledged"
         );
-        wait_in_sync(&cluster, topic, 0, &all, 40, SETTLE);
+        cluster.wait_in_sync(topic, 0, &all, 40, SETTLE);
     }
 
     // The broker goes silent; while it is still unfenced both topics are deleted and one
     // is created again, with a replica on the silent broker.
     cluster.sigstop(away);
     let live: Vec<i32> = all.iter().copied().filter(|&b| b != away).collect();
-    let live_addrs = addrs(&cluster, &live);
+    let live_addrs = cluster.kafka_addrs(&live);
     rt.block_on(async {
         let admin = Admin::new(ClientConfig::new(&live_addrs))
             .await
@@ -863,7 +786,8 @@ fn topic_recreated_while_broker_away_does_not_reuse_old_data() {
             Err(e) => panic!("re-create {REBORN}: {e}"),
         },
     );
-    let replicas = partition_info(&cluster, REBORN, 0)
+    let replicas = cluster
+        .partition_info(REBORN, 0)
         .map(|p| p.replicas)
         .unwrap_or_default();
     assert!(
@@ -883,7 +807,7 @@ fn topic_recreated_while_broker_away_does_not_reuse_old_data() {
 
     cluster.restart(away);
     cluster.wait_for_brokers(&all, SETTLE);
-    wait_in_sync(&cluster, REBORN, 0, &all, 10, Duration::from_secs(45));
+    cluster.wait_in_sync(REBORN, 0, &all, 10, Duration::from_secs(45));
     let gone_left = || topic_dirs(&cluster.broker(away).data_dir(), GONE);
     wait_until(
         "the deleted topic's directory is gone from the broker that was away",
@@ -980,7 +904,7 @@ fn concurrent_create_delete_leaves_no_orphans() {
     let rt = runtime();
     rt.block_on(create_topic(&bootstrap, STEADY, 1, &[]))
         .unwrap_or_else(|e| panic!("create {STEADY}: {e}"));
-    wait_in_sync(&cluster, STEADY, 0, &all, 0, SETTLE);
+    cluster.wait_in_sync(STEADY, 0, &all, 0, SETTLE);
 
     struct ChurnStats {
         cycles: usize,
@@ -1265,7 +1189,7 @@ fn batch_larger_than_replica_fetch_max_bytes_replicates() {
         &[("max.message.bytes", "1048576")],
     ))
     .unwrap_or_else(|e| panic!("create {TOPIC}: {e}"));
-    wait_in_sync(&cluster, TOPIC, 0, &all, 0, SETTLE);
+    cluster.wait_in_sync(TOPIC, 0, &all, 0, SETTLE);
 
     // Incompressible-looking values (no compression anyway), one batch: a long linger and
     // a batch size above the total.
@@ -1317,7 +1241,7 @@ fn batch_larger_than_replica_fetch_max_bytes_replicates() {
         });
     let offsets: Vec<i64> = metas.iter().map(|m| m.offset).collect();
     assert_eq!(offsets, (0..RECORDS as i64).collect::<Vec<_>>());
-    wait_in_sync(&cluster, TOPIC, 0, &all, RECORDS as i64, SETTLE);
+    cluster.wait_in_sync(TOPIC, 0, &all, RECORDS as i64, SETTLE);
 
     let logs = stop_all_and_read(&mut cluster, TOPIC, 0);
     assert_identical_logs(&logs);
