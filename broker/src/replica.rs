@@ -702,18 +702,6 @@ mod tests {
         }
     }
 
-    fn partition_record(leader: i32, leader_epoch: i32) -> PartitionRecord {
-        PartitionRecord {
-            topic: "t".into(),
-            partition: 0,
-            replicas: vec![1, 2, 3],
-            isr: vec![1, 2, 3],
-            leader,
-            leader_epoch,
-            partition_epoch: leader_epoch,
-        }
-    }
-
     /// A fetch answer from an old leadership must not land in a replica that moved on: the
     /// guard is only given while the replica follows that leader in that epoch, and a role
     /// change waits for it. (Without it a broker that became leader while appending a fetch
@@ -724,7 +712,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let stop = CancellationToken::new();
         let r = open_replica(dir.path(), 0, &stop);
-        r.apply_record(&partition_record(2, 5));
+        r.apply_record(&PartitionRecord::test_record(2, 5, &[1, 2, 3]));
         // (leader, epoch) -> guard given?
         for (leader, epoch, want) in [(2, 5, true), (2, 4, false), (2, 6, false), (3, 5, false)] {
             assert_eq!(
@@ -736,7 +724,9 @@ mod tests {
         // While an answer is applied, becoming leader waits for it.
         let guard = r.following(2, 5).expect("follows 2 in epoch 5");
         let r2 = r.clone();
-        let elected = std::thread::spawn(move || r2.apply_record(&partition_record(1, 6)));
+        let elected = std::thread::spawn(move || {
+            r2.apply_record(&PartitionRecord::test_record(1, 6, &[1, 2, 3]))
+        });
         // Room for the election to run if the guard did not hold it back.
         std::thread::sleep(Duration::from_millis(100));
         assert!(

@@ -208,15 +208,7 @@ mod tests {
     use super::*;
 
     fn record(leader: i32, epoch: i32, isr: &[i32]) -> PartitionRecord {
-        PartitionRecord {
-            topic: "t".into(),
-            partition: 0,
-            replicas: vec![1, 2, 3],
-            isr: isr.to_vec(),
-            leader,
-            leader_epoch: epoch,
-            partition_epoch: epoch,
-        }
+        PartitionRecord::test_record(leader, epoch, isr)
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub mod cluster;
 pub mod command;
 pub mod data;
 pub mod disk;
+pub mod inspect;
+pub mod load;
 pub mod proxy;
 pub mod raw;
 pub mod tools;

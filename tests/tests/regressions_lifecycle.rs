@@ -37,6 +37,8 @@ use keel_tests::chaos::replicas::{
     accounting_problems, compare_committed, deleted_files_held, replica_dirs, stored_batches,
 };
 use keel_tests::disk::segment_files;
+use keel_tests::inspect::{list_tree, metric_sum, open_fds_matching};
+use keel_tests::load::steady_producer;
 use keel_tests::proxy::LinkFault;
 use keel_tests::{poll_until, runtime, serial, wait_for, wait_until};
 use keel_tests::{ClusterOpts, KeepLogs, TestCluster};
@@ -70,24 +72,6 @@ fn fast_opts() -> ClusterOpts {
         .set("min.insync.replicas", "2")
 }
 
-fn list_tree(dir: &Path) -> String {
-    let mut out = String::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    let mut entries: Vec<_> = entries.flatten().collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let path = e.path();
-        let len = e.metadata().map(|m| m.len()).unwrap_or(0);
-        out.push_str(&format!("{} {len}\n", path.display()));
-        if path.is_dir() {
-            out.push_str(&list_tree(&path));
-        }
-    }
-    out
-}
-
 /// The partition as the brokers behind `bootstrap` (and only those, as far as the client
 /// goes) describe it; `None` when they do not answer within a few seconds.
 fn partition_via(
@@ -113,20 +97,6 @@ fn partition_via(
             .into_iter()
             .find(|p| p.partition == partition)
     })
-}
-
-/// Sum of all samples of `name` (any labels) in Prometheus text; 0 when absent.
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            if !(rest.starts_with(' ') || rest.starts_with('{')) {
-                return None;
-            }
-            l.rsplit(' ').next()?.parse::<f64>().ok()
-        })
-        .sum()
 }
 
 /// A counter or gauge of node `id`, summed over labels; panics if the node does not answer.
@@ -334,18 +304,6 @@ fn topic_dirs(data_dir: &Path, topic: &str) -> (Vec<String>, Vec<String>) {
     live.sort();
     deleting.sort();
     (live, deleting)
-}
-
-/// Open descriptors of `pid` whose target path contains `needle`.
-fn open_fds_matching(pid: u32, needle: &str) -> Vec<String> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .map(|p| p.display().to_string())
-        .filter(|p| p.contains(needle))
-        .collect()
 }
 
 /// The length of a node log now: where "lines written after this point" start.
@@ -633,50 +591,6 @@ async fn race_create_delete(
             .push(format!("cycle {cycle}: racing delete: {e}")),
     }
     counts
-}
-
-/// The steady producer: acks=all batches of 10 to partition 0 until `stop`; returns the
-/// acknowledged records (offset → value) and the failures.
-async fn steady_producer(
-    bootstrap: String,
-    topic: &'static str,
-    stop: Arc<AtomicBool>,
-) -> (BTreeMap<i64, String>, Vec<String>) {
-    let producer = Producer::new(
-        ClientConfig::new(&bootstrap),
-        ProducerConfig {
-            acks: Acks::All,
-            request_timeout: Duration::from_secs(15),
-            ..ProducerConfig::default()
-        },
-    )
-    .await
-    .expect("steady producer");
-    let mut acked = BTreeMap::new();
-    let mut failures = Vec::new();
-    let mut i = 0u64;
-    while !stop.load(Ordering::Acquire) && i < 1_000_000 {
-        let mut pending = Vec::new();
-        for _ in 0..10 {
-            let value = format!("steady-{i}");
-            i += 1;
-            let r = ProducerRecord::new(topic, value.clone()).partition(0);
-            match producer.send(r).await {
-                Ok(d) => pending.push((value, d)),
-                Err(e) => failures.push(format!("{value}: {e}")),
-            }
-        }
-        for (value, d) in pending {
-            match d.await {
-                Ok(meta) => {
-                    acked.insert(meta.offset, value);
-                }
-                Err(e) => failures.push(format!("{value}: {e}")),
-            }
-        }
-    }
-    let _ = producer.close().await;
-    (acked, failures)
 }
 
 /// Guards against: a replica created and deleted concurrently under load (other brokers

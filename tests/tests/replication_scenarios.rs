@@ -28,6 +28,8 @@ use keel_client::{
     Acks, Admin, ClientConfig, ClientError, Consumer, ConsumerConfig, Offset, Producer,
     ProducerConfig, ProducerRecord, RecordMetadata, TopicSpec,
 };
+use keel_tests::inspect::{list_tree, metric_sum, open_fds_matching};
+use keel_tests::load::steady_producer;
 use keel_tests::{poll_until, runtime, serial, wait_until, ClusterOpts, TestCluster};
 
 const TOPIC_ALREADY_EXISTS: i16 = 36;
@@ -104,24 +106,6 @@ fn copy_small_files(from: &Path, to: &Path) {
     }
 }
 
-fn list_tree(dir: &Path) -> String {
-    let mut out = String::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    let mut entries: Vec<_> = entries.flatten().collect();
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let path = e.path();
-        let len = e.metadata().map(|m| m.len()).unwrap_or(0);
-        out.push_str(&format!("{} {len}\n", path.display()));
-        if path.is_dir() {
-            out.push_str(&list_tree(&path));
-        }
-    }
-    out
-}
-
 async fn create_topic(
     bootstrap: &str,
     name: &str,
@@ -140,21 +124,6 @@ async fn create_topic(
                 .collect(),
         }])
         .await
-}
-
-/// Sum of all samples of `name` (any labels) in Prometheus text; 0 when absent (a counter
-/// that was never incremented is not exported).
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            if !(rest.starts_with(' ') || rest.starts_with('{')) {
-                return None;
-            }
-            l.rsplit(' ').next()?.parse::<f64>().ok()
-        })
-        .sum()
 }
 
 /// Every replica in `ids` still starts its log at offset 0 (nothing here deletes data:
@@ -857,18 +826,6 @@ fn topic_dirs(data_dir: &Path, topic: &str) -> (Vec<String>, Vec<String>) {
     (live, deleting)
 }
 
-/// Open descriptors of `pid` whose target path contains `needle`.
-fn open_fds_matching(pid: u32, needle: &str) -> Vec<String> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .map(|p| p.display().to_string())
-        .filter(|p| p.contains(needle))
-        .collect()
-}
-
 /// `ERROR`/`WARN` lines of a node log, timestamps stripped, counted by identical text.
 fn repeated_lines(log: &Path, level: &str) -> Vec<(usize, String)> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -915,47 +872,7 @@ fn concurrent_create_delete_leaves_no_orphans() {
     let stop = Arc::new(AtomicBool::new(false));
     let (stats, steady_acked, steady_failures) = rt.block_on(async {
         // The steady producer: acks=all, in the background, until the churn ends.
-        let steady = {
-            let stop = stop.clone();
-            let bootstrap = bootstrap.clone();
-            tokio::spawn(async move {
-                let producer = Producer::new(
-                    ClientConfig::new(&bootstrap),
-                    ProducerConfig {
-                        acks: Acks::All,
-                        request_timeout: Duration::from_secs(15),
-                        ..ProducerConfig::default()
-                    },
-                )
-                .await
-                .expect("steady producer");
-                let mut acked: BTreeMap<i64, String> = BTreeMap::new();
-                let mut failures = Vec::new();
-                let mut i = 0u64;
-                while !stop.load(Ordering::Acquire) && i < 1_000_000 {
-                    let mut pending = Vec::new();
-                    for _ in 0..10 {
-                        let value = format!("steady-{i}");
-                        i += 1;
-                        let r = ProducerRecord::new(STEADY, value.clone()).partition(0);
-                        match producer.send(r).await {
-                            Ok(d) => pending.push((value, d)),
-                            Err(e) => failures.push(format!("{value}: {e}")),
-                        }
-                    }
-                    for (value, d) in pending {
-                        match d.await {
-                            Ok(meta) => {
-                                acked.insert(meta.offset, value);
-                            }
-                            Err(e) => failures.push(format!("{value}: {e}")),
-                        }
-                    }
-                }
-                let _ = producer.close().await;
-                (acked, failures)
-            })
-        };
+        let steady = tokio::spawn(steady_producer(bootstrap.clone(), STEADY, stop.clone()));
 
         let admin = Admin::new(ClientConfig::new(&bootstrap))
             .await
@@ -1275,14 +1192,4 @@ fn batch_larger_than_replica_fetch_max_bytes_replicates() {
         "batch sizes on disk: {sizes:?}; took {:.1}s",
         started.elapsed().as_secs_f64()
     );
-}
-
-#[test]
-fn metric_sum_reads_counters_with_and_without_labels() {
-    let text = "# TYPE keel_replica_truncations_total counter\n\
-                keel_replica_truncations_total 3\n\
-                keel_replica_truncations_total_other 9\n\
-                keel_replica_truncations_total{topic=\"a\"} 2\n";
-    assert_eq!(metric_sum(text, TRUNCATIONS_TOTAL), 5.0);
-    assert_eq!(metric_sum(text, "absent"), 0.0);
 }

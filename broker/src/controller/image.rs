@@ -388,15 +388,7 @@ mod tests {
 
     #[test]
     fn leader_elections_table() {
-        let p = |leader| PartitionRecord {
-            topic: "t".into(),
-            partition: 0,
-            replicas: vec![1, 2, 3],
-            isr: vec![1, 2, 3],
-            leader,
-            leader_epoch: 0,
-            partition_epoch: 0,
-        };
+        let p = |leader| PartitionRecord::test_record(leader, 0, &[1, 2, 3]);
         // (old leader, new leader) -> election?
         let cases = [
             (None, 1, false),            // a new topic's first leader

@@ -63,6 +63,21 @@ impl PartitionRecord {
     pub fn has_leader(&self) -> bool {
         self.leader != NO_LEADER
     }
+
+    /// Partition 0 of topic "t" on replicas [1, 2, 3], for tables: partition epoch = leader
+    /// epoch.
+    #[cfg(test)]
+    pub(crate) fn test_record(leader: i32, leader_epoch: i32, isr: &[i32]) -> Self {
+        Self {
+            topic: "t".into(),
+            partition: 0,
+            replicas: vec![1, 2, 3],
+            isr: isr.to_vec(),
+            leader,
+            leader_epoch,
+            partition_epoch: leader_epoch,
+        }
+    }
 }
 
 impl MetadataRecord {

@@ -227,16 +227,9 @@ mod tests {
         }
     }
 
-    fn partition(name: &str, leader: i32) -> MetadataRecord {
-        MetadataRecord::Partition(PartitionRecord {
-            topic: name.into(),
-            partition: 0,
-            replicas: vec![1, 2, 3],
-            isr: vec![1, 2, 3],
-            leader,
-            leader_epoch: 0,
-            partition_epoch: 0,
-        })
+    /// Partition 0 of topic "t".
+    fn partition(leader: i32) -> MetadataRecord {
+        MetadataRecord::Partition(PartitionRecord::test_record(leader, 0, &[1, 2, 3]))
     }
 
     #[test]
@@ -247,19 +240,15 @@ mod tests {
             // Not seen yet.
             (vec![], vec![], false),
             // Created, partition not led yet.
-            (
-                vec![topic("t", new), partition("t", NO_LEADER)],
-                vec![],
-                false,
-            ),
+            (vec![topic("t", new), partition(NO_LEADER)], vec![], false),
             // Created and led.
-            (vec![topic("t", new), partition("t", 1)], vec![], true),
+            (vec![topic("t", new), partition(1)], vec![], true),
             // The previous topic of that name is still here: not ours.
-            (vec![topic("t", old), partition("t", 1)], vec![], false),
+            (vec![topic("t", old), partition(1)], vec![], false),
             // Created and deleted again before this broker looked.
             (vec![], vec![new], true),
             // Deleted and its name reused by someone else since.
-            (vec![topic("t", old), partition("t", 1)], vec![new], true),
+            (vec![topic("t", old), partition(1)], vec![new], true),
         ];
         for (i, (records, removed, want)) in table.into_iter().enumerate() {
             let mut image = MetadataImage::new();
