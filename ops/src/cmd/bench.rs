@@ -97,8 +97,9 @@ pub struct BenchProduceArgs {
     #[arg(long, value_enum, default_value_t = CompressionArg::None)]
     pub compression: CompressionArg,
     /// Send at this many records per second instead of as fast as possible. Record i is
-    /// due at start + i/RATE and its latency is measured from that time, so a stall that
-    /// delays later sends shows up in their latency (no coordinated omission).
+    /// due at start + i/RATE and its latency is measured from that time (or from when it
+    /// was sent, if that was earlier: records go out up to one 1 ms timer tick early), so a
+    /// stall that delays later sends shows up in their latency (no coordinated omission).
     #[arg(long, value_name = "RECORDS_PER_SEC", value_parser = parse_rate)]
     pub rate: Option<f64>,
     /// Write the ack latency over time to FILE: one CSV row per 100 ms of send (or due)
@@ -229,6 +230,25 @@ pub fn rates(records: u64, bytes: u64, seconds: f64) -> (f64, f64) {
     (records as f64 / seconds, bytes as f64 / 1e6 / seconds)
 }
 
+/// The runtime's timer resolution: a sleep ends on the first tick at or after its deadline.
+const TIMER_TICK: Duration = Duration::from_millis(1);
+
+/// Paced sending: when to wake for a record due at `due`, or `None` to send it now. The
+/// wake is one tick early: a timer fires up to a tick late, and that lateness belongs to
+/// this load generator, not to the broker under test.
+fn pacing_wake(due: Instant, now: Instant) -> Option<Instant> {
+    let wake = due.checked_sub(TIMER_TICK)?;
+    (wake > now).then_some(wake)
+}
+
+/// Where a paced record's latency starts: the earlier of when it was due and when it was
+/// sent. A record sent late (a stall in the generator or the client) is charged from its
+/// due time, so stalls are not hidden (no coordinated omission); one sent early (up to a
+/// tick, see [`pacing_wake`]) from its actual send time, so nothing is understated.
+fn latency_origin(due: Instant, sent: Instant) -> Instant {
+    due.min(sent)
+}
+
 /// Deliveries still outstanding when the run stops get this long to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes of records sent but not yet acknowledged before sending pauses.
@@ -285,12 +305,12 @@ async fn produce(args: BenchProduceArgs) -> anyhow::Result<()> {
             let sent_at = match args.rate {
                 Some(rate) => {
                     let due = start + Duration::from_secs_f64(sent as f64 / rate);
-                    // Behind schedule: send at once (a timer, even an expired one, costs a
-                    // trip through the runtime's timer wheel).
-                    if due > Instant::now() {
-                        tokio::time::sleep_until(due.into()).await;
+                    // Behind schedule (or within a timer tick of it): send at once (a
+                    // timer, even an expired one, costs a trip through the timer wheel).
+                    if let Some(wake) = pacing_wake(due, Instant::now()) {
+                        tokio::time::sleep_until(wake.into()).await;
                     }
-                    due
+                    latency_origin(due, Instant::now())
                 }
                 None => Instant::now(),
             };
@@ -839,6 +859,29 @@ mod tests {
             "second,unix_ms,records,max_latency_ms\n0.0,5000,3,1.500\n0.1,5100,0,0.000\n\
              0.2,5200,2,40.000\n"
         );
+    }
+
+    #[test]
+    fn paced_records_wake_a_tick_early_and_count_from_the_earlier_time() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // (due, now) -> (wake, latency origin if sent at `now`)
+        let table = [
+            (t0 + ms(10), t0, Some(t0 + ms(9)), t0),
+            (t0 + ms(10), t0 + ms(9), None, t0 + ms(9)),
+            (
+                t0 + ms(10),
+                t0 + ms(9) + Duration::from_micros(500),
+                None,
+                t0 + ms(9) + Duration::from_micros(500),
+            ),
+            (t0 + ms(10), t0 + ms(10), None, t0 + ms(10)),
+            (t0 + ms(10), t0 + ms(25), None, t0 + ms(10)),
+        ];
+        for (due, now, wake, origin) in table {
+            assert_eq!(pacing_wake(due, now), wake, "{:?}", due - t0);
+            assert_eq!(latency_origin(due, now), origin, "{:?}", now - t0);
+        }
     }
 
     #[test]
