@@ -19,7 +19,7 @@ use keel_storage::{AppendInfo, FlushPolicy, Log, LogConfig, StorageError};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +57,11 @@ pub struct Replica {
     min_insync_replicas: i32,
     /// Leader or follower, and the leader's view of its followers.
     role: Mutex<Role>,
+    /// Held shared by leader appends for their whole write, exclusively by role changes: a
+    /// role change waits for the appends in flight, so no batch is stamped with an epoch
+    /// this replica no longer leads; yet the role lock is free during a write, so follower
+    /// fetches (which move the HW) never wait on the disk. Taken before the role lock.
+    leadership: RwLock<()>,
     /// `replica.lag.time.max.ms`
     lag_time_max_ms: u64,
     /// Set when recovery ended below the checkpointed HW (acknowledged data was lost
@@ -202,6 +207,7 @@ impl Replica {
             epoch_start: AtomicI64::new(role.epoch_start_offset()),
             min_insync_replicas: settings.min_insync_replicas,
             role: Mutex::new(role),
+            leadership: RwLock::new(()),
             lag_time_max_ms: settings.lag_time_max_ms,
             must_reach: AtomicI64::new(must_reach.unwrap_or(i64::MIN)),
             repair_at: AtomicI64::new(i64::MAX),
@@ -357,14 +363,16 @@ impl Replica {
     /// Appends a produce request's batches as leader. Returns once the bytes are in the
     /// log (page cache); acknowledgement waits are separate ([`Replica::wait_acked`]).
     pub fn append(&self, records: &[u8]) -> Result<AppendInfo, AppendError> {
-        // The role lock orders appends against role changes: no batch is stamped with an
-        // epoch this replica no longer leads.
-        let role = self.role();
-        if !role.is_leader() {
-            return Err(AppendError::NotLeader);
-        }
-        let info = self.log.append_as_leader(records, role.leader_epoch)?;
-        drop(role);
+        let leadership = self.leadership.read().unwrap_or_else(|p| p.into_inner());
+        let leader_epoch = {
+            let role = self.role();
+            if !role.is_leader() {
+                return Err(AppendError::NotLeader);
+            }
+            role.leader_epoch
+        };
+        let info = self.log.append_as_leader(records, leader_epoch)?;
+        drop(leadership);
         self.appended.send_replace(info.log_end_offset);
         if !self.flush_always {
             self.advance_hw();
@@ -415,6 +423,16 @@ impl Replica {
         )
     }
 
+    /// After the durable offset moved: a leader's HW may follow. A follower's HW comes from
+    /// its leader, and its role lock is held by the fetcher for the whole append and fsync,
+    /// so it is not touched here (a runtime worker would wait out the fsync). A replica that
+    /// becomes leader recomputes its HW from the durable offset set before this.
+    fn durable_moved(&self) {
+        if self.is_leading() {
+            self.advance_hw();
+        }
+    }
+
     /// Recomputes a leader's high watermark (a follower's comes from its leader).
     fn advance_hw(&self) {
         let role = self.role();
@@ -436,6 +454,7 @@ impl Replica {
 
     /// Applies the partition's record from the metadata image (leader, epoch, ISR).
     pub fn apply_record(&self, record: &PartitionRecord) -> Transition {
+        let leadership = self.leadership.write().unwrap_or_else(|p| p.into_inner());
         let transition = {
             let mut role = self.role();
             let t = role.apply(record, self.log.log_end_offset(), self.now_ms());
@@ -449,6 +468,7 @@ impl Replica {
                 tracing::warn!(topic = %self.topic, partition = self.partition, error = %e, "recording the new leader epoch");
             }
         }
+        drop(leadership);
         if transition != Transition::BecameFollower {
             self.advance_hw();
         }
@@ -588,12 +608,20 @@ async fn flusher(replica: Arc<Replica>, stop: CancellationToken, fatal: FatalSig
         if replica.is_deleted() {
             return;
         }
+        let on_disk = replica.log.durable_end_offset();
+        if target > *replica.durable.borrow() && on_disk >= target {
+            // A follower's fetcher fsyncs before it reports the offset: nothing left to
+            // flush, so no trip through the blocking pool.
+            replica.durable.send_replace(on_disk);
+            replica.durable_moved();
+            continue;
+        }
         if target > *replica.durable.borrow() {
             let r = replica.clone();
             match tokio::task::spawn_blocking(move || r.log.flush()).await {
                 Ok(Ok(durable)) => {
                     replica.durable.send_replace(durable);
-                    replica.advance_hw();
+                    replica.durable_moved();
                 }
                 Ok(Err(e)) => {
                     if replica.is_deleted() {
