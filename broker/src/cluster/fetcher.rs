@@ -253,7 +253,7 @@ fn request(
         .with_replica_epoch(rt.broker_epoch());
     req.max_wait_ms = wait_ms;
     req.min_bytes = 1;
-    req.max_bytes = rt.config.replica_fetch_max_bytes.saturating_mul(16);
+    req.max_bytes = rt.config.replica_fetch_response_max_bytes;
     req.session_epoch = -1;
     req.topics = topics;
     req
