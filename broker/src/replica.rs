@@ -608,36 +608,33 @@ async fn flusher(replica: Arc<Replica>, stop: CancellationToken, fatal: FatalSig
         if replica.is_deleted() {
             return;
         }
-        let on_disk = replica.log.durable_end_offset();
-        if target > *replica.durable.borrow() && on_disk >= target {
-            // A follower's fetcher fsyncs before it reports the offset: nothing left to
-            // flush, so no trip through the blocking pool.
-            replica.durable.send_replace(on_disk);
-            replica.durable_moved();
-            continue;
-        }
         if target > *replica.durable.borrow() {
-            let r = replica.clone();
-            match tokio::task::spawn_blocking(move || r.log.flush()).await {
-                Ok(Ok(durable)) => {
-                    replica.durable.send_replace(durable);
-                    replica.durable_moved();
-                }
-                Ok(Err(e)) => {
-                    if replica.is_deleted() {
+            let on_disk = replica.log.durable_end_offset();
+            let durable = if on_disk >= target {
+                // A follower's fetcher fsyncs before it reports the offset: nothing left to
+                // flush, so no trip through the blocking pool.
+                on_disk
+            } else {
+                let r = replica.clone();
+                match tokio::task::spawn_blocking(move || r.log.flush()).await {
+                    Ok(Ok(durable)) => durable,
+                    Ok(Err(e)) => {
+                        if !replica.is_deleted() {
+                            fatal.raise(format!(
+                                "{}-{}: flush failed: {e}",
+                                replica.topic, replica.partition
+                            ));
+                        }
                         return;
                     }
-                    fatal.raise(format!(
-                        "{}-{}: flush failed: {e}",
-                        replica.topic, replica.partition
-                    ));
-                    return;
+                    Err(e) => {
+                        fatal.raise(format!("flush task panicked: {e}"));
+                        return;
+                    }
                 }
-                Err(e) => {
-                    fatal.raise(format!("flush task panicked: {e}"));
-                    return;
-                }
-            }
+            };
+            replica.durable.send_replace(durable);
+            replica.durable_moved();
             continue;
         }
         tokio::select! {
