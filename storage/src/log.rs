@@ -22,7 +22,7 @@ use bytes::Bytes;
 use keel_protocol::batch::{batches, set_base_offset, set_partition_leader_epoch, BatchHeader};
 
 use crate::checkpoint::{self, Checkpoints};
-use crate::config::LogConfig;
+use crate::config::{FlushPolicy, LogConfig};
 use crate::digest::{DigestWalk, RangeDigest};
 use crate::epoch_cache::EpochCache;
 use crate::error::{Result, StorageError};
@@ -321,6 +321,9 @@ impl Log {
         }
         let pos = active.size();
         active.write_at(pos, data)?;
+        if matches!(self.config.flush_policy, FlushPolicy::Interval { .. }) {
+            active.start_writeback(pos, pos + data.len() as u64);
+        }
         {
             let mut idx = active.indexes();
             for b in batches(data).map_while(|b| b.ok()) {
