@@ -9,8 +9,8 @@
 //! crc32 <8 hex digits: crc32fast of every byte before this line>
 //! ```
 //!
-//! The first four are written together: temp files, fsync each, rename each, fsync the
-//! directory once. The rescan marker ([`RESCAN`]) is written the same way, on its own.
+//! The first four are written together: temp files, fsync each, rename each (the recovery
+//! point last, see [`store`]), fsync the directory once. The rescan marker ([`RESCAN`]) is written the same way, on its own.
 //! Each file is individually valid at any crash point; a file that fails its checksum or does
 //! not parse is reported (never silently trusted) and the caller falls back to a safe value.
 
@@ -168,24 +168,32 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| StorageError::fsync(format!("directory {}", dir.display()), e))
 }
 
-/// Writes all checkpoint files atomically (see the module doc).
+/// Writes the checkpoint files, each atomically (see the module doc).
+///
+/// The recovery point goes into place last. Recovery takes everything below it as it finds
+/// it, leader epochs included, and scans only from there. So a crash between two renames
+/// must not leave a new recovery point beside an old epoch file: the epochs that started
+/// in the segments it skips would be lost, and the replica's epoch history would differ
+/// from its leader's (seen in a chaos run). Newer epochs, HW or log start beside an older
+/// recovery point are harmless: the scan from there re-derives the epochs.
 pub(crate) fn store(dir: &Path, c: &Checkpoints) -> Result<()> {
     write_files(
         dir,
         &[
-            (RECOVERY_POINT, vec![c.recovery_point.to_string()]),
-            (HIGH_WATERMARK, vec![c.high_watermark.to_string()]),
-            (LOG_START, vec![c.log_start.to_string()]),
             (
                 LEADER_EPOCH,
                 c.epochs.iter().map(|(e, o)| format!("{e} {o}")).collect(),
             ),
+            (LOG_START, vec![c.log_start.to_string()]),
+            (HIGH_WATERMARK, vec![c.high_watermark.to_string()]),
+            (RECOVERY_POINT, vec![c.recovery_point.to_string()]),
         ],
     )
 }
 
-/// Writes `files` (name, lines) atomically: temp files, fsync each, rename each, fsync the
-/// directory once.
+/// Writes `files` (name, lines) atomically: temp files, fsync each, rename each in the
+/// order given, fsync the directory once. Each file is atomic, the set is not: a crash can
+/// fall between two renames.
 fn write_files(dir: &Path, files: &[(&str, Vec<String>)]) -> Result<()> {
     for (name, lines) in files {
         let tmp = dir.join(format!("{name}.tmp"));
@@ -197,7 +205,8 @@ fn write_files(dir: &Path, files: &[(&str, Vec<String>)]) -> Result<()> {
     }
     for (name, _) in files {
         let tmp = dir.join(format!("{name}.tmp"));
-        fs::rename(&tmp, dir.join(name))
+        crate::failpoint::check_io(crate::failpoint::CHECKPOINT_RENAME, &tmp)
+            .and_then(|()| fs::rename(&tmp, dir.join(name)))
             .map_err(|e| StorageError::io(format!("checkpoint rename {}", tmp.display()), e))?;
     }
     sync_dir(dir)

@@ -4,7 +4,8 @@
 //! fires only for files under the directory it was configured for, so tests running in
 //! parallel (each with its own temp dir) do not see each other's failures.
 //!
-//! Points: [`SEGMENT_WRITE`] (append write: error or partial write), [`SEGMENT_FSYNC`] (flush).
+//! Points: [`SEGMENT_WRITE`] (append write: error or partial write), [`SEGMENT_FSYNC`] (flush),
+//! [`CHECKPOINT_RENAME`] (a checkpoint file moved into place).
 
 use std::collections::HashMap;
 use std::io;
@@ -16,6 +17,9 @@ use std::sync::{Mutex, OnceLock};
 pub const SEGMENT_WRITE: &str = "segment.write";
 /// The fsync/fdatasync of a segment in `flush` and `roll`.
 pub const SEGMENT_FSYNC: &str = "segment.fsync";
+/// The rename that moves one checkpoint file into place. With [`set_after`], a test stops a
+/// checkpoint write part-way, as a crash between two renames would.
+pub const CHECKPOINT_RENAME: &str = "checkpoint.rename";
 
 /// What a failpoint does when it fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +34,8 @@ pub enum FailAction {
 struct Armed {
     scope: PathBuf,
     action: FailAction,
+    /// Passes left before the point starts firing.
+    skip: u32,
     remaining: Option<u32>,
 }
 
@@ -42,10 +48,22 @@ fn registry() -> &'static Mutex<HashMap<&'static str, Vec<Armed>>> {
 
 /// Arms `name` for files under `scope`, firing `times` times (`None` = until [`clear`]).
 pub fn set(name: &'static str, scope: &Path, action: FailAction, times: Option<u32>) {
+    set_after(name, scope, 0, action, times);
+}
+
+/// [`set`], but the first `skip` checks under `scope` pass.
+pub fn set_after(
+    name: &'static str,
+    scope: &Path,
+    skip: u32,
+    action: FailAction,
+    times: Option<u32>,
+) {
     let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
     reg.entry(name).or_default().push(Armed {
         scope: scope.to_path_buf(),
         action,
+        skip,
         remaining: times,
     });
     ENABLED.store(true, Ordering::Release);
@@ -69,6 +87,10 @@ pub(crate) fn check(name: &'static str, path: &Path) -> Option<FailAction> {
     let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
     let armed = reg.get_mut(name)?;
     let i = armed.iter().position(|a| path.starts_with(&a.scope))?;
+    if armed[i].skip > 0 {
+        armed[i].skip -= 1;
+        return None;
+    }
     let action = armed[i].action;
     if let Some(n) = armed[i].remaining.as_mut() {
         *n = n.saturating_sub(1);
