@@ -632,8 +632,12 @@ impl Log {
             self.durable.fetch_min(new_end, Ordering::AcqRel);
             removed
         };
-        seg.truncate_at(pos, new_end, &self.config)?;
+        // The recovery point comes down to the cut before the cut is made. A crash between the
+        // two then recovers the log as it was (scanned from the cut onwards, epochs included);
+        // the other way round, an old recovery point in a later segment had recovery trust the
+        // cut segment unscanned and keep the later ones behind a gap.
         self.write_checkpoints()?;
+        seg.truncate_at(pos, new_end, &self.config)?;
         for s in removed.iter().rev() {
             s.delete_files(&self.dir)?;
         }

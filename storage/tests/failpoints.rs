@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{batch, read_all, small_config};
+use common::{batch, describe, read_all, small_config};
 use keel_protocol::batch::{set_base_offset, set_partition_leader_epoch};
 use keel_storage::failpoint::{self, FailAction};
 use keel_storage::{Log, StorageError};
@@ -182,5 +182,63 @@ fn checkpoint_torn_between_renames_keeps_the_epoch_history() {
         let log = Log::open(dir.path(), small_config()).unwrap();
         assert_eq!(log.log_end_offset(), next, "renamed {renamed}");
         assert_eq!(log.epoch_entries(), epochs, "renamed {renamed}");
+    }
+}
+
+/// A crash in the middle of a truncation that crosses segments must leave a log without a
+/// hole: either the log as it was, or the log cut at the truncation point. Before the
+/// checkpoint moved ahead of the cut, a crash after the cut kept the old recovery point in
+/// a later segment, recovery trusted the cut segment unscanned, and the later segments
+/// stayed behind a gap.
+#[test]
+fn crash_during_truncation_leaves_a_log_without_holes() {
+    // Stopped after 0-3 of the checkpoint's renames, or (4) at the fsync of the cut segment,
+    // after the cut and before the later segments are deleted.
+    for renamed in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), small_config()).unwrap();
+        let mut next = 0;
+        for _ in 0..20 {
+            append_in_epoch(&log, &mut next, 1);
+        }
+        log.flush().unwrap();
+        // The recovery point moves into the newest segment, as after a roll.
+        log.checkpoint().unwrap();
+        assert!(log.segment_count() >= 4, "the test needs several segments");
+        let before = (log.log_end_offset(), log.epoch_entries());
+        let cut = 12;
+
+        let (point, skip) = match renamed {
+            4 => (failpoint::SEGMENT_FSYNC, 0),
+            n => (failpoint::CHECKPOINT_RENAME, n),
+        };
+        failpoint::set_after(
+            point,
+            dir.path(),
+            skip,
+            FailAction::Error { errno: libc::EIO },
+            Some(1),
+        );
+        assert!(
+            log.truncate_to(cut).is_err(),
+            "renamed {renamed}: not stopped"
+        );
+        failpoint::clear(dir.path());
+        drop(log); // a crash
+
+        let log = Log::open(dir.path(), small_config()).unwrap();
+        // Stopped before the cut: the log as it was; after it: the log cut.
+        let end = log.log_end_offset();
+        let want = if renamed == 4 { cut } else { before.0 };
+        assert_eq!(end, want, "renamed {renamed}: recovered end");
+        let batches = describe(&read_all(&log, 0));
+        let mut expect = 0;
+        for (base, last, epoch) in batches {
+            assert_eq!(base, expect, "renamed {renamed}: hole before offset {base}");
+            assert_eq!(epoch, 1);
+            expect = last + 1;
+        }
+        assert_eq!(expect, end, "renamed {renamed}");
+        assert_eq!(log.epoch_entries(), vec![(1, 0)], "renamed {renamed}");
     }
 }
