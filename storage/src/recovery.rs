@@ -281,6 +281,13 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
     log_start = log_start.min(log_end);
     epochs.truncate_from_end(log_end);
     epochs.truncate_from_start(log_start);
+    if log_start == log_end {
+        // No data, so no epoch to tell. An entry left here came from a checkpoint older than
+        // the segments: a crash in `truncate_fully_and_start_at` after the old segments were
+        // deleted and before the checkpoint. Kept, it would hold back the epochs of the
+        // batches fetched next (an epoch is only assigned above the latest one).
+        epochs.clear();
+    }
     let mut high_watermark = loaded.high_watermark.unwrap_or(log_start);
     if high_watermark > log_end {
         tracing::warn!(

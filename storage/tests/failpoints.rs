@@ -242,3 +242,37 @@ fn crash_during_truncation_leaves_a_log_without_holes() {
         assert_eq!(log.epoch_entries(), vec![(1, 0)], "renamed {renamed}");
     }
 }
+
+/// A crash inside `truncate_fully_and_start_at`, after the old segments are gone and before
+/// the checkpoint, must not leave the old epochs behind: the recovered log is empty at the
+/// new start, and the epochs of the batches fetched next are recorded. (A leftover epoch 3
+/// used to swallow the epoch-2 batches fetched after it.)
+#[test]
+fn crash_during_full_truncation_leaves_no_stale_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    let mut next = 0;
+    for epoch in [1, 1, 1, 3, 3, 3, 3, 3, 3, 3] {
+        append_in_epoch(&log, &mut next, epoch);
+    }
+    log.flush().unwrap();
+    log.checkpoint().unwrap();
+    assert_eq!(log.epoch_entries(), vec![(1, 0), (3, 6)]);
+
+    failpoint::set(
+        failpoint::CHECKPOINT_RENAME,
+        dir.path(),
+        FailAction::Error { errno: libc::EIO },
+        Some(1),
+    );
+    assert!(log.truncate_fully_and_start_at(50).is_err(), "not stopped");
+    failpoint::clear(dir.path());
+    drop(log); // a crash
+
+    let log = Log::open(dir.path(), small_config()).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (50, 50));
+    assert_eq!(log.epoch_entries(), vec![]);
+    let mut next = 50;
+    append_in_epoch(&log, &mut next, 2);
+    assert_eq!(log.epoch_entries(), vec![(2, 50)]);
+}
