@@ -135,6 +135,18 @@ fn roll_on_append_defers_its_fsync_to_the_next_flush() {
     assert!(log.checkpoint_if_rolled().unwrap());
 }
 
+/// Point `point` under `dir` passes `skip` times, then fails once with EIO: where a crash
+/// would stop the operation.
+fn stop_once_after(point: &'static str, dir: &std::path::Path, skip: u32) {
+    failpoint::set_after(
+        point,
+        dir,
+        skip,
+        FailAction::Error { errno: libc::EIO },
+        Some(1),
+    );
+}
+
 /// Appends one 2-record batch as a follower at `*next`, stamped with `epoch`.
 fn append_in_epoch(log: &Log, next: &mut i64, epoch: i32) {
     let mut b = batch(2, 300, *next as u64, *next);
@@ -168,13 +180,7 @@ fn checkpoint_torn_between_renames_keeps_the_epoch_history() {
         let epochs = log.epoch_entries();
         assert_eq!(epochs, vec![(0, 0), (1, 2), (2, 8)]);
 
-        failpoint::set_after(
-            failpoint::CHECKPOINT_RENAME,
-            dir.path(),
-            renamed,
-            FailAction::Error { errno: libc::EIO },
-            Some(1),
-        );
+        stop_once_after(failpoint::CHECKPOINT_RENAME, dir.path(), renamed);
         assert!(log.checkpoint().is_err(), "renamed {renamed}: not stopped");
         failpoint::clear(dir.path());
         drop(log); // a crash: no clean-shutdown marker
@@ -212,13 +218,7 @@ fn crash_during_truncation_leaves_a_log_without_holes() {
             4 => (failpoint::SEGMENT_FSYNC, 0),
             n => (failpoint::CHECKPOINT_RENAME, n),
         };
-        failpoint::set_after(
-            point,
-            dir.path(),
-            skip,
-            FailAction::Error { errno: libc::EIO },
-            Some(1),
-        );
+        stop_once_after(point, dir.path(), skip);
         assert!(
             log.truncate_to(cut).is_err(),
             "renamed {renamed}: not stopped"
@@ -259,12 +259,7 @@ fn crash_during_full_truncation_leaves_no_stale_epoch() {
     log.checkpoint().unwrap();
     assert_eq!(log.epoch_entries(), vec![(1, 0), (3, 6)]);
 
-    failpoint::set(
-        failpoint::CHECKPOINT_RENAME,
-        dir.path(),
-        FailAction::Error { errno: libc::EIO },
-        Some(1),
-    );
+    stop_once_after(failpoint::CHECKPOINT_RENAME, dir.path(), 0);
     assert!(log.truncate_fully_and_start_at(50).is_err(), "not stopped");
     failpoint::clear(dir.path());
     drop(log); // a crash
