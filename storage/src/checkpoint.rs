@@ -10,7 +10,8 @@
 //! ```
 //!
 //! The first four are written together: temp files, fsync each, rename each (the recovery
-//! point last, see [`store`]), fsync the directory once. The rescan marker ([`RESCAN`]) is written the same way, on its own.
+//! point last, see [`store`]), fsync the directory once. The rescan marker ([`RESCAN`]) is
+//! written the same way, on its own.
 //! Each file is individually valid at any crash point; a file that fails its checksum or does
 //! not parse is reported (never silently trusted) and the caller falls back to a safe value.
 
