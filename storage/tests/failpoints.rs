@@ -156,6 +156,18 @@ fn append_in_epoch(log: &Log, next: &mut i64, epoch: i32) {
     *next += 2;
 }
 
+/// A log in `dir` holding one follower batch per entry of `epochs`, stamped with it, and
+/// flushed; with the offset after it.
+fn log_in_epochs(dir: &std::path::Path, epochs: &[i32]) -> (Log, i64) {
+    let log = Log::open(dir, small_config()).unwrap();
+    let mut next = 0;
+    for &epoch in epochs {
+        append_in_epoch(&log, &mut next, epoch);
+    }
+    log.flush().unwrap();
+    (log, next)
+}
+
 /// A crash part-way through a checkpoint write, between two of its renames, must not cost
 /// leader epochs. Recovery trusts the epoch file for every segment below the recovery point
 /// and scans only from there: a new recovery point beside an old epoch file dropped the
@@ -166,10 +178,7 @@ fn checkpoint_torn_between_renames_keeps_the_epoch_history() {
     // A checkpoint renames four files: stop it after 0, 1, 2 or 3 of them.
     for renamed in 0..4 {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), small_config()).unwrap();
-        let mut next = 0;
-        append_in_epoch(&log, &mut next, 0);
-        log.flush().unwrap();
+        let (log, mut next) = log_in_epochs(dir.path(), &[0]);
         log.checkpoint().unwrap();
         // Epochs 1 and 2 begin in segments that the next recovery point passes.
         for epoch in [1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2] {
@@ -202,12 +211,7 @@ fn crash_during_truncation_leaves_a_log_without_holes() {
     // after the cut and before the later segments are deleted.
     for renamed in 0..5 {
         let dir = tempfile::tempdir().unwrap();
-        let log = Log::open(dir.path(), small_config()).unwrap();
-        let mut next = 0;
-        for _ in 0..20 {
-            append_in_epoch(&log, &mut next, 1);
-        }
-        log.flush().unwrap();
+        let (log, _) = log_in_epochs(dir.path(), &[1; 20]);
         // The recovery point moves into the newest segment, as after a roll.
         log.checkpoint().unwrap();
         assert!(log.segment_count() >= 4, "the test needs several segments");
@@ -250,12 +254,7 @@ fn crash_during_truncation_leaves_a_log_without_holes() {
 #[test]
 fn crash_during_full_truncation_leaves_no_stale_epoch() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Log::open(dir.path(), small_config()).unwrap();
-    let mut next = 0;
-    for epoch in [1, 1, 1, 3, 3, 3, 3, 3, 3, 3] {
-        append_in_epoch(&log, &mut next, epoch);
-    }
-    log.flush().unwrap();
+    let (log, _) = log_in_epochs(dir.path(), &[1, 1, 1, 3, 3, 3, 3, 3, 3, 3]);
     log.checkpoint().unwrap();
     assert_eq!(log.epoch_entries(), vec![(1, 0), (3, 6)]);
 
