@@ -67,13 +67,15 @@ pub struct BrokerConfig {
     pub min_insync_replicas: i32,
     /// `log.flush.interval.ms`: the period of `log.flush.policy=interval` (either order).
     pub flush_interval_ms: u64,
-    /// `process.roles`: `broker`, `controller` or `controller,broker`. Only read in cluster
-    /// mode, i.e. when `controller.quorum.voters` is set; otherwise the node is a
-    /// standalone broker that keeps its own topic registry.
+    /// `process.roles`: `broker`, `controller` or `broker,controller` (the default: a
+    /// one-node cluster that is its own controller, through the same code as any other).
     pub roles: Roles,
-    /// `controller.listener`: where a controller node serves brokers.
+    /// `controller.listener`: where a controller node serves brokers. The default,
+    /// `127.0.0.1:0`, picks a free port: enough for a node that is the only voter and
+    /// reaches its controller itself.
     pub controller_listener: String,
     /// `controller.quorum.voters`: `id@host:port` of the controller (one voter for now).
+    /// Unset on a node with the controller role: this node, at its controller listener.
     pub controller_voter: Option<(i32, String)>,
     /// `broker.heartbeat.interval.ms`
     pub heartbeat_interval_ms: u64,
@@ -121,9 +123,9 @@ impl Default for BrokerConfig {
             flush_interval_ms: 1000,
             roles: Roles {
                 broker: true,
-                controller: false,
+                controller: true,
             },
-            controller_listener: "127.0.0.1:9093".into(),
+            controller_listener: "127.0.0.1:0".into(),
             controller_voter: None,
             heartbeat_interval_ms: 2000,
             session_timeout_ms: 9000,
@@ -317,28 +319,40 @@ impl BrokerConfig {
                 return Err(invalid(key, &value.to_string(), "must be >= 1"));
             }
         }
+        if !self.roles.broker && !self.roles.controller {
+            return Err(invalid("process.roles", "", "a node needs a role"));
+        }
         if self.roles.controller {
             parse_addr("controller.listener", &self.controller_listener)?;
         }
-        if self.is_cluster()
-            && self.roles.broker
-            && self.controller_voter.is_none()
-            && !self.roles.controller
-        {
-            return Err(invalid(
-                "controller.quorum.voters",
-                "",
-                "a broker in cluster mode needs the controller's id@host:port",
-            ));
+        match (&self.controller_voter, self.roles.controller) {
+            (None, false) => {
+                return Err(invalid(
+                    "controller.quorum.voters",
+                    "",
+                    "a node without the controller role needs the controller's id@host:port",
+                ))
+            }
+            (Some((id, addr)), true) if *id != self.node_id => {
+                return Err(invalid(
+                    "controller.quorum.voters",
+                    &format!("{id}@{addr}"),
+                    format!(
+                        "node {} has the controller role but the one voter is node {id}",
+                        self.node_id
+                    ),
+                ))
+            }
+            _ => {}
         }
         self.log
             .validate()
             .map_err(|e| invalid("log.*", "", e.to_string()))
     }
 
-    /// Cluster mode: a controller is configured (this node or another).
-    pub fn is_cluster(&self) -> bool {
-        self.controller_voter.is_some() || self.roles.controller
+    /// Whether this node is the controller voter (the only one, for now).
+    pub fn is_voter(&self) -> bool {
+        self.roles.controller
     }
 
     /// The listener address to bind.
@@ -484,13 +498,17 @@ mod tests {
     #[test]
     fn cluster_properties() {
         let mut c = BrokerConfig::default();
-        assert!(!c.is_cluster());
+        assert!(
+            c.is_voter(),
+            "the default node is a one-node combined cluster"
+        );
         c.set("process.roles", "broker").unwrap();
+        assert!(c.validate().is_err(), "a broker alone needs a voter");
         c.set("controller.quorum.voters", "0@127.0.0.1:9093")
             .unwrap();
         c.set("replica.lag.time.max.ms", "500").unwrap();
         c.set("replica.fetch.response.max.bytes", "65536").unwrap();
-        assert!(c.is_cluster());
+        assert!(!c.is_voter());
         assert_eq!(c.replica_fetch_response_max_bytes, 65536);
         assert_eq!(c.controller_voter, Some((0, "127.0.0.1:9093".into())));
         assert_eq!(c.replica_lag_time_max_ms, 500);
@@ -503,6 +521,12 @@ mod tests {
                 controller: true
             }
         );
+        assert!(
+            c.validate().is_err(),
+            "node 1 is a controller, but the voter is node 0"
+        );
+        c.set("node.id", "0").unwrap();
+        c.validate().unwrap();
         for (k, v) in [
             ("process.roles", "router"),
             ("controller.quorum.voters", "127.0.0.1:9093"),

@@ -21,8 +21,10 @@ pub enum BrokerError {
         context: String,
         source: std::io::Error,
     },
-    #[error("topic metadata file {path}: {reason}")]
+    #[error("topic metadata {path}: {reason}")]
     TopicMetadata { path: String, reason: String },
+    #[error("{path}: {reason}")]
+    Upgrade { path: String, reason: String },
     #[error("broker stopped after a fatal error: {0}")]
     Fatal(String),
 }

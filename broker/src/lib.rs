@@ -5,7 +5,8 @@
 //! - [`config`]: [`BrokerConfig`], Kafka property names, TOML and `--set` overrides.
 //! - [`server`]: the Kafka listener; per-connection reader and in-order writer.
 //! - [`handlers`]: one file per Kafka API.
-//! - [`topics`]: the topic registry (persisted) and replica create/delete.
+//! - [`topics`]: the replicas this broker holds, opened and removed as the metadata says.
+//! - [`topic_config`]: topic names and topic-level configs (one parser each).
 //! - [`replica`]: one partition replica: log, high watermark, acks and group commit.
 //! - [`maintenance`]: timers for checkpoints, retention, segment roll and interval flush.
 //! - [`metrics`]: metric names, the Prometheus recorder and `/metrics`.
@@ -23,11 +24,14 @@ pub mod replica;
 pub mod replication;
 pub mod role;
 pub mod server;
+pub mod topic_config;
 pub mod topics;
+mod upgrade;
 
 pub use config::{BrokerConfig, ConfigError};
 pub use error::BrokerError;
 
+use controller::ControllerDriver;
 use replica::FatalSignal;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,8 +50,8 @@ pub struct Shared {
     pub advertised: (String, i32),
     /// Cancelled when the broker stops taking requests.
     pub stop: CancellationToken,
-    /// Cluster mode: the broker's link to the controller and its metadata image.
-    pub cluster: Option<Arc<cluster::broker_runtime::ClusterBroker>>,
+    /// The broker's link to the controller and its metadata image.
+    pub cluster: Arc<cluster::broker_runtime::ClusterBroker>,
 }
 
 impl server::Service for Shared {
@@ -82,7 +86,8 @@ impl server::Service for Shared {
 
 pub struct Broker;
 
-/// A running node: a Kafka listener (standalone broker), a controller listener, or both.
+/// A running node: a Kafka listener (broker role), a controller listener (controller
+/// role), or both.
 pub struct BrokerHandle {
     node_id: i32,
     kafka_addr: Option<SocketAddr>,
@@ -113,7 +118,8 @@ async fn bind(what: &'static str, addr: &str) -> Result<(TcpListener, SocketAddr
 }
 
 impl Broker {
-    /// Recovers the data directory, binds the listeners and starts serving.
+    /// Recovers the data directory, binds the listeners and starts every role's tasks.
+    /// A broker serves clients once [`BrokerHandle::serving`] resolves.
     pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
@@ -144,21 +150,28 @@ impl Broker {
             None => None,
         };
 
-        let controller_addr = if config.roles.controller && config.is_cluster() {
-            let (addr, mut started) =
+        let controller = if config.roles.controller {
+            let (addr, driver, mut started) =
                 start_controller(&config, &listeners_stop, &background, &fatal, &connections)
                     .await?;
             tasks.append(&mut started);
-            Some(addr)
+            Some((addr, driver))
         } else {
             None
         };
+        upgrade::import_standalone_topics(&config, controller.as_ref().map(|(_, d)| &**d))?;
 
-        let (kafka_addr, topics, cluster) = if config.is_cluster() && !config.roles.broker {
-            (None, None, None)
-        } else {
+        let (kafka_addr, topics, cluster) = if config.roles.broker {
+            // The voter this broker reports to: as configured, or this node's own
+            // controller listener (which may have been given port 0).
+            let voter = match (&config.controller_voter, &controller) {
+                (Some((_, addr)), _) => addr.clone(),
+                (None, Some((addr, _))) => addr.to_string(),
+                (None, None) => unreachable!("validate() requires a voter or the controller role"),
+            };
             let (addr, topics, cluster, mut started) = start_broker(
                 config.clone(),
+                voter,
                 &listeners_stop,
                 &background,
                 &fatal,
@@ -166,8 +179,11 @@ impl Broker {
             )
             .await?;
             tasks.append(&mut started);
-            (Some(addr), Some(topics), cluster)
+            (Some(addr), Some(topics), Some(cluster))
+        } else {
+            (None, None, None)
         };
+        let controller_addr = controller.map(|(addr, _)| addr);
         tracing::info!(node = config.node_id, ?kafka_addr, ?controller_addr, ?metrics_addr, data_dir = %config.data_dir.display(), "node started");
         Ok(BrokerHandle {
             node_id: config.node_id,
@@ -194,9 +210,9 @@ async fn start_controller(
     background: &CancellationToken,
     fatal: &FatalSignal,
     connections: &TaskTracker,
-) -> Result<(SocketAddr, Vec<JoinHandle<()>>), BrokerError> {
+) -> Result<(SocketAddr, Arc<ControllerDriver>, Vec<JoinHandle<()>>), BrokerError> {
     use crate::cluster::controller_service::{tick_loop, ControllerService};
-    use crate::controller::{ControllerConfig, ControllerDriver, METADATA_TOPIC};
+    use crate::controller::{ControllerConfig, METADATA_TOPIC};
     let controller_config = ControllerConfig {
         session_timeout_ms: config.session_timeout_ms,
         default_replication_factor: config.default_replication_factor,
@@ -224,28 +240,34 @@ async fn start_controller(
             Duration::from_millis(config.metrics_interval_ms.max(100)),
             background.clone(),
         )),
-        tokio::spawn(tick_loop(driver, period, background.clone(), fatal.clone())),
+        tokio::spawn(tick_loop(
+            driver.clone(),
+            period,
+            background.clone(),
+            fatal.clone(),
+        )),
     ];
-    Ok((addr, tasks))
+    Ok((addr, driver, tasks))
 }
 
 type BrokerParts = (
     SocketAddr,
     Arc<Topics>,
-    Option<Arc<cluster::broker_runtime::ClusterBroker>>,
+    Arc<cluster::broker_runtime::ClusterBroker>,
     Vec<JoinHandle<()>>,
 );
 
-/// A broker: its replicas (from its own topic registry when standalone, from the
-/// controller's metadata in cluster mode), the Kafka listener and maintenance.
+/// The broker role: the replicas the metadata assigns here, the Kafka listener, the link
+/// to the controller at `voter`, and maintenance.
 async fn start_broker(
     config: BrokerConfig,
+    voter: String,
     listeners_stop: &CancellationToken,
     background: &CancellationToken,
     fatal: &FatalSignal,
     connections: &TaskTracker,
 ) -> Result<BrokerParts, BrokerError> {
-    let topics = Arc::new(Topics::load(
+    let topics = Arc::new(Topics::new(
         config.node_id,
         config.replica_lag_time_max_ms,
         &config.data_dir,
@@ -253,7 +275,7 @@ async fn start_broker(
         config.min_insync_replicas,
         background.clone(),
         fatal.clone(),
-    )?);
+    ));
     config.listener_addr()?;
     let (listener, kafka_addr) = bind("kafka", &config.listener).await?;
     let advertised = match &config.advertised_listener {
@@ -272,17 +294,14 @@ async fn start_broker(
         background.clone(),
         fatal.clone(),
     ));
-    let cluster = config.is_cluster().then(|| {
-        cluster::broker_runtime::ClusterBroker::new(
-            config.clone(),
-            advertised.clone(),
-            topics.clone(),
-            background.clone(),
-        )
-    });
-    if let Some(rt) = &cluster {
-        tasks.extend(rt.spawn());
-    }
+    let cluster = cluster::broker_runtime::ClusterBroker::new(
+        config.clone(),
+        advertised.clone(),
+        voter,
+        topics.clone(),
+        background.clone(),
+    );
+    tasks.extend(cluster.spawn());
     let shared = Arc::new(Shared {
         config,
         topics: topics.clone(),
@@ -317,8 +336,19 @@ impl BrokerHandle {
         self.metrics_addr
     }
 
+    /// Resolves once the node serves: at once without the broker role; with it, once the
+    /// broker is registered, has the metadata up to its registration, and is unfenced (or
+    /// stays fenced on purpose while a replica repairs lost data from its leader). Until
+    /// then topics cannot be created on it (it counts for no replica). Waits as long as
+    /// the controller cannot be reached.
+    pub async fn serving(&self) {
+        if let Some(rt) = &self.cluster {
+            rt.serving().await;
+        }
+    }
+
     /// Resolves only if the node stops on its own (a fatal error).
-    pub async fn wait(&mut self) -> Result<(), BrokerError> {
+    pub async fn wait(&self) -> Result<(), BrokerError> {
         let reason = self.fatal.raised().await;
         Err(BrokerError::Fatal(reason))
     }

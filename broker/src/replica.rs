@@ -1,9 +1,8 @@
 //! One partition replica on this broker: its log, its high watermark, and the waits that
 //! produce and fetch requests do on them.
 //!
-//! The rules are pure functions at the bottom ([`compute_hw`]); this file wires them to
-//! the log and to `watch` channels. Today every replica leads an ISR of one (itself);
-//! replication adds followers to the same computation.
+//! The rules are pure functions in [`crate::replication`] and [`crate::role`]; this file
+//! wires them to the log and to `watch` channels.
 //!
 //! Durability: under `log.flush.policy=always` a per-partition flusher task fsyncs after
 //! appends (one fsync covers every append that arrived while the previous one ran: group
@@ -161,8 +160,8 @@ impl Replica {
         let info = log.recovery_info();
         let must_reach = info.checkpointed_hw.filter(|_| info.hw_above_leo);
         if info.hw_above_leo {
-            // In a cluster the broker stays fenced (no leadership, no ISR) until this
-            // replica has caught up from its leader; a standalone broker can only say so.
+            // The broker stays fenced (no leadership, no ISR) until this replica has caught
+            // up from its leader; the only replica of a partition can only say so.
             tracing::error!(
                 topic,
                 partition,
@@ -182,18 +181,9 @@ impl Replica {
             open_ms,
             "opened replica"
         );
-        // A standalone leader's HW is its own acknowledged end; in a cluster the HW comes
-        // from the ISR (leader) or the leader (follower), starting from the checkpoint.
-        let hw = if role.replicas.len() == 1 && role.is_leader() {
-            compute_hw(
-                log.high_watermark(),
-                leader_ack_offset(flush_always, leo, durable),
-                &[],
-            )
-        } else {
-            log.high_watermark()
-        };
-        log.set_high_watermark(hw);
+        // The HW starts from the checkpoint; the ISR (as leader) or the leader (as
+        // follower) moves it once the metadata gives this replica its role.
+        let hw = log.high_watermark();
         let replica = Arc::new(Self {
             topic: Arc::from(topic),
             partition,
@@ -299,6 +289,25 @@ impl Replica {
     pub fn is_repairing(&self) -> bool {
         self.repair_at.load(Ordering::Acquire) != i64::MAX
             || self.log.log_end_offset() < self.must_reach.load(Ordering::Acquire)
+    }
+
+    /// A replica whose partition has no other replica cannot get lost data back: it stops
+    /// waiting for it (logged as data loss) and may lead with what it has.
+    pub fn forgo_repair_if_alone(&self, me: i32) {
+        if !self.is_repairing() || self.role().replicas != [me] {
+            return;
+        }
+        let lost_from = self.log.log_end_offset();
+        let wanted = self.must_reach.swap(i64::MIN, Ordering::AcqRel);
+        self.repair_at.store(i64::MAX, Ordering::Release);
+        tracing::error!(
+            topic = %self.topic,
+            partition = self.partition,
+            lost_from,
+            wanted,
+            "the only replica of this partition lost acknowledged data and has nobody to \
+             fetch it from: serving what is left"
+        );
     }
 
     /// Asks for the log to be cut at `bad` (a batch that fails its CRC check) and fetched
@@ -653,35 +662,9 @@ pub fn leader_ack_offset(flush_always: bool, leo: i64, durable: i64) -> i64 {
     }
 }
 
-/// High watermark rule: the minimum acknowledged end offset over the leader and the
-/// in-sync followers, never moving backwards.
-pub fn compute_hw(current: i64, leader: i64, isr_followers: &[i64]) -> i64 {
-    let min = isr_followers.iter().copied().fold(leader, i64::min);
-    current.max(min)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hw_is_min_over_isr_and_never_moves_back() {
-        // (current, leader, followers, expected)
-        let table: &[(i64, i64, &[i64], i64)] = &[
-            (0, 10, &[], 10),
-            (0, 10, &[7, 12], 7),
-            (8, 10, &[7], 8),
-            (8, 5, &[], 8),
-            (3, 3, &[3, 3], 3),
-        ];
-        for &(current, leader, followers, want) in table {
-            assert_eq!(
-                compute_hw(current, leader, followers),
-                want,
-                "{current} {leader} {followers:?}"
-            );
-        }
-    }
 
     /// Partition `partition` of topic "t" on broker 1, not told its role yet.
     fn open_replica(

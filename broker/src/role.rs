@@ -46,15 +46,15 @@ pub enum Transition {
 }
 
 impl Role {
-    /// A standalone broker: the only replica, its own leader, epoch 0.
-    pub fn standalone(me: i32) -> Self {
+    /// A replica not yet told its role by the metadata: follower of nobody.
+    pub fn unassigned(me: i32) -> Self {
         Self {
             me,
-            leader: me,
-            leader_epoch: 0,
+            leader: -1,
+            leader_epoch: -1,
             partition_epoch: 0,
-            replicas: vec![me],
-            isr: vec![me],
+            replicas: Vec::new(),
+            isr: Vec::new(),
             followers: Vec::new(),
             gate: IsrChangeGate::new(),
             epoch_start_offset: 0,
@@ -66,15 +66,6 @@ impl Role {
     /// Whether `id` may count toward the HW from outside the ISR, or join the ISR.
     pub fn is_eligible(&self, id: i32) -> bool {
         !self.fenced.contains(&id)
-    }
-
-    /// A replica not yet told its role by the metadata: follower of nobody.
-    pub fn unassigned(me: i32) -> Self {
-        Self {
-            leader: -1,
-            leader_epoch: -1,
-            ..Self::standalone(me)
-        }
     }
 
     pub fn is_leader(&self) -> bool {

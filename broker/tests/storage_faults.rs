@@ -23,7 +23,9 @@ async fn start(dir: &Path) -> BrokerHandle {
         config.set(k, v).unwrap();
     }
     config.data_dir = dir.to_path_buf();
-    Broker::start(config).await.unwrap()
+    let broker = Broker::start(config).await.unwrap();
+    broker.serving().await;
+    broker
 }
 
 async fn setup(broker: &BrokerHandle, topic: &str) -> (ClientConfig, Producer) {
@@ -111,7 +113,7 @@ async fn full_disk_fails_one_partition_and_hides_the_partial_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_fsync_stops_the_broker() {
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = start(dir.path()).await;
+    let broker = start(dir.path()).await;
     let (_client, p) = setup(&broker, "f").await;
     let p0 = dir.path().join("f-0");
     failpoint::set(

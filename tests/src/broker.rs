@@ -57,11 +57,17 @@ pub struct TestBroker {
 impl TestBroker {
     /// Starts a broker on ephemeral ports and waits for its ready line.
     pub fn start(opts: BrokerOpts) -> TestBroker {
+        Self::start_over(opts, |_| {})
+    }
+
+    /// [`TestBroker::start`] over a data dir that `prepare` filled first.
+    pub fn start_over(opts: BrokerOpts, prepare: impl FnOnce(&std::path::Path)) -> TestBroker {
         let dir = tempfile::Builder::new()
             .prefix("keel-test-")
             .tempdir()
             .expect("create temp dir");
         std::fs::create_dir_all(dir.path().join("data")).expect("create data dir");
+        prepare(&dir.path().join("data"));
         let mut b = TestBroker {
             opts,
             child: None,

@@ -234,9 +234,10 @@ fn altered_segment_bytes_are_diverged_and_repaired_by_a_restart() {
     wait_until("keel check exits 0 again", TIMEOUT, || {
         check(&cluster, topic).success()
     });
-    assert_eq!(
-        cluster.replica_offsets(victim, topic, 0).leo,
-        Some(records as i64),
-        "the repaired replica has every record"
+    // The partition gauges refresh on a timer: one taken after the repair must show it.
+    wait_until(
+        "the repaired replica's gauges show every record",
+        TIMEOUT,
+        || cluster.replica_offsets(victim, topic, 0).leo == Some(records as i64),
     );
 }

@@ -48,8 +48,13 @@ pub struct ClusterBroker {
     /// registration and no replica is repairing data lost in an unclean stop. Until then
     /// heartbeats ask to stay fenced, so it neither leads nor counts in an ISR.
     ready: AtomicBool,
+    /// Some replica here is repairing data lost in an unclean stop (so `ready` is false).
+    repairing: AtomicBool,
     /// Wakes the replica manager to look at readiness again (a repair was requested).
     recheck: tokio::sync::Notify,
+    /// Wakes the heartbeat loop to send one now (readiness changed: the controller should
+    /// hear at once, not a heartbeat interval later).
+    heartbeat_now: tokio::sync::Notify,
     image: watch::Sender<Arc<MetadataImage>>,
     /// The metadata offset whose replica changes this broker has applied (-1: none yet).
     applied: watch::Sender<i64>,
@@ -70,26 +75,25 @@ pub fn backoff(attempt: u32) -> Duration {
 }
 
 impl ClusterBroker {
+    /// A broker that reports to the controller at `voter` (`host:port`).
     pub fn new(
         config: BrokerConfig,
         advertised: (String, i32),
+        voter: String,
         topics: Arc<Topics>,
         stop: CancellationToken,
     ) -> Arc<Self> {
-        let controller_addr = config
-            .controller_voter
-            .as_ref()
-            .map(|(_, a)| a.clone())
-            .unwrap_or_else(|| config.controller_listener.clone());
         Arc::new(Self {
             node_id: config.node_id,
             advertised,
-            controller_addr,
+            controller_addr: voter,
             controller: Mutex::new(None),
             broker_epoch: AtomicI64::new(-1),
             shutting_down: AtomicBool::new(false),
             ready: AtomicBool::new(false),
+            repairing: AtomicBool::new(false),
             recheck: tokio::sync::Notify::new(),
+            heartbeat_now: tokio::sync::Notify::new(),
             image: watch::Sender::new(Arc::new(MetadataImage::new())),
             applied: watch::Sender::new(-1),
             removed_topics: std::sync::Mutex::new(VecDeque::new()),
@@ -124,6 +128,40 @@ impl ClusterBroker {
     /// for a metadata change), so the broker asks to be fenced without delay.
     pub fn recheck_readiness(&self) {
         self.recheck.notify_one();
+    }
+
+    /// The node id of the controller this broker reports to.
+    pub fn controller_id(&self) -> i32 {
+        self.config
+            .controller_voter
+            .as_ref()
+            .map_or(self.node_id, |(id, _)| *id)
+    }
+
+    /// Whether this broker serves: registered, caught up with the metadata up to its
+    /// registration, and unfenced, or fenced only because it asks to be (a replica is
+    /// repairing data lost here and fetches it from its leader meanwhile).
+    fn is_serving(&self) -> bool {
+        let image = self.image();
+        image.broker(self.node_id).is_some_and(|b| {
+            b.epoch == self.broker_epoch()
+                && image.offset() >= b.registered_at
+                && (!b.fenced || self.repairing.load(Ordering::Acquire))
+        })
+    }
+
+    /// Resolves once [`Self::is_serving`].
+    pub async fn serving(&self) {
+        let mut image = self.image.subscribe();
+        let mut waited = 0u32;
+        while !self.is_serving() {
+            // Also polled: the broker epoch and readiness change outside the image.
+            let _ = tokio::time::timeout(Duration::from_millis(50), image.changed()).await;
+            waited += 1;
+            if waited.is_multiple_of(200) {
+                tracing::info!(node = self.node_id, controller = %self.controller_addr, "still waiting to be registered and unfenced");
+            }
+        }
     }
 
     /// The connection to the controller, (re)connecting if needed.
@@ -246,8 +284,10 @@ impl ClusterBroker {
                         .increment(1);
                 }
             }
-            if self.sleep(interval).await {
-                return;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.heartbeat_now.notified() => {}
+                _ = self.stop.cancelled() => return,
             }
         }
     }
@@ -425,6 +465,14 @@ impl ClusterBroker {
                     }
                 }
             }
+            // A replica that is the partition's only one has nobody to fetch lost data
+            // from: it serves what it has (said once, loudly) instead of keeping the
+            // broker fenced and the partition offline forever.
+            for topic in self.topics.all() {
+                for r in &topic.replicas {
+                    r.forgo_repair_if_alone(self.node_id);
+                }
+            }
             let caught_up = new
                 .broker(self.node_id)
                 .is_some_and(|b| b.epoch == self.broker_epoch() && new.offset() >= b.registered_at);
@@ -464,7 +512,11 @@ impl ClusterBroker {
                 }
             }
             let ready = caught_up && repairing.is_empty();
-            self.ready.store(ready, Ordering::Release);
+            self.repairing
+                .store(!repairing.is_empty(), Ordering::Release);
+            if self.ready.swap(ready, Ordering::AcqRel) != ready {
+                self.heartbeat_now.notify_one();
+            }
             if last_ready.as_ref() != Some(&(ready, repairing.clone())) {
                 tracing::info!(node = self.node_id, ready, ?repairing, "ready to serve");
                 last_ready = Some((ready, repairing));

@@ -3,7 +3,7 @@
 //! the controller's image.
 
 use crate::controller::{
-    AlterPartitionRequest, ControllerDriver, ControllerError, DriverError, METADATA_TOPIC,
+    AlterPartitionRequest, ControllerDriver, ControllerError, DriverError, NewTopic, METADATA_TOPIC,
 };
 use crate::handlers::{api_versions, decode, Reply, Responder};
 use crate::replica::FatalSignal;
@@ -35,7 +35,6 @@ use kafka_protocol::messages::{ApiKey, BrokerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use keel_protocol::api::{ApiSupport, ParsedRequest, CONTROLLER_APIS};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -192,6 +191,13 @@ impl ControllerService {
     }
 
     fn create_topics(&self, req: CreateTopicsRequest) -> CreateTopicsResponse {
+        let mut seen = std::collections::HashSet::new();
+        let twice: std::collections::HashSet<String> = req
+            .topics
+            .iter()
+            .filter(|t| !seen.insert(t.name.to_string()))
+            .map(|t| t.name.to_string())
+            .collect();
         let results = req
             .topics
             .into_iter()
@@ -200,27 +206,70 @@ impl ControllerService {
                     .with_name(t.name.clone())
                     .with_num_partitions(-1)
                     .with_replication_factor(-1);
-                let configs: BTreeMap<String, String> = t
-                    .configs
-                    .iter()
-                    .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
-                    .collect();
-                let partitions = (t.num_partitions != -1).then_some(t.num_partitions);
-                let rf = (t.replication_factor != -1).then_some(t.replication_factor);
-                let outcome = if req.validate_only {
-                    Ok(None)
-                } else {
-                    self.driver
-                        .create_topic(&t.name, partitions, rf, configs, now_ms())
-                        .map(Some)
+                let fail = |code: i16, message: String| {
+                    result
+                        .clone()
+                        .with_error_code(code)
+                        .with_error_message(Some(StrBytes::from_string(message)))
                 };
-                match outcome {
-                    Ok(created) => {
+                if twice.contains(t.name.as_str()) {
+                    return fail(
+                        ResponseError::InvalidRequest.code(),
+                        format!("topic `{}` is named twice in one request", t.name.0),
+                    );
+                }
+                if let Some(c) = t.configs.iter().find(|c| c.value.is_none()) {
+                    return fail(
+                        ResponseError::InvalidConfig.code(),
+                        format!("config {} has no value", c.name),
+                    );
+                }
+                let mut assignments: Vec<_> = t.assignments.iter().collect();
+                assignments.sort_by_key(|a| a.partition_index);
+                if assignments
+                    .iter()
+                    .enumerate()
+                    .any(|(i, a)| a.partition_index != i as i32)
+                {
+                    return fail(
+                        ResponseError::InvalidReplicaAssignment.code(),
+                        "assignments must cover partitions 0..n once each".into(),
+                    );
+                }
+                let spec = NewTopic {
+                    name: t.name.to_string(),
+                    partitions: (t.num_partitions != -1).then_some(t.num_partitions),
+                    replication_factor: (t.replication_factor != -1)
+                        .then_some(t.replication_factor),
+                    assignments: assignments
+                        .iter()
+                        .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                        .collect(),
+                    configs: t
+                        .configs
+                        .iter()
+                        .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
+                        .collect(),
+                };
+                match self.driver.create_topic(&spec, req.validate_only, now_ms()) {
+                    Ok(id) if req.validate_only => {
+                        let image = self.driver.image();
+                        let brokers = image.unfenced_brokers().count() as i16;
+                        let partitions = spec.assignments.len() as i32;
+                        result
+                            .with_topic_id(id)
+                            .with_num_partitions(spec.partitions.unwrap_or(partitions))
+                            .with_replication_factor(
+                                spec.replication_factor
+                                    .or_else(|| Some(spec.assignments.first()?.len() as i16))
+                                    .unwrap_or(brokers),
+                            )
+                    }
+                    Ok(id) => {
                         // By id: a delete racing this answer must not lend it another
                         // topic's id (the forwarding broker waits for exactly this id).
                         let image = self.driver.image();
-                        let topic = created.and_then(|id| image.topic_by_id(id));
-                        match topic {
+                        match image.topic_by_id(id) {
                             Some(topic) => result
                                 .with_topic_id(topic.id)
                                 .with_num_partitions(topic.partitions.len() as i32)
@@ -230,14 +279,12 @@ impl ControllerService {
                                         .first()
                                         .map_or(-1, |p| p.replicas.len() as i16),
                                 ),
-                            None => result.with_topic_id(created.unwrap_or_default()),
+                            None => result.with_topic_id(id),
                         }
                     }
                     Err(e) => {
                         let message = e.to_string();
-                        result
-                            .with_error_code(self.code(e))
-                            .with_error_message(Some(StrBytes::from_string(message)))
+                        fail(self.code(e), message)
                     }
                 }
             })

@@ -6,7 +6,9 @@
 //! longer tell what is durable, so its process must stop rather than answer.
 
 use super::image::{is_leader_election, MetadataImage};
-use super::machine::{AlterPartitionRequest, Controller, ControllerConfig, HeartbeatReply};
+use super::machine::{
+    AlterPartitionRequest, Controller, ControllerConfig, HeartbeatReply, NewTopic,
+};
 use super::metadata_log::{MetadataLog, MetadataLogError};
 use super::records::{MetadataRecord, PartitionRecord};
 use super::ControllerError;
@@ -14,6 +16,22 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::watch;
+
+/// A topic of a broker from before the one control plane, to import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedTopic {
+    pub name: String,
+    pub id: uuid::Uuid,
+    pub partitions: i32,
+    pub configs: BTreeMap<String, String>,
+}
+
+fn topic_id(records: &[MetadataRecord]) -> Option<uuid::Uuid> {
+    records.iter().find_map(|r| match r {
+        MetadataRecord::Topic { id, .. } => Some(*id),
+        _ => None,
+    })
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -145,28 +163,48 @@ impl ControllerDriver {
         Ok(records.len())
     }
 
+    /// Creates a topic; returns its id. With `validate_only` the command is only checked:
+    /// nothing is written and the id is nil.
     pub fn create_topic(
         &self,
-        name: &str,
-        partitions: Option<i32>,
-        replication_factor: Option<i16>,
-        configs: BTreeMap<String, String>,
+        t: &NewTopic,
+        validate_only: bool,
         now_ms: u64,
     ) -> Result<uuid::Uuid, DriverError> {
         let mut inner = self.lock();
-        let records =
-            inner
-                .controller
-                .create_topic(name, partitions, replication_factor, configs)?;
-        let id = records
-            .iter()
-            .find_map(|r| match r {
-                MetadataRecord::Topic { id, .. } => Some(*id),
-                _ => None,
-            })
-            .expect("a created topic has a topic record");
+        let records = inner.controller.new_topic(t)?;
+        if validate_only {
+            return Ok(uuid::Uuid::nil());
+        }
+        let id = topic_id(&records).expect("a created topic has a topic record");
         self.commit(&mut inner, &records, now_ms)?;
         Ok(id)
+    }
+
+    /// Writes the topics a broker kept before the one control plane (see
+    /// [`Controller::import_topic`]) in one batch; a topic already imported is skipped.
+    pub fn import_topics(
+        &self,
+        topics: &[ImportedTopic],
+        broker: i32,
+        now_ms: u64,
+    ) -> Result<usize, DriverError> {
+        let mut inner = self.lock();
+        let mut records = Vec::new();
+        let mut imported = 0;
+        for t in topics {
+            let r = inner.controller.import_topic(
+                &t.name,
+                t.id,
+                t.partitions,
+                broker,
+                t.configs.clone(),
+            )?;
+            imported += usize::from(!r.is_empty());
+            records.extend(r);
+        }
+        self.commit(&mut inner, &records, now_ms)?;
+        Ok(imported)
     }
 
     pub fn delete_topic(&self, name: &str, now_ms: u64) -> Result<(), DriverError> {
@@ -209,10 +247,20 @@ mod tests {
             }
             assert!(end.has_changed().unwrap());
             assert_eq!(*end.borrow_and_update(), d.image().offset() + 1);
-            d.create_topic("t", Some(2), Some(3), BTreeMap::new(), 2)
-                .unwrap();
+            let t = |partitions, rf| NewTopic {
+                name: "t".into(),
+                partitions: Some(partitions),
+                replication_factor: Some(rf),
+                ..NewTopic::default()
+            };
+            assert_eq!(
+                d.create_topic(&t(2, 3), true, 2).unwrap(),
+                uuid::Uuid::nil()
+            );
+            assert!(!end.has_changed().unwrap(), "validate_only writes nothing");
+            d.create_topic(&t(2, 3), false, 2).unwrap();
             end.borrow_and_update();
-            let refused = d.create_topic("t", Some(1), Some(1), BTreeMap::new(), 3);
+            let refused = d.create_topic(&t(1, 1), false, 3);
             assert!(matches!(
                 refused,
                 Err(DriverError::Refused(ControllerError::TopicExists(_)))

@@ -23,6 +23,8 @@ pub enum ControllerError {
     InvalidReplicationFactor { factor: i16, brokers: usize },
     #[error("invalid config: {0}")]
     InvalidConfig(String),
+    #[error("invalid replica assignment: {0}")]
+    InvalidReplicaAssignment(String),
     #[error("{topic}-{partition}: leader epoch {given} of broker {broker} is fenced (current leader {leader}, epoch {current})")]
     FencedLeaderEpoch {
         topic: String,
@@ -75,6 +77,7 @@ impl ControllerError {
             Self::InvalidPartitions(_) => ResponseError::InvalidPartitions,
             Self::InvalidReplicationFactor { .. } => ResponseError::InvalidReplicationFactor,
             Self::InvalidConfig(_) => ResponseError::InvalidConfig,
+            Self::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
             Self::FencedLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
             Self::UnknownLeaderEpoch { .. } => ResponseError::UnknownLeaderEpoch,
             Self::InvalidUpdateVersion { .. } => ResponseError::InvalidUpdateVersion,

@@ -5,7 +5,7 @@ use super::error::ControllerError;
 use super::image::{BrokerInfo, MetadataImage};
 use super::records::{MetadataRecord, PartitionRecord, NO_LEADER};
 use super::METADATA_TOPIC;
-use crate::topics::{topic_log_config, validate_topic_name, CreateError};
+use crate::topic_config::{topic_log_config, validate_topic_name};
 use keel_storage::LogConfig;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use uuid::Uuid;
@@ -54,6 +54,19 @@ impl ControllerConfig {
         }
         Ok(())
     }
+}
+
+/// A topic to create, as CreateTopics asks for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewTopic {
+    pub name: String,
+    /// `None`: `num.partitions`. Ignored with `assignments`.
+    pub partitions: Option<i32>,
+    /// `None`: `default.replication.factor`. Ignored with `assignments`.
+    pub replication_factor: Option<i16>,
+    /// The replicas of partition `i` at index `i`; empty: assigned round-robin.
+    pub assignments: Vec<Vec<i32>>,
+    pub configs: BTreeMap<String, String>,
 }
 
 /// The answer to a broker heartbeat.
@@ -265,24 +278,9 @@ impl Controller {
         name: &str,
         partitions: Option<i32>,
         replication_factor: Option<i16>,
-        mut configs: BTreeMap<String, String>,
+        configs: BTreeMap<String, String>,
     ) -> Result<Vec<MetadataRecord>, ControllerError> {
-        validate_topic_name(name).map_err(|e| ControllerError::InvalidTopicName {
-            name: name.to_string(),
-            reason: match e {
-                CreateError::InvalidName { reason, .. } => reason.to_string(),
-                other => other.to_string(),
-            },
-        })?;
-        if name == METADATA_TOPIC {
-            return Err(ControllerError::InvalidTopicName {
-                name: name.to_string(),
-                reason: "reserved for the metadata log".to_string(),
-            });
-        }
-        if self.image.topic(name).is_some() {
-            return Err(ControllerError::TopicExists(name.to_string()));
-        }
+        self.check_new_topic(name)?;
         let partitions = match partitions {
             None | Some(-1) => self.config.default_partitions,
             Some(p) => p,
@@ -302,34 +300,16 @@ impl Controller {
                 brokers: brokers.len(),
             });
         }
-        topic_log_config(&LogConfig::default(), &configs)
-            .map_err(ControllerError::InvalidConfig)?;
-        configs
-            .entry("min.insync.replicas".to_string())
-            .or_insert_with(|| self.config.default_min_insync_replicas.to_string());
-
         let cursor = self.image.assignment_cursor();
         let n = brokers.len() as u64;
-        let mut records = Vec::with_capacity(partitions as usize + 2);
-        records.push(MetadataRecord::Topic {
-            name: name.to_string(),
-            id: Uuid::new_v4(),
-            configs,
-        });
-        for p in 0..partitions {
-            let replicas: Vec<i32> = (0..rf as u64)
-                .map(|j| brokers[((u64::from(cursor) + p as u64 + j) % n) as usize])
-                .collect();
-            records.push(MetadataRecord::Partition(PartitionRecord {
-                topic: name.to_string(),
-                partition: p,
-                isr: replicas.clone(),
-                leader: replicas[0],
-                replicas,
-                leader_epoch: 0,
-                partition_epoch: 0,
-            }));
-        }
+        let assignments = (0..partitions)
+            .map(|p| {
+                (0..rf as u64)
+                    .map(|j| brokers[((u64::from(cursor) + p as u64 + j) % n) as usize])
+                    .collect()
+            })
+            .collect();
+        let mut records = self.topic_records(name, Uuid::new_v4(), assignments, configs)?;
         records.push(MetadataRecord::AssignmentCursor {
             next: cursor.wrapping_add(partitions as u32),
         });
@@ -339,6 +319,156 @@ impl Controller {
             replication_factor = factor,
             "creating topic"
         );
+        Ok(records)
+    }
+
+    /// [`Self::create_topic`] or [`Self::create_topic_assigned`], as `t` asks.
+    pub fn new_topic(&self, t: &NewTopic) -> Result<Vec<MetadataRecord>, ControllerError> {
+        if t.assignments.is_empty() {
+            self.create_topic(
+                &t.name,
+                t.partitions,
+                t.replication_factor,
+                t.configs.clone(),
+            )
+        } else if t.partitions.is_some_and(|p| p != -1)
+            || t.replication_factor.is_some_and(|f| f != -1)
+        {
+            Err(ControllerError::InvalidRequest(
+                "give either assignments or partitions and replication factor".into(),
+            ))
+        } else {
+            self.create_topic_assigned(&t.name, t.assignments.clone(), t.configs.clone())
+        }
+    }
+
+    /// Creates a topic with the replicas given per partition (CreateTopics `assignments`):
+    /// partition `i` gets `assignments[i]`, every list of one length, of distinct registered
+    /// brokers. The first unfenced one leads.
+    pub fn create_topic_assigned(
+        &self,
+        name: &str,
+        assignments: Vec<Vec<i32>>,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        self.check_new_topic(name)?;
+        let partitions = i32::try_from(assignments.len()).unwrap_or(i32::MAX);
+        if !(1..=MAX_PARTITIONS).contains(&partitions) {
+            return Err(ControllerError::InvalidPartitions(partitions));
+        }
+        let rf = assignments[0].len();
+        for (p, replicas) in assignments.iter().enumerate() {
+            let bad = |why: String| {
+                Err(ControllerError::InvalidReplicaAssignment(format!(
+                    "partition {p}: {why}"
+                )))
+            };
+            if replicas.is_empty() || replicas.len() != rf {
+                return bad(format!(
+                    "{} replicas where partition 0 has {rf}",
+                    replicas.len()
+                ));
+            }
+            let distinct: BTreeSet<i32> = replicas.iter().copied().collect();
+            if distinct.len() != replicas.len() {
+                return bad(format!("broker named twice in {replicas:?}"));
+            }
+            if let Some(b) = replicas.iter().find(|&&b| self.image.broker(b).is_none()) {
+                return bad(format!("broker {b} is not registered"));
+            }
+        }
+        tracing::info!(
+            topic = name,
+            partitions,
+            replication_factor = rf,
+            "creating topic with given assignments"
+        );
+        self.topic_records(name, Uuid::new_v4(), assignments, configs)
+    }
+
+    /// The records of a topic kept by a broker that ran before the one control plane (its
+    /// own `topics.toml`): the same id and configs, every partition on `broker` alone, in an
+    /// ISR of one and leaderless until that broker registers and is unfenced. Refused if a
+    /// topic of that name exists, unless it is this very topic (an import that stopped
+    /// half-way and runs again).
+    pub fn import_topic(
+        &self,
+        name: &str,
+        id: Uuid,
+        partitions: i32,
+        broker: i32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        if self.image.topic(name).is_some_and(|t| t.id == id) {
+            return Ok(Vec::new());
+        }
+        self.check_new_topic(name)?;
+        if !(1..=MAX_PARTITIONS).contains(&partitions) {
+            return Err(ControllerError::InvalidPartitions(partitions));
+        }
+        let mut records =
+            self.topic_records(name, id, vec![vec![broker]; partitions as usize], configs)?;
+        for r in &mut records {
+            if let MetadataRecord::Partition(p) = r {
+                p.leader = NO_LEADER;
+            }
+        }
+        Ok(records)
+    }
+
+    fn check_new_topic(&self, name: &str) -> Result<(), ControllerError> {
+        validate_topic_name(name).map_err(|reason| ControllerError::InvalidTopicName {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        })?;
+        if name == METADATA_TOPIC {
+            return Err(ControllerError::InvalidTopicName {
+                name: name.to_string(),
+                reason: "reserved for the metadata log".to_string(),
+            });
+        }
+        if self.image.topic(name).is_some() {
+            return Err(ControllerError::TopicExists(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// A `Topic` record (configs checked, `min.insync.replicas` defaulted) and one
+    /// `Partition` record per assignment, led by its first unfenced replica.
+    fn topic_records(
+        &self,
+        name: &str,
+        id: Uuid,
+        assignments: Vec<Vec<i32>>,
+        mut configs: BTreeMap<String, String>,
+    ) -> Result<Vec<MetadataRecord>, ControllerError> {
+        topic_log_config(&LogConfig::default(), &configs)
+            .map_err(ControllerError::InvalidConfig)?;
+        configs
+            .entry("min.insync.replicas".to_string())
+            .or_insert_with(|| self.config.default_min_insync_replicas.to_string());
+        let mut records = Vec::with_capacity(assignments.len() + 2);
+        records.push(MetadataRecord::Topic {
+            name: name.to_string(),
+            id,
+            configs,
+        });
+        for (p, replicas) in assignments.into_iter().enumerate() {
+            let leader = replicas
+                .iter()
+                .copied()
+                .find(|&b| self.image.is_unfenced(b))
+                .unwrap_or(NO_LEADER);
+            records.push(MetadataRecord::Partition(PartitionRecord {
+                topic: name.to_string(),
+                partition: p as i32,
+                isr: replicas.clone(),
+                leader,
+                replicas,
+                leader_epoch: 0,
+                partition_epoch: 0,
+            }));
+        }
         Ok(records)
     }
 

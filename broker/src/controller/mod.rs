@@ -50,13 +50,13 @@ mod records;
 #[cfg(test)]
 mod tests;
 
-pub use driver::{ControllerDriver, DriverError};
+pub use driver::{ControllerDriver, DriverError, ImportedTopic};
 pub use error::ControllerError;
 pub use image::{
     diff, is_leader_election, BrokerInfo, ImageStats, MetadataImage, ReplicaChange, TopicImage,
 };
 pub use machine::{
-    AlterPartitionRequest, Controller, ControllerConfig, HeartbeatReply, MAX_PARTITIONS,
+    AlterPartitionRequest, Controller, ControllerConfig, HeartbeatReply, NewTopic, MAX_PARTITIONS,
 };
 pub use metadata_log::{decode_batches, MetadataLog, MetadataLogError};
 pub use records::{MetadataRecord, PartitionRecord, NO_LEADER};

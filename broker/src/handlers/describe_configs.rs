@@ -2,7 +2,7 @@
 //! setting or the broker default) and, briefly, for this broker.
 
 use super::{Ctx, Reply};
-use crate::topics::{topic_log_config, TOPIC_CONFIG_KEYS};
+use crate::topic_config::{topic_log_config, TOPIC_CONFIG_KEYS};
 use crate::Shared;
 use kafka_protocol::messages::describe_configs_request::{
     DescribeConfigsRequest, DescribeConfigsResource,
@@ -102,8 +102,10 @@ fn describe(shared: &Shared, r: &DescribeConfigsResource) -> DescribeConfigsResu
 type Entry = (&'static str, String, i8, i8);
 
 fn topic_entries(shared: &Shared, name: &str) -> Option<Vec<Entry>> {
-    let topic = shared.topics.get(name)?;
-    let own = &topic.meta.configs;
+    // From the metadata image: every broker knows every topic's configs, not only the
+    // brokers holding one of its replicas.
+    let image = shared.cluster.image();
+    let own = &image.topic(name)?.configs;
     let log = topic_log_config(&shared.config.log, own).ok()?;
     let limit = |v: Option<u64>| v.map_or(-1, |v| v as i64).to_string();
     Some(

@@ -2,7 +2,7 @@
 //! over the mmap, sent with `write_vectored`), long-polling on the partitions' high
 //! watermarks until `min_bytes` are there or `max_wait_ms` passes.
 //!
-//! A follower's fetch (replica id >= 0, cluster mode) is validated against the leader's
+//! A follower's fetch (replica id >= 0) is validated against the leader's
 //! epochs first (fenced / unknown epoch, diverging history → `DivergingEpoch`, out of
 //! range); an accepted one records the follower's position, which moves the HW and may
 //! propose an ISR change, and reads up to the leader's log end.
@@ -93,7 +93,7 @@ pub fn handle(ctx: Ctx, req: FetchRequest) -> Reply {
         req.replica_id.0
     };
     let reader = match &ctx.shared.cluster {
-        Some(rt) if follower >= 0 => {
+        rt if follower >= 0 => {
             let registered = rt.image().broker(follower).map(|b| b.epoch);
             let epoch = if ctx.version >= 15 {
                 req.replica_state.replica_epoch
@@ -164,9 +164,7 @@ async fn futures_any_changed(watches: &mut [watch::Receiver<i64>]) {
 /// Records a follower's fetch offsets on the partitions this broker leads; proposes the
 /// ISR changes that follow from them.
 fn record_follower_positions(ctx: &Ctx, wanted: &[Wanted], follower: i32) {
-    let Some(rt) = &ctx.shared.cluster else {
-        return;
-    };
+    let rt = &ctx.shared.cluster;
     for w in wanted {
         for p in &w.partitions {
             let Some(r) = p.replica.as_ref().filter(|r| r.is_leader()) else {

@@ -1,145 +1,105 @@
-//! Metadata: this broker, and the topics asked for (all when the list is null, or empty
-//! at v0). With `auto.create.topics.enable`, an unknown requested topic is created.
+//! Metadata: the brokers, and the topics asked for (all when the list is null, or empty at
+//! v0), from this broker's metadata image. With `auto.create.topics.enable`, unknown topics
+//! asked for by name are created through the controller first.
 
 use super::{Ctx, Reply};
-use crate::topics::{CreateError, Topic};
+use crate::cluster::broker_runtime::ClusterBroker;
+use crate::controller::{MetadataImage, METADATA_TOPIC};
+use crate::topic_config::validate_topic_name;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
 use kafka_protocol::messages::metadata_request::MetadataRequest;
-use kafka_protocol::messages::metadata_response::{
-    MetadataResponse, MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
-};
-use kafka_protocol::messages::{BrokerId, TopicName};
+use kafka_protocol::messages::metadata_response::{MetadataResponse, MetadataResponseTopic};
+use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
-use std::collections::BTreeMap;
-use std::sync::Arc;
 
 pub fn handle(ctx: &Ctx, req: MetadataRequest) -> Reply {
-    let shared = &ctx.shared;
-    if let Some(rt) = &shared.cluster {
-        // Cluster mode: the metadata image answers; this broker stands in as the
-        // "controller" clients send admin requests to, and forwards them.
-        let image = rt.image();
-        let wanted: Option<Vec<String>> = match req.topics {
-            None => None,
-            Some(t) if t.is_empty() && ctx.version == 0 => None,
-            Some(t) => Some(
-                t.into_iter()
-                    .filter_map(|t| match t.name {
-                        Some(n) => Some(n.to_string()),
-                        None => image.topic_by_id(t.topic_id).map(|x| x.name.clone()),
-                    })
-                    .collect(),
-            ),
-        };
-        return ctx.now(crate::cluster::metadata_response(
-            &image,
-            &shared.config.cluster_id,
-            shared.config.node_id,
-            wanted.as_deref(),
-            ctx.version,
-        ));
-    }
-    let node = BrokerId(shared.config.node_id);
+    let rt = ctx.shared.cluster.clone();
+    let image = rt.image();
     let all = match &req.topics {
         None => true,
         Some(t) => t.is_empty() && ctx.version == 0,
     };
-    let topics = if all {
-        shared
-            .topics
-            .all()
-            .iter()
-            .map(|t| describe(t, node))
-            .collect()
-    } else {
-        let auto_create =
-            shared.config.auto_create_topics && (ctx.version < 4 || req.allow_auto_topic_creation);
-        req.topics
-            .unwrap_or_default()
-            .into_iter()
-            .map(|t| match t.name {
-                Some(name) => by_name(ctx, &name.0, auto_create, node),
-                None => match shared
-                    .topics
-                    .all()
-                    .into_iter()
-                    .find(|x| x.meta.id == t.topic_id)
-                {
-                    Some(topic) => describe(&topic, node),
-                    None => MetadataResponseTopic::default()
-                        .with_topic_id(t.topic_id)
-                        .with_error_code(ResponseError::UnknownTopicId.code()),
-                },
-            })
-            .collect()
+    let mut names = Vec::new();
+    let mut unknown_ids = Vec::new();
+    for t in req.topics.iter().flatten() {
+        match &t.name {
+            Some(n) => names.push(n.to_string()),
+            None => match image.topic_by_id(t.topic_id) {
+                Some(topic) => names.push(topic.name.clone()),
+                None => unknown_ids.push(t.topic_id),
+            },
+        }
+    }
+    let auto_create =
+        ctx.shared.config.auto_create_topics && (ctx.version < 4 || req.allow_auto_topic_creation);
+    let missing: Vec<String> = names
+        .iter()
+        .filter(|n| image.topic(n).is_none())
+        .filter(|n| validate_topic_name(n).is_ok() && n.as_str() != METADATA_TOPIC)
+        .cloned()
+        .collect();
+    let rt_for_create = rt.clone();
+    let ctx = ctx.clone();
+    let answer = move |image: &MetadataImage| {
+        let wanted = (!all).then_some(names.as_slice());
+        let mut resp = response(&ctx, &rt, image, wanted);
+        resp.topics.extend(unknown_ids.iter().map(|&id| {
+            MetadataResponseTopic::default()
+                .with_topic_id(id)
+                .with_error_code(ResponseError::UnknownTopicId.code())
+        }));
+        ctx.encode(&resp, &[])
     };
-    let (host, port) = shared.advertised.clone();
-    ctx.now(
-        MetadataResponse::default()
-            .with_brokers(vec![MetadataResponseBroker::default()
-                .with_node_id(node)
-                .with_host(StrBytes::from_string(host))
-                .with_port(port)])
-            .with_cluster_id(Some(StrBytes::from_string(
-                shared.config.cluster_id.clone(),
-            )))
-            .with_controller_id(node)
-            .with_topics(topics),
+    if all || !auto_create || missing.is_empty() {
+        return Box::pin(std::future::ready(answer(&image)));
+    }
+    let rt = rt_for_create;
+    Box::pin(async move {
+        let req = CreateTopicsRequest::default()
+            .with_timeout_ms(30_000)
+            .with_topics(
+                missing
+                    .into_iter()
+                    .map(|n| {
+                        CreatableTopic::default()
+                            .with_name(TopicName(StrBytes::from_string(n)))
+                            .with_num_partitions(-1)
+                            .with_replication_factor(-1)
+                    })
+                    .collect(),
+            );
+        if let Err(e) = super::create_topics::create_and_settle(&rt, &req).await {
+            // The topics stay unknown in the answer; the client asks again.
+            tracing::warn!(error = %e, "auto-creating topics failed");
+        }
+        answer(&rt.image())
+    })
+}
+
+/// The Metadata answer from `image`: the controller id is the active controller's when it
+/// is also a broker clients can reach, else this broker's own (it forwards admin requests).
+fn response(
+    ctx: &Ctx,
+    rt: &ClusterBroker,
+    image: &MetadataImage,
+    wanted: Option<&[String]>,
+) -> MetadataResponse {
+    crate::cluster::metadata_response(
+        image,
+        &ctx.shared.config.cluster_id,
+        controller_id(rt, image),
+        wanted,
+        ctx.version,
     )
 }
 
-fn by_name(ctx: &Ctx, name: &StrBytes, auto_create: bool, node: BrokerId) -> MetadataResponseTopic {
-    let topics = &ctx.shared.topics;
-    if let Some(topic) = topics.get(name) {
-        return describe(&topic, node);
+/// The node id clients are told is the controller (see [`response`]).
+pub fn controller_id(rt: &ClusterBroker, image: &MetadataImage) -> i32 {
+    let active = rt.controller_id();
+    if image.is_unfenced(active) {
+        active
+    } else {
+        rt.node_id
     }
-    let error = |e: ResponseError| {
-        MetadataResponseTopic::default()
-            .with_name(Some(TopicName(name.clone())))
-            .with_error_code(e.code())
-    };
-    if !auto_create {
-        return error(ResponseError::UnknownTopicOrPartition);
-    }
-    let config = &ctx.shared.config;
-    match topics.create(
-        name,
-        config.num_partitions,
-        config.default_replication_factor,
-        BTreeMap::new(),
-    ) {
-        Ok(topic) => describe(&topic, node),
-        // Lost a race with another creator: fine, it exists now.
-        Err(CreateError::Exists(_)) => match topics.get(name) {
-            Some(topic) => describe(&topic, node),
-            None => error(ResponseError::LeaderNotAvailable),
-        },
-        Err(CreateError::InvalidName { .. }) => error(ResponseError::InvalidTopicException),
-        Err(e) => {
-            tracing::warn!(topic = %name, error = %e, "auto-creating topic failed");
-            error(ResponseError::UnknownTopicOrPartition)
-        }
-    }
-}
-
-fn describe(topic: &Arc<Topic>, node: BrokerId) -> MetadataResponseTopic {
-    MetadataResponseTopic::default()
-        .with_name(Some(TopicName(StrBytes::from_string(
-            topic.meta.name.clone(),
-        ))))
-        .with_topic_id(topic.meta.id)
-        .with_partitions(
-            topic
-                .replicas
-                .iter()
-                .map(|r| {
-                    MetadataResponsePartition::default()
-                        .with_partition_index(r.partition)
-                        .with_leader_id(node)
-                        .with_leader_epoch(r.leader_epoch())
-                        .with_replica_nodes(vec![node])
-                        .with_isr_nodes(vec![node])
-                })
-                .collect(),
-        )
 }

@@ -4,6 +4,7 @@
 pub mod api_versions;
 pub mod create_topics;
 pub mod delete_topics;
+pub mod describe_cluster;
 pub mod describe_configs;
 pub mod fetch;
 pub mod find_coordinator;
@@ -101,8 +102,8 @@ impl std::ops::Deref for Ctx {
     }
 }
 
-/// Cluster mode: sends an admin request on to the controller at the client's version
-/// and relays the answer (as Kafka brokers forward to the KRaft controller).
+/// Sends an admin request on to the controller at the client's version and relays the
+/// answer (as Kafka brokers forward to the KRaft controller).
 pub fn forward_to_controller<R>(ctx: &Ctx, req: R) -> Reply
 where
     R: kafka_protocol::protocol::Request + Send + Sync + 'static,
@@ -110,9 +111,7 @@ where
 {
     let ctx = ctx.clone();
     Box::pin(async move {
-        let Some(rt) = ctx.shared.cluster.clone() else {
-            return CLOSE;
-        };
+        let rt = ctx.shared.cluster.clone();
         let timeout = std::time::Duration::from_secs(30);
         let sent = match rt.controller().await {
             Ok(c) => c.send_version(&req, ctx.version, timeout).await,
@@ -166,6 +165,7 @@ pub fn api_name(key: ApiKey) -> &'static str {
         ApiKey::AlterPartition => "alter_partition",
         ApiKey::FindCoordinator => "find_coordinator",
         ApiKey::OffsetForLeaderEpoch => "offset_for_leader_epoch",
+        ApiKey::DescribeCluster => "describe_cluster",
         _ => "other",
     }
 }
@@ -197,6 +197,7 @@ pub fn dispatch(
         ApiKey::CreateTopics => create_topics::handle(&ctx, decode(&mut req)?),
         ApiKey::DeleteTopics => delete_topics::handle(&ctx, decode(&mut req)?),
         ApiKey::DescribeConfigs => describe_configs::handle(&ctx, decode(&mut req)?),
+        ApiKey::DescribeCluster => describe_cluster::handle(&ctx, decode(&mut req)?),
         other => {
             // parse_request only lets through keys in the supported table.
             return Err(RequestError::Body {

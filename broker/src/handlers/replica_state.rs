@@ -53,8 +53,8 @@ pub fn handle(shared: &Arc<Shared>, mut frame: Bytes) -> Reply {
             .iter()
             .flat_map(|r| &r.digests)
             .any(|d| d.corrupt_batch.is_some());
-        if let Some(rt) = cluster.filter(|_| damaged) {
-            rt.recheck_readiness();
+        if damaged {
+            cluster.recheck_readiness();
         }
         let mut buf = BytesMut::new();
         buf.put_i32(correlation_id);

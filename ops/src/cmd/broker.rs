@@ -1,5 +1,6 @@
-//! `keel broker`: build a `BrokerConfig` from a file and flags, run the broker,
-//! announce readiness on stdout, and shut down cleanly on SIGTERM or SIGINT.
+//! `keel broker`: build a `BrokerConfig` from a file and flags, run the node (with no
+//! configuration: a one-node cluster, broker and controller in one process), announce
+//! readiness on stdout once it serves, and shut down cleanly on SIGTERM or SIGINT.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -135,9 +136,19 @@ pub async fn run(args: BrokerArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
 
-    let mut handle = Broker::start(config)
+    let handle = Broker::start(config)
         .await
         .context("broker failed to start")?;
+    // A broker is ready once registered and unfenced: only then can topics be placed on it.
+    tokio::select! {
+        () = handle.serving() => {}
+        result = handle.wait() => {
+            result.context("broker stopped while starting")?;
+            bail!("broker stopped while starting");
+        }
+        _ = sigterm.recv() => return handle.shutdown().await.context("broker did not shut down cleanly"),
+        _ = sigint.recv() => return handle.shutdown().await.context("broker did not shut down cleanly"),
+    }
     announce_ready(
         handle.node_id(),
         handle.kafka_addr(),
