@@ -1,14 +1,18 @@
-//! `keel cluster start|status`: a local cluster on 127.0.0.1 — one controller and N
-//! brokers, each a `keel broker` child process of this executable — and a view of it.
+//! `keel cluster start|status|node`: a local cluster on 127.0.0.1 — one controller and N
+//! brokers, each a `keel broker` child process of this executable — a view of it, and the
+//! means to break it.
 //!
 //! - [`plan`]: ports, data dirs and `keel broker` arguments of every node (pure).
 //! - [`ready`]: the `KEEL_READY` line a node prints once it serves.
 //! - [`start`]: `keel cluster start` — spawn the nodes, wait until every broker is
-//!   registered, run until Ctrl-C or SIGTERM, stop the children by pid.
+//!   registered, supervise them (a node that exits is reported and left down) until
+//!   Ctrl-C or SIGTERM, stop the children by pid.
+//! - [`control`]: how `keel cluster node stop|kill|pause|resume|start N` reaches `start`.
 //! - [`file`]: `<dir>/cluster.json`, what `start` tells `status` about the nodes.
 //! - [`status`]: `keel cluster status` — brokers, partitions, leaders, ISRs, LEO/HW.
 //! - [`metrics`]: `GET /metrics`, a Prometheus text reader and the partition gauges in it.
 
+pub mod control;
 pub mod file;
 pub mod metrics;
 pub mod plan;
@@ -23,7 +27,7 @@ use clap::{Args, Subcommand};
 
 use crate::args::{parse_bootstrap, parse_key_value, Bootstrap};
 
-pub use file::{ClusterFile, NodeEntry};
+pub use file::{ClusterFile, NodeEntry, NodeState};
 pub use metrics::{
     parse_exposition, partition_offsets, scrape_metrics, PartitionOffsets, ReplicaOffsets, Sample,
 };
@@ -53,7 +57,39 @@ pub enum ClusterCommand {
     /// Print a Prometheus configuration that scrapes every node of a cluster started
     /// with `keel cluster start` (save it as prometheus.yml, next to ops/alerts.yml).
     PrometheusConfig(DirArgs),
+    /// Stop, kill, pause, resume or start again one node of a running `keel cluster
+    /// start`, from another terminal: watch a leader fail over, a follower fall out of the
+    /// ISR and rejoin. The other nodes keep running.
+    #[command(subcommand)]
+    Node(NodeCommand),
 }
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum NodeCommand {
+    /// SIGTERM: a clean shutdown (its leaderships move first); waits until it exited.
+    Stop(NodeTarget),
+    /// SIGKILL: the process dies at once, as in a crash.
+    Kill(NodeTarget),
+    /// SIGSTOP: the process freezes (its sessions and fetches time out).
+    Pause(NodeTarget),
+    /// SIGCONT: a paused node runs again.
+    Resume(NodeTarget),
+    /// Start a stopped or killed node again, with the same ports and data dir.
+    Start(NodeTarget),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NodeTarget {
+    /// The node id (`keel cluster status` lists them).
+    pub node: i32,
+    /// The `keel cluster start` directory.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+}
+
+/// How long `keel cluster node` waits for the supervisor's answer (a start waits for the
+/// node's ready line, a stop for its clean shutdown).
+const NODE_COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[derive(Debug, Clone, Args)]
 pub struct DirArgs {
@@ -104,6 +140,26 @@ pub async fn run(command: ClusterCommand) -> anyhow::Result<()> {
     match command {
         ClusterCommand::Start(args) => start::run(args).await,
         ClusterCommand::Status(args) => status::run(args).await,
+        ClusterCommand::Node(command) => {
+            use control::{Action, Request};
+            let (action, target) = match command {
+                NodeCommand::Stop(t) => (Action::Stop, t),
+                NodeCommand::Kill(t) => (Action::Kill, t),
+                NodeCommand::Pause(t) => (Action::Pause, t),
+                NodeCommand::Resume(t) => (Action::Resume, t),
+                NodeCommand::Start(t) => (Action::Start, t),
+            };
+            let request = Request {
+                action,
+                node: target.node,
+            };
+            let answer = tokio::task::spawn_blocking(move || {
+                control::send(&target.data_dir, request, NODE_COMMAND_TIMEOUT)
+            })
+            .await??;
+            println!("{answer}");
+            Ok(())
+        }
         ClusterCommand::PrometheusConfig(args) => {
             let path = args.data_dir.join(file::FILE_NAME);
             let Some(f) = file::ClusterFile::read(&path)? else {
@@ -180,6 +236,23 @@ mod tests {
     }
 
     #[test]
+    fn node_commands() {
+        let Ok(ClusterCommand::Node(NodeCommand::Kill(t))) = parse_words("node kill 2") else {
+            panic!("not node kill")
+        };
+        assert_eq!((t.node, t.data_dir), (2, PathBuf::from("./keel-cluster")));
+        let Ok(ClusterCommand::Node(NodeCommand::Start(t))) =
+            parse_words("node start 0 --data-dir d")
+        else {
+            panic!("not node start")
+        };
+        assert_eq!((t.node, t.data_dir), (0, PathBuf::from("d")));
+        for words in ["node stop 1", "node pause 1", "node resume 1"] {
+            assert!(parse_words(words).is_ok(), "{words}");
+        }
+    }
+
+    #[test]
     fn bad_flags_are_rejected() {
         for words in [
             "",
@@ -194,6 +267,11 @@ mod tests {
             "start --bootstrap-server 127.0.0.1:1",
             "status --bootstrap-server a",
             "status --brokers 3",
+            "node",
+            "node kill",
+            "node kill x",
+            "node explode 1",
+            "node kill 1 2",
         ] {
             assert!(parse_words(words).is_err(), "{words:?}");
         }

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use super::plan::Role;
-use super::start::Running;
+use super::start::Slot;
 use super::status::{strings, table};
 
 pub const FILE_NAME: &str = "cluster.json";
@@ -16,6 +16,28 @@ pub const FILE_NAME: &str = "cluster.json";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterFile {
     pub nodes: Vec<NodeEntry>,
+}
+
+/// Whether a node's process runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    #[default]
+    Up,
+    /// Stopped with SIGSTOP (`keel cluster node pause`).
+    Paused,
+    /// Not running: exited, stopped, killed, or not started yet.
+    Down,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Paused => "paused",
+            NodeState::Down => "down",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,10 +50,15 @@ pub struct NodeEntry {
     pub pid: u32,
     pub data_dir: PathBuf,
     pub log_file: PathBuf,
+    #[serde(default)]
+    pub state: NodeState,
+    /// How the node last exited, while it is down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<String>,
 }
 
 impl ClusterFile {
-    pub(super) fn from_nodes(nodes: &[Running]) -> ClusterFile {
+    pub(super) fn from_nodes(nodes: &[Slot]) -> ClusterFile {
         let nodes = nodes
             .iter()
             .map(|n| {
@@ -49,6 +76,8 @@ impl ClusterFile {
                     pid: n.pid,
                     data_dir: n.plan.data_dir.clone(),
                     log_file: n.plan.log_file.clone(),
+                    state: n.state,
+                    exit: n.exit.clone(),
                 }
             })
             .collect();
@@ -110,6 +139,7 @@ pub(super) fn render_nodes(file: &ClusterFile) -> String {
     let mut rows = vec![strings(&[
         "NODE",
         "ROLE",
+        "STATE",
         "KAFKA",
         "CONTROLLER",
         "METRICS",
@@ -117,9 +147,14 @@ pub(super) fn render_nodes(file: &ClusterFile) -> String {
         "LOG",
     ])];
     for n in &file.nodes {
+        let state = match (&n.exit, n.state) {
+            (Some(how), NodeState::Down) => format!("down ({how})"),
+            (_, state) => state.as_str().to_string(),
+        };
         rows.push(vec![
             n.id.to_string(),
             n.role.as_str().to_string(),
+            state,
             n.kafka.map_or_else(|| "-".into(), |a| a.to_string()),
             n.controller.map_or_else(|| "-".into(), |a| a.to_string()),
             n.metrics
@@ -149,6 +184,8 @@ mod tests {
                     pid: 10,
                     data_dir: "c/node-0".into(),
                     log_file: "c/node-0.log".into(),
+                    state: NodeState::Up,
+                    exit: None,
                 },
                 NodeEntry {
                     id: 1,
@@ -159,6 +196,8 @@ mod tests {
                     pid: 11,
                     data_dir: "c/node-1".into(),
                     log_file: "c/node-1.log".into(),
+                    state: NodeState::Down,
+                    exit: Some("killed by signal 9 (SIGKILL)".into()),
                 },
             ],
         };
@@ -181,9 +220,9 @@ mod tests {
         assert_eq!(with_listener.bootstrap(), ["127.0.0.1:9092"]);
         assert_eq!(
             render_nodes(&file),
-            "NODE  ROLE        KAFKA           CONTROLLER      METRICS                        PID  LOG\n\
-             0     controller  -               127.0.0.1:9091  http://127.0.0.1:9644/metrics  10   c/node-0.log\n\
-             1     broker      127.0.0.1:9092  -               -                              11   c/node-1.log\n"
+            "NODE  ROLE        STATE                                KAFKA           CONTROLLER      METRICS                        PID  LOG\n\
+             0     controller  up                                   -               127.0.0.1:9091  http://127.0.0.1:9644/metrics  10   c/node-0.log\n\
+             1     broker      down (killed by signal 9 (SIGKILL))  127.0.0.1:9092  -               -                              11   c/node-1.log\n"
         );
         // Only nodes with a metrics listener are scraped.
         let prom = file.prometheus_config();

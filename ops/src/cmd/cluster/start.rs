@@ -4,23 +4,30 @@
 //! arguments, stdout piped (the ready line, then drained), stderr appended to its log
 //! file. The nodes start one after the other, the controller first, each once the
 //! previous one printed its ready line; then Metadata from broker 1 must list every
-//! broker. The children live in their own process group, so a Ctrl-C in the terminal
-//! reaches only this process, which stops them by pid: brokers first, then the
-//! controller.
+//! broker.
+//!
+//! Then it supervises: a node that exits is reported (which node, and its exit code or
+//! signal) and left down while the others keep serving; `keel cluster node ...` from
+//! another terminal asks it, over the [`control`](super::control) socket, to stop, kill,
+//! pause, resume or start a node again with the same arguments, ports and data dir. Every
+//! change is written to `<dir>/cluster.json` for `keel cluster status`. The children live
+//! in their own process group, so a Ctrl-C in the terminal reaches only this process, which
+//! stops them by pid: brokers first, then the controller.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use keel_client::{Admin, ClientConfig};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, ChildStdout};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::{timeout, Instant};
 
-use super::file::{render_nodes, ClusterFile, FILE_NAME};
+use super::control;
+use super::file::{render_nodes, ClusterFile, NodeState, FILE_NAME};
 use super::plan::{cluster_defaults, layout, node_args, voters, NodePlan, Role};
 use super::ready::ReadyLine;
 use super::{StartArgs, PROBE_TIMEOUT};
@@ -32,14 +39,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a node may take to exit after SIGTERM before it gets SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// A spawned node.
-pub(super) struct Running {
-    pub(super) plan: NodePlan,
-    child: Child,
-    pub(super) pid: u32,
-    pub(super) ready: Option<ReadyLine>,
-}
 
 struct Signals {
     term: Signal,
@@ -68,92 +67,414 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     // Before any child exists, so a signal during startup is not lost.
     let mut signals = Signals::install()?;
-    let mut nodes = Vec::new();
-    let result = tokio::select! {
-        r = bring_up(&plan, &args, &mut nodes) => match r {
-            Ok(()) => run_until_signal(&mut nodes, &mut signals).await,
-            Err(e) => Err(e),
-        },
-        _ = signals.recv() => Err(anyhow!("interrupted while the cluster was starting")),
-    };
-    match &result {
-        Ok(()) => eprintln!("stopping {} node(s)", nodes.len()),
-        Err(e) => eprintln!(
-            "stopping {} node(s): {}",
-            nodes.len(),
-            connect::error_chain(e.chain())
-        ),
-    }
-    stop_all(&mut nodes, &mut signals).await;
-    let _ = std::fs::remove_file(args.data_dir.join(FILE_NAME));
-    result
-}
-
-/// Spawns every node in `plan` (the controller first), each after the previous one is
-/// ready, then waits for all brokers to be registered. Spawned nodes go into `nodes`
-/// at once, so the caller stops them whatever happens here.
-async fn bring_up(
-    plan: &[NodePlan],
-    args: &StartArgs,
-    nodes: &mut Vec<Running>,
-) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find this executable")?;
-    let voters = voters(plan);
+    let control = control::bind(&args.data_dir)?;
     let settings: Vec<(String, String)> = cluster_defaults(usize::from(args.brokers))
         .into_iter()
         .chain(args.set.iter().cloned())
         .collect();
-    for node in plan {
-        let (child, stdout) = spawn_node(&exe, node, &node_args(node, &voters, &settings))?;
-        let pid = child.id().unwrap_or(0);
-        nodes.push(Running {
-            plan: node.clone(),
-            child,
-            pid,
-            ready: None,
-        });
-        let running = nodes.last_mut().expect("just pushed");
-        let ready = wait_ready(running, stdout).await.inspect_err(|_| {
-            print_log_tail(&running.plan);
-        })?;
-        let listens = match (ready.kafka, ready.controller.or(node.controller)) {
-            (Some(k), _) => format!("kafka {k}"),
-            (None, Some(c)) => format!("controller {c}"),
-            (None, None) => "no listener".to_string(),
-        };
-        eprintln!("node {} ({}) is up: {listens}", node.id, node.role.as_str());
-        running.ready = Some(ready);
+    let mut sup = Supervisor {
+        exe: std::env::current_exe().context("cannot find this executable")?,
+        voters: voters(&plan),
+        settings,
+        file: args.data_dir.join(FILE_NAME),
+        nodes: plan.into_iter().map(Slot::new).collect(),
+    };
+    let result = tokio::select! {
+        r = sup.bring_up(&args) => match r {
+            Ok(()) => sup.run(&mut signals, &control).await,
+            Err(e) => Err(e),
+        },
+        _ = signals.recv() => Err(anyhow!("interrupted while the cluster was starting")),
+    };
+    let running = sup.nodes.iter().filter(|n| n.child.is_some()).count();
+    match &result {
+        Ok(()) => eprintln!("stopping {running} node(s)"),
+        Err(e) => eprintln!(
+            "stopping {running} node(s): {}",
+            connect::error_chain(e.chain())
+        ),
     }
-    eprintln!("waiting for the brokers to register");
-    let brokers: Vec<&Running> = nodes
-        .iter()
-        .filter(|n| n.plan.role == Role::Broker)
-        .collect();
-    let first = brokers
-        .first()
-        .and_then(|n| n.ready.as_ref()?.kafka)
-        .ok_or_else(|| anyhow!("broker 1 announced no kafka listener"))?;
-    let want: Vec<i32> = brokers.iter().map(|n| n.plan.id).collect();
-    wait_registered(first, &want, nodes).await?;
+    sup.stop_all(&mut signals).await;
+    let _ = std::fs::remove_file(&sup.file);
+    result
+}
 
-    let file = ClusterFile::from_nodes(nodes);
-    file.write(&args.data_dir.join(FILE_NAME))?;
-    print!("{}", render_nodes(&file));
-    println!("bootstrap servers: {}", file.bootstrap().join(","));
-    println!(
-        "status: keel cluster status --data-dir {dir}; replica check: keel check --bootstrap-server {}",
-        file.bootstrap().join(","),
-        dir = args.data_dir.display()
-    );
-    println!(
-        "prometheus (keel cluster prometheus-config --data-dir {} > prometheus.yml):",
-        args.data_dir.display()
-    );
-    for line in file.prometheus_config().lines() {
-        println!("  {line}");
+/// One node of the cluster and, while it runs, its process.
+pub(super) struct Slot {
+    pub(super) plan: NodePlan,
+    child: Option<Child>,
+    pub(super) pid: u32,
+    pub(super) ready: Option<ReadyLine>,
+    pub(super) state: NodeState,
+    /// How the node last exited, while it is down.
+    pub(super) exit: Option<String>,
+}
+
+impl Slot {
+    fn new(plan: NodePlan) -> Slot {
+        Slot {
+            plan,
+            child: None,
+            pid: 0,
+            ready: None,
+            state: NodeState::Down,
+            exit: None,
+        }
     }
-    println!("Ctrl-C stops the cluster");
-    Ok(())
+
+    /// Signals the node by pid, only while its child is not reaped (so the pid is still
+    /// its own).
+    fn signal(&mut self, sig: libc::c_int) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        if matches!(child.try_wait(), Ok(None)) {
+            if let Some(pid) = child.id().and_then(|p| libc::pid_t::try_from(p).ok()) {
+                // SAFETY: kill(2) on our own unreaped child.
+                unsafe { libc::kill(pid, sig) };
+            }
+        }
+    }
+
+    /// Records that the node's process is gone (reaped) and how it ended.
+    fn exited(&mut self, status: ExitStatus) -> String {
+        self.child = None;
+        let how = describe_exit(status);
+        self.state = NodeState::Down;
+        self.exit = Some(how.clone());
+        how
+    }
+
+    /// Waits up to `limit` for the node to exit, then reaps it; `None` if it still runs.
+    async fn reap_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        match timeout(limit, child.wait()).await {
+            Ok(Ok(status)) => Some(status),
+            _ => None,
+        }
+    }
+}
+
+/// `exit code 1`, or `killed by signal 9 (SIGKILL)`.
+pub fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig} ({})", signal_name(sig)),
+        (None, None) => status.to_string(),
+    }
+}
+
+fn signal_name(sig: libc::c_int) -> &'static str {
+    match sig {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGHUP => "SIGHUP",
+        _ => "signal",
+    }
+}
+
+/// `keel cluster start` once it runs: the nodes, and how to start each again.
+struct Supervisor {
+    exe: PathBuf,
+    voters: String,
+    settings: Vec<(String, String)>,
+    /// `<dir>/cluster.json`, rewritten on every change of a node's state.
+    file: PathBuf,
+    nodes: Vec<Slot>,
+}
+
+impl Supervisor {
+    /// Spawns every node (the controller first), each after the previous one is ready,
+    /// then waits for all brokers to be registered. A spawned node is in `self.nodes` at
+    /// once, so the caller stops it whatever happens here.
+    async fn bring_up(&mut self, args: &StartArgs) -> anyhow::Result<()> {
+        for i in 0..self.nodes.len() {
+            self.start_node(i).await.inspect_err(|_| {
+                print_log_tail(&self.nodes[i].plan, 30);
+            })?;
+            let node = &self.nodes[i];
+            eprintln!(
+                "node {} ({}) is up: {}",
+                node.plan.id,
+                node.plan.role.as_str(),
+                listens(node)
+            );
+        }
+        eprintln!("waiting for the brokers to register");
+        let brokers: Vec<&Slot> = self
+            .nodes
+            .iter()
+            .filter(|n| n.plan.role == Role::Broker)
+            .collect();
+        let first = brokers
+            .first()
+            .and_then(|n| n.ready.as_ref()?.kafka)
+            .ok_or_else(|| anyhow!("broker 1 announced no kafka listener"))?;
+        let want: Vec<i32> = brokers.iter().map(|n| n.plan.id).collect();
+        wait_registered(first, &want, &mut self.nodes).await?;
+
+        let file = self.write_file()?;
+        print!("{}", render_nodes(&file));
+        println!("bootstrap servers: {}", file.bootstrap().join(","));
+        println!(
+            "status: keel cluster status --data-dir {dir}; replica check: keel check --bootstrap-server {}",
+            file.bootstrap().join(","),
+            dir = args.data_dir.display()
+        );
+        println!(
+            "break it: keel cluster node stop|kill|pause|resume|start N --data-dir {}",
+            args.data_dir.display()
+        );
+        println!(
+            "prometheus (keel cluster prometheus-config --data-dir {} > prometheus.yml):",
+            args.data_dir.display()
+        );
+        for line in file.prometheus_config().lines() {
+            println!("  {line}");
+        }
+        println!("Ctrl-C stops the cluster");
+        Ok(())
+    }
+
+    /// Spawns node `i` with its planned arguments and waits for its ready line.
+    async fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let args = node_args(&self.nodes[i].plan, &self.voters, &self.settings);
+        let (child, stdout) = spawn_node(&self.exe, &self.nodes[i].plan, &args)?;
+        let slot = &mut self.nodes[i];
+        slot.pid = child.id().unwrap_or(0);
+        slot.child = Some(child);
+        slot.ready = None;
+        slot.exit = None;
+        slot.state = NodeState::Up;
+        match wait_ready(slot, stdout).await {
+            Ok(ready) => {
+                slot.ready = Some(ready);
+                Ok(())
+            }
+            Err(e) => {
+                // Not serving: it must not linger half-started.
+                slot.signal(libc::SIGKILL);
+                if let Some(status) = slot.reap_within(STOP_TIMEOUT).await {
+                    slot.exited(status);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn write_file(&self) -> anyhow::Result<ClusterFile> {
+        let file = ClusterFile::from_nodes(&self.nodes);
+        file.write(&self.file)?;
+        Ok(file)
+    }
+
+    /// Serves node requests and reports nodes that exit, until Ctrl-C or SIGTERM. A node
+    /// that exits is reported and left down; the others keep running.
+    async fn run(
+        &mut self,
+        signals: &mut Signals,
+        control: &tokio::net::UnixListener,
+    ) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = signals.recv() => return Ok(()),
+                _ = tick.tick() => self.report_exits()?,
+                conn = control.accept() => {
+                    let Ok((stream, _)) = conn else { continue };
+                    tokio::select! {
+                        r = self.serve(stream) => r?,
+                        _ = signals.recv() => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reaps every node that exited on its own, says how, and records it.
+    fn report_exits(&mut self) -> anyhow::Result<()> {
+        let mut changed = false;
+        for slot in &mut self.nodes {
+            let Some(child) = slot.child.as_mut() else {
+                continue;
+            };
+            if let Ok(Some(status)) = child.try_wait() {
+                let how = slot.exited(status);
+                eprintln!(
+                    "node {} exited ({how}); the other nodes keep running. \
+                     `keel cluster node start {}` starts it again",
+                    slot.plan.id, slot.plan.id
+                );
+                print_log_tail(&slot.plan, 10);
+                changed = true;
+            }
+        }
+        if changed {
+            self.write_file()?;
+        }
+        Ok(())
+    }
+
+    /// Reads one request from `stream`, carries it out and answers.
+    async fn serve(&mut self, stream: tokio::net::UnixStream) -> anyhow::Result<()> {
+        let (rd, mut wr) = stream.into_split();
+        let mut line = String::new();
+        let mut rd = BufReader::new(rd);
+        let read = timeout(Duration::from_secs(5), rd.read_line(&mut line)).await;
+        if !matches!(read, Ok(Ok(n)) if n > 0) {
+            return Ok(());
+        }
+        let result = match control::Request::parse(&line) {
+            Ok(req) => self.carry_out(req).await,
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(m) => eprintln!("{m}"),
+            Err(m) => eprintln!("refused `{}`: {m}", line.trim()),
+        }
+        self.write_file()?;
+        // The requester may have given up waiting; that changes nothing here.
+        let _ = wr.write_all(control::reply_line(&result).as_bytes()).await;
+        Ok(())
+    }
+
+    async fn carry_out(&mut self, req: control::Request) -> Result<String, String> {
+        use control::Action;
+        let ids: Vec<i32> = self.nodes.iter().map(|n| n.plan.id).collect();
+        let Some(i) = ids.iter().position(|&id| id == req.node) else {
+            return Err(format!("no node {} (the nodes are {ids:?})", req.node));
+        };
+        let id = req.node;
+        // An exit not yet reported is seen before acting on the node.
+        self.report_exits().map_err(|e| e.to_string())?;
+        let slot = &mut self.nodes[i];
+        let running = slot.child.is_some();
+        match req.action {
+            Action::Start if running => Err(format!("node {id} is already running")),
+            Action::Start => {
+                self.start_node(i).await.map_err(|e| {
+                    print_log_tail(&self.nodes[i].plan, 30);
+                    format!("node {id} did not start: {e:#}")
+                })?;
+                Ok(format!(
+                    "node {id} is up again: {}",
+                    listens(&self.nodes[i])
+                ))
+            }
+            _ if !running => Err(format!(
+                "node {id} is not running ({})",
+                slot.exit.as_deref().unwrap_or("down")
+            )),
+            Action::Pause if slot.state == NodeState::Paused => {
+                Err(format!("node {id} is already paused"))
+            }
+            Action::Pause => {
+                slot.signal(libc::SIGSTOP);
+                slot.state = NodeState::Paused;
+                Ok(format!("node {id} paused (SIGSTOP)"))
+            }
+            Action::Resume if slot.state != NodeState::Paused => {
+                Err(format!("node {id} is not paused"))
+            }
+            Action::Resume => {
+                slot.signal(libc::SIGCONT);
+                slot.state = NodeState::Up;
+                Ok(format!("node {id} resumed (SIGCONT)"))
+            }
+            Action::Kill => {
+                slot.signal(libc::SIGKILL);
+                let status = slot
+                    .reap_within(STOP_TIMEOUT)
+                    .await
+                    .ok_or_else(|| format!("node {id} did not die after SIGKILL"))?;
+                Ok(format!("node {id} killed ({})", slot.exited(status)))
+            }
+            Action::Stop => {
+                if slot.state == NodeState::Paused {
+                    slot.signal(libc::SIGCONT);
+                }
+                slot.signal(libc::SIGTERM);
+                let status = match slot.reap_within(STOP_TIMEOUT).await {
+                    Some(status) => status,
+                    None => {
+                        slot.signal(libc::SIGKILL);
+                        slot.reap_within(STOP_TIMEOUT)
+                            .await
+                            .ok_or_else(|| format!("node {id} did not die after SIGKILL"))?
+                    }
+                };
+                Ok(format!("node {id} stopped ({})", slot.exited(status)))
+            }
+        }
+    }
+
+    /// SIGTERM to the brokers, then to the controller (a paused node is continued first);
+    /// SIGKILL to whatever still runs after [`STOP_TIMEOUT`], and to every node left once
+    /// another Ctrl-C/SIGTERM arrives.
+    async fn stop_all(&mut self, signals: &mut Signals) {
+        let mut hurry = false;
+        for role in [Role::Broker, Role::Controller] {
+            let mut phase: Vec<&mut Slot> = self
+                .nodes
+                .iter_mut()
+                .filter(|n| n.plan.role == role && n.child.is_some())
+                .collect();
+            for n in phase.iter_mut() {
+                if n.state == NodeState::Paused {
+                    n.signal(libc::SIGCONT);
+                }
+                n.signal(if hurry { libc::SIGKILL } else { libc::SIGTERM });
+            }
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            for n in phase {
+                let waited = if hurry {
+                    None
+                } else {
+                    let child = n.child.as_mut().expect("filtered on a running child");
+                    tokio::select! {
+                        r = tokio::time::timeout_at(deadline, child.wait()) => r.ok(),
+                        _ = signals.recv() => {
+                            hurry = true;
+                            None
+                        }
+                    }
+                };
+                let status = match waited {
+                    Some(Ok(status)) => status,
+                    _ => {
+                        eprintln!("node {} (pid {}): sending SIGKILL", n.plan.id, n.pid);
+                        n.signal(libc::SIGKILL);
+                        match n.reap_within(STOP_TIMEOUT).await {
+                            Some(status) => status,
+                            None => {
+                                eprintln!("node {} (pid {}) could not be reaped", n.plan.id, n.pid);
+                                continue;
+                            }
+                        }
+                    }
+                };
+                let how = n.exited(status);
+                eprintln!("node {} (pid {}) stopped: {how}", n.plan.id, n.pid);
+            }
+        }
+    }
+}
+
+fn listens(node: &Slot) -> String {
+    match node
+        .ready
+        .as_ref()
+        .map(|r| (r.kafka, r.controller.or(node.plan.controller)))
+    {
+        Some((Some(k), _)) => format!("kafka {k}"),
+        Some((None, Some(c))) => format!("controller {c}"),
+        _ => "no listener".to_string(),
+    }
 }
 
 fn spawn_node(
@@ -210,7 +531,7 @@ fn child_of_this_process(cmd: &mut std::process::Command) {
 
 /// Reads stdout up to the node's ready line, then drains the rest in a task so the node
 /// never blocks on a full pipe.
-async fn wait_ready(node: &mut Running, stdout: ChildStdout) -> anyhow::Result<ReadyLine> {
+async fn wait_ready(node: &mut Slot, stdout: ChildStdout) -> anyhow::Result<ReadyLine> {
     let id = node.plan.id;
     let mut lines = BufReader::new(stdout).lines();
     let read = async {
@@ -223,10 +544,13 @@ async fn wait_ready(node: &mut Running, stdout: ChildStdout) -> anyhow::Result<R
                     None => seen.push(line),
                 },
                 Ok(None) | Err(_) => {
-                    let status = node.child.wait().await.ok();
+                    let status = match node.child.as_mut() {
+                        Some(child) => child.wait().await.ok(),
+                        None => None,
+                    };
                     bail!(
                         "node {id} exited ({}) before its ready line; stdout was {seen:?}",
-                        status.map_or_else(|| "status unknown".to_string(), |s| s.to_string())
+                        status.map_or_else(|| "status unknown".to_string(), describe_exit)
                     )
                 }
             }
@@ -246,7 +570,7 @@ async fn wait_ready(node: &mut Running, stdout: ChildStdout) -> anyhow::Result<R
 async fn wait_registered(
     first: SocketAddr,
     want: &[i32],
-    nodes: &mut [Running],
+    nodes: &mut [Slot],
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + REGISTER_TIMEOUT;
     let mut config = ClientConfig::new(&first.to_string());
@@ -254,12 +578,18 @@ async fn wait_registered(
     config.request_timeout = PROBE_TIMEOUT;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
-        if let Some((node, status)) = first_exited(nodes) {
-            print_log_tail(&node.plan);
-            bail!(
-                "node {} exited ({status}) while the brokers were registering",
-                node.plan.id
-            );
+        for node in nodes.iter_mut() {
+            let Some(child) = node.child.as_mut() else {
+                continue;
+            };
+            if let Ok(Some(status)) = child.try_wait() {
+                let how = node.exited(status);
+                print_log_tail(&node.plan, 30);
+                bail!(
+                    "node {} exited ({how}) while the brokers were registering",
+                    node.plan.id
+                );
+            }
         }
         let probe = async { Admin::new(config.clone()).await?.brokers().await };
         match timeout(PROBE_TIMEOUT * 2, probe).await {
@@ -278,88 +608,11 @@ async fn wait_registered(
     bail!("after {REGISTER_TIMEOUT:?}, Metadata from {first} still lists {last}")
 }
 
-fn first_exited(nodes: &mut [Running]) -> Option<(&Running, ExitStatus)> {
-    let index = nodes
-        .iter_mut()
-        .position(|n| matches!(n.child.try_wait(), Ok(Some(_))))?;
-    let node = &mut nodes[index];
-    // try_wait keeps the status; asking again returns it without waiting.
-    let status = node.child.try_wait().ok().flatten()?;
-    Some((&nodes[index], status))
-}
-
-async fn run_until_signal(nodes: &mut [Running], signals: &mut Signals) -> anyhow::Result<()> {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            _ = signals.recv() => return Ok(()),
-            _ = tick.tick() => {
-                if let Some((node, status)) = first_exited(nodes) {
-                    print_log_tail(&node.plan);
-                    bail!("node {} exited unexpectedly ({status})", node.plan.id);
-                }
-            }
-        }
-    }
-}
-
-/// SIGTERM to the brokers, then to the controller; SIGKILL to whatever still runs after
-/// [`STOP_TIMEOUT`], and to every node left once another Ctrl-C/SIGTERM arrives.
-async fn stop_all(nodes: &mut [Running], signals: &mut Signals) {
-    let mut hurry = false;
-    for role in [Role::Broker, Role::Controller] {
-        let mut phase: Vec<&mut Running> =
-            nodes.iter_mut().filter(|n| n.plan.role == role).collect();
-        for n in phase.iter_mut() {
-            send(n, if hurry { libc::SIGKILL } else { libc::SIGTERM });
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        for n in phase {
-            let waited = if hurry {
-                None
-            } else {
-                tokio::select! {
-                    r = tokio::time::timeout_at(deadline, n.child.wait()) => r.ok(),
-                    _ = signals.recv() => {
-                        hurry = true;
-                        None
-                    }
-                }
-            };
-            let status = match waited {
-                Some(Ok(status)) => status,
-                _ => {
-                    eprintln!("node {} (pid {}): sending SIGKILL", n.plan.id, n.pid);
-                    send(n, libc::SIGKILL);
-                    match timeout(STOP_TIMEOUT, n.child.wait()).await {
-                        Ok(Ok(status)) => status,
-                        _ => {
-                            eprintln!("node {} (pid {}) could not be reaped", n.plan.id, n.pid);
-                            continue;
-                        }
-                    }
-                }
-            };
-            eprintln!("node {} (pid {}) stopped: {status}", n.plan.id, n.pid);
-        }
-    }
-}
-
-/// Signals a child by its pid, only while it is not reaped (so the pid is still its own).
-fn send(node: &mut Running, sig: libc::c_int) {
-    if matches!(node.child.try_wait(), Ok(None)) {
-        if let Some(pid) = node.child.id().and_then(|p| libc::pid_t::try_from(p).ok()) {
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(pid, sig) };
-        }
-    }
-}
-
-fn print_log_tail(node: &NodePlan) {
+fn print_log_tail(node: &NodePlan, max_lines: usize) {
     let text = std::fs::read(&node.log_file).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
-    let tail = &lines[lines.len().saturating_sub(30)..];
+    let tail = &lines[lines.len().saturating_sub(max_lines)..];
     eprintln!(
         "--- node {} log ({}), last {} lines ---\n{}",
         node.id,

@@ -20,6 +20,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         }
         (None, _) => parse_bootstrap("127.0.0.1:9092").expect("a valid address"),
     };
+    if let Some(f) = &file {
+        print!("{}", super::file::render_nodes(f));
+        println!("{}\n", active_controller(f));
+    }
     let admin = connect::admin(&bootstrap).await?;
     let brokers = admin.brokers().await.context("cannot list brokers")?;
     let mut rows = vec![strings(&["BROKER", "ADDRESS"])];
@@ -102,11 +106,36 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Which node is the active controller: the one controller voter, and whether it runs.
+fn active_controller(file: &ClusterFile) -> String {
+    use super::file::NodeState;
+    use super::plan::Role;
+    let Some(c) = file.nodes.iter().find(|n| n.role == Role::Controller) else {
+        return "active controller: none (no controller node)".to_string();
+    };
+    match c.state {
+        NodeState::Up => format!(
+            "active controller: node {} ({})",
+            c.id,
+            c.controller.map_or_else(|| "-".into(), |a| a.to_string())
+        ),
+        state => format!(
+            "active controller: none (node {} is {}); brokers keep serving the leaders they know",
+            c.id,
+            state.as_str()
+        ),
+    }
+}
+
 /// Every node's partition gauges, by node id; a failed scrape is a value, not an error.
 async fn scrape_all(file: &ClusterFile) -> BTreeMap<i32, anyhow::Result<PartitionOffsets>> {
     let mut out = BTreeMap::new();
     for n in &file.nodes {
         let Some(addr) = n.metrics else { continue };
+        if n.state != super::file::NodeState::Up {
+            out.insert(n.id, Err(anyhow!("node {} is {}", n.id, n.state.as_str())));
+            continue;
+        }
         let r = scrape_metrics(addr, PROBE_TIMEOUT).await;
         out.insert(n.id, r.map(|text| partition_offsets(&text)));
     }
