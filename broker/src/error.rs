@@ -3,6 +3,8 @@
 use crate::config::ConfigError;
 use kafka_protocol::ResponseError;
 use keel_storage::StorageError;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -50,4 +52,32 @@ pub fn storage_error_code(e: &StorageError) -> ResponseError {
 
 pub fn code(e: Option<ResponseError>) -> i16 {
     e.map_or(0, |e| e.code())
+}
+
+/// Raised by any task that hits an error the broker cannot survive (an fsync failure:
+/// after one, the kernel may have dropped dirty pages, so nobody knows what is on disk).
+#[derive(Clone, Default)]
+pub struct FatalSignal {
+    token: CancellationToken,
+    reason: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl FatalSignal {
+    pub fn raise(&self, reason: String) {
+        tracing::error!(%reason, "fatal error, stopping the broker");
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(reason);
+        self.token.cancel();
+    }
+
+    pub async fn raised(&self) -> String {
+        self.token.cancelled().await;
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
 }

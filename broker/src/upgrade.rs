@@ -15,7 +15,7 @@
 use crate::config::BrokerConfig;
 use crate::controller::{ControllerDriver, DriverError, ImportedTopic};
 use crate::error::BrokerError;
-use crate::topics::{sync_dir, write_partition_topic_id};
+use crate::partition::registry::{sync_dir, write_partition_topic_id};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -89,7 +89,7 @@ pub fn import_standalone_topics(
             }
         }
     }
-    let now = crate::maintenance::now_ms().max(0) as u64;
+    let now = crate::clock::now_ms().max(0) as u64;
     let imported = driver
         .import_topics(&topics, config.node_id, now)
         .map_err(|e| match e {

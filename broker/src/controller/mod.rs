@@ -42,10 +42,13 @@
 mod changes;
 pub mod driver;
 mod error;
+pub mod gauges;
 mod image;
 mod machine;
 pub mod metadata_log;
+mod metadata_response;
 mod records;
+pub mod service;
 
 #[cfg(test)]
 mod tests;
@@ -59,6 +62,7 @@ pub use machine::{
     AlterPartitionRequest, Controller, ControllerConfig, HeartbeatReply, NewTopic, MAX_PARTITIONS,
 };
 pub use metadata_log::{decode_batches, MetadataLog, MetadataLogError};
+pub use metadata_response::metadata_response;
 pub use records::{MetadataRecord, PartitionRecord, NO_LEADER};
 
 /// Name of the metadata log (partition 0) and a reserved topic name.

@@ -2,7 +2,7 @@
 //! the answer waits until this broker's metadata has the new topics.
 
 use super::{Ctx, Reply};
-use crate::cluster::broker_runtime::ClusterBroker;
+use crate::broker::ClusterBroker;
 use crate::controller::{MetadataImage, PartitionRecord};
 use kafka_protocol::messages::create_topics_request::CreateTopicsRequest;
 use kafka_protocol::messages::create_topics_response::CreateTopicsResponse;

@@ -2,8 +2,8 @@
 //! setting or the broker default) and, briefly, for this broker.
 
 use super::{Ctx, Reply};
+use crate::handlers::Shared;
 use crate::topic_config::{topic_log_config, TOPIC_CONFIG_KEYS};
-use crate::Shared;
 use kafka_protocol::messages::describe_configs_request::{
     DescribeConfigsRequest, DescribeConfigsResource,
 };

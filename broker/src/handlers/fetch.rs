@@ -12,7 +12,7 @@
 use super::{Ctx, Reply};
 use crate::error::storage_error_code;
 use crate::metrics as m;
-use crate::replica::Replica;
+use crate::partition::Replica;
 use crate::replication::{
     is_stale_broker_epoch, validate_follower_fetch, FetchPartitionRequestView, FetchValidation,
 };

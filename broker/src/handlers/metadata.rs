@@ -3,7 +3,7 @@
 //! asked for by name are created through the controller first.
 
 use super::{Ctx, Reply};
-use crate::cluster::broker_runtime::ClusterBroker;
+use crate::broker::ClusterBroker;
 use crate::controller::{MetadataImage, METADATA_TOPIC};
 use crate::topic_config::validate_topic_name;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
@@ -85,7 +85,7 @@ fn response(
     image: &MetadataImage,
     wanted: Option<&[String]>,
 ) -> MetadataResponse {
-    crate::cluster::metadata_response(
+    crate::controller::metadata_response(
         image,
         &ctx.shared.config.cluster_id,
         controller_id(rt, image),

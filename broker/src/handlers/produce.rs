@@ -4,7 +4,7 @@
 use super::{Ctx, Reply};
 use crate::error::storage_error_code;
 use crate::metrics as m;
-use crate::replica::{AppendError, Replica, WaitError};
+use crate::partition::{AppendError, Replica, WaitError};
 use crate::replication::{check_acks_all, may_append_acks_all, AckCheck};
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{

@@ -7,10 +7,10 @@
 //! ([`keel_storage::Log::mark_for_rescan`]), so a crash before the cut does not lose it.
 
 use super::{Reply, CLOSE};
+use crate::handlers::Shared;
 use crate::metrics as m;
-use crate::replica::Replica;
-use crate::topics::Topics;
-use crate::Shared;
+use crate::partition::registry::Topics;
+use crate::partition::Replica;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::RequestHeader;
 use kafka_protocol::protocol::{Decodable, Encodable};

@@ -8,12 +8,15 @@
 //! awaits those futures in request order and writes the responses, so responses go back
 //! in the order the requests came, as Kafka requires.
 
-use crate::handlers::{self, Reply};
+pub mod api_versions;
+pub mod reply;
+
 use crate::metrics as m;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::ApiKey;
 use keel_protocol::api::{parse_request, ApiSupport, HeaderError, ParsedRequest};
 use keel_protocol::frame::take_frame;
+use reply::Reply;
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -156,7 +159,7 @@ fn handle_frame<S: Service>(shared: &Arc<S>, frame: Bytes) -> Result<Option<Repl
             metrics::counter!(m::REQUEST_ERRORS_TOTAL, "reason" => "unsupported_version")
                 .increment(1);
             tracing::debug!(version, "unsupported ApiVersions version, answering v0");
-            return Ok(Some(handlers::api_versions::unsupported_version(
+            return Ok(Some(api_versions::unsupported_version(
                 shared.apis(),
                 correlation_id,
             )));

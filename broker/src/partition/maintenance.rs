@@ -2,20 +2,15 @@
 //! `log.flush.offset.checkpoint.interval.ms`, and within a second of a segment roll),
 //! time-based segment roll, retention, and the fsync timer of `log.flush.policy=interval`.
 
+use crate::clock::now_ms;
 use crate::config::BrokerConfig;
-use crate::replica::FatalSignal;
-use crate::topics::Topics;
+use crate::error::FatalSignal;
+use crate::partition::registry::Topics;
 use keel_storage::FlushPolicy;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Starts every periodic task; each stops when `stop` is cancelled.
 pub fn spawn_all(
@@ -116,7 +111,7 @@ where
 fn for_each_log(
     topics: &Topics,
     what: &str,
-    f: impl Fn(&crate::replica::Replica) -> Result<(), keel_storage::StorageError>,
+    f: impl Fn(&crate::partition::Replica) -> Result<(), keel_storage::StorageError>,
 ) {
     for topic in topics.all() {
         for r in &topic.replicas {

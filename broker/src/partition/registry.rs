@@ -7,7 +7,7 @@
 //! directory is renamed `*-delete` at once and removed in the background.
 
 use crate::error::BrokerError;
-use crate::replica::{FatalSignal, Replica};
+use crate::partition::{FatalSignal, Replica};
 use crate::topic_config::{topic_log_config, topic_min_insync_replicas};
 use keel_storage::LogConfig;
 use std::collections::{BTreeMap, HashMap};
@@ -169,11 +169,11 @@ impl Topics {
             partition,
             dir,
             config,
-            crate::replica::ReplicaSettings {
+            crate::partition::ReplicaSettings {
                 min_insync_replicas: min_isr,
                 lag_time_max_ms: self.lag_time_max_ms,
             },
-            crate::role::Role::unassigned(self.node_id),
+            crate::partition::role::Role::unassigned(self.node_id),
             &self.stop,
             &self.fatal,
         )?;

@@ -5,8 +5,9 @@
 use crate::controller::{
     AlterPartitionRequest, ControllerDriver, ControllerError, DriverError, NewTopic, METADATA_TOPIC,
 };
-use crate::handlers::{api_versions, decode, Reply, Responder};
-use crate::replica::FatalSignal;
+use crate::error::FatalSignal;
+use crate::server::api_versions;
+use crate::server::reply::{decode, Reply, Responder};
 use crate::server::{RequestError, Service};
 use bytes::Bytes;
 use kafka_protocol::messages::alter_partition_request::AlterPartitionRequest as AlterPartitionWire;
@@ -48,7 +49,7 @@ pub struct ControllerService {
 }
 
 pub fn now_ms() -> u64 {
-    crate::maintenance::now_ms().max(0) as u64
+    crate::clock::now_ms().max(0) as u64
 }
 
 impl Service for ControllerService {

@@ -1,7 +1,7 @@
 //! One partition replica on this broker: its log, its high watermark, and the waits that
 //! produce and fetch requests do on them.
 //!
-//! The rules are pure functions in [`crate::replication`] and [`crate::role`]; this file
+//! The rules are pure functions in [`crate::replication`] and [`role`]; this file
 //! wires them to the log and to `watch` channels.
 //!
 //! Durability: under `log.flush.policy=always` a per-partition flusher task fsyncs after
@@ -11,10 +11,17 @@
 
 use crate::controller::PartitionRecord;
 use crate::error::BrokerError;
-use crate::maintenance::now_ms as wall_ms;
-use crate::replication::{follower_high_watermark, IsrChangeResult, LagClock};
-use crate::role::{Role, Timing, Transition};
+use crate::replication::{follower_high_watermark, IsrChangeResult};
+pub mod flusher;
+pub mod gauges;
+pub mod maintenance;
+pub mod registry;
+pub mod role;
+
+use crate::error::FatalSignal;
+use flusher::{flusher, leader_ack_offset};
 use keel_storage::{AppendInfo, FlushPolicy, Log, LogConfig, StorageError};
+use role::{Role, Timing, Transition};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -22,20 +29,6 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-
-/// The process's [`LagClock`]: follower fetch times, catch-up times and ISR checks of every
-/// replica on this broker are measured on it, so a stall of the whole process is not
-/// counted against the followers.
-static LAG_CLOCK: Mutex<LagClock> = Mutex::new(LagClock::new());
-
-/// Reads the lag clock, letting it advance at most `max_step_ms` since the previous reading.
-fn lag_clock_ms(max_step_ms: u64) -> u64 {
-    let wall = wall_ms().max(0) as u64;
-    LAG_CLOCK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .observe(wall, max_step_ms)
-}
 
 pub struct Replica {
     pub topic: Arc<str>,
@@ -534,7 +527,7 @@ impl Replica {
     /// a running broker's checks alone keep the clock at pace (50 ms at least, the shortest
     /// period the check loop uses).
     fn now_ms(&self) -> u64 {
-        lag_clock_ms((self.lag_time_max_ms / 2).max(50))
+        crate::clock::lag_clock_ms((self.lag_time_max_ms / 2).max(50))
     }
 
     fn timing(&self) -> Timing {
@@ -573,92 +566,6 @@ impl Replica {
         self.hw.send_modify(|_| {});
         self.durable.send_modify(|_| {});
         self.appended.send_modify(|_| {});
-    }
-}
-
-/// Raised by any task that hits an error the broker cannot survive (an fsync failure:
-/// after one, the kernel may have dropped dirty pages, so nobody knows what is on disk).
-#[derive(Clone, Default)]
-pub struct FatalSignal {
-    token: CancellationToken,
-    reason: Arc<std::sync::Mutex<Option<String>>>,
-}
-
-impl FatalSignal {
-    pub fn raise(&self, reason: String) {
-        tracing::error!(%reason, "fatal error, stopping the broker");
-        self.reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert(reason);
-        self.token.cancel();
-    }
-
-    pub async fn raised(&self) -> String {
-        self.token.cancelled().await;
-        self.reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .unwrap_or_default()
-    }
-}
-
-/// Group commit: fsync whenever something was appended since the last fsync. Appends
-/// that land while an fsync runs are covered by the next one.
-async fn flusher(replica: Arc<Replica>, stop: CancellationToken, fatal: FatalSignal) {
-    let mut appended = replica.appended.subscribe();
-    loop {
-        let target = *appended.borrow_and_update();
-        // Checked after marking the value seen: a deletion that happened before (even
-        // before this task first ran) is seen here, one after it wakes `changed()` below.
-        // Checking only after `changed()` left a replica deleted right after it opened
-        // with a flusher waiting forever, holding its files open.
-        if replica.is_deleted() {
-            return;
-        }
-        if target > *replica.durable.borrow() {
-            let on_disk = replica.log.durable_end_offset();
-            let durable = if on_disk >= target {
-                // A follower's fetcher fsyncs before it reports the offset: nothing left to
-                // flush, so no trip through the blocking pool.
-                on_disk
-            } else {
-                let r = replica.clone();
-                match tokio::task::spawn_blocking(move || r.log.flush()).await {
-                    Ok(Ok(durable)) => durable,
-                    Ok(Err(e)) => {
-                        if !replica.is_deleted() {
-                            fatal.raise(format!(
-                                "{}-{}: flush failed: {e}",
-                                replica.topic, replica.partition
-                            ));
-                        }
-                        return;
-                    }
-                    Err(e) => {
-                        fatal.raise(format!("flush task panicked: {e}"));
-                        return;
-                    }
-                }
-            };
-            replica.durable.send_replace(durable);
-            replica.durable_moved();
-            continue;
-        }
-        tokio::select! {
-            changed = appended.changed() => if changed.is_err() { return },
-            _ = stop.cancelled() => return,
-        }
-    }
-}
-
-/// The offset up to which the leader's own log counts toward acks and the HW.
-pub fn leader_ack_offset(flush_always: bool, leo: i64, durable: i64) -> i64 {
-    if flush_always {
-        durable
-    } else {
-        leo
     }
 }
 

@@ -1,20 +1,7 @@
-//! Cluster mode: the I/O around the controller state machine and the replication rules.
-//!
-//! - [`controller_service`]: the controller listener (registration, heartbeats, ISR
-//!   changes, the metadata log) and the controller's timer.
-//! - [`broker_runtime`]: a broker's registration, heartbeats, metadata log follower,
-//!   replica manager and ISR changes.
-//! - [`fetcher`]: the follower fetcher, one task per leader broker.
-//! - [`metadata_response`]: Kafka Metadata answers built from a metadata image, shared by
-//!   the controller listener and brokers.
-//!
-//! See docs/REPLICATION.md for how the pieces fit and what is still to be wired.
+//! Kafka Metadata answers built from a metadata image: the controller listener's, and every
+//! broker's.
 
-pub mod broker_runtime;
-pub mod controller_service;
-pub mod fetcher;
-
-use crate::controller::{MetadataImage, NO_LEADER};
+use super::{MetadataImage, NO_LEADER};
 use kafka_protocol::messages::metadata_response::{
     MetadataResponse, MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };

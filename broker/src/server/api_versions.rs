@@ -1,7 +1,7 @@
 //! ApiVersions: the supported key/version table. Default-valued tagged fields are left
 //! out (kafka-protocol does so), which older librdkafka needs to parse the response.
 
-use super::{Reply, Responder};
+use super::reply::{Reply, Responder};
 use bytes::BytesMut;
 use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
 use kafka_protocol::messages::ResponseHeader;

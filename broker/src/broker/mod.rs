@@ -4,15 +4,16 @@
 //!
 //! Every loop here backs off on failure (bounded, counted) and stops with the broker.
 
-use super::fetcher;
+pub mod fetcher;
+
 use crate::controller::{
     decode_batches, diff, MetadataImage, MetadataRecord, ReplicaChange, METADATA_TOPIC,
 };
 use crate::metrics as m;
-use crate::replica::Replica;
+use crate::partition::registry::Topics;
+use crate::partition::role::Transition;
+use crate::partition::Replica;
 use crate::replication::IsrChangeResult;
-use crate::role::Transition;
-use crate::topics::Topics;
 use crate::BrokerConfig;
 use kafka_protocol::messages::alter_partition_request::{
     AlterPartitionRequest, BrokerState, PartitionData, TopicData,

@@ -6,9 +6,9 @@
 //! `log.flush.policy=always`, fsynced before the next fetch reports the new offset; only
 //! then is the leader's high watermark adopted (clamped to the local log).
 
-use super::broker_runtime::{backoff, ClusterBroker};
+use super::{backoff, ClusterBroker};
 use crate::metrics as m;
-use crate::replica::Replica;
+use crate::partition::Replica;
 use crate::replication::{
     on_diverging_epoch, on_offset_out_of_range, EpochEndOffset, TruncationDecision,
 };
@@ -420,7 +420,7 @@ async fn resolve_out_of_range(
 fn following(
     r: &Replica,
     (leader, epoch): (i32, i32),
-) -> Result<crate::replica::FollowingGuard<'_>, String> {
+) -> Result<crate::partition::FollowingGuard<'_>, String> {
     r.following(leader, epoch).ok_or_else(|| {
         format!("no longer follows broker {leader} in leader epoch {epoch}: answer dropped")
     })

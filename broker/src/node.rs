@@ -1,0 +1,342 @@
+//! A node: the roles its configuration asks for (controller, broker or both), their
+//! listeners and tasks, started together and stopped in order.
+
+use crate::config::{self, BrokerConfig};
+use crate::controller::ControllerDriver;
+use crate::error::{BrokerError, FatalSignal};
+use crate::handlers::Shared;
+use crate::partition::maintenance;
+use crate::partition::registry::Topics;
+use crate::{broker, metrics, server, upgrade};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub struct Broker;
+
+/// A running node: a Kafka listener (broker role), a controller listener (controller
+/// role), or both.
+pub struct BrokerHandle {
+    node_id: i32,
+    kafka_addr: Option<SocketAddr>,
+    controller_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    topics: Option<Arc<Topics>>,
+    cluster: Option<Arc<broker::ClusterBroker>>,
+    /// Cancelled first on shutdown: the listeners stop taking requests.
+    listeners_stop: CancellationToken,
+    background: CancellationToken,
+    connections: TaskTracker,
+    tasks: Vec<JoinHandle<()>>,
+    fatal: FatalSignal,
+    _lock: DataDirLock,
+}
+
+async fn bind(what: &'static str, addr: &str) -> Result<(TcpListener, SocketAddr), BrokerError> {
+    let bind_err = |source| BrokerError::Bind {
+        what,
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| BrokerError::io(format!("reading the {what} listener address"), e))?;
+    Ok((listener, local))
+}
+
+impl Broker {
+    /// Recovers the data directory, binds the listeners and starts every role's tasks.
+    /// A broker serves clients once [`BrokerHandle::serving`] resolves.
+    pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            BrokerError::io(
+                format!("creating data dir {}", config.data_dir.display()),
+                e,
+            )
+        })?;
+        let lock = DataDirLock::acquire(&config.data_dir)?;
+        let metrics_handle = metrics::recorder();
+
+        let background = CancellationToken::new();
+        let listeners_stop = CancellationToken::new();
+        let fatal = FatalSignal::default();
+        let connections = TaskTracker::new();
+        let mut tasks = Vec::new();
+
+        let metrics_addr = match &config.metrics_listener {
+            Some(m) => {
+                let (l, a) = bind("metrics", m).await?;
+                tasks.push(tokio::spawn(metrics::serve(
+                    l,
+                    metrics_handle,
+                    background.clone(),
+                )));
+                Some(a)
+            }
+            None => None,
+        };
+
+        let controller = if config.roles.controller {
+            let (addr, driver, mut started) =
+                start_controller(&config, &listeners_stop, &background, &fatal, &connections)
+                    .await?;
+            tasks.append(&mut started);
+            Some((addr, driver))
+        } else {
+            None
+        };
+        upgrade::import_standalone_topics(&config, controller.as_ref().map(|(_, d)| &**d))?;
+
+        let (kafka_addr, topics, cluster) = if config.roles.broker {
+            // The voter this broker reports to: as configured, or this node's own
+            // controller listener (which may have been given port 0).
+            let voter = match (&config.controller_voter, &controller) {
+                (Some((_, addr)), _) => addr.clone(),
+                (None, Some((addr, _))) => addr.to_string(),
+                (None, None) => unreachable!("validate() requires a voter or the controller role"),
+            };
+            let (addr, topics, cluster, mut started) = start_broker(
+                config.clone(),
+                voter,
+                &listeners_stop,
+                &background,
+                &fatal,
+                &connections,
+            )
+            .await?;
+            tasks.append(&mut started);
+            (Some(addr), Some(topics), Some(cluster))
+        } else {
+            (None, None, None)
+        };
+        let controller_addr = controller.map(|(addr, _)| addr);
+        tracing::info!(node = config.node_id, ?kafka_addr, ?controller_addr, ?metrics_addr, data_dir = %config.data_dir.display(), "node started");
+        Ok(BrokerHandle {
+            node_id: config.node_id,
+            kafka_addr,
+            controller_addr,
+            metrics_addr,
+            topics,
+            cluster,
+            listeners_stop,
+            background,
+            connections,
+            tasks,
+            fatal,
+            _lock: lock,
+        })
+    }
+}
+
+/// The controller role: replays the metadata log, serves the controller listener and
+/// runs the fencing/election timer.
+async fn start_controller(
+    config: &BrokerConfig,
+    listeners_stop: &CancellationToken,
+    background: &CancellationToken,
+    fatal: &FatalSignal,
+    connections: &TaskTracker,
+) -> Result<(SocketAddr, Arc<ControllerDriver>, Vec<JoinHandle<()>>), BrokerError> {
+    use crate::controller::service::{tick_loop, ControllerService};
+    use crate::controller::{ControllerConfig, METADATA_TOPIC};
+    let controller_config = ControllerConfig {
+        session_timeout_ms: config.session_timeout_ms,
+        default_replication_factor: config.default_replication_factor,
+        default_min_insync_replicas: config.min_insync_replicas,
+        default_partitions: config.num_partitions,
+    };
+    let dir = config.data_dir.join(format!("{METADATA_TOPIC}-0"));
+    let driver = ControllerDriver::open(&dir, controller_config)
+        .map_err(|e| BrokerError::Fatal(format!("opening the metadata log: {e}")))?;
+    let driver = Arc::new(driver);
+    let (listener, addr) = bind("controller", &config.controller_listener).await?;
+    let service = Arc::new(ControllerService {
+        driver: driver.clone(),
+        cluster_id: config.cluster_id.clone(),
+        max_frame: config.socket_request_max_bytes,
+        stop: listeners_stop.clone(),
+        fatal: fatal.clone(),
+    });
+    let period = Duration::from_millis((config.heartbeat_interval_ms / 4).clamp(50, 1000));
+    metrics::register_controller_counters();
+    let tasks = vec![
+        tokio::spawn(server::accept_loop(service, listener, connections.clone())),
+        tokio::spawn(crate::controller::gauges::controller_gauges(
+            driver.clone(),
+            Duration::from_millis(config.metrics_interval_ms.max(100)),
+            background.clone(),
+        )),
+        tokio::spawn(tick_loop(
+            driver.clone(),
+            period,
+            background.clone(),
+            fatal.clone(),
+        )),
+    ];
+    Ok((addr, driver, tasks))
+}
+
+type BrokerParts = (
+    SocketAddr,
+    Arc<Topics>,
+    Arc<broker::ClusterBroker>,
+    Vec<JoinHandle<()>>,
+);
+
+/// The broker role: the replicas the metadata assigns here, the Kafka listener, the link
+/// to the controller at `voter`, and maintenance.
+async fn start_broker(
+    config: BrokerConfig,
+    voter: String,
+    listeners_stop: &CancellationToken,
+    background: &CancellationToken,
+    fatal: &FatalSignal,
+    connections: &TaskTracker,
+) -> Result<BrokerParts, BrokerError> {
+    let topics = Arc::new(Topics::new(
+        config.node_id,
+        config.replica_lag_time_max_ms,
+        &config.data_dir,
+        config.log.clone(),
+        config.min_insync_replicas,
+        background.clone(),
+        fatal.clone(),
+    ));
+    config.listener_addr()?;
+    let (listener, kafka_addr) = bind("kafka", &config.listener).await?;
+    let advertised = match &config.advertised_listener {
+        Some(a) => config::parse_host_port("advertised.listeners", a)?,
+        None => (kafka_addr.ip().to_string(), i32::from(kafka_addr.port())),
+    };
+    metrics::register_broker_counters();
+    let mut tasks = vec![tokio::spawn(crate::partition::gauges::broker_gauges(
+        topics.clone(),
+        Duration::from_millis(config.metrics_interval_ms.max(100)),
+        background.clone(),
+    ))];
+    tasks.extend(maintenance::spawn_all(
+        &config,
+        topics.clone(),
+        background.clone(),
+        fatal.clone(),
+    ));
+    let cluster = broker::ClusterBroker::new(
+        config.clone(),
+        advertised.clone(),
+        voter,
+        topics.clone(),
+        background.clone(),
+    );
+    tasks.extend(cluster.spawn());
+    let shared = Arc::new(Shared {
+        config,
+        topics: topics.clone(),
+        advertised,
+        stop: listeners_stop.clone(),
+        cluster: cluster.clone(),
+    });
+    tasks.push(tokio::spawn(server::accept_loop(
+        shared,
+        listener,
+        connections.clone(),
+    )));
+    Ok((kafka_addr, topics, cluster, tasks))
+}
+
+impl BrokerHandle {
+    pub fn node_id(&self) -> i32 {
+        self.node_id
+    }
+
+    /// The Kafka listener's bound address (none on a controller-only node).
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.kafka_addr
+    }
+
+    /// The controller listener's bound address, on a node with the controller role.
+    pub fn controller_addr(&self) -> Option<SocketAddr> {
+        self.controller_addr
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Resolves once the node serves: at once without the broker role; with it, once the
+    /// broker is registered, has the metadata up to its registration, and is unfenced (or
+    /// stays fenced on purpose while a replica repairs lost data from its leader). Until
+    /// then topics cannot be created on it (it counts for no replica). Waits as long as
+    /// the controller cannot be reached.
+    pub async fn serving(&self) {
+        if let Some(rt) = &self.cluster {
+            rt.serving().await;
+        }
+    }
+
+    /// Resolves only if the node stops on its own (a fatal error).
+    pub async fn wait(&self) -> Result<(), BrokerError> {
+        let reason = self.fatal.raised().await;
+        Err(BrokerError::Fatal(reason))
+    }
+
+    /// Clean shutdown: stop accepting, let in-flight requests finish (bounded), flush,
+    /// checkpoint and close every log with its clean-shutdown marker.
+    pub async fn shutdown(self) -> Result<(), BrokerError> {
+        tracing::info!(node = self.node_id, "shutting down");
+        if let Some(rt) = &self.cluster {
+            rt.controlled_shutdown(Duration::from_secs(5)).await;
+        }
+        self.listeners_stop.cancel();
+        self.connections.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight requests did not finish within 10 s; closing anyway");
+        }
+        self.background.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Some(topics) = self.topics {
+            tokio::task::spawn_blocking(move || topics.close_all())
+                .await
+                .map_err(|e| BrokerError::Fatal(format!("closing logs panicked: {e}")))?;
+        }
+        tracing::info!(node = self.node_id, "stopped cleanly");
+        Ok(())
+    }
+}
+
+/// An exclusive `flock` on `<data>/.lock`: two brokers never share a data directory.
+struct DataDirLock {
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    fn acquire(dir: &std::path::Path) -> Result<Self, BrokerError> {
+        use std::os::fd::AsRawFd;
+        let path = dir.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| BrokerError::io(format!("opening {}", path.display()), e))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(BrokerError::io(
+                format!("data dir {} is in use by another broker", dir.display()),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(Self { _file: file })
+    }
+}
