@@ -1,6 +1,7 @@
 //! Broker errors, and the one place where internal errors become Kafka error codes.
 
 use crate::config::ConfigError;
+use crate::partition::acks::AckError;
 use kafka_protocol::ResponseError;
 use keel_storage::StorageError;
 use std::sync::Arc;
@@ -47,6 +48,16 @@ pub fn storage_error_code(e: &StorageError) -> ResponseError {
         StorageError::CorruptBatch { .. } => ResponseError::CorruptMessage,
         StorageError::RecordTooLarge { .. } => ResponseError::MessageTooLarge,
         _ => ResponseError::KafkaStorageError,
+    }
+}
+
+/// The Kafka error code a producer gets for a partition its batches were not acknowledged on.
+pub fn ack_error_code(e: AckError) -> ResponseError {
+    match e {
+        AckError::NotEnoughReplicas => ResponseError::NotEnoughReplicas,
+        AckError::NotEnoughReplicasAfterAppend => ResponseError::NotEnoughReplicasAfterAppend,
+        AckError::TimedOut => ResponseError::RequestTimedOut,
+        AckError::NotLeader => ResponseError::NotLeaderOrFollower,
     }
 }
 

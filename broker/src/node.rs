@@ -26,7 +26,7 @@ pub struct BrokerHandle {
     controller_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     topics: Option<Arc<Topics>>,
-    cluster: Option<Arc<broker::ClusterBroker>>,
+    broker: Option<Arc<broker::BrokerRuntime>>,
     /// Cancelled first on shutdown: the listeners stop taking requests.
     listeners_stop: CancellationToken,
     background: CancellationToken,
@@ -93,7 +93,7 @@ impl Broker {
         };
         upgrade::import_standalone_topics(&config, controller.as_ref().map(|(_, d)| &**d))?;
 
-        let (kafka_addr, topics, cluster) = if config.roles.broker {
+        let (kafka_addr, topics, broker) = if config.roles.broker {
             // The voter this broker reports to: as configured, or this node's own
             // controller listener (which may have been given port 0).
             let voter = match (&config.controller_voter, &controller) {
@@ -123,7 +123,7 @@ impl Broker {
             controller_addr,
             metrics_addr,
             topics,
-            cluster,
+            broker,
             listeners_stop,
             background,
             connections,
@@ -185,7 +185,7 @@ async fn start_controller(
 type BrokerParts = (
     SocketAddr,
     Arc<Topics>,
-    Arc<broker::ClusterBroker>,
+    Arc<broker::BrokerRuntime>,
     Vec<JoinHandle<()>>,
 );
 
@@ -226,7 +226,7 @@ async fn start_broker(
         background.clone(),
         fatal.clone(),
     ));
-    let cluster = broker::ClusterBroker::new(
+    let cluster = broker::BrokerRuntime::new(
         config.clone(),
         advertised.clone(),
         voter,
@@ -239,7 +239,7 @@ async fn start_broker(
         topics: topics.clone(),
         advertised,
         stop: listeners_stop.clone(),
-        cluster: cluster.clone(),
+        broker: cluster.clone(),
     });
     tasks.push(tokio::spawn(server::accept_loop(
         shared,
@@ -274,7 +274,7 @@ impl BrokerHandle {
     /// then topics cannot be created on it (it counts for no replica). Waits as long as
     /// the controller cannot be reached.
     pub async fn serving(&self) {
-        if let Some(rt) = &self.cluster {
+        if let Some(rt) = &self.broker {
             rt.serving().await;
         }
     }
@@ -289,7 +289,7 @@ impl BrokerHandle {
     /// checkpoint and close every log with its clean-shutdown marker.
     pub async fn shutdown(self) -> Result<(), BrokerError> {
         tracing::info!(node = self.node_id, "shutting down");
-        if let Some(rt) = &self.cluster {
+        if let Some(rt) = &self.broker {
             rt.controlled_shutdown(Duration::from_secs(5)).await;
         }
         self.listeners_stop.cancel();

@@ -6,9 +6,11 @@
 //! `log.flush.policy=always`, fsynced before the next fetch reports the new offset; only
 //! then is the leader's high watermark adopted (clamped to the local log).
 
-use super::{backoff, ClusterBroker};
+use super::controller_link::{backoff, error_name, sleep_or_stop, ControllerLink};
+use super::metadata_follower::MetadataFollower;
 use crate::metrics as m;
-use crate::partition::Replica;
+use crate::partition::registry::Topics;
+use crate::partition::{FollowingGuard, Replica};
 use crate::replication::{
     on_diverging_epoch, on_offset_out_of_range, EpochEndOffset, TruncationDecision,
 };
@@ -23,25 +25,71 @@ use kafka_protocol::messages::{BrokerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use keel_client::connection::Connection;
-use keel_storage::FlushPolicy;
+use keel_client::ClientError;
+use keel_storage::StorageError;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 const FETCH_VERSION: i16 = 15;
 
+/// The `replica.fetch.*` settings, and whether appends are fsynced before the next fetch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FetchSettings {
+    /// `replica.fetch.wait.max.ms`
+    pub(crate) wait_ms: i32,
+    /// `replica.fetch.max.bytes`
+    pub(crate) partition_max_bytes: i32,
+    /// `replica.fetch.response.max.bytes`
+    pub(crate) response_max_bytes: i32,
+    /// `log.flush.policy=always`
+    pub(crate) flush_always: bool,
+}
+
+/// What a fetcher needs from its broker: narrow on purpose.
+pub(crate) struct FetcherContext {
+    pub(crate) node_id: i32,
+    pub(crate) settings: FetchSettings,
+    /// The replicas, among which it finds those that follow its leader.
+    pub(crate) registry: Arc<Topics>,
+    /// Where the leader listens.
+    pub(crate) metadata: Arc<MetadataFollower>,
+    /// This broker's epoch, sent with every fetch.
+    pub(crate) link: Arc<ControllerLink>,
+    /// Moves when the replica manager applied a new image.
+    pub(crate) applied: watch::Receiver<i64>,
+}
+
+/// Why one partition of a fetch answer, or a fetch, was not applied.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FetchError {
+    #[error("the leader answered {}", error_name(*.0))]
+    Refused(i16),
+    #[error("no longer follows broker {leader} in leader epoch {epoch}: answer dropped")]
+    NotFollowing { leader: i32, epoch: i32 },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("asking the leader for its offsets: {0}")]
+    Client(#[from] ClientError),
+    #[error("the leader's ListOffsets answer names no partition")]
+    EmptyAnswer,
+    #[error("the task applying it panicked: {0}")]
+    Panicked(String),
+}
+
 /// Follows `leader` until `stop` (the leader led nothing we follow, or shutdown).
-pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
+pub(crate) async fn run(ctx: FetcherContext, leader: i32, stop: CancellationToken) {
     let mut conn: Option<Arc<Connection>> = None;
     let mut attempt = 0u32;
     let mut refusals = 0u32;
-    let wait_ms = rt.config.replica_fetch_wait_max_ms.max(0);
-    let mut applied = rt.applied();
+    let wait_ms = ctx.settings.wait_ms.max(0);
+    let mut applied = ctx.applied.clone();
     loop {
         if stop.is_cancelled() {
             return;
         }
-        let followed = followed_partitions(&rt, leader);
+        let followed = followed_partitions(&ctx.registry, leader);
         if followed.is_empty() {
             // Nothing to fetch from this leader (yet): the replica manager stops us when
             // it no longer leads anything of ours.
@@ -50,7 +98,8 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
             }
             continue;
         }
-        let Some(addr) = rt
+        let Some(addr) = ctx
+            .metadata
             .image()
             .broker(leader)
             .map(|b| format!("{}:{}", b.host, b.port))
@@ -63,7 +112,7 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
         };
         if conn.as_ref().is_none_or(|c| c.is_closed()) {
             let timeout = Duration::from_secs(5);
-            let client_id = format!("keel-fetcher-{}", rt.node_id);
+            let client_id = format!("keel-fetcher-{}", ctx.node_id);
             match Connection::connect(&addr, &client_id, timeout, timeout).await {
                 Ok(c) => {
                     metrics::counter!(m::FETCHER_RECONNECTS_TOTAL).increment(1);
@@ -81,7 +130,7 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
             }
         }
         let Some(c) = conn.clone() else { continue };
-        let req = request(&rt, &followed, wait_ms);
+        let req = request(&ctx, &followed, wait_ms);
         let timeout = Duration::from_millis(wait_ms as u64) + Duration::from_secs(10);
         let send = c.send_version(&req, FETCH_VERSION, timeout);
         tokio::pin!(send);
@@ -96,7 +145,7 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
                     // New partitions to follow (a topic created, a leader moved here)
                     // should not wait out this long poll: the leader answers requests on
                     // one connection in order, so start over on a fresh one.
-                    if !same_partitions(&followed, &followed_partitions(&rt, leader)) {
+                    if !same_partitions(&followed, &followed_partitions(&ctx.registry, leader)) {
                         break None;
                     }
                 }
@@ -121,7 +170,7 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
         };
         // Partitions are independent logs: append and fsync them side by side, so one
         // response costs about one fsync, not one per partition.
-        let flush = rt.config.log.flush_policy == FlushPolicy::Always;
+        let flush = ctx.settings.flush_always;
         let mut work = Vec::new();
         for t in resp.responses {
             for p in t.partitions {
@@ -175,7 +224,7 @@ pub async fn run(rt: Arc<ClusterBroker>, leader: i32, stop: CancellationToken) {
             }
         }
         for (replica, epoch) in out_of_range {
-            if let Err(e) = resolve_out_of_range(&c, &rt, &replica, (leader, epoch)).await {
+            if let Err(e) = resolve_out_of_range(&c, ctx.node_id, &replica, (leader, epoch)).await {
                 tracing::warn!(topic = %replica.topic, partition = replica.partition, leader, error = %e, "cannot resolve an out-of-range fetch");
                 backed_off = true;
             }
@@ -206,8 +255,8 @@ fn refusal_backoff(n: u32) -> Duration {
 }
 
 /// The partitions (topic id, replica) this broker follows from `leader`.
-fn followed_partitions(rt: &ClusterBroker, leader: i32) -> Vec<(uuid::Uuid, Arc<Replica>)> {
-    rt.topics
+fn followed_partitions(registry: &Topics, leader: i32) -> Vec<(uuid::Uuid, Arc<Replica>)> {
+    registry
         .all()
         .iter()
         .flat_map(|t| t.replicas.iter().map(move |r| (t.meta.id, r.clone())))
@@ -223,7 +272,7 @@ fn same_partitions(a: &[(uuid::Uuid, Arc<Replica>)], b: &[(uuid::Uuid, Arc<Repli
 }
 
 fn request(
-    rt: &ClusterBroker,
+    ctx: &FetcherContext,
     followed: &[(uuid::Uuid, Arc<Replica>)],
     wait_ms: i32,
 ) -> FetchRequest {
@@ -236,7 +285,7 @@ fn request(
         p.current_leader_epoch = r.leader_epoch();
         p.last_fetched_epoch = log.latest_epoch().unwrap_or(-1);
         p.log_start_offset = log.log_start_offset();
-        p.partition_max_bytes = rt.config.replica_fetch_max_bytes;
+        p.partition_max_bytes = ctx.settings.partition_max_bytes;
         match topics.iter_mut().find(|t| t.topic_id == *id) {
             Some(t) => t.partitions.push(p),
             None => {
@@ -249,11 +298,11 @@ fn request(
     }
     let mut req = FetchRequest::default();
     req.replica_state = ReplicaState::default()
-        .with_replica_id(BrokerId(rt.node_id))
-        .with_replica_epoch(rt.broker_epoch());
+        .with_replica_id(BrokerId(ctx.node_id))
+        .with_replica_epoch(ctx.link.broker_epoch());
     req.max_wait_ms = wait_ms;
     req.min_bytes = 1;
-    req.max_bytes = rt.config.replica_fetch_response_max_bytes;
+    req.max_bytes = ctx.settings.response_max_bytes;
     req.session_epoch = -1;
     req.topics = topics;
     req
@@ -274,16 +323,14 @@ fn handle_partition(
     fetched: (i32, i32),
     p: PartitionData,
     flush: bool,
-) -> Result<Applied, String> {
+) -> Result<Applied, FetchError> {
     let log = r.log();
     if p.error_code == ResponseError::OffsetOutOfRange.code() {
         return Ok(Applied::OutOfRange(fetched.1));
     }
     let _following = following(r, fetched)?;
     if p.error_code != 0 {
-        let name = ResponseError::try_from_code(p.error_code)
-            .map_or_else(|| "?".into(), |e| e.to_string());
-        return Err(format!("leader answered {name} ({})", p.error_code));
+        return Err(FetchError::Refused(p.error_code));
     }
     if has_diverging_epoch(&p) {
         metrics::counter!(m::DIVERGENCE_RESYNCS_TOTAL).increment(1);
@@ -304,11 +351,10 @@ fn handle_partition(
             .map(|b| b.bytes.len())
             .sum();
         if whole > 0 {
-            log.append_as_follower(&records[..whole])
-                .map_err(|e| e.to_string())?;
+            log.append_as_follower(&records[..whole])?;
             if flush {
                 // The next fetch reports this offset to the leader: it must be on disk.
-                log.flush().map_err(|e| e.to_string())?;
+                log.flush()?;
             }
             r.follower_appended();
         }
@@ -324,7 +370,7 @@ fn has_diverging_epoch(p: &PartitionData) -> bool {
 
 /// Cuts a follower replica at `bad`, a batch that failed its CRC check; the fetcher fetches
 /// the rest again (an append in flight meanwhile fails its offset check and is retried).
-pub(crate) fn repair(r: &Replica, bad: i64) -> Result<i64, String> {
+pub(crate) fn repair(r: &Replica, bad: i64) -> Result<i64, FetchError> {
     truncate(
         r,
         TruncationDecision::TruncateTo(bad),
@@ -335,7 +381,7 @@ pub(crate) fn repair(r: &Replica, bad: i64) -> Result<i64, String> {
 /// Applies a truncation decision to a follower replica: truncates, counts it (truncations,
 /// records and bytes removed), logs `why`, and adopts the HW only afterwards. Returns the
 /// new log end. `NoTruncation` and `AskAgain` cut nothing and are not counted.
-fn truncate(r: &Replica, decision: TruncationDecision, why: &str) -> Result<i64, String> {
+fn truncate(r: &Replica, decision: TruncationDecision, why: &str) -> Result<i64, FetchError> {
     let log = r.log();
     let leo = log.log_end_offset();
     let size_before = log.size_bytes();
@@ -348,8 +394,7 @@ fn truncate(r: &Replica, decision: TruncationDecision, why: &str) -> Result<i64,
             .truncate_fully_and_start_at(start_offset)
             .map(|()| start_offset),
         TruncationDecision::NoTruncation | TruncationDecision::AskAgain { .. } => Ok(leo),
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     let cut = !matches!(
         decision,
         TruncationDecision::NoTruncation | TruncationDecision::AskAgain { .. }
@@ -374,32 +419,29 @@ fn truncate(r: &Replica, decision: TruncationDecision, why: &str) -> Result<i64,
 /// replica, so "latest" is its LEO) and truncate as [`on_offset_out_of_range`] says.
 async fn resolve_out_of_range(
     c: &Connection,
-    rt: &ClusterBroker,
+    node_id: i32,
     r: &Arc<Replica>,
     fetched: (i32, i32),
-) -> Result<(), String> {
+) -> Result<(), FetchError> {
     let mut ends = [0i64; 2];
     for (slot, timestamp) in ends.iter_mut().zip([-2i64, -1]) {
         let req = ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(rt.node_id))
+            .with_replica_id(BrokerId(node_id))
             .with_topics(vec![ListOffsetsTopic::default()
                 .with_name(TopicName(StrBytes::from_string(r.topic.to_string())))
                 .with_partitions(vec![ListOffsetsPartition::default()
                     .with_partition_index(r.partition)
                     .with_current_leader_epoch(fetched.1)
                     .with_timestamp(timestamp)])]);
-        let resp = c
-            .send_version(&req, 4, Duration::from_secs(10))
-            .await
-            .map_err(|e| e.to_string())?;
+        let resp = c.send_version(&req, 4, Duration::from_secs(10)).await?;
         let p = resp
             .topics
             .into_iter()
             .flat_map(|t| t.partitions)
             .next()
-            .ok_or("empty ListOffsets response")?;
+            .ok_or(FetchError::EmptyAnswer)?;
         if p.error_code != 0 {
-            return Err(format!("ListOffsets answered error {}", p.error_code));
+            return Err(FetchError::Refused(p.error_code));
         }
         *slot = p.offset;
     }
@@ -413,24 +455,13 @@ async fn resolve_out_of_range(
         truncate(&r, decision, &why).map(|_| ())
     })
     .await
-    .map_err(|e| e.to_string())?
+    .map_err(|e| FetchError::Panicked(e.to_string()))?
 }
 
 /// [`Replica::following`], or why the answer no longer applies.
-fn following(
-    r: &Replica,
-    (leader, epoch): (i32, i32),
-) -> Result<crate::partition::FollowingGuard<'_>, String> {
-    r.following(leader, epoch).ok_or_else(|| {
-        format!("no longer follows broker {leader} in leader epoch {epoch}: answer dropped")
-    })
-}
-
-async fn sleep_or_stop(stop: &CancellationToken, d: Duration) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => false,
-        _ = stop.cancelled() => true,
-    }
+fn following(r: &Replica, (leader, epoch): (i32, i32)) -> Result<FollowingGuard<'_>, FetchError> {
+    r.following(leader, epoch)
+        .ok_or(FetchError::NotFollowing { leader, epoch })
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! the answer waits until this broker's metadata has the new topics.
 
 use super::{Ctx, Reply};
-use crate::broker::ClusterBroker;
+use crate::broker::controller_link::LinkError;
+use crate::broker::BrokerRuntime;
 use crate::controller::{MetadataImage, PartitionRecord};
 use kafka_protocol::messages::create_topics_request::CreateTopicsRequest;
 use kafka_protocol::messages::create_topics_response::CreateTopicsResponse;
@@ -10,7 +11,7 @@ use kafka_protocol::messages::create_topics_response::CreateTopicsResponse;
 pub fn handle(ctx: &Ctx, req: CreateTopicsRequest) -> Reply {
     let ctx = ctx.clone();
     Box::pin(async move {
-        match create_and_settle(&ctx.shared.cluster, &req).await {
+        match create_and_settle(&ctx.shared.broker, &req).await {
             Ok(resp) => ctx.encode(&resp, &[]),
             Err(e) => {
                 // No answer is better than a made-up one: the client reconnects and retries.
@@ -51,17 +52,16 @@ const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// brokers apply the same metadata at about the same time; a client that is faster gets a
 /// retriable error.)
 pub async fn create_and_settle(
-    rt: &ClusterBroker,
+    rt: &BrokerRuntime,
     req: &CreateTopicsRequest,
-) -> Result<CreateTopicsResponse, keel_client::ClientError> {
+) -> Result<CreateTopicsResponse, LinkError> {
     let timeout = std::time::Duration::from_secs(30);
     // Always v7, whatever the client speaks: its answer carries the new topics' ids, which
     // the wait below needs. Fields the client's version lacks are dropped when the answer is
     // encoded for it (they are all ignorable).
-    let resp: CreateTopicsResponse = rt
-        .controller()
-        .await?
-        .send_version(req, FORWARD_VERSION, timeout)
+    let resp = rt
+        .link
+        .call("CreateTopics", req, FORWARD_VERSION, timeout)
         .await?;
     if !req.validate_only {
         let created: Vec<uuid::Uuid> = resp
@@ -71,7 +71,7 @@ pub async fn create_and_settle(
             .map(|t| t.topic_id)
             .collect();
         let settled = |image: &MetadataImage| {
-            created_topics_settled(image, &created, |id| rt.was_removed(id))
+            created_topics_settled(image, &created, |id| rt.metadata.was_removed(id))
         };
         // Every image the broker receives is applied and then announced on `applied`, so
         // waiting on that watch sees each new image too.

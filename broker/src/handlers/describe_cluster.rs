@@ -15,7 +15,7 @@ use kafka_protocol::ResponseError;
 const BROKERS: i8 = 1;
 
 pub fn handle(ctx: &Ctx, req: DescribeClusterRequest) -> Reply {
-    let rt = &ctx.shared.cluster;
+    let rt = &ctx.shared.broker;
     let image = rt.image();
     let resp = DescribeClusterResponse::default()
         .with_endpoint_type(BROKERS)

@@ -104,7 +104,7 @@ type Entry = (&'static str, String, i8, i8);
 fn topic_entries(shared: &Shared, name: &str) -> Option<Vec<Entry>> {
     // From the metadata image: every broker knows every topic's configs, not only the
     // brokers holding one of its replicas.
-    let image = shared.cluster.image();
+    let image = shared.broker.image();
     let own = &image.topic(name)?.configs;
     let log = topic_log_config(&shared.config.log, own).ok()?;
     let limit = |v: Option<u64>| v.map_or(-1, |v| v as i64).to_string();

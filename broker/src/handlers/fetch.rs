@@ -92,7 +92,7 @@ pub fn handle(ctx: Ctx, req: FetchRequest) -> Reply {
     } else {
         req.replica_id.0
     };
-    let reader = match &ctx.shared.cluster {
+    let reader = match &ctx.shared.broker {
         rt if follower >= 0 => {
             let registered = rt.image().broker(follower).map(|b| b.epoch);
             let epoch = if ctx.version >= 15 {
@@ -164,7 +164,7 @@ async fn futures_any_changed(watches: &mut [watch::Receiver<i64>]) {
 /// Records a follower's fetch offsets on the partitions this broker leads; proposes the
 /// ISR changes that follow from them.
 fn record_follower_positions(ctx: &Ctx, wanted: &[Wanted], follower: i32) {
-    let rt = &ctx.shared.cluster;
+    let rt = &ctx.shared.broker;
     for w in wanted {
         for p in &w.partitions {
             let Some(r) = p.replica.as_ref().filter(|r| r.is_leader()) else {
@@ -185,7 +185,7 @@ fn record_follower_positions(ctx: &Ctx, wanted: &[Wanted], follower: i32) {
             );
             if valid == FetchValidation::Ok {
                 if let Some(isr) = r.follower_fetched(follower, p.offset) {
-                    rt.send_isr(r.clone(), w.topic_id, isr);
+                    rt.propose_isr(r.clone(), w.topic_id, isr);
                 }
             }
         }

@@ -3,7 +3,7 @@
 //! asked for by name are created through the controller first.
 
 use super::{Ctx, Reply};
-use crate::broker::ClusterBroker;
+use crate::broker::BrokerRuntime;
 use crate::controller::{MetadataImage, METADATA_TOPIC};
 use crate::topic_config::validate_topic_name;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
@@ -14,7 +14,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 pub fn handle(ctx: &Ctx, req: MetadataRequest) -> Reply {
-    let rt = ctx.shared.cluster.clone();
+    let rt = ctx.shared.broker.clone();
     let image = rt.image();
     let all = match &req.topics {
         None => true,
@@ -81,7 +81,7 @@ pub fn handle(ctx: &Ctx, req: MetadataRequest) -> Reply {
 /// is also a broker clients can reach, else this broker's own (it forwards admin requests).
 fn response(
     ctx: &Ctx,
-    rt: &ClusterBroker,
+    rt: &BrokerRuntime,
     image: &MetadataImage,
     wanted: Option<&[String]>,
 ) -> MetadataResponse {
@@ -95,8 +95,8 @@ fn response(
 }
 
 /// The node id clients are told is the controller (see [`response`]).
-pub fn controller_id(rt: &ClusterBroker, image: &MetadataImage) -> i32 {
-    let active = rt.controller_id();
+pub fn controller_id(rt: &BrokerRuntime, image: &MetadataImage) -> i32 {
+    let active = rt.link.controller_id();
     if image.is_unfenced(active) {
         active
     } else {

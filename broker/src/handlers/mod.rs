@@ -13,7 +13,7 @@ pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod replica_state;
 
-use crate::broker::ClusterBroker;
+use crate::broker::BrokerRuntime;
 use crate::config::BrokerConfig;
 use crate::partition::registry::Topics;
 use crate::server::api_versions;
@@ -48,12 +48,13 @@ where
 {
     let ctx = ctx.clone();
     Box::pin(async move {
-        let rt = ctx.shared.cluster.clone();
         let timeout = std::time::Duration::from_secs(30);
-        let sent = match rt.controller().await {
-            Ok(c) => c.send_version(&req, ctx.version, timeout).await,
-            Err(e) => Err(e),
-        };
+        let sent = ctx
+            .shared
+            .broker
+            .link
+            .call("a forwarded request", &req, ctx.version, timeout)
+            .await;
         match sent {
             Ok(resp) => ctx.encode(&resp, &[]),
             Err(e) => {
@@ -114,7 +115,7 @@ pub struct Shared {
     /// Cancelled when the broker stops taking requests.
     pub stop: CancellationToken,
     /// The broker's link to the controller and its metadata image.
-    pub cluster: Arc<ClusterBroker>,
+    pub broker: Arc<BrokerRuntime>,
 }
 
 impl crate::server::Service for Shared {

@@ -2,14 +2,15 @@
 //! for the acknowledgement level `acks` asks for (in the reply future).
 
 use super::{Ctx, Reply};
-use crate::error::storage_error_code;
+use crate::error::{ack_error_code, storage_error_code};
 use crate::metrics as m;
-use crate::partition::{AppendError, Replica, WaitError};
-use crate::replication::{check_acks_all, may_append_acks_all, AckCheck};
+use crate::partition::acks::Acks;
+use crate::partition::{AppendError, Replica};
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{
     PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
+use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use std::sync::Arc;
@@ -26,48 +27,33 @@ enum Outcome {
 }
 
 pub fn handle(ctx: Ctx, req: ProduceRequest) -> Option<Reply> {
-    let acks = req.acks;
     let topics = &ctx.shared.topics;
-    let valid_acks = matches!(acks, -1..=1);
+    let acks = Acks::from_wire(req.acks);
     let mut results = Vec::with_capacity(req.topic_data.len());
     for topic in req.topic_data {
         let mut parts = Vec::with_capacity(topic.partition_data.len());
         for p in topic.partition_data {
-            let outcome = if !valid_acks {
-                Outcome::Failed(ResponseError::InvalidRequiredAcks, None)
-            } else if req.transactional_id.is_some() {
-                Outcome::Failed(
+            let outcome = match acks {
+                None => Outcome::Failed(ResponseError::InvalidRequiredAcks, None),
+                Some(_) if req.transactional_id.is_some() => Outcome::Failed(
                     ResponseError::TransactionalIdAuthorizationFailed,
                     Some("transactions are not supported".into()),
-                )
-            } else {
-                append(
+                ),
+                Some(acks) => append(
                     topics.replica(&topic.name, p.index),
                     acks,
                     p.records.as_deref(),
-                )
+                ),
             };
             parts.push((p.index, outcome));
         }
         results.push((topic.name, parts));
     }
-    if acks == 0 {
-        // No response to carry an error: as Kafka does, close the connection so the
-        // client notices (it reconnects and refreshes metadata) instead of losing data
-        // silently, e.g. after a leadership move.
-        let failed = results
-            .iter()
-            .flat_map(|(_, parts)| parts)
-            .find_map(|(index, o)| match o {
-                Outcome::Failed(e, _) => Some((*index, *e)),
-                Outcome::Appended { .. } => None,
-            });
-        if let Some((partition, error)) = failed {
-            tracing::debug!(partition, %error, "acks=0 produce failed; closing the connection");
-            return Some(Box::pin(async { super::CLOSE }));
-        }
-        return None;
+    if acks == Some(Acks::None) {
+        return answer_nothing(&results);
     }
+    // An undefined acks value failed every partition above; the answer says so.
+    let acks = acks.unwrap_or(Acks::All);
     let timeout = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0));
     Some(Box::pin(async move {
         let _waiting = m::Waiting::new(&m::PRODUCE_WAITING);
@@ -86,37 +72,10 @@ pub fn handle(ctx: Ctx, req: ProduceRequest) -> Option<Reply> {
                         base_offset,
                         end_offset,
                     } => {
-                        let waited = replica
-                            .wait_acked(
-                                acks,
-                                end_offset,
-                                deadline.saturating_duration_since(tokio::time::Instant::now()),
-                            )
-                            .await;
-                        let min_isr = replica.min_insync_replicas().max(1) as usize;
-                        r = match waited {
-                            // The HW covers the batch; with acks=all, the ISR that got it
-                            // there must still be at least min.insync.replicas.
-                            Ok(())
-                                if acks == -1
-                                    && check_acks_all(
-                                        end_offset,
-                                        replica.high_watermark(),
-                                        replica.isr_size(),
-                                        min_isr,
-                                    ) == AckCheck::NotEnoughReplicasAfterAppend =>
-                            {
-                                r.with_error_code(
-                                    ResponseError::NotEnoughReplicasAfterAppend.code(),
-                                )
-                            }
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        r = match replica.acknowledged(acks, end_offset, left).await {
                             Ok(()) => r.with_base_offset(base_offset),
-                            Err(WaitError::TimedOut) => {
-                                r.with_error_code(ResponseError::RequestTimedOut.code())
-                            }
-                            Err(WaitError::Gone) => {
-                                r.with_error_code(ResponseError::NotLeaderOrFollower.code())
-                            }
+                            Err(e) => r.with_error_code(ack_error_code(e).code()),
                         };
                         r.log_start_offset = replica.log().log_start_offset();
                     }
@@ -138,7 +97,25 @@ pub fn handle(ctx: Ctx, req: ProduceRequest) -> Option<Reply> {
     }))
 }
 
-fn append(replica: Option<Arc<Replica>>, acks: i16, records: Option<&[u8]>) -> Outcome {
+/// `acks=0`: no response. A failed partition closes the connection instead, as Kafka does,
+/// so the client notices (it reconnects and refreshes metadata) rather than losing data
+/// silently, e.g. after a leadership move.
+fn answer_nothing(results: &[(TopicName, Vec<(i32, Outcome)>)]) -> Option<Reply> {
+    let failed = results
+        .iter()
+        .flat_map(|(_, parts)| parts)
+        .find_map(|(index, o)| match o {
+            Outcome::Failed(e, _) => Some((*index, *e)),
+            Outcome::Appended { .. } => None,
+        });
+    if let Some((partition, error)) = failed {
+        tracing::debug!(partition, %error, "acks=0 produce failed; closing the connection");
+        return Some(Box::pin(async { super::CLOSE }));
+    }
+    None
+}
+
+fn append(replica: Option<Arc<Replica>>, acks: Acks, records: Option<&[u8]>) -> Outcome {
     let Some(replica) = replica.filter(|r| !r.is_deleted()) else {
         return Outcome::Failed(ResponseError::UnknownTopicOrPartition, None);
     };
@@ -154,9 +131,8 @@ fn append(replica: Option<Arc<Replica>>, acks: i16, records: Option<&[u8]>) -> O
     if !replica.is_leader() {
         return Outcome::Failed(ResponseError::NotLeaderOrFollower, None);
     }
-    let min_isr = replica.min_insync_replicas().max(1) as usize;
-    if acks == -1 && !may_append_acks_all(replica.isr_size(), min_isr) {
-        return Outcome::Failed(ResponseError::NotEnoughReplicas, None);
+    if let Err(e) = replica.may_append(acks) {
+        return Outcome::Failed(ack_error_code(e), None);
     }
     match replica.append(records) {
         Ok(info) => {

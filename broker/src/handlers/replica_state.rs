@@ -37,7 +37,7 @@ pub fn handle(shared: &Arc<Shared>, mut frame: Bytes) -> Reply {
     let topics = shared.topics.clone();
     let broker_id = shared.config.node_id;
     let correlation_id = header.correlation_id;
-    let cluster = shared.cluster.clone();
+    let cluster = shared.broker.clone();
     Box::pin(async move {
         let state =
             tokio::task::spawn_blocking(move || broker_state(&topics, broker_id, &query)).await;
@@ -54,7 +54,7 @@ pub fn handle(shared: &Arc<Shared>, mut frame: Bytes) -> Reply {
             .flat_map(|r| &r.digests)
             .any(|d| d.corrupt_batch.is_some());
         if damaged {
-            cluster.recheck_readiness();
+            cluster.replicas.recheck_readiness();
         }
         let mut buf = BytesMut::new();
         buf.put_i32(correlation_id);

@@ -12,6 +12,7 @@
 use crate::controller::PartitionRecord;
 use crate::error::BrokerError;
 use crate::replication::{follower_high_watermark, IsrChangeResult};
+pub mod acks;
 pub mod flusher;
 pub mod gauges;
 pub mod maintenance;
@@ -19,6 +20,7 @@ pub mod registry;
 pub mod role;
 
 use crate::error::FatalSignal;
+use acks::{AckError, Acks};
 use flusher::{flusher, leader_ack_offset};
 use keel_storage::{AppendInfo, FlushPolicy, Log, LogConfig, StorageError};
 use role::{Role, Timing, Transition};
@@ -124,7 +126,7 @@ pub enum AppendError {
 }
 
 /// Why an acknowledgement wait ended without success.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WaitError {
     TimedOut,
     /// The replica was deleted, lost its leadership, or the broker is stopping.
@@ -362,8 +364,37 @@ impl Replica {
         self.deleted.load(Ordering::Acquire)
     }
 
+    /// Whether batches asking for `acks` may be appended now: the acks rule before the
+    /// append ([`acks::may_append`]).
+    pub(crate) fn may_append(&self, acks: Acks) -> Result<(), AckError> {
+        acks::may_append(acks, self.isr_size(), self.min_insync_replicas_count())
+    }
+
+    /// Waits until `end_offset` (one past the last appended offset) is acknowledged at the
+    /// level `acks` asks for, then answers by the acks rule ([`acks::outcome`]).
+    pub(crate) async fn acknowledged(
+        &self,
+        acks: Acks,
+        end_offset: i64,
+        timeout: Duration,
+    ) -> Result<(), AckError> {
+        let waited = self.wait_acked(acks, end_offset, timeout).await;
+        acks::outcome(
+            acks,
+            waited,
+            end_offset,
+            self.high_watermark(),
+            self.isr_size(),
+            self.min_insync_replicas_count(),
+        )
+    }
+
+    fn min_insync_replicas_count(&self) -> usize {
+        self.min_insync_replicas.max(1) as usize
+    }
+
     /// Appends a produce request's batches as leader. Returns once the bytes are in the
-    /// log (page cache); acknowledgement waits are separate ([`Replica::wait_acked`]).
+    /// log (page cache); acknowledgement waits are separate ([`Replica::acknowledged`]).
     pub fn append(&self, records: &[u8]) -> Result<AppendInfo, AppendError> {
         let leadership = self.leadership.read().unwrap_or_else(|p| p.into_inner());
         let leader_epoch = {
@@ -383,15 +414,15 @@ impl Replica {
     }
 
     /// Waits until `end_offset` (one past the last appended offset) is acknowledged at
-    /// the level `acks` asks for: 1 = on the leader (durable under `always`), -1 = below
-    /// the high watermark.
-    pub async fn wait_acked(
+    /// the level `acks` asks for: on the leader (durable under `always`), or below the high
+    /// watermark for `acks=all`.
+    async fn wait_acked(
         &self,
-        acks: i16,
+        acks: Acks,
         end_offset: i64,
         timeout: Duration,
     ) -> Result<(), WaitError> {
-        let mut rx = if acks == -1 || !self.flush_always {
+        let mut rx = if acks == Acks::All || !self.flush_always {
             self.hw.subscribe()
         } else {
             self.durable.subscribe()
