@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -17,7 +17,7 @@ pub fn now_ms() -> i64 {
 static LAG_CLOCK: Mutex<LagClock> = Mutex::new(LagClock::new());
 
 /// Reads the lag clock, letting it advance at most `max_step_ms` since the previous reading.
-pub fn lag_clock_ms(max_step_ms: u64) -> u64 {
+pub(crate) fn lag_clock_ms(max_step_ms: u64) -> u64 {
     let wall = now_ms().max(0) as u64;
     LAG_CLOCK
         .lock()

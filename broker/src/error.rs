@@ -42,7 +42,7 @@ impl BrokerError {
 }
 
 /// The Kafka error code a client gets for a storage failure of one partition.
-pub fn storage_error_code(e: &StorageError) -> ResponseError {
+pub(crate) fn storage_error_code(e: &StorageError) -> ResponseError {
     match e {
         StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         StorageError::CorruptBatch { .. } => ResponseError::CorruptMessage,
@@ -52,7 +52,7 @@ pub fn storage_error_code(e: &StorageError) -> ResponseError {
 }
 
 /// The Kafka error code a producer gets for a partition its batches were not acknowledged on.
-pub fn ack_error_code(e: AckError) -> ResponseError {
+pub(crate) fn ack_error_code(e: AckError) -> ResponseError {
     match e {
         AckError::NotEnoughReplicas => ResponseError::NotEnoughReplicas,
         AckError::NotEnoughReplicasAfterAppend => ResponseError::NotEnoughReplicasAfterAppend,
@@ -61,20 +61,16 @@ pub fn ack_error_code(e: AckError) -> ResponseError {
     }
 }
 
-pub fn code(e: Option<ResponseError>) -> i16 {
-    e.map_or(0, |e| e.code())
-}
-
 /// Raised by any task that hits an error the broker cannot survive (an fsync failure:
 /// after one, the kernel may have dropped dirty pages, so nobody knows what is on disk).
 #[derive(Clone, Default)]
-pub struct FatalSignal {
+pub(crate) struct FatalSignal {
     token: CancellationToken,
     reason: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl FatalSignal {
-    pub fn raise(&self, reason: String) {
+    pub(crate) fn raise(&self, reason: String) {
         tracing::error!(%reason, "fatal error, stopping the broker");
         self.reason
             .lock()
@@ -83,7 +79,7 @@ impl FatalSignal {
         self.token.cancel();
     }
 
-    pub async fn raised(&self) -> String {
+    pub(crate) async fn raised(&self) -> String {
         self.token.cancelled().await;
         self.reason
             .lock()

@@ -17,21 +17,27 @@
 //! - [`config`], [`error`], [`metrics`], [`clock`], [`topic_config`], [`upgrade`],
 //!   [`alloc_guard`]: the leaves everything else uses.
 
+#![warn(unreachable_pub)]
+
 pub mod alloc_guard;
-pub mod broker;
-pub mod clock;
+pub(crate) mod broker;
+pub(crate) mod clock;
 pub mod config;
-pub mod controller;
-pub mod error;
-pub mod handlers;
+pub(crate) mod controller;
+pub(crate) mod error;
+pub(crate) mod handlers;
 pub mod metrics;
-pub mod node;
-pub mod partition;
-pub mod replication;
-pub mod server;
-pub mod topic_config;
-pub mod upgrade;
+pub(crate) mod node;
+pub(crate) mod partition;
+pub(crate) mod replication;
+pub(crate) mod server;
+pub(crate) mod topic_config;
+pub(crate) mod upgrade;
 
 pub use config::{BrokerConfig, ConfigError};
+/// The metadata log's record format, for tools and tests that read it with Fetch.
+pub use controller::{
+    decode_batches, MetadataLogError, MetadataRecord, PartitionRecord, METADATA_TOPIC,
+};
 pub use error::BrokerError;
 pub use node::{Broker, BrokerHandle};

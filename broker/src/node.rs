@@ -151,6 +151,9 @@ async fn start_controller(
         default_min_insync_replicas: config.min_insync_replicas,
         default_partitions: config.num_partitions,
     };
+    controller_config
+        .validate()
+        .map_err(|e| BrokerError::Fatal(format!("controller configuration: {e}")))?;
     let dir = config.data_dir.join(format!("{METADATA_TOPIC}-0"));
     let driver = ControllerDriver::open(&dir, controller_config)
         .map_err(|e| BrokerError::Fatal(format!("opening the metadata log: {e}")))?;
@@ -228,7 +231,7 @@ async fn start_broker(
     ));
     let cluster = broker::BrokerRuntime::new(
         config.clone(),
-        advertised.clone(),
+        advertised,
         voter,
         topics.clone(),
         background.clone(),
@@ -237,7 +240,6 @@ async fn start_broker(
     let shared = Arc::new(Shared {
         config,
         topics: topics.clone(),
-        advertised,
         stop: listeners_stop.clone(),
         broker: cluster.clone(),
     });

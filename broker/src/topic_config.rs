@@ -5,7 +5,7 @@ use keel_storage::LogConfig;
 use std::collections::BTreeMap;
 
 /// Kafka's topic-name rules.
-pub fn validate_topic_name(name: &str) -> Result<(), &'static str> {
+pub(crate) fn validate_topic_name(name: &str) -> Result<(), &'static str> {
     let bad = Err;
     if name.is_empty() {
         return bad("empty");
@@ -26,7 +26,7 @@ pub fn validate_topic_name(name: &str) -> Result<(), &'static str> {
 }
 
 /// Topic-level configs Keel accepts, applied over the broker's log defaults.
-pub const TOPIC_CONFIG_KEYS: &[&str] = &[
+pub(crate) const TOPIC_CONFIG_KEYS: &[&str] = &[
     "cleanup.policy",
     "retention.ms",
     "retention.bytes",
@@ -38,7 +38,7 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
 
 /// The topic's `min.insync.replicas` (1..=2^31-1), or `default` when it sets none. The one
 /// parser for it: validation on create and every replica open use this.
-pub fn topic_min_insync_replicas(
+pub(crate) fn topic_min_insync_replicas(
     configs: &BTreeMap<String, String>,
     default: i32,
 ) -> Result<i32, String> {
@@ -54,7 +54,7 @@ pub fn topic_min_insync_replicas(
     }
 }
 
-pub fn topic_log_config(
+pub(crate) fn topic_log_config(
     defaults: &LogConfig,
     configs: &BTreeMap<String, String>,
 ) -> Result<LogConfig, String> {

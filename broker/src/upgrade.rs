@@ -21,9 +21,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// The registry file of a broker from before the one control plane.
-pub const STANDALONE_REGISTRY: &str = "topics.toml";
+pub(crate) const STANDALONE_REGISTRY: &str = "topics.toml";
 /// What it is renamed to once imported.
-pub const IMPORTED_REGISTRY: &str = "topics.toml.imported";
+pub(crate) const IMPORTED_REGISTRY: &str = "topics.toml.imported";
 
 #[derive(Debug, Deserialize)]
 struct RegistryFile {
@@ -49,7 +49,7 @@ fn upgrade_error(data_dir: &Path, reason: impl Into<String>) -> BrokerError {
 
 /// Imports `<data>/topics.toml`, if there is one, into the metadata log of this node's
 /// controller (`driver`); refuses to start a node that cannot.
-pub fn import_standalone_topics(
+pub(crate) fn import_standalone_topics(
     config: &BrokerConfig,
     driver: Option<&ControllerDriver>,
 ) -> Result<(), BrokerError> {

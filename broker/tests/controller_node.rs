@@ -10,7 +10,7 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, Fetc
 use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
 use kafka_protocol::messages::{BrokerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use keel_broker::controller::{decode_batches, MetadataRecord, METADATA_TOPIC};
+use keel_broker::{decode_batches, MetadataRecord, METADATA_TOPIC};
 use keel_broker::{Broker, BrokerConfig, BrokerHandle};
 use keel_client::connection::Connection;
 use std::path::Path;

@@ -380,7 +380,7 @@ pub(crate) fn repair(r: &Replica, bad: i64) -> Result<i64, FetchError> {
 
 /// Applies a truncation decision to a follower replica: truncates, counts it (truncations,
 /// records and bytes removed), logs `why`, and adopts the HW only afterwards. Returns the
-/// new log end. `NoTruncation` and `AskAgain` cut nothing and are not counted.
+/// new log end.
 fn truncate(r: &Replica, decision: TruncationDecision, why: &str) -> Result<i64, FetchError> {
     let log = r.log();
     let leo = log.log_end_offset();
@@ -393,22 +393,12 @@ fn truncate(r: &Replica, decision: TruncationDecision, why: &str) -> Result<i64,
         TruncationDecision::TruncateFully { start_offset } => log
             .truncate_fully_and_start_at(start_offset)
             .map(|()| start_offset),
-        TruncationDecision::NoTruncation | TruncationDecision::AskAgain { .. } => Ok(leo),
     }?;
-    let cut = !matches!(
-        decision,
-        TruncationDecision::NoTruncation | TruncationDecision::AskAgain { .. }
-    );
-    if cut {
-        metrics::counter!(m::TRUNCATIONS_TOTAL).increment(1);
-        metrics::counter!(m::TRUNCATED_RECORDS_TOTAL)
-            .increment(leo.saturating_sub(to).max(0) as u64);
-        metrics::counter!(m::TRUNCATED_BYTES_TOTAL)
-            .increment(size_before.saturating_sub(log.size_bytes()));
-        tracing::info!(topic = %r.topic, partition = r.partition, from = leo, to, ?decision, "truncated follower log: {why}");
-    } else {
-        tracing::debug!(topic = %r.topic, partition = r.partition, ?decision, "no truncation needed: {why}");
-    }
+    metrics::counter!(m::TRUNCATIONS_TOTAL).increment(1);
+    metrics::counter!(m::TRUNCATED_RECORDS_TOTAL).increment(leo.saturating_sub(to).max(0) as u64);
+    metrics::counter!(m::TRUNCATED_BYTES_TOTAL)
+        .increment(size_before.saturating_sub(log.size_bytes()));
+    tracing::info!(topic = %r.topic, partition = r.partition, from = leo, to, ?decision, "truncated follower log: {why}");
     r.follower_appended();
     r.set_follower_hw(r.high_watermark());
     Ok(to)

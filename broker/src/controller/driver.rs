@@ -19,11 +19,11 @@ use tokio::sync::watch;
 
 /// A topic of a broker from before the one control plane, to import.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImportedTopic {
-    pub name: String,
-    pub id: uuid::Uuid,
-    pub partitions: i32,
-    pub configs: BTreeMap<String, String>,
+pub(crate) struct ImportedTopic {
+    pub(crate) name: String,
+    pub(crate) id: uuid::Uuid,
+    pub(crate) partitions: i32,
+    pub(crate) configs: BTreeMap<String, String>,
 }
 
 fn topic_id(records: &[MetadataRecord]) -> Option<uuid::Uuid> {
@@ -34,7 +34,7 @@ fn topic_id(records: &[MetadataRecord]) -> Option<uuid::Uuid> {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum DriverError {
+pub(crate) enum DriverError {
     /// The command was refused; nothing was written.
     #[error(transparent)]
     Refused(#[from] ControllerError),
@@ -48,7 +48,7 @@ struct Inner {
     log: MetadataLog,
 }
 
-pub struct ControllerDriver {
+pub(crate) struct ControllerDriver {
     inner: Mutex<Inner>,
     /// The metadata log end offset, for brokers' long-polling metadata fetches.
     end: watch::Sender<i64>,
@@ -56,7 +56,7 @@ pub struct ControllerDriver {
 
 impl ControllerDriver {
     /// Opens the metadata log in `dir` and replays it into a fresh controller.
-    pub fn open(dir: &Path, config: ControllerConfig) -> Result<Self, DriverError> {
+    pub(crate) fn open(dir: &Path, config: ControllerConfig) -> Result<Self, DriverError> {
         let log = MetadataLog::open(dir)?;
         let mut image = MetadataImage::new();
         let replayed = log.replay(&mut image)?;
@@ -105,21 +105,21 @@ impl ControllerDriver {
     }
 
     /// A copy of the committed image.
-    pub fn image(&self) -> MetadataImage {
+    pub(crate) fn image(&self) -> MetadataImage {
         self.lock().controller.image().clone()
     }
 
     /// Watches the metadata log's end offset.
-    pub fn subscribe_end(&self) -> watch::Receiver<i64> {
+    pub(crate) fn subscribe_end(&self) -> watch::Receiver<i64> {
         self.end.subscribe()
     }
 
     /// Runs `f` with the metadata log (to serve metadata fetches).
-    pub fn with_log<T>(&self, f: impl FnOnce(&MetadataLog) -> T) -> T {
+    pub(crate) fn with_log<T>(&self, f: impl FnOnce(&MetadataLog) -> T) -> T {
         f(&self.lock().log)
     }
 
-    pub fn register(
+    pub(crate) fn register(
         &self,
         id: i32,
         host: &str,
@@ -133,7 +133,7 @@ impl ControllerDriver {
         Ok(epoch)
     }
 
-    pub fn heartbeat(
+    pub(crate) fn heartbeat(
         &self,
         id: i32,
         epoch: i64,
@@ -156,7 +156,7 @@ impl ControllerDriver {
     }
 
     /// Fences silent brokers and moves leaderships; returns how many records it wrote.
-    pub fn tick(&self, now_ms: u64) -> Result<usize, DriverError> {
+    pub(crate) fn tick(&self, now_ms: u64) -> Result<usize, DriverError> {
         let mut inner = self.lock();
         let records = inner.controller.tick(now_ms);
         self.commit(&mut inner, &records, now_ms)?;
@@ -165,7 +165,7 @@ impl ControllerDriver {
 
     /// Creates a topic; returns its id. With `validate_only` the command is only checked:
     /// nothing is written and the id is nil.
-    pub fn create_topic(
+    pub(crate) fn create_topic(
         &self,
         t: &NewTopic,
         validate_only: bool,
@@ -183,7 +183,7 @@ impl ControllerDriver {
 
     /// Writes the topics a broker kept before the one control plane (see
     /// [`Controller::import_topic`]) in one batch; a topic already imported is skipped.
-    pub fn import_topics(
+    pub(crate) fn import_topics(
         &self,
         topics: &[ImportedTopic],
         broker: i32,
@@ -207,13 +207,13 @@ impl ControllerDriver {
         Ok(imported)
     }
 
-    pub fn delete_topic(&self, name: &str, now_ms: u64) -> Result<(), DriverError> {
+    pub(crate) fn delete_topic(&self, name: &str, now_ms: u64) -> Result<(), DriverError> {
         let mut inner = self.lock();
         let records = inner.controller.delete_topic(name)?;
         self.commit(&mut inner, &records, now_ms)
     }
 
-    pub fn alter_partition(
+    pub(crate) fn alter_partition(
         &self,
         req: &AlterPartitionRequest,
         now_ms: u64,

@@ -4,7 +4,7 @@ use kafka_protocol::ResponseError;
 
 /// Why the controller refused a command. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ControllerError {
+pub(crate) enum ControllerError {
     #[error("broker {id} is not registered")]
     BrokerIdNotRegistered { id: i32 },
     #[error("broker {id}: stale broker epoch {given} (current {current})")]
@@ -61,11 +61,11 @@ pub enum ControllerError {
 
 impl ControllerError {
     /// The Kafka error code to answer with.
-    pub fn code(&self) -> i16 {
+    pub(crate) fn code(&self) -> i16 {
         self.response_error().code()
     }
 
-    pub fn response_error(&self) -> ResponseError {
+    pub(crate) fn response_error(&self) -> ResponseError {
         match self {
             Self::BrokerIdNotRegistered { .. } => ResponseError::BrokerIdNotRegistered,
             Self::StaleBrokerEpoch { .. } => ResponseError::StaleBrokerEpoch,

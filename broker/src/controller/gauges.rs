@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Refreshes the controller's gauges every `interval` until `stop`.
-pub async fn controller_gauges(
+pub(crate) async fn controller_gauges(
     driver: Arc<crate::controller::ControllerDriver>,
     interval: Duration,
     stop: CancellationToken,

@@ -10,31 +10,31 @@ use uuid::Uuid;
 
 /// A registered broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerInfo {
-    pub id: i32,
+pub(crate) struct BrokerInfo {
+    pub(crate) id: i32,
     /// Strictly greater than every earlier epoch of this id.
-    pub epoch: i64,
-    pub host: String,
-    pub port: i32,
+    pub(crate) epoch: i64,
+    pub(crate) host: String,
+    pub(crate) port: i32,
     /// A fenced broker leads nothing and joins no ISR.
-    pub fenced: bool,
+    pub(crate) fenced: bool,
     /// Offset of the `RegisterBroker` record; the broker is caught up once its metadata
     /// offset reaches it.
-    pub registered_at: i64,
+    pub(crate) registered_at: i64,
 }
 
 /// A topic and its partitions (indexed by partition id).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicImage {
-    pub name: String,
-    pub id: Uuid,
-    pub configs: BTreeMap<String, String>,
-    pub partitions: Vec<PartitionRecord>,
+pub(crate) struct TopicImage {
+    pub(crate) name: String,
+    pub(crate) id: Uuid,
+    pub(crate) configs: BTreeMap<String, String>,
+    pub(crate) partitions: Vec<PartitionRecord>,
 }
 
 /// Cluster metadata as of `offset`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetadataImage {
+pub(crate) struct MetadataImage {
     brokers: BTreeMap<i32, BrokerInfo>,
     topics: BTreeMap<String, TopicImage>,
     topic_names: BTreeMap<Uuid, String>,
@@ -44,19 +44,19 @@ pub struct MetadataImage {
 
 /// Counts for the controller's gauges.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ImageStats {
-    pub registered: usize,
-    pub fenced: usize,
-    pub partitions: usize,
+pub(crate) struct ImageStats {
+    pub(crate) registered: usize,
+    pub(crate) fenced: usize,
+    pub(crate) partitions: usize,
     /// Partitions without a leader.
-    pub offline_partitions: usize,
-    pub offset: i64,
+    pub(crate) offline_partitions: usize,
+    pub(crate) offset: i64,
 }
 
 /// Whether writing `new` over `old` elects a leader: an existing partition gets a
 /// different leader that is not [`NO_LEADER`](super::records::NO_LEADER). A new topic's
 /// first leaders and a partition going leaderless are not elections.
-pub fn is_leader_election(old: Option<&PartitionRecord>, new: &PartitionRecord) -> bool {
+pub(crate) fn is_leader_election(old: Option<&PartitionRecord>, new: &PartitionRecord) -> bool {
     old.is_some_and(|o| o.leader != new.leader) && new.has_leader()
 }
 
@@ -68,7 +68,7 @@ impl Default for MetadataImage {
 
 impl MetadataImage {
     /// The empty image, before the first record (offset -1).
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             brokers: BTreeMap::new(),
             topics: BTreeMap::new(),
@@ -85,7 +85,7 @@ impl MetadataImage {
     /// Records that refer to something that is not there (a fence of a stale broker
     /// epoch, a partition of an unknown topic, a `RemoveTopic` whose id does not match)
     /// only move the offset: the log is the truth and stays replayable.
-    pub fn apply(&mut self, offset: i64, record: &MetadataRecord) -> bool {
+    pub(crate) fn apply(&mut self, offset: i64, record: &MetadataRecord) -> bool {
         if offset <= self.offset {
             return false;
         }
@@ -175,13 +175,13 @@ impl MetadataImage {
     }
 
     /// Offset of the last applied record, -1 before the first.
-    pub fn offset(&self) -> i64 {
+    pub(crate) fn offset(&self) -> i64 {
         self.offset
     }
 
     /// Where the next topic's replica assignment starts.
     /// Broker and partition counts for the controller's gauges.
-    pub fn stats(&self) -> ImageStats {
+    pub(crate) fn stats(&self) -> ImageStats {
         let partitions: Vec<_> = self.partitions().collect();
         ImageStats {
             registered: self.brokers.len(),
@@ -192,71 +192,75 @@ impl MetadataImage {
         }
     }
 
-    pub fn assignment_cursor(&self) -> u32 {
+    pub(crate) fn assignment_cursor(&self) -> u32 {
         self.assignment_cursor
     }
 
-    pub fn broker(&self, id: i32) -> Option<&BrokerInfo> {
+    pub(crate) fn broker(&self, id: i32) -> Option<&BrokerInfo> {
         self.brokers.get(&id)
     }
 
     /// Every registered broker, by id.
-    pub fn brokers(&self) -> impl Iterator<Item = &BrokerInfo> + '_ {
+    pub(crate) fn brokers(&self) -> impl Iterator<Item = &BrokerInfo> + '_ {
         self.brokers.values()
     }
 
     /// Unfenced brokers, by id.
-    pub fn unfenced_brokers(&self) -> impl Iterator<Item = &BrokerInfo> + '_ {
+    pub(crate) fn unfenced_brokers(&self) -> impl Iterator<Item = &BrokerInfo> + '_ {
         self.brokers.values().filter(|b| !b.fenced)
     }
 
-    pub fn is_unfenced(&self, id: i32) -> bool {
+    pub(crate) fn is_unfenced(&self, id: i32) -> bool {
         self.brokers.get(&id).is_some_and(|b| !b.fenced)
     }
 
-    pub fn topic(&self, name: &str) -> Option<&TopicImage> {
+    pub(crate) fn topic(&self, name: &str) -> Option<&TopicImage> {
         self.topics.get(name)
     }
 
-    pub fn topic_by_id(&self, id: Uuid) -> Option<&TopicImage> {
+    pub(crate) fn topic_by_id(&self, id: Uuid) -> Option<&TopicImage> {
         self.topic_names.get(&id).and_then(|n| self.topics.get(n))
     }
 
     /// Every topic, by name.
-    pub fn topics(&self) -> impl Iterator<Item = &TopicImage> + '_ {
+    pub(crate) fn topics(&self) -> impl Iterator<Item = &TopicImage> + '_ {
         self.topics.values()
     }
 
-    pub fn partition(&self, topic: &str, partition: i32) -> Option<&PartitionRecord> {
+    pub(crate) fn partition(&self, topic: &str, partition: i32) -> Option<&PartitionRecord> {
         let i = usize::try_from(partition).ok()?;
         self.topics.get(topic)?.partitions.get(i)
     }
 
     /// Every partition of every topic, by topic name then partition.
-    pub fn partitions(&self) -> impl Iterator<Item = &PartitionRecord> + '_ {
+    pub(crate) fn partitions(&self) -> impl Iterator<Item = &PartitionRecord> + '_ {
         self.topics.values().flat_map(|t| t.partitions.iter())
     }
 
-    pub fn partitions_led_by(&self, id: i32) -> impl Iterator<Item = &PartitionRecord> + '_ {
+    pub(crate) fn partitions_led_by(&self, id: i32) -> impl Iterator<Item = &PartitionRecord> + '_ {
         self.partitions().filter(move |p| p.leader == id)
     }
 
     /// Whether fencing broker `id` leaves every partition whose ISR holds it another unfenced
     /// ISR member, so that none becomes leaderless.
-    pub fn can_fence_without_leaderless(&self, id: i32) -> bool {
+    pub(crate) fn can_fence_without_leaderless(&self, id: i32) -> bool {
         self.partitions()
             .filter(|p| p.isr.contains(&id))
             .all(|p| p.isr.iter().any(|&b| b != id && self.is_unfenced(b)))
     }
 
-    pub fn partitions_with_replica(&self, id: i32) -> impl Iterator<Item = &PartitionRecord> + '_ {
+    #[cfg(test)]
+    pub(crate) fn partitions_with_replica(
+        &self,
+        id: i32,
+    ) -> impl Iterator<Item = &PartitionRecord> + '_ {
         self.partitions().filter(move |p| p.replicas.contains(&id))
     }
 }
 
 /// What a broker must do with its local replicas after its image moved from `old` to `new`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplicaChange {
+pub(crate) enum ReplicaChange {
     BecomeLeader {
         topic: String,
         topic_id: Uuid,
@@ -283,7 +287,7 @@ pub enum ReplicaChange {
 /// topic re-created under the same name is deleted before it is created again), then
 /// `BecomeLeader` / `BecomeFollower` for every partition where this broker is a replica
 /// and the partition record is new or changed. Ordered by topic name, then partition.
-pub fn diff(old: &MetadataImage, new: &MetadataImage, broker_id: i32) -> Vec<ReplicaChange> {
+pub(crate) fn diff(old: &MetadataImage, new: &MetadataImage, broker_id: i32) -> Vec<ReplicaChange> {
     let mut removes = Vec::new();
     let mut becomes = Vec::new();
     let hosts = |p: &PartitionRecord| p.replicas.contains(&broker_id);

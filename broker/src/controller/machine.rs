@@ -11,19 +11,19 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use uuid::Uuid;
 
 /// Largest partition count a topic may be created with.
-pub const MAX_PARTITIONS: i32 = 100_000;
+pub(crate) const MAX_PARTITIONS: i32 = 100_000;
 
 /// Controller settings (Kafka names in the field docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControllerConfig {
+pub(crate) struct ControllerConfig {
     /// `broker.session.timeout.ms`: an unfenced broker silent for longer is fenced.
-    pub session_timeout_ms: u64,
+    pub(crate) session_timeout_ms: u64,
     /// `default.replication.factor`, for topics created without one.
-    pub default_replication_factor: i16,
+    pub(crate) default_replication_factor: i16,
     /// `min.insync.replicas`, written into the configs of topics created without one.
-    pub default_min_insync_replicas: i32,
+    pub(crate) default_min_insync_replicas: i32,
     /// `num.partitions`, for topics created without a partition count.
-    pub default_partitions: i32,
+    pub(crate) default_partitions: i32,
 }
 
 impl Default for ControllerConfig {
@@ -38,7 +38,7 @@ impl Default for ControllerConfig {
 }
 
 impl ControllerConfig {
-    pub fn validate(&self) -> Result<(), ControllerError> {
+    pub(crate) fn validate(&self) -> Result<(), ControllerError> {
         let bad = |what: &str| Err(ControllerError::InvalidConfig(what.to_string()));
         if self.session_timeout_ms == 0 {
             return bad("broker.session.timeout.ms must be positive");
@@ -58,37 +58,37 @@ impl ControllerConfig {
 
 /// A topic to create, as CreateTopics asks for it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NewTopic {
-    pub name: String,
+pub(crate) struct NewTopic {
+    pub(crate) name: String,
     /// `None`: `num.partitions`. Ignored with `assignments`.
-    pub partitions: Option<i32>,
+    pub(crate) partitions: Option<i32>,
     /// `None`: `default.replication.factor`. Ignored with `assignments`.
-    pub replication_factor: Option<i16>,
+    pub(crate) replication_factor: Option<i16>,
     /// The replicas of partition `i` at index `i`; empty: assigned round-robin.
-    pub assignments: Vec<Vec<i32>>,
-    pub configs: BTreeMap<String, String>,
+    pub(crate) assignments: Vec<Vec<i32>>,
+    pub(crate) configs: BTreeMap<String, String>,
 }
 
 /// The answer to a broker heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeartbeatReply {
+pub(crate) struct HeartbeatReply {
     /// Fenced once the returned records are applied.
-    pub fenced: bool,
+    pub(crate) fenced: bool,
     /// The broker asked to shut down, is fenced and leads nothing in the committed image.
-    pub should_shutdown: bool,
+    pub(crate) should_shutdown: bool,
 }
 
 /// A leader's ISR change (Kafka AlterPartition, one partition).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AlterPartitionRequest {
-    pub broker_id: i32,
-    pub broker_epoch: i64,
-    pub topic: String,
-    pub partition: i32,
-    pub leader_epoch: i32,
-    pub partition_epoch: i32,
+pub(crate) struct AlterPartitionRequest {
+    pub(crate) broker_id: i32,
+    pub(crate) broker_epoch: i64,
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) leader_epoch: i32,
+    pub(crate) partition_epoch: i32,
     /// (replica id, its broker epoch as the leader knows it).
-    pub new_isr: Vec<(i32, i64)>,
+    pub(crate) new_isr: Vec<(i32, i64)>,
 }
 
 /// The controller: the committed image plus runtime liveness state.
@@ -98,7 +98,7 @@ pub struct AlterPartitionRequest {
 /// the next command (a broker epoch is the offset its `RegisterBroker` record will get,
 /// so commands must not be pipelined ahead of their records).
 #[derive(Debug, Clone)]
-pub struct Controller {
+pub(crate) struct Controller {
     image: MetadataImage,
     config: ControllerConfig,
     /// Last heartbeat (or registration) time per broker. Runtime only: after a restart
@@ -115,12 +115,13 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub fn new(config: ControllerConfig) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(config: ControllerConfig) -> Self {
         Self::from_image(config, MetadataImage::new())
     }
 
     /// A controller over an image replayed from the metadata log.
-    pub fn from_image(config: ControllerConfig, image: MetadataImage) -> Self {
+    pub(crate) fn from_image(config: ControllerConfig, image: MetadataImage) -> Self {
         Self {
             image,
             config,
@@ -130,16 +131,12 @@ impl Controller {
         }
     }
 
-    pub fn image(&self) -> &MetadataImage {
+    pub(crate) fn image(&self) -> &MetadataImage {
         &self.image
     }
 
-    pub fn config(&self) -> &ControllerConfig {
-        &self.config
-    }
-
     /// Applies a record the driver has persisted at `offset`.
-    pub fn apply(&mut self, offset: i64, record: &MetadataRecord) -> bool {
+    pub(crate) fn apply(&mut self, offset: i64, record: &MetadataRecord) -> bool {
         self.image.apply(offset, record)
     }
 
@@ -147,7 +144,7 @@ impl Controller {
     /// which is greater than any epoch the id had before. The broker starts fenced and,
     /// since a new incarnation has lost its predecessor's in-memory state, leaves every
     /// ISR the way a fenced broker does.
-    pub fn register(
+    pub(crate) fn register(
         &mut self,
         id: i32,
         host: &str,
@@ -184,7 +181,8 @@ impl Controller {
     /// log up to its own registration; fences a broker that wants to shut down (which
     /// moves its leaderships away in the same records), and tells it to go once the
     /// committed image shows it leading nothing.
-    pub fn heartbeat(
+    #[cfg(test)]
+    pub(crate) fn heartbeat(
         &mut self,
         id: i32,
         epoch: i64,
@@ -198,7 +196,7 @@ impl Controller {
     /// [`Controller::heartbeat`] with Kafka's `want_fence`: a broker that is not ready to
     /// serve (e.g. a replica recovered below its checkpointed HW has not caught up, or one
     /// is being repaired) is fenced — out of every ISR and election — while it asks.
-    pub fn heartbeat_with(
+    pub(crate) fn heartbeat_with(
         &mut self,
         id: i32,
         epoch: i64,
@@ -245,7 +243,7 @@ impl Controller {
     /// timeout, elects leaders for leaderless partitions that have an unfenced ISR
     /// member, and gives leadership back to preferred replicas (`replicas[0]`) that are
     /// in the ISR and were already unfenced at the previous tick.
-    pub fn tick(&mut self, now_ms: u64) -> Vec<MetadataRecord> {
+    pub(crate) fn tick(&mut self, now_ms: u64) -> Vec<MetadataRecord> {
         let mut expired = Vec::new();
         for b in self.image.unfenced_brokers() {
             let last = *self.last_heartbeat_ms.entry(b.id).or_insert(now_ms);
@@ -273,7 +271,7 @@ impl Controller {
     /// goes to `brokers[(cursor + p + j) % n]`) and moving the cursor past this topic.
     /// `None` or `-1` take the configured defaults. A `min.insync.replicas` config is
     /// added from the defaults when absent, so brokers read it from the image alone.
-    pub fn create_topic(
+    pub(crate) fn create_topic(
         &self,
         name: &str,
         partitions: Option<i32>,
@@ -323,7 +321,7 @@ impl Controller {
     }
 
     /// [`Self::create_topic`] or [`Self::create_topic_assigned`], as `t` asks.
-    pub fn new_topic(&self, t: &NewTopic) -> Result<Vec<MetadataRecord>, ControllerError> {
+    pub(crate) fn new_topic(&self, t: &NewTopic) -> Result<Vec<MetadataRecord>, ControllerError> {
         if t.assignments.is_empty() {
             self.create_topic(
                 &t.name,
@@ -345,7 +343,7 @@ impl Controller {
     /// Creates a topic with the replicas given per partition (CreateTopics `assignments`):
     /// partition `i` gets `assignments[i]`, every list of one length, of distinct registered
     /// brokers. The first unfenced one leads.
-    pub fn create_topic_assigned(
+    pub(crate) fn create_topic_assigned(
         &self,
         name: &str,
         assignments: Vec<Vec<i32>>,
@@ -391,7 +389,7 @@ impl Controller {
     /// ISR of one and leaderless until that broker registers and is unfenced. Refused if a
     /// topic of that name exists, unless it is this very topic (an import that stopped
     /// half-way and runs again).
-    pub fn import_topic(
+    pub(crate) fn import_topic(
         &self,
         name: &str,
         id: Uuid,
@@ -473,7 +471,7 @@ impl Controller {
     }
 
     /// Deletes a topic; brokers remove their replicas when they replay the record.
-    pub fn delete_topic(&self, name: &str) -> Result<Vec<MetadataRecord>, ControllerError> {
+    pub(crate) fn delete_topic(&self, name: &str) -> Result<Vec<MetadataRecord>, ControllerError> {
         let topic = self
             .image
             .topic(name)
@@ -489,7 +487,7 @@ impl Controller {
     /// like Kafka's `validateAlterPartitionData`. Returns the partition state the leader
     /// should adopt (the current one if nothing changes) and the records to persist.
     /// The new ISR is stored in `replicas` order.
-    pub fn alter_partition(
+    pub(crate) fn alter_partition(
         &self,
         req: &AlterPartitionRequest,
     ) -> Result<(PartitionRecord, Vec<MetadataRecord>), ControllerError> {

@@ -26,7 +26,7 @@ pub enum MetadataLogError {
     Encode(String),
 }
 
-pub struct MetadataLog {
+pub(crate) struct MetadataLog {
     log: Log,
 }
 
@@ -35,7 +35,7 @@ const CONTROLLER_EPOCH: i32 = 0;
 
 impl MetadataLog {
     /// Opens (recovers) the metadata log in `dir`. It keeps every record: no retention.
-    pub fn open(dir: &Path) -> Result<Self, MetadataLogError> {
+    pub(crate) fn open(dir: &Path) -> Result<Self, MetadataLogError> {
         let config = LogConfig {
             retention_ms: None,
             retention_bytes: None,
@@ -48,17 +48,21 @@ impl MetadataLog {
         })
     }
 
-    pub fn log(&self) -> &Log {
+    pub(crate) fn log(&self) -> &Log {
         &self.log
     }
 
     /// Offset the next record will get.
-    pub fn next_offset(&self) -> i64 {
+    pub(crate) fn next_offset(&self) -> i64 {
         self.log.log_end_offset()
     }
 
     /// Appends `records` as one batch and fsyncs it. Returns the offset of the first one.
-    pub fn append(&self, records: &[MetadataRecord], now_ms: i64) -> Result<i64, MetadataLogError> {
+    pub(crate) fn append(
+        &self,
+        records: &[MetadataRecord],
+        now_ms: i64,
+    ) -> Result<i64, MetadataLogError> {
         let batch = encode_batch(records, now_ms)?;
         let info = self.log.append_as_leader(&batch, CONTROLLER_EPOCH)?;
         self.log.flush()?;
@@ -67,7 +71,7 @@ impl MetadataLog {
     }
 
     /// Applies every stored record to `image`, in order.
-    pub fn replay(&self, image: &mut MetadataImage) -> Result<usize, MetadataLogError> {
+    pub(crate) fn replay(&self, image: &mut MetadataImage) -> Result<usize, MetadataLogError> {
         let end = self.log.log_end_offset();
         let mut offset = self.log.log_start_offset();
         let mut applied = 0;
@@ -89,7 +93,10 @@ impl MetadataLog {
 }
 
 /// One uncompressed v2 batch holding `records`, offsets from 0 (the log assigns them).
-pub fn encode_batch(records: &[MetadataRecord], now_ms: i64) -> Result<Bytes, MetadataLogError> {
+pub(crate) fn encode_batch(
+    records: &[MetadataRecord],
+    now_ms: i64,
+) -> Result<Bytes, MetadataLogError> {
     let records: Vec<Record> = records
         .iter()
         .enumerate()

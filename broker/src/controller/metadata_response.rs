@@ -11,7 +11,7 @@ use kafka_protocol::ResponseError;
 
 /// A Metadata response from `image`: every unfenced broker, and the topics in `wanted`
 /// (all when `None`). `controller_id` is what clients are told (-1: none of theirs).
-pub fn metadata_response(
+pub(crate) fn metadata_response(
     image: &MetadataImage,
     cluster_id: &str,
     controller_id: i32,

@@ -40,30 +40,29 @@
 //!   partition epoch. ISR changes from leaders are compare-and-sets on both.
 
 mod changes;
-pub mod driver;
+pub(crate) mod driver;
 mod error;
-pub mod gauges;
+pub(crate) mod gauges;
 mod image;
 mod machine;
-pub mod metadata_log;
+pub(crate) mod metadata_log;
 mod metadata_response;
 mod records;
-pub mod service;
+pub(crate) mod service;
 
 #[cfg(test)]
 mod tests;
 
-pub use driver::{ControllerDriver, DriverError, ImportedTopic};
-pub use error::ControllerError;
-pub use image::{
-    diff, is_leader_election, BrokerInfo, ImageStats, MetadataImage, ReplicaChange, TopicImage,
-};
-pub use machine::{
-    AlterPartitionRequest, Controller, ControllerConfig, HeartbeatReply, NewTopic, MAX_PARTITIONS,
-};
-pub use metadata_log::{decode_batches, MetadataLog, MetadataLogError};
-pub use metadata_response::metadata_response;
-pub use records::{MetadataRecord, PartitionRecord, NO_LEADER};
+pub(crate) use driver::{ControllerDriver, DriverError, ImportedTopic};
+pub(crate) use error::ControllerError;
+pub(crate) use image::{diff, MetadataImage, ReplicaChange};
+pub(crate) use machine::{AlterPartitionRequest, ControllerConfig, NewTopic};
+#[cfg(test)]
+pub(crate) use machine::{Controller, HeartbeatReply, MAX_PARTITIONS};
+pub use metadata_log::{decode_batches, MetadataLogError};
+pub(crate) use metadata_response::metadata_response;
+pub(crate) use records::NO_LEADER;
+pub use records::{MetadataRecord, PartitionRecord};
 
 /// Name of the metadata log (partition 0) and a reserved topic name.
 pub const METADATA_TOPIC: &str = "__cluster_metadata";

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// Leader id of a partition that has no leader.
-pub const NO_LEADER: i32 = -1;
+pub(crate) const NO_LEADER: i32 = -1;
 
 /// One change to the cluster metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

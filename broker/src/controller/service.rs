@@ -40,15 +40,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-pub struct ControllerService {
-    pub driver: Arc<ControllerDriver>,
-    pub cluster_id: String,
-    pub max_frame: usize,
-    pub stop: CancellationToken,
-    pub fatal: FatalSignal,
+pub(crate) struct ControllerService {
+    pub(crate) driver: Arc<ControllerDriver>,
+    pub(crate) cluster_id: String,
+    pub(crate) max_frame: usize,
+    pub(crate) stop: CancellationToken,
+    pub(crate) fatal: FatalSignal,
 }
 
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     crate::clock::now_ms().max(0) as u64
 }
 
@@ -385,7 +385,7 @@ impl ControllerService {
 }
 
 /// Fences silent brokers and moves leaderships, every `period`, until `stop`.
-pub async fn tick_loop(
+pub(crate) async fn tick_loop(
     driver: Arc<ControllerDriver>,
     period: Duration,
     stop: CancellationToken,

@@ -8,7 +8,7 @@ use crate::controller::{MetadataImage, PartitionRecord};
 use kafka_protocol::messages::create_topics_request::CreateTopicsRequest;
 use kafka_protocol::messages::create_topics_response::CreateTopicsResponse;
 
-pub fn handle(ctx: &Ctx, req: CreateTopicsRequest) -> Reply {
+pub(crate) fn handle(ctx: &Ctx, req: CreateTopicsRequest) -> Reply {
     let ctx = ctx.clone();
     Box::pin(async move {
         match create_and_settle(&ctx.shared.broker, &req).await {
@@ -51,7 +51,7 @@ const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// UNKNOWN_TOPIC_OR_PARTITION; or until it has seen a new topic deleted again. (Other
 /// brokers apply the same metadata at about the same time; a client that is faster gets a
 /// retriable error.)
-pub async fn create_and_settle(
+pub(crate) async fn create_and_settle(
     rt: &BrokerRuntime,
     req: &CreateTopicsRequest,
 ) -> Result<CreateTopicsResponse, LinkError> {

@@ -4,6 +4,6 @@
 use super::{Ctx, Reply};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicsRequest;
 
-pub fn handle(ctx: &Ctx, req: DeleteTopicsRequest) -> Reply {
+pub(crate) fn handle(ctx: &Ctx, req: DeleteTopicsRequest) -> Reply {
     super::forward_to_controller::<DeleteTopicsRequest>(ctx, req)
 }

@@ -14,7 +14,7 @@ use kafka_protocol::ResponseError;
 /// `endpoint_type` of brokers (the default).
 const BROKERS: i8 = 1;
 
-pub fn handle(ctx: &Ctx, req: DescribeClusterRequest) -> Reply {
+pub(crate) fn handle(ctx: &Ctx, req: DescribeClusterRequest) -> Reply {
     let rt = &ctx.shared.broker;
     let image = rt.image();
     let resp = DescribeClusterResponse::default()

@@ -23,7 +23,7 @@ const TYPE_INT: i8 = 3;
 const TYPE_LONG: i8 = 5;
 const TYPE_LIST: i8 = 7;
 
-pub fn handle(ctx: &Ctx, req: DescribeConfigsRequest) -> Reply {
+pub(crate) fn handle(ctx: &Ctx, req: DescribeConfigsRequest) -> Reply {
     let results = req
         .resources
         .iter()

@@ -55,7 +55,7 @@ enum Reader {
     },
 }
 
-pub fn handle(ctx: Ctx, req: FetchRequest) -> Reply {
+pub(crate) fn handle(ctx: Ctx, req: FetchRequest) -> Reply {
     let topics = &ctx.shared.topics;
     let by_id = ctx.version >= 13;
     let wanted: Vec<Wanted> = req

@@ -9,7 +9,7 @@ use kafka_protocol::messages::BrokerId;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-pub fn handle(ctx: &Ctx, req: FindCoordinatorRequest) -> Reply {
+pub(crate) fn handle(ctx: &Ctx, req: FindCoordinatorRequest) -> Reply {
     let code = ResponseError::CoordinatorNotAvailable.code();
     let message = || {
         Some(StrBytes::from_static_str(

@@ -10,10 +10,10 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::ResponseError;
 
-pub const LATEST: i64 = -1;
-pub const EARLIEST: i64 = -2;
+pub(crate) const LATEST: i64 = -1;
+pub(crate) const EARLIEST: i64 = -2;
 
-pub fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> Reply {
+pub(crate) fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> Reply {
     let topics = &ctx.shared.topics;
     let version = ctx.version;
     let responses = req

@@ -13,7 +13,7 @@ use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-pub fn handle(ctx: &Ctx, req: MetadataRequest) -> Reply {
+pub(crate) fn handle(ctx: &Ctx, req: MetadataRequest) -> Reply {
     let rt = ctx.shared.broker.clone();
     let image = rt.image();
     let all = match &req.topics {
@@ -95,7 +95,7 @@ fn response(
 }
 
 /// The node id clients are told is the controller (see [`response`]).
-pub fn controller_id(rt: &BrokerRuntime, image: &MetadataImage) -> i32 {
+pub(crate) fn controller_id(rt: &BrokerRuntime, image: &MetadataImage) -> i32 {
     let active = rt.link.controller_id();
     if image.is_unfenced(active) {
         active

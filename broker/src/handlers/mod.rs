@@ -1,23 +1,23 @@
 //! One file per Kafka API. [`dispatch`] decodes the body and calls the handler; a handler
 //! does its ordered, synchronous part at once and returns a [`Reply`] future for the rest.
 
-pub mod create_topics;
-pub mod delete_topics;
-pub mod describe_cluster;
-pub mod describe_configs;
-pub mod fetch;
-pub mod find_coordinator;
-pub mod list_offsets;
-pub mod metadata;
-pub mod offset_for_leader_epoch;
-pub mod produce;
-pub mod replica_state;
+pub(crate) mod create_topics;
+pub(crate) mod delete_topics;
+pub(crate) mod describe_cluster;
+pub(crate) mod describe_configs;
+pub(crate) mod fetch;
+pub(crate) mod find_coordinator;
+pub(crate) mod list_offsets;
+pub(crate) mod metadata;
+pub(crate) mod offset_for_leader_epoch;
+pub(crate) mod produce;
+pub(crate) mod replica_state;
 
 use crate::broker::BrokerRuntime;
 use crate::config::BrokerConfig;
 use crate::partition::registry::Topics;
 use crate::server::api_versions;
-pub use crate::server::reply::{decode, Reply, Responder, CLOSE};
+pub(crate) use crate::server::reply::{decode, Reply, Responder, CLOSE};
 use crate::server::RequestError;
 use kafka_protocol::messages::ApiKey;
 use keel_protocol::api::{ParsedRequest, PRODUCE_MIN_SERVED, SUPPORTED_APIS};
@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 /// A request on the Kafka listener: how to answer it, and the broker state it may read.
 #[derive(Clone)]
-pub struct Ctx {
-    pub shared: Arc<Shared>,
-    pub resp: Responder,
+pub(crate) struct Ctx {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) resp: Responder,
 }
 
 impl std::ops::Deref for Ctx {
@@ -41,7 +41,7 @@ impl std::ops::Deref for Ctx {
 
 /// Sends an admin request on to the controller at the client's version and relays the
 /// answer (as Kafka brokers forward to the KRaft controller).
-pub fn forward_to_controller<R>(ctx: &Ctx, req: R) -> Reply
+pub(crate) fn forward_to_controller<R>(ctx: &Ctx, req: R) -> Reply
 where
     R: kafka_protocol::protocol::Request + Send + Sync + 'static,
     R::Response: Send,
@@ -67,7 +67,7 @@ where
 }
 
 /// Decodes the request body and runs its handler. `Ok(None)`: nothing to send.
-pub fn dispatch(
+pub(crate) fn dispatch(
     shared: &Arc<Shared>,
     mut req: ParsedRequest,
 ) -> Result<Option<Reply>, RequestError> {
@@ -107,15 +107,14 @@ pub fn dispatch(
 }
 
 /// What every request handler may read: narrow on purpose.
-pub struct Shared {
-    pub config: BrokerConfig,
-    pub topics: Arc<Topics>,
-    /// Host and port given to clients in Metadata.
-    pub advertised: (String, i32),
+pub(crate) struct Shared {
+    pub(crate) config: BrokerConfig,
+    /// The replicas this broker holds.
+    pub(crate) topics: Arc<Topics>,
     /// Cancelled when the broker stops taking requests.
-    pub stop: CancellationToken,
-    /// The broker's link to the controller and its metadata image.
-    pub broker: Arc<BrokerRuntime>,
+    pub(crate) stop: CancellationToken,
+    /// The broker role: its link to the controller and its metadata image.
+    pub(crate) broker: Arc<BrokerRuntime>,
 }
 
 impl crate::server::Service for Shared {

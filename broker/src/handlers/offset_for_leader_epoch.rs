@@ -12,7 +12,7 @@ use kafka_protocol::ResponseError;
 /// UNDEFINED_EPOCH and UNDEFINED_EPOCH_OFFSET.
 const UNDEFINED: (i32, i64) = (-1, -1);
 
-pub fn handle(ctx: &Ctx, req: OffsetForLeaderEpochRequest) -> Reply {
+pub(crate) fn handle(ctx: &Ctx, req: OffsetForLeaderEpochRequest) -> Reply {
     let topics = &ctx.shared.topics;
     let results = req
         .topics

@@ -26,7 +26,7 @@ enum Outcome {
     Failed(ResponseError, Option<String>),
 }
 
-pub fn handle(ctx: Ctx, req: ProduceRequest) -> Option<Reply> {
+pub(crate) fn handle(ctx: Ctx, req: ProduceRequest) -> Option<Reply> {
     let topics = &ctx.shared.topics;
     let acks = Acks::from_wire(req.acks);
     let mut results = Vec::with_capacity(req.topic_data.len());

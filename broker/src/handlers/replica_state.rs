@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 /// Answers one `ReplicaState` frame (header included). A frame that does not decode closes
 /// the connection, as a bad Kafka request does.
-pub fn handle(shared: &Arc<Shared>, mut frame: Bytes) -> Reply {
+pub(crate) fn handle(shared: &Arc<Shared>, mut frame: Bytes) -> Reply {
     let header = match RequestHeader::decode(&mut frame, 1) {
         Ok(h) => h,
         Err(e) => return refuse(format!("bad ReplicaState header: {e}")),
@@ -75,7 +75,7 @@ fn refuse(reason: String) -> Reply {
 }
 
 /// The state of every replica `query` asks about (blocking: digests read the logs).
-pub fn broker_state(topics: &Topics, broker_id: i32, query: &StateQuery) -> BrokerState {
+pub(crate) fn broker_state(topics: &Topics, broker_id: i32, query: &StateQuery) -> BrokerState {
     let mut replicas = Vec::new();
     for topic in topics.all() {
         let name = &topic.meta.name;

@@ -55,7 +55,7 @@ pub(super) async fn flusher(replica: Arc<Replica>, stop: CancellationToken, fata
 }
 
 /// The offset up to which the leader's own log counts toward acks and the HW.
-pub fn leader_ack_offset(flush_always: bool, leo: i64, durable: i64) -> i64 {
+pub(crate) fn leader_ack_offset(flush_always: bool, leo: i64, durable: i64) -> i64 {
     if flush_always {
         durable
     } else {

@@ -10,19 +10,19 @@ use tokio_util::sync::CancellationToken;
 
 /// The leader-side lag of one follower, as the gauges report it.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FollowerLag {
+pub(crate) struct FollowerLag {
     /// Where the follower's log is taken to end: its LEO, or the log start when that is
     /// unknown or below it (the lag in bytes is counted from here too).
-    pub from: i64,
-    pub records: i64,
-    pub caught_up_age_s: f64,
-    pub fetch_age_s: f64,
+    pub(crate) from: i64,
+    pub(crate) records: i64,
+    pub(crate) caught_up_age_s: f64,
+    pub(crate) fetch_age_s: f64,
 }
 
 /// A follower's lag from the leader's view. A follower that has not fetched yet in this
 /// leadership (LEO unknown, -1) counts from the log start, and its ages from when the
 /// leadership began: it is as far behind as anything the leader knows.
-pub fn follower_lag(
+pub(crate) fn follower_lag(
     f: &super::FollowerStatus,
     leader_leo: i64,
     log_start: i64,
@@ -42,7 +42,7 @@ pub fn follower_lag(
 
 /// (under-replicated, under-min-ISR) as the gauges report them: only a leader reports a
 /// partition, so a sum over the cluster counts each partition once.
-pub fn partition_health(s: &super::ReplicaStatus) -> (bool, bool) {
+pub(crate) fn partition_health(s: &super::ReplicaStatus) -> (bool, bool) {
     if !s.is_leader {
         return (false, false);
     }
@@ -56,7 +56,11 @@ pub fn partition_health(s: &super::ReplicaStatus) -> (bool, bool) {
 /// Refreshes the broker's gauges every `interval` until `stop`: per partition replica, per
 /// follower of the partitions led here, disk, storage and purgatories. Each refresh runs on a
 /// blocking thread (lag in bytes looks into segments).
-pub async fn broker_gauges(topics: Arc<Topics>, interval: Duration, stop: CancellationToken) {
+pub(crate) async fn broker_gauges(
+    topics: Arc<Topics>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(interval);
     loop {
         tokio::select! {

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Starts every periodic task; each stops when `stop` is cancelled.
-pub fn spawn_all(
+pub(crate) fn spawn_all(
     config: &BrokerConfig,
     topics: Arc<Topics>,
     stop: CancellationToken,

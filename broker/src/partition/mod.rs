@@ -12,12 +12,12 @@
 use crate::controller::PartitionRecord;
 use crate::error::BrokerError;
 use crate::replication::{follower_high_watermark, IsrChangeResult};
-pub mod acks;
-pub mod flusher;
-pub mod gauges;
-pub mod maintenance;
-pub mod registry;
-pub mod role;
+pub(crate) mod acks;
+pub(crate) mod flusher;
+pub(crate) mod gauges;
+pub(crate) mod maintenance;
+pub(crate) mod registry;
+pub(crate) mod role;
 
 use crate::error::FatalSignal;
 use acks::{AckError, Acks};
@@ -32,9 +32,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub struct Replica {
-    pub topic: Arc<str>,
-    pub partition: i32,
+pub(crate) struct Replica {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
     log: Arc<Log>,
     flush_always: bool,
     /// Log end offset after the latest append (wakes the flusher).
@@ -68,57 +68,57 @@ pub struct Replica {
 }
 
 /// See [`Replica::following`].
-pub struct FollowingGuard<'a> {
+pub(crate) struct FollowingGuard<'a> {
     _role: MutexGuard<'a, Role>,
 }
 
 /// Per-replica settings from the topic and broker configs.
 #[derive(Debug, Clone, Copy)]
-pub struct ReplicaSettings {
-    pub min_insync_replicas: i32,
+pub(crate) struct ReplicaSettings {
+    pub(crate) min_insync_replicas: i32,
     /// `replica.lag.time.max.ms`
-    pub lag_time_max_ms: u64,
+    pub(crate) lag_time_max_ms: u64,
 }
 
 /// A replica's state for the gauges and for `keel check`, read at one moment.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ReplicaStatus {
-    pub leader: i32,
-    pub leader_epoch: i32,
-    pub is_leader: bool,
-    pub replicas: Vec<i32>,
-    pub isr: Vec<i32>,
-    pub min_insync_replicas: i32,
-    pub log_start: i64,
-    pub leo: i64,
-    pub hw: i64,
-    pub size_bytes: u64,
-    pub segments: usize,
+pub(crate) struct ReplicaStatus {
+    pub(crate) leader: i32,
+    pub(crate) leader_epoch: i32,
+    pub(crate) is_leader: bool,
+    pub(crate) replicas: Vec<i32>,
+    pub(crate) isr: Vec<i32>,
+    pub(crate) min_insync_replicas: i32,
+    pub(crate) log_start: i64,
+    pub(crate) leo: i64,
+    pub(crate) hw: i64,
+    pub(crate) size_bytes: u64,
+    pub(crate) segments: usize,
     /// When this broker became leader (0 unless leading).
-    pub leader_since_ms: u64,
+    pub(crate) leader_since_ms: u64,
     /// When this status was read. This and the other times are on the broker's lag clock
     /// (wall-clock milliseconds that skip stalls of the process), so only their differences
     /// mean anything.
-    pub now_ms: u64,
+    pub(crate) now_ms: u64,
     /// The leader's view of its followers (empty unless leading).
-    pub followers: Vec<FollowerStatus>,
+    pub(crate) followers: Vec<FollowerStatus>,
 }
 
 /// The leader's view of one follower.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct FollowerStatus {
-    pub broker_id: i32,
+pub(crate) struct FollowerStatus {
+    pub(crate) broker_id: i32,
     /// The follower's last fetch offset, -1 before its first fetch in this leadership.
-    pub leo: i64,
+    pub(crate) leo: i64,
     /// 0 before the first fetch in this leadership.
-    pub last_fetch_ms: u64,
+    pub(crate) last_fetch_ms: u64,
     /// 0 if never caught up in this leadership.
-    pub last_caught_up_ms: u64,
+    pub(crate) last_caught_up_ms: u64,
 }
 
 /// Why an append as leader was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum AppendError {
+pub(crate) enum AppendError {
     #[error("this replica is not the leader")]
     NotLeader,
     #[error(transparent)]
@@ -127,7 +127,7 @@ pub enum AppendError {
 
 /// Why an acknowledgement wait ended without success.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WaitError {
+pub(crate) enum WaitError {
     TimedOut,
     /// The replica was deleted, lost its leadership, or the broker is stopping.
     Gone,
@@ -136,7 +136,7 @@ pub enum WaitError {
 impl Replica {
     /// Opens (recovering if needed) the log in `dir` and starts its flusher.
     #[allow(clippy::too_many_arguments)] // identity, storage, settings, role, lifecycle
-    pub fn open(
+    pub(crate) fn open(
         topic: &str,
         partition: i32,
         dir: PathBuf,
@@ -203,7 +203,7 @@ impl Replica {
         Ok(replica)
     }
 
-    pub fn log(&self) -> &Arc<Log> {
+    pub(crate) fn log(&self) -> &Arc<Log> {
         &self.log
     }
 
@@ -211,7 +211,7 @@ impl Replica {
         self.role.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn leader_epoch(&self) -> i32 {
+    pub(crate) fn leader_epoch(&self) -> i32 {
         self.role().leader_epoch
     }
 
@@ -221,13 +221,13 @@ impl Replica {
     /// leadership sent (batches, a truncation, a HW) lands in a replica that has since become
     /// leader or follows someone else: a new leader's epoch would otherwise start below
     /// batches appended after it, and its epoch history differ from its followers'.
-    pub fn following(&self, leader: i32, leader_epoch: i32) -> Option<FollowingGuard<'_>> {
+    pub(crate) fn following(&self, leader: i32, leader_epoch: i32) -> Option<FollowingGuard<'_>> {
         let role = self.role();
         (!role.is_leader() && role.leader == leader && role.leader_epoch == leader_epoch)
             .then_some(FollowingGuard { _role: role })
     }
 
-    pub fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         self.role().is_leader()
     }
 
@@ -236,13 +236,13 @@ impl Replica {
     }
 
     /// (leader, leader epoch, replicas, ISR) as this replica knows them.
-    pub fn role_view(&self) -> (i32, i32, Vec<i32>, Vec<i32>) {
+    pub(crate) fn role_view(&self) -> (i32, i32, Vec<i32>, Vec<i32>) {
         let r = self.role();
         (r.leader, r.leader_epoch, r.replicas.clone(), r.isr.clone())
     }
 
     /// The replica's state for metrics and checks.
-    pub fn status(&self) -> ReplicaStatus {
+    pub(crate) fn status(&self) -> ReplicaStatus {
         let (role, hw) = {
             let role = self.role();
             let followers = role
@@ -281,14 +281,14 @@ impl Replica {
 
     /// True while this replica lacks data it had acknowledged (lost in an unclean stop, or
     /// about to be cut at a corrupt batch): its broker stays fenced meanwhile.
-    pub fn is_repairing(&self) -> bool {
+    pub(crate) fn is_repairing(&self) -> bool {
         self.repair_at.load(Ordering::Acquire) != i64::MAX
             || self.log.log_end_offset() < self.must_reach.load(Ordering::Acquire)
     }
 
     /// A replica whose partition has no other replica cannot get lost data back: it stops
     /// waiting for it (logged as data loss) and may lead with what it has.
-    pub fn forgo_repair_if_alone(&self, me: i32) {
+    pub(crate) fn forgo_repair_if_alone(&self, me: i32) {
         if !self.is_repairing() || self.role().replicas != [me] {
             return;
         }
@@ -309,7 +309,7 @@ impl Replica {
     /// again from the leader. The cut waits until the broker is fenced and this replica
     /// follows ([`Self::take_repair`]): a replica still in an ISR must not lack data it
     /// acknowledged. Until it is back at today's HW it neither leads nor joins an ISR.
-    pub fn request_repair(&self, bad: i64) {
+    pub(crate) fn request_repair(&self, bad: i64) {
         self.must_reach
             .fetch_max(self.high_watermark(), Ordering::AcqRel);
         self.repair_at.fetch_min(bad, Ordering::AcqRel);
@@ -317,7 +317,7 @@ impl Replica {
 
     /// The offset to cut at, if a repair is pending and this replica is a follower; the
     /// request is consumed.
-    pub fn take_repair(&self) -> Option<i64> {
+    pub(crate) fn take_repair(&self) -> Option<i64> {
         if self.is_leader() || self.is_deleted() {
             return None;
         }
@@ -325,42 +325,38 @@ impl Replica {
         (at != i64::MAX).then_some(at)
     }
 
-    pub fn partition_epoch(&self) -> i32 {
+    pub(crate) fn partition_epoch(&self) -> i32 {
         self.role().partition_epoch
     }
 
-    pub fn isr_size(&self) -> usize {
+    pub(crate) fn isr_size(&self) -> usize {
         self.role().isr.len()
     }
 
     /// The log end offset (followers read up to it).
-    pub fn subscribe_leo(&self) -> watch::Receiver<i64> {
+    pub(crate) fn subscribe_leo(&self) -> watch::Receiver<i64> {
         self.appended.subscribe()
-    }
-
-    pub fn min_insync_replicas(&self) -> i32 {
-        self.min_insync_replicas
     }
 
     /// The HW to show consumers; `None` while this is a new leader whose HW has not yet
     /// reached the log end it started its epoch with. Until then the HW may be below one
     /// the previous leader already showed (it learns the followers' ends only from their
     /// next fetches), and a consumer must never see the HW go back: it is asked to retry.
-    pub fn consumer_high_watermark(&self) -> Option<i64> {
+    pub(crate) fn consumer_high_watermark(&self) -> Option<i64> {
         let start = self.epoch_start.load(Ordering::Acquire);
         let hw = self.high_watermark();
         (hw >= start).then_some(hw)
     }
 
-    pub fn high_watermark(&self) -> i64 {
+    pub(crate) fn high_watermark(&self) -> i64 {
         *self.hw.borrow()
     }
 
-    pub fn subscribe_hw(&self) -> watch::Receiver<i64> {
+    pub(crate) fn subscribe_hw(&self) -> watch::Receiver<i64> {
         self.hw.subscribe()
     }
 
-    pub fn is_deleted(&self) -> bool {
+    pub(crate) fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
     }
 
@@ -395,7 +391,7 @@ impl Replica {
 
     /// Appends a produce request's batches as leader. Returns once the bytes are in the
     /// log (page cache); acknowledgement waits are separate ([`Replica::acknowledged`]).
-    pub fn append(&self, records: &[u8]) -> Result<AppendInfo, AppendError> {
+    pub(crate) fn append(&self, records: &[u8]) -> Result<AppendInfo, AppendError> {
         let leadership = self.leadership.read().unwrap_or_else(|p| p.into_inner());
         let leader_epoch = {
             let role = self.role();
@@ -442,7 +438,7 @@ impl Replica {
     }
 
     /// Flushes everything appended so far (for `interval` policy and shutdown).
-    pub fn flush(&self) -> Result<(), StorageError> {
+    pub(crate) fn flush(&self) -> Result<(), StorageError> {
         let durable = self.log.flush()?;
         self.durable.send_replace(durable);
         Ok(())
@@ -486,7 +482,7 @@ impl Replica {
     }
 
     /// Applies the partition's record from the metadata image (leader, epoch, ISR).
-    pub fn apply_record(&self, record: &PartitionRecord) -> Transition {
+    pub(crate) fn apply_record(&self, record: &PartitionRecord) -> Transition {
         let leadership = self.leadership.write().unwrap_or_else(|p| p.into_inner());
         let transition = {
             let mut role = self.role();
@@ -512,7 +508,7 @@ impl Replica {
 
     /// The leader's side of a follower fetch: records the follower's position, moves the
     /// HW, and returns an ISR change to propose, if one is due.
-    pub fn follower_fetched(&self, follower: i32, fetch_offset: i64) -> Option<Vec<i32>> {
+    pub(crate) fn follower_fetched(&self, follower: i32, fetch_offset: i64) -> Option<Vec<i32>> {
         let now = self.now_ms();
         let leo = self.log.log_end_offset();
         {
@@ -532,7 +528,7 @@ impl Replica {
     }
 
     /// A periodic check on a leader: an ISR change to propose (lagging followers out).
-    pub fn isr_check(&self) -> Option<Vec<i32>> {
+    pub(crate) fn isr_check(&self) -> Option<Vec<i32>> {
         let hw = self.high_watermark();
         let leo = self.log.log_end_offset();
         let t = self.timing();
@@ -542,7 +538,7 @@ impl Replica {
     }
 
     /// The brokers among this partition's replicas that the controller has fenced.
-    pub fn set_fenced(&self, fenced: Vec<i32>) {
+    pub(crate) fn set_fenced(&self, fenced: Vec<i32>) {
         let changed = {
             let mut role = self.role();
             let changed = role.fenced != fenced;
@@ -569,14 +565,14 @@ impl Replica {
     }
 
     /// The controller's answer to a proposed ISR change.
-    pub fn isr_change_done(&self, result: IsrChangeResult) {
+    pub(crate) fn isr_change_done(&self, result: IsrChangeResult) {
         self.role().isr_change_done(result);
         self.advance_hw();
     }
 
     /// A follower's HW: the leader's, clamped to this log (only after truncating and
     /// appending what the same fetch returned).
-    pub fn set_follower_hw(&self, leader_hw: i64) {
+    pub(crate) fn set_follower_hw(&self, leader_hw: i64) {
         let hw = follower_high_watermark(
             leader_hw,
             self.log.log_start_offset(),
@@ -587,12 +583,12 @@ impl Replica {
     }
 
     /// After a follower append, truncation or flush: wakes the flusher and waiters.
-    pub fn follower_appended(&self) {
+    pub(crate) fn follower_appended(&self) {
         self.appended.send_replace(self.log.log_end_offset());
     }
 
     /// Marks the replica deleted: waiters wake up and see [`WaitError::Gone`].
-    pub fn mark_deleted(&self) {
+    pub(crate) fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Release);
         self.hw.send_modify(|_| {});
         self.durable.send_modify(|_| {});

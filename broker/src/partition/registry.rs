@@ -17,20 +17,20 @@ use tokio_util::sync::CancellationToken;
 
 /// What this broker knows of a topic it holds replicas of.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TopicMeta {
-    pub name: String,
-    pub id: uuid::Uuid,
-    pub configs: BTreeMap<String, String>,
+pub(crate) struct TopicMeta {
+    pub(crate) name: String,
+    pub(crate) id: uuid::Uuid,
+    pub(crate) configs: BTreeMap<String, String>,
 }
 
-pub struct Topic {
-    pub meta: TopicMeta,
+pub(crate) struct Topic {
+    pub(crate) meta: TopicMeta,
     /// The partitions this broker holds a replica of.
-    pub replicas: Vec<Arc<Replica>>,
+    pub(crate) replicas: Vec<Arc<Replica>>,
 }
 
 impl Topic {
-    pub fn replica(&self, partition: i32) -> Option<Arc<Replica>> {
+    pub(crate) fn replica(&self, partition: i32) -> Option<Arc<Replica>> {
         self.replicas
             .iter()
             .find(|r| r.partition == partition)
@@ -38,7 +38,7 @@ impl Topic {
     }
 }
 
-pub struct Topics {
+pub(crate) struct Topics {
     /// This broker's id.
     node_id: i32,
     lag_time_max_ms: u64,
@@ -53,7 +53,7 @@ pub struct Topics {
 impl Topics {
     /// An empty registry over `data_dir`; removes what deletions left unfinished there.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         node_id: i32,
         lag_time_max_ms: u64,
         data_dir: &Path,
@@ -76,15 +76,15 @@ impl Topics {
     }
 
     /// The data directory holding every partition directory.
-    pub fn data_dir(&self) -> &Path {
+    pub(crate) fn data_dir(&self) -> &Path {
         &self.data_dir
     }
 
-    pub fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
+    pub(crate) fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
         self.data_dir.join(format!("{topic}-{partition}"))
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Topic>> {
         self.map
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -92,7 +92,7 @@ impl Topics {
             .cloned()
     }
 
-    pub fn get_by_id(&self, id: uuid::Uuid) -> Option<Arc<Topic>> {
+    pub(crate) fn get_by_id(&self, id: uuid::Uuid) -> Option<Arc<Topic>> {
         self.map
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -101,12 +101,12 @@ impl Topics {
             .cloned()
     }
 
-    pub fn replica(&self, name: &str, partition: i32) -> Option<Arc<Replica>> {
+    pub(crate) fn replica(&self, name: &str, partition: i32) -> Option<Arc<Replica>> {
         self.get(name)?.replica(partition)
     }
 
     /// Every topic, sorted by name.
-    pub fn all(&self) -> Vec<Arc<Topic>> {
+    pub(crate) fn all(&self) -> Vec<Arc<Topic>> {
         let mut v: Vec<_> = self
             .map
             .read()
@@ -121,7 +121,7 @@ impl Topics {
     /// The replica of `topic`/`partition` (with the topic's id and configs
     /// from the metadata image), opened — and recovered — if this broker has none yet.
     /// A replica of an older incarnation of the name (another id) is deleted first.
-    pub fn ensure_replica(
+    pub(crate) fn ensure_replica(
         &self,
         name: &str,
         id: uuid::Uuid,
@@ -217,7 +217,7 @@ impl Topics {
     }
 
     /// Stops and deletes this broker's replica of `topic`/`partition`.
-    pub fn remove_replica(&self, name: &str, id: uuid::Uuid, partition: i32) {
+    pub(crate) fn remove_replica(&self, name: &str, id: uuid::Uuid, partition: i32) {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         let Some(topic) = map.get(name).filter(|t| t.meta.id == id).cloned() else {
             return;
@@ -247,7 +247,7 @@ impl Topics {
     /// Once this broker has the whole metadata: removes every partition
     /// directory that the metadata does not assign here (topics deleted, or replicas moved
     /// away, while it was down) and no open replica uses. Returns how many it moved aside.
-    pub fn remove_unassigned_dirs(&self, assigned: impl Fn(&str, i32) -> bool) -> usize {
+    pub(crate) fn remove_unassigned_dirs(&self, assigned: impl Fn(&str, i32) -> bool) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.data_dir) else {
             return 0;
         };
@@ -299,7 +299,7 @@ impl Topics {
     }
 
     /// Flushes and closes every log (clean shutdown).
-    pub fn close_all(&self) {
+    pub(crate) fn close_all(&self) {
         for topic in self.all() {
             for r in &topic.replicas {
                 if let Err(e) = r.log().close() {
@@ -313,7 +313,7 @@ impl Topics {
 /// The file in each cluster-mode partition directory that names the topic id it belongs to,
 /// so a directory left by a deleted topic is never taken for a re-created one of the same
 /// name.
-pub const PARTITION_METADATA: &str = "partition.metadata";
+pub(crate) const PARTITION_METADATA: &str = "partition.metadata";
 
 fn read_partition_topic_id(dir: &Path) -> Option<uuid::Uuid> {
     let text = std::fs::read_to_string(dir.join(PARTITION_METADATA)).ok()?;
@@ -351,7 +351,7 @@ fn claim_partition_dir(dir: &Path, id: uuid::Uuid) -> Result<(), BrokerError> {
 }
 
 /// Writes (fsynced) the file in `dir` that names the topic id it belongs to.
-pub fn write_partition_topic_id(dir: &Path, id: uuid::Uuid) -> Result<(), BrokerError> {
+pub(crate) fn write_partition_topic_id(dir: &Path, id: uuid::Uuid) -> Result<(), BrokerError> {
     write_atomically(
         &dir.join(PARTITION_METADATA),
         format!("version: 0\ntopic_id: {id}\n").as_bytes(),
@@ -391,7 +391,7 @@ fn remove_in_background(dir: PathBuf) {
 }
 
 /// Writes `path` so that a crash leaves either the old or the new content.
-pub fn write_atomically(path: &Path, data: &[u8]) -> Result<(), BrokerError> {
+pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<(), BrokerError> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let ctx = |what: &str| format!("{what} {}", tmp.display());
@@ -405,7 +405,7 @@ pub fn write_atomically(path: &Path, data: &[u8]) -> Result<(), BrokerError> {
 }
 
 /// fsyncs a directory, so the entries created, renamed or removed in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<(), BrokerError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), BrokerError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| BrokerError::io(format!("syncing {}", dir.display()), e))

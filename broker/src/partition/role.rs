@@ -10,35 +10,35 @@ use crate::replication::{
 
 /// The clock and the lag limit that decide whether a follower is in sync.
 #[derive(Debug, Clone, Copy)]
-pub struct Timing {
-    pub now_ms: u64,
+pub(crate) struct Timing {
+    pub(crate) now_ms: u64,
     /// `replica.lag.time.max.ms`
-    pub lag_time_max_ms: u64,
+    pub(crate) lag_time_max_ms: u64,
 }
 
 #[derive(Debug)]
-pub struct Role {
+pub(crate) struct Role {
     /// This broker.
-    pub me: i32,
-    pub leader: i32,
-    pub leader_epoch: i32,
-    pub partition_epoch: i32,
-    pub replicas: Vec<i32>,
-    pub isr: Vec<i32>,
+    pub(crate) me: i32,
+    pub(crate) leader: i32,
+    pub(crate) leader_epoch: i32,
+    pub(crate) partition_epoch: i32,
+    pub(crate) replicas: Vec<i32>,
+    pub(crate) isr: Vec<i32>,
     followers: Vec<FollowerState>,
     gate: IsrChangeGate,
     /// The log end offset when this leader's epoch began.
     epoch_start_offset: i64,
     /// When this broker became leader (wall clock ms), 0 if it is not.
-    pub leader_since_ms: u64,
+    pub(crate) leader_since_ms: u64,
     /// Replicas whose brokers the controller has fenced: they neither hold the HW back
     /// (outside the ISR) nor join the ISR.
-    pub fenced: Vec<i32>,
+    pub(crate) fenced: Vec<i32>,
 }
 
 /// What a role change asks of the replica's owner.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Transition {
+pub(crate) enum Transition {
     /// Same leader and epoch: only the ISR or partition epoch moved.
     IsrOnly,
     BecameLeader,
@@ -47,7 +47,7 @@ pub enum Transition {
 
 impl Role {
     /// A replica not yet told its role by the metadata: follower of nobody.
-    pub fn unassigned(me: i32) -> Self {
+    pub(crate) fn unassigned(me: i32) -> Self {
         Self {
             me,
             leader: -1,
@@ -64,16 +64,16 @@ impl Role {
     }
 
     /// Whether `id` may count toward the HW from outside the ISR, or join the ISR.
-    pub fn is_eligible(&self, id: i32) -> bool {
+    pub(crate) fn is_eligible(&self, id: i32) -> bool {
         !self.fenced.contains(&id)
     }
 
-    pub fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         self.leader == self.me
     }
 
     /// Applies a partition record from the metadata image.
-    pub fn apply(&mut self, record: &PartitionRecord, leo: i64, now_ms: u64) -> Transition {
+    pub(crate) fn apply(&mut self, record: &PartitionRecord, leo: i64, now_ms: u64) -> Transition {
         let same_term = record.leader == self.leader && record.leader_epoch == self.leader_epoch;
         self.partition_epoch = record.partition_epoch;
         self.replicas = record.replicas.clone();
@@ -103,7 +103,7 @@ impl Role {
     }
 
     /// The log end offset when this leader's epoch began (0 for a follower).
-    pub fn epoch_start_offset(&self) -> i64 {
+    pub(crate) fn epoch_start_offset(&self) -> i64 {
         if self.is_leader() {
             self.epoch_start_offset
         } else {
@@ -111,17 +111,17 @@ impl Role {
         }
     }
 
-    pub fn follower_mut(&mut self, id: i32) -> Option<&mut FollowerState> {
+    pub(crate) fn follower_mut(&mut self, id: i32) -> Option<&mut FollowerState> {
         self.followers.iter_mut().find(|f| f.broker_id() == id)
     }
 
-    pub fn followers(&self) -> &[FollowerState] {
+    pub(crate) fn followers(&self) -> &[FollowerState] {
         &self.followers
     }
 
     /// The leader's high watermark: min over its acknowledged end and the (maximal) ISR's
     /// follower LEOs; frozen below `min_isr`; never backwards.
-    pub fn high_watermark(
+    pub(crate) fn high_watermark(
         &self,
         current: i64,
         leader_acked: i64,
@@ -148,7 +148,7 @@ impl Role {
 
     /// An ISR to propose to the controller, if a change is due and none is in flight:
     /// out-of-sync members removed, caught-up replicas added.
-    pub fn propose_isr(
+    pub(crate) fn propose_isr(
         &mut self,
         hw: i64,
         leader_leo: i64,
@@ -187,7 +187,7 @@ impl Role {
     }
 
     /// The controller's answer to a proposal (or its failure).
-    pub fn isr_change_done(&mut self, result: IsrChangeResult) {
+    pub(crate) fn isr_change_done(&mut self, result: IsrChangeResult) {
         if let Some(isr) = self.gate.complete(result) {
             self.isr = isr;
         }

@@ -5,7 +5,7 @@
 //! its durable log end, so the LEO the leader sees is data the follower has on disk.
 
 /// An offset the leader does not know yet (Kafka `UnifiedLog.UnknownOffset`).
-pub const UNKNOWN_OFFSET: i64 = -1;
+pub(crate) const UNKNOWN_OFFSET: i64 = -1;
 
 /// A broker epoch the follower has not told us yet.
 const UNKNOWN_BROKER_EPOCH: i64 = -1;
@@ -15,9 +15,8 @@ const UNKNOWN_BROKER_EPOCH: i64 = -1;
 /// Invariant: `last_caught_up_ms` never moves backwards except through [`FollowerState::reset`]
 /// (a new leadership starts a new clock).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FollowerState {
+pub(crate) struct FollowerState {
     broker_id: i32,
-    broker_epoch: i64,
     leo: i64,
     last_fetch_ms: u64,
     last_caught_up_ms: u64,
@@ -27,10 +26,9 @@ pub struct FollowerState {
 impl FollowerState {
     /// The state of a follower when this broker becomes leader: LEO unknown, no fetch seen.
     /// See [`FollowerState::reset`] for `in_isr`.
-    pub fn new(broker_id: i32, now_ms: u64, in_isr: bool) -> Self {
+    pub(crate) fn new(broker_id: i32, now_ms: u64, in_isr: bool) -> Self {
         let mut s = Self {
             broker_id,
-            broker_epoch: UNKNOWN_BROKER_EPOCH,
             leo: UNKNOWN_OFFSET,
             last_fetch_ms: 0,
             last_caught_up_ms: 0,
@@ -51,23 +49,11 @@ impl FollowerState {
     ///
     /// An ISR follower with an unknown LEO (-1) holds the HW where it is until its first
     /// fetch ([`leader_high_watermark`](super::leader_high_watermark) never goes backwards).
-    pub fn reset(&mut self, now_ms: u64, in_isr: bool) {
-        self.broker_epoch = UNKNOWN_BROKER_EPOCH;
+    pub(crate) fn reset(&mut self, now_ms: u64, in_isr: bool) {
         self.leo = UNKNOWN_OFFSET;
         self.last_fetch_ms = 0;
         self.last_fetch_leader_leo = UNKNOWN_OFFSET;
         self.last_caught_up_ms = if in_isr { now_ms } else { 0 };
-    }
-
-    /// This broker stays leader but the leader epoch moved (Kafka `resetReplicaState` with
-    /// `isNewLeader = false`): the follower's LEO is kept; the catch-up clock restarts as in
-    /// [`FollowerState::reset`], and the last fetch counts as "now, at `leader_leo`" for an
-    /// ISR member (else time 0, so it cannot re-enter the ISR before a real fetch).
-    pub fn reset_on_reelection(&mut self, now_ms: u64, leader_leo: i64, in_isr: bool) {
-        let t = if in_isr { now_ms } else { 0 };
-        self.last_fetch_leader_leo = leader_leo;
-        self.last_fetch_ms = t;
-        self.last_caught_up_ms = t;
     }
 
     /// A fetch from this follower at `fetch_offset`, answered when the leader's LEO was
@@ -83,7 +69,7 @@ impl FollowerState {
     ///
     /// `last_caught_up_ms` only moves forward, and the remembered leader LEO is the maximum
     /// seen (both as Kafka).
-    pub fn on_fetch(&mut self, fetch_offset: i64, leader_leo: i64, now_ms: u64) {
+    pub(crate) fn on_fetch(&mut self, fetch_offset: i64, leader_leo: i64, now_ms: u64) {
         let caught_up_at = if fetch_offset >= leader_leo {
             Some(now_ms)
         } else if fetch_offset >= self.last_fetch_leader_leo {
@@ -99,42 +85,32 @@ impl FollowerState {
         self.last_fetch_ms = now_ms;
     }
 
-    /// Records the broker epoch of an accepted fetch (check it first with
-    /// [`is_stale_broker_epoch`]).
-    pub fn set_broker_epoch(&mut self, broker_epoch: i64) {
-        self.broker_epoch = broker_epoch;
-    }
-
     /// In sync: at the leader's LEO, or caught up within the last `lag_time_max_ms`
     /// (`replica.lag.time.max.ms`). Kafka `ReplicaState.isCaughtUp`.
-    pub fn is_caught_up(&self, leader_leo: i64, now_ms: u64, lag_time_max_ms: u64) -> bool {
+    pub(crate) fn is_caught_up(&self, leader_leo: i64, now_ms: u64, lag_time_max_ms: u64) -> bool {
         self.leo == leader_leo || now_ms.saturating_sub(self.last_caught_up_ms) <= lag_time_max_ms
     }
 
-    pub fn broker_id(&self) -> i32 {
+    pub(crate) fn broker_id(&self) -> i32 {
         self.broker_id
     }
 
-    /// The broker epoch of the last accepted fetch, -1 before any.
-    pub fn broker_epoch(&self) -> i64 {
-        self.broker_epoch
-    }
-
     /// The follower's log end offset (its last fetch offset), [`UNKNOWN_OFFSET`] before any.
-    pub fn leo(&self) -> i64 {
+    pub(crate) fn leo(&self) -> i64 {
         self.leo
     }
 
-    pub fn last_fetch_ms(&self) -> u64 {
+    pub(crate) fn last_fetch_ms(&self) -> u64 {
         self.last_fetch_ms
     }
 
     /// For the "seconds since caught up" metric and the ISR shrink rule.
-    pub fn last_caught_up_ms(&self) -> u64 {
+    pub(crate) fn last_caught_up_ms(&self) -> u64 {
         self.last_caught_up_ms
     }
 
-    pub fn last_fetch_leader_leo(&self) -> i64 {
+    #[cfg(test)]
+    fn last_fetch_leader_leo(&self) -> i64 {
         self.last_fetch_leader_leo
     }
 }
@@ -143,7 +119,7 @@ impl FollowerState {
 /// and do not update the follower's state — when the controller has registered a newer epoch
 /// for that broker (it restarted: the fetch comes from a zombie). `-1` means "not sent" (Fetch
 /// before v15) and is accepted, as Kafka (`Replica.updateFetchStateOrThrow`, KIP-903).
-pub fn is_stale_broker_epoch(
+pub(crate) fn is_stale_broker_epoch(
     fetch_broker_epoch: i64,
     registered_broker_epoch: Option<i64>,
 ) -> bool {
@@ -232,7 +208,6 @@ mod tests {
         for (i, &(leo, caught_up, leader_leo, now, max, want)) in table.iter().enumerate() {
             let f = FollowerState {
                 broker_id: 1,
-                broker_epoch: -1,
                 leo,
                 last_fetch_ms: 0,
                 last_caught_up_ms: caught_up,
@@ -245,17 +220,11 @@ mod tests {
     #[test]
     fn reset_rules() {
         let mut f = FollowerState::new(3, 0, true);
-        f.set_broker_epoch(7);
         f.on_fetch(40, 40, 1_000);
         f.reset(5_000, true);
         assert_eq!(
-            (
-                f.leo(),
-                f.last_caught_up_ms(),
-                f.last_fetch_ms(),
-                f.broker_epoch()
-            ),
-            (UNKNOWN_OFFSET, 5_000, 0, -1)
+            (f.leo(), f.last_caught_up_ms(), f.last_fetch_ms()),
+            (UNKNOWN_OFFSET, 5_000, 0)
         );
         assert!(
             f.is_caught_up(100, 5_000 + 30_000, 30_000),
@@ -264,19 +233,6 @@ mod tests {
         f.reset(5_000, false);
         assert_eq!(f.last_caught_up_ms(), 0);
         assert!(!f.is_caught_up(100, 40_000, 30_000));
-
-        let mut f = FollowerState::new(3, 0, true);
-        f.on_fetch(40, 50, 1_000);
-        f.reset_on_reelection(2_000, 50, true);
-        assert_eq!(
-            (f.leo(), f.last_caught_up_ms(), f.last_fetch_ms()),
-            (40, 2_000, 2_000)
-        );
-        // The next fetch at the re-election LEO counts as caught up at re-election time.
-        f.on_fetch(50, 60, 2_500);
-        assert_eq!(f.last_caught_up_ms(), 2_000);
-        f.reset_on_reelection(3_000, 60, false);
-        assert_eq!((f.leo(), f.last_caught_up_ms()), (50, 0));
     }
 
     #[test]

@@ -22,7 +22,7 @@
 /// never committed by fewer than `min.insync.replicas` copies).
 ///
 /// [`hw_follower_leos`]: super::hw_follower_leos
-pub fn leader_high_watermark(
+pub(crate) fn leader_high_watermark(
     current_hw: i64,
     leader_leo_acked: i64,
     isr_follower_leos: &[i64],
@@ -49,7 +49,7 @@ pub fn leader_high_watermark(
 /// before truncation, the leader's HW would be clamped against the follower's *divergent*
 /// LEO and briefly mark uncommitted, soon-truncated records as committed — a crash at that
 /// moment checkpoints a HW over records that the leader never had.
-pub fn follower_high_watermark(leader_hw: i64, local_log_start: i64, local_leo: i64) -> i64 {
+pub(crate) fn follower_high_watermark(leader_hw: i64, local_log_start: i64, local_leo: i64) -> i64 {
     // `clamp` panics if min > max; a log always has start <= LEO, but keep this total.
     leader_hw
         .max(local_log_start)
@@ -58,7 +58,7 @@ pub fn follower_high_watermark(leader_hw: i64, local_log_start: i64, local_leo: 
 
 /// Where an acks=all produce stands (Kafka `checkEnoughReplicasReachOffset`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckCheck {
+pub(crate) enum AckCheck {
     /// The HW covers the batch and the ISR is large enough: answer success.
     Done,
     /// The HW does not cover the batch yet: keep waiting (until `timeout_ms`, then
@@ -76,7 +76,12 @@ pub enum AckCheck {
 /// With the HW frozen under min ISR ([`leader_high_watermark`]), a request whose batch the HW
 /// did not reach before the shrink keeps waiting and times out unless the ISR grows back;
 /// `NOT_ENOUGH_REPLICAS_AFTER_APPEND` answers the ones the HW reached.
-pub fn check_acks_all(required_offset: i64, hw: i64, isr_size: usize, min_isr: usize) -> AckCheck {
+pub(crate) fn check_acks_all(
+    required_offset: i64,
+    hw: i64,
+    isr_size: usize,
+    min_isr: usize,
+) -> AckCheck {
     if hw < required_offset {
         AckCheck::Wait
     } else if isr_size < min_isr {
@@ -89,7 +94,7 @@ pub fn check_acks_all(required_offset: i64, hw: i64, isr_size: usize, min_isr: u
 /// Whether an acks=all produce may be appended: the committed ISR (leader included) has at
 /// least `min.insync.replicas` members. If not, refuse before appending with
 /// `NOT_ENOUGH_REPLICAS` (Kafka `appendRecordsToLeader`). acks=0/1 do not ask.
-pub fn may_append_acks_all(isr_size: usize, min_isr: usize) -> bool {
+pub(crate) fn may_append_acks_all(isr_size: usize, min_isr: usize) -> bool {
     isr_size >= min_isr
 }
 

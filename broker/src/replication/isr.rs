@@ -23,7 +23,7 @@ use super::follower_state::{FollowerState, UNKNOWN_OFFSET};
 ///
 /// Call it only when no ISR change is in flight (Kafka returns nothing while one is), e.g.
 /// every `replica.lag.time.max.ms / 2`.
-pub fn shrink_candidates(
+pub(crate) fn shrink_candidates(
     isr: &[i32],
     leader_id: i32,
     followers: &[FollowerState],
@@ -49,7 +49,7 @@ pub fn shrink_candidates(
 ///
 /// Time plays no part: reaching the HW is what makes a follower in sync again. Call it only
 /// when no ISR change is in flight.
-pub fn expand_candidates(
+pub(crate) fn expand_candidates(
     isr: &[i32],
     replicas: &[i32],
     followers: &[FollowerState],
@@ -76,7 +76,7 @@ pub fn expand_candidates(
 /// have). A maximal-ISR member with no follower state contributes [`UNKNOWN_OFFSET`], which
 /// holds the HW where it is. Feed the result to
 /// [`leader_high_watermark`](super::leader_high_watermark).
-pub fn hw_follower_leos(
+pub(crate) fn hw_follower_leos(
     maximal_isr: &[i32],
     leader_id: i32,
     followers: &[FollowerState],
@@ -106,7 +106,7 @@ pub fn hw_follower_leos(
 /// pending change adds. While an expansion is in flight the joining replica already counts;
 /// while a shrink is in flight the leaving replica still counts (the union is the committed,
 /// larger ISR). Committed order first, then additions in proposal order.
-pub fn maximal_isr(committed_isr: &[i32], pending: Option<&PendingIsrChange>) -> Vec<i32> {
+pub(crate) fn maximal_isr(committed_isr: &[i32], pending: Option<&PendingIsrChange>) -> Vec<i32> {
     let mut out = committed_isr.to_vec();
     if let Some(p) = pending {
         for &id in &p.new_isr {
@@ -120,16 +120,16 @@ pub fn maximal_isr(committed_isr: &[i32], pending: Option<&PendingIsrChange>) ->
 
 /// An AlterPartition sent to the controller and not answered yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingIsrChange {
+pub(crate) struct PendingIsrChange {
     /// The proposed ISR, sorted.
-    pub new_isr: Vec<i32>,
+    pub(crate) new_isr: Vec<i32>,
     /// When it was sent, for a "stuck AlterPartition" metric or log.
-    pub sent_at_ms: u64,
+    pub(crate) sent_at_ms: u64,
 }
 
 /// The controller's answer to an AlterPartition, as the I/O layer reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IsrChangeResult {
+pub(crate) enum IsrChangeResult {
     /// Accepted: the ISR the controller now holds (adopt it, with the new partition epoch).
     Committed { isr: Vec<i32> },
     /// Rejected (`FENCED_LEADER_EPOCH`, `INVALID_UPDATE_VERSION`, `INELIGIBLE_REPLICA`, ...),
@@ -146,27 +146,27 @@ pub enum IsrChangeResult {
 /// [`IsrChangeGate::complete`] exactly once per request it sent, including on timeout, or the
 /// partition never changes its ISR again.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IsrChangeGate {
+pub(crate) struct IsrChangeGate {
     pending: Option<PendingIsrChange>,
 }
 
 impl IsrChangeGate {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    pub fn pending(&self) -> Option<&PendingIsrChange> {
+    pub(crate) fn pending(&self) -> Option<&PendingIsrChange> {
         self.pending.as_ref()
     }
 
-    pub fn is_in_flight(&self) -> bool {
+    pub(crate) fn is_in_flight(&self) -> bool {
         self.pending.is_some()
     }
 
     /// Proposes `proposed_isr`. Returns the ISR to send (sorted, deduplicated) and records it
     /// as pending — or `None`, sending nothing, when a change is already in flight, when the
     /// proposal is empty, or when it equals `committed_isr` as a set.
-    pub fn try_begin(
+    pub(crate) fn try_begin(
         &mut self,
         committed_isr: &[i32],
         proposed_isr: &[i32],
@@ -189,17 +189,12 @@ impl IsrChangeGate {
     /// The in-flight change finished. Returns the ISR to adopt as committed (`Committed`), or
     /// `None` (`Failed`: keep the current committed ISR). Either way nothing is in flight
     /// afterwards. A completion with nothing in flight is ignored and returns `None`.
-    pub fn complete(&mut self, result: IsrChangeResult) -> Option<Vec<i32>> {
+    pub(crate) fn complete(&mut self, result: IsrChangeResult) -> Option<Vec<i32>> {
         self.pending.take()?;
         match result {
             IsrChangeResult::Committed { isr } => Some(isr),
             IsrChangeResult::Failed => None,
         }
-    }
-
-    /// Forgets the in-flight change (leadership changed; its answer will be dropped).
-    pub fn abandon(&mut self) {
-        self.pending = None;
     }
 }
 
@@ -392,9 +387,6 @@ mod tests {
         // Failure: nothing adopted, gate open again.
         assert_eq!(g.try_begin(&[1, 3], &[1, 2, 3], 30), Some(vec![1, 2, 3]));
         assert_eq!(g.complete(IsrChangeResult::Failed), None);
-        assert_eq!(g.try_begin(&[1, 3], &[1, 2, 3], 40), Some(vec![1, 2, 3]));
-        g.abandon();
-        assert_eq!(g.pending(), None);
     }
 
     #[test]

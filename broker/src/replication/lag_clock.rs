@@ -17,14 +17,14 @@
 
 /// A monotonic clock that skips the time its owner was not running (see the module doc).
 #[derive(Debug, Clone, Default)]
-pub struct LagClock {
+pub(crate) struct LagClock {
     last_source_ms: Option<u64>,
     now_ms: u64,
 }
 
 impl LagClock {
     /// A clock not read yet.
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self {
             last_source_ms: None,
             now_ms: 0,
@@ -34,7 +34,7 @@ impl LagClock {
     /// Reads the clock at source time `source_ms`: the time since the previous reading,
     /// capped at `max_step_ms`, is added. The first reading starts the clock at `source_ms`.
     /// A source that moves backwards adds nothing. Never decreases.
-    pub fn observe(&mut self, source_ms: u64, max_step_ms: u64) -> u64 {
+    pub(crate) fn observe(&mut self, source_ms: u64, max_step_ms: u64) -> u64 {
         match self.last_source_ms {
             None => self.now_ms = source_ms,
             Some(last) => self.now_ms += source_ms.saturating_sub(last).min(max_step_ms),

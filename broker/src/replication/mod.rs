@@ -18,8 +18,8 @@
 //! - [`lag_clock`]: the clock ISR decisions are measured on ([`LagClock`]), which skips
 //!   stalls of the leader's own process.
 //! - [`truncation`]: the follower's truncation point after a `DivergingEpoch` or an
-//!   OffsetForLeaderEpoch answer (KIP-101/279/320) and the leader's validation of a follower
-//!   fetch (Fetch v12 `LastFetchedEpoch`).
+//!   out-of-range answer (KIP-101/279/320), the leader's validation of a follower fetch
+//!   (Fetch v12 `LastFetchedEpoch`) and its OffsetForLeaderEpoch answer.
 //!
 //! # How the I/O layer drives them
 //!
@@ -35,29 +35,26 @@
 //!
 //! Follower, per partition in a fetch response: a `DivergingEpoch` goes to
 //! [`on_diverging_epoch`] and the decision is applied **before** the response's HW is looked
-//! at; only then [`follower_high_watermark`] (KAFKA-14704). After a leader change the
-//! follower may instead ask OffsetForLeaderEpoch and use [`on_offset_for_leader_epoch`].
+//! at; only then [`follower_high_watermark`] (KAFKA-14704).
 
-pub mod follower_state;
-pub mod high_watermark;
-pub mod isr;
-pub mod lag_clock;
+pub(crate) mod follower_state;
+pub(crate) mod high_watermark;
+pub(crate) mod isr;
+pub(crate) mod lag_clock;
 #[cfg(test)]
 mod sim;
-pub mod truncation;
+pub(crate) mod truncation;
 
-pub use follower_state::{is_stale_broker_epoch, FollowerState, UNKNOWN_OFFSET};
-pub use high_watermark::{
+pub(crate) use follower_state::{is_stale_broker_epoch, FollowerState};
+pub(crate) use high_watermark::{
     check_acks_all, follower_high_watermark, leader_high_watermark, may_append_acks_all, AckCheck,
 };
-pub use isr::{
+pub(crate) use isr::{
     expand_candidates, hw_follower_leos, maximal_isr, shrink_candidates, IsrChangeGate,
-    IsrChangeResult, PendingIsrChange,
+    IsrChangeResult,
 };
-pub use lag_clock::LagClock;
-pub use truncation::{
-    check_current_leader_epoch, leader_end_offset_for_epoch, on_diverging_epoch,
-    on_offset_for_leader_epoch, on_offset_out_of_range, validate_follower_fetch, EpochEndOffset,
-    EpochFence, EpochSource, FetchPartitionRequestView, FetchValidation, TruncationDecision,
-    UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET,
+pub(crate) use lag_clock::LagClock;
+pub(crate) use truncation::{
+    on_diverging_epoch, on_offset_out_of_range, validate_follower_fetch, EpochEndOffset,
+    FetchPartitionRequestView, FetchValidation, TruncationDecision,
 };

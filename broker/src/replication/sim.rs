@@ -8,9 +8,8 @@
 //! comparing the logs.
 
 use super::truncation::{
-    leader_end_offset_for_epoch, on_diverging_epoch, on_offset_for_leader_epoch,
-    on_offset_out_of_range, validate_follower_fetch, EpochSource, FetchPartitionRequestView,
-    FetchValidation, TruncationDecision,
+    on_diverging_epoch, on_offset_out_of_range, validate_follower_fetch, EpochSource,
+    FetchPartitionRequestView, FetchValidation, TruncationDecision,
 };
 
 /// A seeded xorshift64* generator: reproducible random cases without a proptest dependency.
@@ -149,7 +148,7 @@ fn common_prefix(a: &SimLog, b: &SimLog) -> i64 {
 
 #[derive(Debug, Default)]
 struct Stats {
-    /// Truncation decisions taken (DivergingEpoch, OffsetForLeaderEpoch and out-of-range).
+    /// Truncation decisions taken (DivergingEpoch and out-of-range).
     rounds: usize,
     /// The lowest LEO the follower had during the exchange: where it truncated to.
     low_water: i64,
@@ -159,7 +158,6 @@ struct Stats {
 
 fn apply(f: &mut SimLog, d: TruncationDecision, stats: &mut Stats) {
     match d {
-        TruncationDecision::NoTruncation | TruncationDecision::AskAgain { .. } => {}
         TruncationDecision::TruncateTo(o) => f.truncate_to(o),
         TruncationDecision::TruncateToAndAskAgain { offset, epoch } => {
             f.truncate_to(offset);
@@ -204,13 +202,6 @@ fn sync_by_fetch(
                 stats.rounds += 1;
                 stats.fell_back |= d.is_undefined();
                 let decision = on_diverging_epoch(d, f, f.leo(), hw.min(f.leo()));
-                assert!(
-                    !matches!(
-                        decision,
-                        TruncationDecision::NoTruncation | TruncationDecision::AskAgain { .. }
-                    ),
-                    "a diverging epoch always changes the log"
-                );
                 apply(f, decision, stats);
             }
             FetchValidation::OffsetOutOfRange => {
@@ -224,62 +215,15 @@ fn sync_by_fetch(
     }
 }
 
-/// The OffsetForLeaderEpoch path (KIP-279 rounds), then fetching.
-fn sync_by_offset_for_leader_epoch(
-    f: &mut SimLog,
-    hw: i64,
-    leader: &SimLog,
-    leader_epoch: i32,
-    stats: &mut Stats,
-) {
-    let limit = f.distinct_epochs() + 2;
-    if let Some(mut epoch) = f.latest_epoch() {
-        loop {
-            assert!(stats.rounds <= limit, "no convergence: {f:?} vs {leader:?}");
-            stats.rounds += 1;
-            let answer = leader_end_offset_for_epoch(leader, epoch);
-            stats.fell_back |= answer.is_undefined();
-            let decision = on_offset_for_leader_epoch(answer, epoch, f, f.leo(), hw.min(f.leo()));
-            apply(f, decision, stats);
-            match decision {
-                TruncationDecision::AskAgain { epoch: next }
-                | TruncationDecision::TruncateToAndAskAgain { epoch: next, .. } => {
-                    assert!(next < epoch, "asked epochs strictly decrease");
-                    epoch = next;
-                }
-                _ => break,
-            }
-        }
-    }
-    let before = stats.rounds;
-    sync_by_fetch(f, hw, leader, leader_epoch, usize::MAX, stats);
-    if !stats.fell_back {
-        assert_eq!(
-            stats.rounds, before,
-            "after OffsetForLeaderEpoch the fetch is accepted"
-        );
-    }
-}
-
-/// Runs one full resync of `f` against `leader` by either path and checks the fixed point.
-fn resync_and_check(
-    f: &mut SimLog,
-    hw: i64,
-    leader: &SimLog,
-    leader_epoch: i32,
-    by_fetch: bool,
-) -> Stats {
+/// Runs one full resync of `f` against `leader` and checks the fixed point.
+fn resync_and_check(f: &mut SimLog, hw: i64, leader: &SimLog, leader_epoch: i32) -> Stats {
     let before = f.clone();
     let lcp = common_prefix(&before, leader);
     let mut stats = Stats {
         low_water: f.leo(),
         ..Stats::default()
     };
-    if by_fetch {
-        sync_by_fetch(f, hw, leader, leader_epoch, usize::MAX, &mut stats);
-    } else {
-        sync_by_offset_for_leader_epoch(f, hw, leader, leader_epoch, &mut stats);
-    }
+    sync_by_fetch(f, hw, leader, leader_epoch, usize::MAX, &mut stats);
     assert_eq!(f, leader, "converged to the leader's log, from {before:?}");
     assert!(
         stats.rounds <= before.distinct_epochs().max(1) + 2,
@@ -308,24 +252,14 @@ fn resync_and_check(
 fn brief_example_single_round() {
     // Leader [(0,0),(2,100)] LEO 150; follower [(0,0),(1,80)] LEO 90.
     let leader = SimLog::from_entries(0, &[(0, 0), (2, 100)], 150);
-    for by_fetch in [true, false] {
-        let mut f = SimLog::from_entries(0, &[(0, 0), (1, 80)], 90);
-        let mut stats = Stats {
-            low_water: f.leo(),
-            ..Stats::default()
-        };
-        if by_fetch {
-            sync_by_fetch(&mut f, 50, &leader, 2, usize::MAX, &mut stats);
-        } else {
-            sync_by_offset_for_leader_epoch(&mut f, 50, &leader, 2, &mut stats);
-        }
-        assert_eq!(
-            (stats.rounds, stats.low_water),
-            (1, 80),
-            "by_fetch {by_fetch}"
-        );
-        assert_eq!(f, leader);
-    }
+    let mut f = SimLog::from_entries(0, &[(0, 0), (1, 80)], 90);
+    let mut stats = Stats {
+        low_water: f.leo(),
+        ..Stats::default()
+    };
+    sync_by_fetch(&mut f, 50, &leader, 2, usize::MAX, &mut stats);
+    assert_eq!((stats.rounds, stats.low_water), (1, 80));
+    assert_eq!(f, leader);
 }
 
 #[test]
@@ -334,24 +268,14 @@ fn kip_279_multi_round() {
     // other's terms: common history is epoch 0 up to 50.
     let leader = SimLog::from_entries(0, &[(0, 0), (2, 50), (4, 60)], 80);
     let follower = SimLog::from_entries(0, &[(0, 0), (1, 50), (3, 70)], 90);
-    for by_fetch in [true, false] {
-        let mut f = follower.clone();
-        let mut stats = Stats {
-            low_water: f.leo(),
-            ..Stats::default()
-        };
-        if by_fetch {
-            sync_by_fetch(&mut f, 0, &leader, 4, usize::MAX, &mut stats);
-        } else {
-            sync_by_offset_for_leader_epoch(&mut f, 0, &leader, 4, &mut stats);
-        }
-        assert_eq!(
-            (stats.rounds, stats.low_water),
-            (2, 50),
-            "by_fetch {by_fetch}"
-        );
-        assert_eq!(f, leader);
-    }
+    let mut f = follower;
+    let mut stats = Stats {
+        low_water: f.leo(),
+        ..Stats::default()
+    };
+    sync_by_fetch(&mut f, 0, &leader, 4, usize::MAX, &mut stats);
+    assert_eq!((stats.rounds, stats.low_water), (2, 50));
+    assert_eq!(f, leader);
 }
 
 /// Three replicas A, B, C; two back-to-back failovers leave divergent uncommitted tails on
@@ -365,7 +289,7 @@ fn back_to_back_failovers_converge_on_committed_history() {
     logs[a].append(0, 100);
     let leader = logs[a].clone();
     for r in [b, c] {
-        resync_and_check(&mut logs[r], 0, &leader, 0, true);
+        resync_and_check(&mut logs[r], 0, &leader, 0);
     }
     let committed = 100;
     // A appends 20 more; B fetches 10 of them; C none. HW stays 100 (C lags). A dies.
@@ -379,8 +303,8 @@ fn back_to_back_failovers_converge_on_committed_history() {
     // Epoch 2, leader B: writes 30 records. A and C come back and follow B.
     logs[b].append(2, 30);
     let leader = logs[b].clone();
-    resync_and_check(&mut logs[a], committed, &leader, 2, true); // A: cut its epoch-0 tail at 110
-    resync_and_check(&mut logs[c], committed, &leader, 2, false); // C: cut epoch 1 at 100
+    resync_and_check(&mut logs[a], committed, &leader, 2); // A: cut its epoch-0 tail at 110
+    resync_and_check(&mut logs[c], committed, &leader, 2); // C: cut epoch 1 at 100
     assert_eq!(logs[a], logs[b]);
     assert_eq!(logs[c], logs[b]);
     let committed = logs[b].leo(); // all three have it now
@@ -388,8 +312,8 @@ fn back_to_back_failovers_converge_on_committed_history() {
     logs[a].append(3, 10);
     logs[c].append(4, 5);
     let leader = logs[c].clone();
-    resync_and_check(&mut logs[a], committed, &leader, 4, true);
-    resync_and_check(&mut logs[b], committed, &leader, 4, false);
+    resync_and_check(&mut logs[a], committed, &leader, 4);
+    resync_and_check(&mut logs[b], committed, &leader, 4);
     assert!(logs.iter().all(|l| *l == leader));
     assert_eq!(leader.entries(), vec![(0, 0), (2, 110), (4, 140)]);
 }
@@ -449,16 +373,13 @@ fn random_histories_converge() {
         let l = logs[leader].clone();
         for (f, before) in logs.iter().enumerate() {
             if f != leader {
-                let by_fetch = rng.below(2) == 0;
                 let hw = rng.below(common_prefix(before, &l) as u64 + 1) as i64;
                 let result = std::panic::catch_unwind(|| {
                     let mut log = before.clone();
-                    resync_and_check(&mut log, hw, &l, epoch, by_fetch)
+                    resync_and_check(&mut log, hw, &l, epoch)
                 });
                 let Ok(stats) = result else {
-                    panic!(
-                        "case {case}: follower {before:?} hw {hw} leader {l:?} by_fetch {by_fetch}"
-                    );
+                    panic!("case {case}: follower {before:?} hw {hw} leader {l:?}");
                 };
                 seen.0 += 1;
                 seen.1 += usize::from(stats.low_water < before.leo());

@@ -7,23 +7,20 @@
 //! epoch they share; a follower truncates there — not at its HW, which loses acknowledged
 //! writes (KIP-101), and not at its LEO, which keeps a divergent tail.
 //!
-//! Two ways of asking the leader, one rule (Kafka `AbstractFetcherThread.getOffsetTruncationState`):
-//! - Fetch v12+ (KAFKA-10554): the follower sends `LastFetchedEpoch` (its latest epoch) with
-//!   its fetch offset (its LEO); the leader checks them ([`validate_follower_fetch`]) and
-//!   answers `DivergingEpoch` when its log disagrees; the follower decides with
-//!   [`on_diverging_epoch`].
-//! - OffsetForLeaderEpoch (KIP-101/279): the follower asks for the end offset of an epoch
-//!   (the leader answers with [`leader_end_offset_for_epoch`]) and decides with
-//!   [`on_offset_for_leader_epoch`].
+//! The follower asks with Fetch v12+ (KAFKA-10554; Kafka's rule is
+//! `AbstractFetcherThread.getOffsetTruncationState`): it sends `LastFetchedEpoch` (its latest
+//! epoch) with its fetch offset (its LEO); the leader checks them ([`validate_follower_fetch`])
+//! and answers `DivergingEpoch` when its log disagrees; the follower decides with
+//! [`on_diverging_epoch`]. The leader answers OffsetForLeaderEpoch (KIP-101/279) with
+//! [`leader_end_offset_for_epoch`], for consumers that validate their position (KIP-320);
+//! Keel's own followers never need to ask it.
 //!
 //! # Bounded rounds
 //!
-//! A decision either completes ([`TruncationDecision::is_complete`]: the follower fetches from
-//! its new LEO) or asks again about a strictly smaller epoch:
-//! - on the OffsetForLeaderEpoch path the next epoch asked for is the largest local epoch
-//!   below the epoch the leader answered with, itself at most the epoch asked for;
-//! - on the fetch path the follower's truncation removes every local epoch above that epoch,
-//!   so its next `LastFetchedEpoch` is strictly smaller.
+//! A decision either completes (the follower fetches from its new LEO) or, when the leader's
+//! epoch is unknown locally, truncates and asks again with the next fetch: the truncation
+//! removes every local epoch above the one the leader named, so the next `LastFetchedEpoch` is
+//! strictly smaller.
 //!
 //! So at most one round per distinct epoch in the follower's log, plus the fallbacks below
 //! (each changes the log and can happen at most twice), reach the fixed point; the tests
@@ -36,9 +33,9 @@
 //! point. On the fetch path the leader never sends one (on the wire it reads as "no
 //! divergence", and a follower would fetch past a history it never reconciled, forever):
 //! it answers out of range, and the follower asks for the leader's log start and end and
-//! truncates by those ([`on_offset_out_of_range`]). An undefined OffsetForLeaderEpoch answer
-//! makes the follower truncate to its own high watermark, as Kafka: everything below it was
-//! committed, so the leader has it; it never empties its log on such an answer.
+//! truncates by those ([`on_offset_out_of_range`]). A `DivergingEpoch` the follower cannot use
+//! makes it truncate to its own high watermark, as Kafka: everything below it was committed,
+//! so the leader has it; it never empties its log on such an answer.
 //!
 //! Deviation from Kafka, on purpose: when the leader's answer names an epoch below every
 //! epoch the follower has, Kafka truncates to `min(leader end offset, LEO)` (meant for logs
@@ -47,37 +44,37 @@
 //! it as undefined (HW fallback) instead of keeping a divergent prefix.
 
 /// Kafka's `UNDEFINED_EPOCH`.
-pub const UNDEFINED_EPOCH: i32 = -1;
+pub(crate) const UNDEFINED_EPOCH: i32 = -1;
 /// Kafka's `UNDEFINED_EPOCH_OFFSET`.
-pub const UNDEFINED_EPOCH_OFFSET: i64 = -1;
+pub(crate) const UNDEFINED_EPOCH_OFFSET: i64 = -1;
 
 /// An epoch and its end offset: the wire shape of an OffsetForLeaderEpoch answer and of
 /// Fetch's `DivergingEpoch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EpochEndOffset {
-    pub epoch: i32,
-    pub end_offset: i64,
+pub(crate) struct EpochEndOffset {
+    pub(crate) epoch: i32,
+    pub(crate) end_offset: i64,
 }
 
 impl EpochEndOffset {
     /// "No such epoch": both fields -1.
-    pub const UNDEFINED: EpochEndOffset = EpochEndOffset {
+    pub(crate) const UNDEFINED: EpochEndOffset = EpochEndOffset {
         epoch: UNDEFINED_EPOCH,
         end_offset: UNDEFINED_EPOCH_OFFSET,
     };
 
-    pub fn new(epoch: i32, end_offset: i64) -> Self {
+    pub(crate) fn new(epoch: i32, end_offset: i64) -> Self {
         Self { epoch, end_offset }
     }
 
     /// Undefined if either field is negative.
-    pub fn is_undefined(&self) -> bool {
+    pub(crate) fn is_undefined(&self) -> bool {
         self.epoch < 0 || self.end_offset < 0
     }
 }
 
 /// A replica's epoch history, as far as truncation needs it.
-pub trait EpochSource {
+pub(crate) trait EpochSource {
     /// The largest known epoch `<= epoch` and its end offset: the start offset of the next
     /// known epoch, or the LEO for the latest. `None` if `epoch` is below the earliest known
     /// epoch or no epoch is known.
@@ -107,30 +104,18 @@ impl EpochSource for keel_storage::Log {
 
 /// What the follower does next, for one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TruncationDecision {
-    /// The log agrees with the leader's up to its LEO: fetch from the LEO.
-    NoTruncation,
+// The variants say what is truncated and how; the shared prefix is the point.
+#[allow(clippy::enum_variant_names)]
+pub(crate) enum TruncationDecision {
     /// `Log::truncate_to(offset)`, then fetch from the new LEO.
     TruncateTo(i64),
-    /// OffsetForLeaderEpoch path only: nothing to truncate yet; ask again about `epoch`.
-    AskAgain { epoch: i32 },
-    /// `Log::truncate_to(offset)`, then ask again about `epoch` (KIP-279). On the fetch path
-    /// "ask again" is the next fetch: after the truncation the log's latest epoch is `epoch`,
-    /// which becomes its `LastFetchedEpoch`.
+    /// `Log::truncate_to(offset)`, then ask again about `epoch` (KIP-279): "ask again" is the
+    /// next fetch, since after the truncation the log's latest epoch is `epoch`, which becomes
+    /// its `LastFetchedEpoch`.
     TruncateToAndAskAgain { offset: i64, epoch: i32 },
     /// `Log::truncate_fully_and_start_at(start_offset)`: an empty log at that offset, no
     /// epochs; fetch from there.
     TruncateFully { start_offset: i64 },
-}
-
-impl TruncationDecision {
-    /// True if, once applied, the follower fetches normally (no more epoch questions).
-    pub fn is_complete(&self) -> bool {
-        !matches!(
-            self,
-            TruncationDecision::AskAgain { .. } | TruncationDecision::TruncateToAndAskAgain { .. }
-        )
-    }
 }
 
 /// The follower got `DivergingEpoch = diverging` in a fetch response. `local` is its log,
@@ -140,10 +125,10 @@ impl TruncationDecision {
 /// Rules: undefined → HW fallback (see the module doc); the leader's epoch is known locally →
 /// truncate to `min(leader end offset, local end offset of that epoch, LEO)`; unknown locally →
 /// truncate to the local end of the largest local epoch below it and fetch again
-/// (`TruncateToAndAskAgain`). Never returns `AskAgain` or `NoTruncation`: a `DivergingEpoch`
-/// always changes the log (an answer that would not, which a correct leader never sends, takes
-/// the HW fallback), so repeated answers cannot loop.
-pub fn on_diverging_epoch(
+/// (`TruncateToAndAskAgain`). A `DivergingEpoch` always changes the log (an answer that would
+/// not, which a correct leader never sends, takes the HW fallback), so repeated answers cannot
+/// loop.
+pub(crate) fn on_diverging_epoch(
     diverging: EpochEndOffset,
     local: &impl EpochSource,
     local_leo: i64,
@@ -167,32 +152,6 @@ pub fn on_diverging_epoch(
     }
 }
 
-/// The leader answered the follower's OffsetForLeaderEpoch for `requested_epoch` with
-/// `leader_answer`. Same rules as [`on_diverging_epoch`]; an unknown epoch yields `AskAgain` /
-/// `TruncateToAndAskAgain` with an epoch strictly below `requested_epoch`. An answer above
-/// `requested_epoch` (a protocol violation) takes the HW fallback.
-///
-/// Start with the log's latest epoch; a follower with no epochs (empty log) does not ask.
-pub fn on_offset_for_leader_epoch(
-    leader_answer: EpochEndOffset,
-    requested_epoch: i32,
-    local: &impl EpochSource,
-    local_leo: i64,
-    local_hw: i64,
-) -> TruncationDecision {
-    if leader_answer.epoch > requested_epoch {
-        return fall_back_to_high_watermark(local_leo, local_hw);
-    }
-    match truncation_state(leader_answer, local, local_leo) {
-        State::Complete(offset) => truncate_to(offset, local_leo),
-        State::Incomplete { offset, epoch } if offset < local_leo => {
-            TruncationDecision::TruncateToAndAskAgain { offset, epoch }
-        }
-        State::Incomplete { epoch, .. } => TruncationDecision::AskAgain { epoch },
-        State::Undefined => fall_back_to_high_watermark(local_leo, local_hw),
-    }
-}
-
 /// The leader answered a follower fetch with `OFFSET_OUT_OF_RANGE`; `leader_log_start` and
 /// `leader_leo` are the leader's (ListOffsets earliest / latest). Kafka
 /// `AbstractFetcherThread.fetchOffsetAndTruncate`:
@@ -203,7 +162,7 @@ pub fn on_offset_for_leader_epoch(
 /// - otherwise the follower's offset is in range, so the leader could not place its last
 ///   epoch at all: no common point above the leader's log start can be shown, so the
 ///   follower starts over there (Kafka would fetch again and get the same answer forever).
-pub fn on_offset_out_of_range(
+pub(crate) fn on_offset_out_of_range(
     leader_log_start: i64,
     leader_leo: i64,
     local_leo: i64,
@@ -221,7 +180,7 @@ pub fn on_offset_out_of_range(
 /// epoch's end offset, or [`EpochEndOffset::UNDEFINED`] if the epoch is negative or below
 /// everything the leader knows. Serves OffsetForLeaderEpoch and the fetch divergence check.
 /// (Fence the request's `CurrentLeaderEpoch` first with [`check_current_leader_epoch`].)
-pub fn leader_end_offset_for_epoch(
+pub(crate) fn leader_end_offset_for_epoch(
     leader_log: &impl EpochSource,
     requested_epoch: i32,
 ) -> EpochEndOffset {
@@ -237,7 +196,7 @@ pub fn leader_end_offset_for_epoch(
 
 /// Why a request's `CurrentLeaderEpoch` was refused (KIP-320).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EpochFence {
+pub(crate) enum EpochFence {
     /// The sender's epoch is older than ours: `FENCED_LEADER_EPOCH` (it must refresh metadata).
     FencedLeaderEpoch,
     /// The sender's epoch is newer than ours: `UNKNOWN_LEADER_EPOCH` (we have not heard of it
@@ -246,7 +205,7 @@ pub enum EpochFence {
 }
 
 /// Kafka's `CurrentLeaderEpoch` check: equal passes; -1 means "not sent" and passes.
-pub fn check_current_leader_epoch(
+pub(crate) fn check_current_leader_epoch(
     current_leader_epoch: i32,
     leader_epoch: i32,
 ) -> Result<(), EpochFence> {
@@ -261,18 +220,18 @@ pub fn check_current_leader_epoch(
 
 /// The fields of one partition of a follower's Fetch that the leader validates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FetchPartitionRequestView {
+pub(crate) struct FetchPartitionRequestView {
     /// The follower's LEO.
-    pub fetch_offset: i64,
+    pub(crate) fetch_offset: i64,
     /// The leader epoch the follower believes current (-1: not sent).
-    pub current_leader_epoch: i32,
+    pub(crate) current_leader_epoch: i32,
     /// The epoch of the follower's last batch (-1: empty log, or Fetch < v12).
-    pub last_fetched_epoch: i32,
+    pub(crate) last_fetched_epoch: i32,
 }
 
 /// The leader's verdict on one partition of a follower fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FetchValidation {
+pub(crate) enum FetchValidation {
     /// Read from `fetch_offset` and update the follower's state.
     Ok,
     /// `FENCED_LEADER_EPOCH`.
@@ -296,7 +255,7 @@ pub enum FetchValidation {
 ///    at or below it).
 ///    If the leader has no epoch at or below it at all (undefined), out of range instead.
 /// 3. Fetch offset outside `[log_start, leader_leo]` → out of range.
-pub fn validate_follower_fetch(
+pub(crate) fn validate_follower_fetch(
     req: &FetchPartitionRequestView,
     leader_epoch: i32,
     leader_log: &impl EpochSource,
@@ -353,14 +312,6 @@ fn truncation_state(answer: EpochEndOffset, local: &impl EpochSource, local_leo:
         },
         // Deliberate deviation from Kafka: see the module doc.
         None => State::Undefined,
-    }
-}
-
-fn truncate_to(offset: i64, local_leo: i64) -> TruncationDecision {
-    if offset < local_leo {
-        TruncationDecision::TruncateTo(offset)
-    } else {
-        TruncationDecision::NoTruncation
     }
 }
 
@@ -427,80 +378,6 @@ mod tests {
         for (i, &(entries, leo, hw, div, want)) in table.iter().enumerate() {
             let f = log(entries, leo);
             assert_eq!(on_diverging_epoch(div, &f, leo, hw), want, "row {i}");
-        }
-    }
-
-    #[test]
-    fn on_offset_for_leader_epoch_table() {
-        let e = EpochEndOffset::new;
-        // (follower entries, leo, hw, requested, answer, expected)
-        let table: &[(Entries, i64, i64, i32, EpochEndOffset, TruncationDecision)] = &[
-            (&[(0, 0), (1, 80)], 90, 50, 1, e(0, 100), TruncateTo(80)),
-            // Leader has our latest epoch and more: nothing to do.
-            (&[(0, 0), (2, 50)], 90, 50, 2, e(2, 120), NoTruncation),
-            (&[(0, 0), (2, 50)], 90, 50, 2, e(2, 60), TruncateTo(60)),
-            // KIP-279 round 1 and round 2.
-            (
-                &[(0, 0), (1, 50), (3, 70)],
-                90,
-                0,
-                3,
-                e(2, 60),
-                TruncateToAndAskAgain {
-                    offset: 70,
-                    epoch: 1,
-                },
-            ),
-            (&[(0, 0), (1, 50)], 70, 0, 1, e(0, 50), TruncateTo(50)),
-            // The leader is ahead within our latest epoch: nothing to cut.
-            (
-                &[(0, 0), (1, 50), (3, 70)],
-                90,
-                0,
-                3,
-                e(3, 95),
-                NoTruncation,
-            ),
-            // Asked about an epoch above our latest; the answer's epoch is unknown here and
-            // our latest epoch ends at the LEO: nothing to cut yet, ask about it.
-            (
-                &[(0, 0), (1, 50)],
-                70,
-                0,
-                4,
-                e(2, 60),
-                AskAgain { epoch: 1 },
-            ),
-            // Undefined → HW (never below it, never an emptied log).
-            (
-                &[(0, 0)],
-                90,
-                30,
-                0,
-                EpochEndOffset::UNDEFINED,
-                TruncateTo(30),
-            ),
-            (
-                &[(0, 0)],
-                90,
-                90,
-                0,
-                EpochEndOffset::UNDEFINED,
-                TruncateTo(90),
-            ),
-            // Answer above what we asked: protocol violation → HW.
-            (&[(0, 0), (2, 50)], 90, 30, 2, e(3, 60), TruncateTo(30)),
-        ];
-        for (i, &(entries, leo, hw, req, ans, want)) in table.iter().enumerate() {
-            let f = log(entries, leo);
-            let got = on_offset_for_leader_epoch(ans, req, &f, leo, hw);
-            assert_eq!(got, want, "row {i}");
-            if let AskAgain { epoch } | TruncateToAndAskAgain { epoch, .. } = got {
-                assert!(
-                    epoch < req,
-                    "row {i}: the next question is about an older epoch"
-                );
-            }
         }
     }
 
@@ -617,19 +494,6 @@ mod tests {
             validate_follower_fetch(&req(40, 0, 0), 0, &empty, 0, 0),
             FetchValidation::OffsetOutOfRange
         );
-    }
-
-    #[test]
-    fn decisions_know_whether_they_are_complete() {
-        assert!(NoTruncation.is_complete());
-        assert!(TruncateTo(1).is_complete());
-        assert!(TruncateFully { start_offset: 1 }.is_complete());
-        assert!(!AskAgain { epoch: 1 }.is_complete());
-        assert!(!TruncateToAndAskAgain {
-            offset: 1,
-            epoch: 1
-        }
-        .is_complete());
     }
 
     /// The adapter over a real `keel_storage::Log`: epochs stamped by `append_as_leader`, a

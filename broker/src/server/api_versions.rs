@@ -24,13 +24,13 @@ fn table(apis: &[ApiSupport], error: i16) -> ApiVersionsResponse {
         )
 }
 
-pub fn handle(ctx: &Responder, apis: &[ApiSupport]) -> Reply {
+pub(crate) fn handle(ctx: &Responder, apis: &[ApiSupport]) -> Reply {
     ctx.now(table(apis, 0))
 }
 
 /// The answer to an ApiVersions request of a version newer than ours: v0 (header v0),
 /// error UNSUPPORTED_VERSION and the table, so the client retries with a version we have.
-pub fn unsupported_version(apis: &[ApiSupport], correlation_id: i32) -> Reply {
+pub(crate) fn unsupported_version(apis: &[ApiSupport], correlation_id: i32) -> Reply {
     let mut buf = BytesMut::new();
     let encoded = ResponseHeader::default()
         .with_correlation_id(correlation_id)

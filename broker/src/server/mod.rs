@@ -8,8 +8,8 @@
 //! awaits those futures in request order and writes the responses, so responses go back
 //! in the order the requests came, as Kafka requires.
 
-pub mod api_versions;
-pub mod reply;
+pub(crate) mod api_versions;
+pub(crate) mod reply;
 
 use crate::metrics as m;
 use bytes::{Bytes, BytesMut};
@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 
 /// What a listener serves: its API table, limits, and the request dispatch. The Kafka
 /// listener (`Shared`) and the controller listener implement it.
-pub trait Service: Send + Sync + 'static {
+pub(crate) trait Service: Send + Sync + 'static {
     /// The API keys and versions this listener answers (also its ApiVersions response).
     fn apis(&self) -> &'static [ApiSupport];
     /// Largest request frame accepted.
@@ -48,7 +48,11 @@ pub trait Service: Send + Sync + 'static {
 }
 
 /// Accepts connections until the service stops.
-pub async fn accept_loop<S: Service>(shared: Arc<S>, listener: TcpListener, tracker: TaskTracker) {
+pub(crate) async fn accept_loop<S: Service>(
+    shared: Arc<S>,
+    listener: TcpListener,
+    tracker: TaskTracker,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -129,7 +133,7 @@ fn close_on_error(peer: SocketAddr, what: &str, e: &dyn std::fmt::Display) {
 
 /// Why a connection is closed instead of answered.
 #[derive(Debug, thiserror::Error)]
-pub enum RequestError {
+pub(crate) enum RequestError {
     #[error(transparent)]
     Header(#[from] HeaderError),
     #[error("cannot decode {api:?} v{version} request body: {reason}")]

@@ -14,22 +14,22 @@ use std::time::Instant;
 /// What the writer sends for one request: encoded chunks; `None` for nothing (acks=0);
 /// an empty list ([`CLOSE`]) closes the connection, for a request that cannot be answered
 /// (the client must not see later responses in its place).
-pub type Reply = Pin<Box<dyn Future<Output = Option<Vec<Bytes>>> + Send>>;
+pub(crate) type Reply = Pin<Box<dyn Future<Output = Option<Vec<Bytes>>> + Send>>;
 
 /// The reply that closes the connection instead of answering.
-pub const CLOSE: Option<Vec<Bytes>> = Some(Vec::new());
+pub(crate) const CLOSE: Option<Vec<Bytes>> = Some(Vec::new());
 
 /// How to answer one request: enough to encode its response.
 #[derive(Clone)]
-pub struct Responder {
-    pub api_key: ApiKey,
-    pub version: i16,
-    pub correlation_id: i32,
-    pub started: Instant,
+pub(crate) struct Responder {
+    pub(crate) api_key: ApiKey,
+    pub(crate) version: i16,
+    pub(crate) correlation_id: i32,
+    pub(crate) started: Instant,
 }
 
 impl Responder {
-    pub fn new(req: &ParsedRequest) -> Self {
+    pub(crate) fn new(req: &ParsedRequest) -> Self {
         metrics::counter!(m::REQUESTS_TOTAL, "api" => api_name(req.api_key), "version" => version_label(req.header.request_api_version)).increment(1);
         tracing::debug!(api = ?req.api_key, version = req.header.request_api_version, correlation_id = req.header.correlation_id, "request");
         Self {
@@ -41,7 +41,7 @@ impl Responder {
     }
 
     /// Encodes `body` behind its response header; `zero_copy` slices are not copied.
-    pub fn encode<R: Encodable>(&self, body: &R, zero_copy: &[Bytes]) -> Option<Vec<Bytes>> {
+    pub(crate) fn encode<R: Encodable>(&self, body: &R, zero_copy: &[Bytes]) -> Option<Vec<Bytes>> {
         let mut buf = GatherBuf::new();
         for b in zero_copy {
             buf.register(b);
@@ -65,13 +65,13 @@ impl Responder {
     }
 
     /// A reply that is ready now.
-    pub fn now<R: Encodable>(&self, body: R) -> Reply {
+    pub(crate) fn now<R: Encodable>(&self, body: R) -> Reply {
         let out = self.encode(&body, &[]);
         Box::pin(std::future::ready(out))
     }
 }
 
-pub fn decode<T: Decodable>(req: &mut ParsedRequest) -> Result<T, RequestError> {
+pub(crate) fn decode<T: Decodable>(req: &mut ParsedRequest) -> Result<T, RequestError> {
     T::decode(&mut req.body, req.header.request_api_version).map_err(|e| RequestError::Body {
         api: req.api_key,
         version: req.header.request_api_version,
@@ -81,7 +81,7 @@ pub fn decode<T: Decodable>(req: &mut ParsedRequest) -> Result<T, RequestError> 
 
 /// A request version as a metric label, without allocating (versions outside 0..=20 are
 /// refused before a handler runs).
-pub fn version_label(version: i16) -> &'static str {
+pub(crate) fn version_label(version: i16) -> &'static str {
     const LABELS: [&str; 21] = [
         "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
         "17", "18", "19", "20",
@@ -93,7 +93,7 @@ pub fn version_label(version: i16) -> &'static str {
         .unwrap_or("other")
 }
 
-pub fn api_name(key: ApiKey) -> &'static str {
+pub(crate) fn api_name(key: ApiKey) -> &'static str {
     match key {
         ApiKey::Produce => "produce",
         ApiKey::Fetch => "fetch",
