@@ -1,16 +1,15 @@
 //! Records as users see them, and their conversion to and from Kafka v2 record batches.
 //!
-//! Batches are encoded and decoded with `kafka_protocol::records`; this module only reads the
-//! 12-byte batch prefix (base offset, length) to split a fetched byte range into whole batches,
-//! and two header fields the decoder does not expose (last offset delta, max timestamp).
+//! Batches are encoded with [`keel_protocol::encode`] and decoded with
+//! `kafka_protocol::records`; this module only reads the 12-byte batch prefix (base offset,
+//! length) to split a fetched byte range into whole batches, and two header fields the decoder
+//! does not expose (last offset delta, max timestamp).
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE,
-};
+use bytes::Bytes;
+#[cfg(test)]
+use bytes::BytesMut;
+use kafka_protocol::records::{Record, RecordBatchDecoder, TimestampType};
+use keel_protocol::encode::{encode_records, place_one, NewRecord, ProducerIds};
 
 use crate::config::Compression;
 use crate::error::ClientError;
@@ -84,39 +83,21 @@ impl ProducerRecord {
 
     /// The wire record at `offset_delta` within its batch, stamped `timestamp_ms`.
     pub(crate) fn into_wire(self, offset_delta: i64, timestamp_ms: i64) -> Record {
-        let headers: IndexMap<StrBytes, Option<Bytes>> = self
-            .headers
-            .into_iter()
-            .map(|(k, v)| (StrBytes::from_string(k), v))
-            .collect();
-        let mut record = Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
-            producer_id: NO_PRODUCER_ID,
-            producer_epoch: NO_PRODUCER_EPOCH,
-            timestamp_type: TimestampType::Creation,
-            offset: 0,
-            sequence: NO_SEQUENCE,
-            timestamp: self.timestamp.unwrap_or(timestamp_ms),
+        let mut record = NewRecord {
             key: self.key,
             value: self.value,
-            headers,
-        };
+            headers: self.headers,
+            timestamp: self.timestamp.unwrap_or(timestamp_ms),
+        }
+        .into_wire();
         place_in_batch(&mut record, offset_delta);
         record
     }
 }
 
-/// Sets a wire record's offset delta within its batch.
-///
-/// The encoder starts a new batch whenever `offset - sequence` changes, and derives the
-/// batch's base sequence from the first record; so without idempotence the sequence must
-/// advance with the offset from `NO_SEQUENCE` for the batch to carry base sequence -1.
+/// Sets a wire record's offset delta within its batch (a batch without a producer id).
 pub(crate) fn place_in_batch(record: &mut Record, offset_delta: i64) {
-    record.offset = offset_delta;
-    record.sequence = NO_SEQUENCE.wrapping_add(offset_delta as i32);
+    place_one(record, offset_delta, ProducerIds::NONE);
 }
 
 /// Where a produced record landed.
@@ -156,20 +137,8 @@ pub(crate) fn encode_batch(
     records: &[Record],
     compression: Compression,
 ) -> Result<Bytes, ClientError> {
-    let mut buf = BytesMut::with_capacity(
-        BATCH_HEADER_BYTES
-            + records
-                .iter()
-                .map(|r| r.value.as_ref().map_or(0, Bytes::len) + 32)
-                .sum::<usize>(),
-    );
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: compression.to_protocol(),
-    };
-    RecordBatchEncoder::encode(&mut buf, records, &options)
-        .map_err(|e| ClientError::protocol(format!("encode {compression} record batch"), e))?;
-    Ok(buf.freeze())
+    encode_records(records, compression.to_protocol())
+        .map_err(|e| ClientError::protocol(format!("encode {compression} record batch"), e))
 }
 
 /// Length of the leading run of whole batches in `buf`; a fetch response may end with a

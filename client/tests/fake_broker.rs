@@ -21,9 +21,7 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{
-    Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::RecordBatchDecoder;
 use keel_client::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -374,28 +372,24 @@ fn respond<T: Encodable>(corr: i32, key: ApiKey, version: i16, body: &T) -> Byte
 
 /// A control batch (a transaction marker) of one record at offset 0, as a broker writes it.
 fn control_batch() -> Bytes {
-    let record = Record {
-        transactional: true,
-        control: true,
-        delete_horizon: false,
-        partition_leader_epoch: 0,
-        producer_id: 7,
-        producer_epoch: 0,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: 0,
-        timestamp: 0,
+    use keel_protocol::encode::{encode_records, place_one, Compression, NewRecord, ProducerIds};
+    let mut record = NewRecord {
         key: Some(Bytes::from_static(&[0, 0, 0, 1])),
         value: Some(Bytes::from_static(&[0, 0, 0, 0, 0, 0])),
-        headers: Default::default(),
+        headers: Vec::new(),
+        timestamp: 0,
+    }
+    .into_wire();
+    let producer = ProducerIds {
+        producer_id: 7,
+        producer_epoch: 0,
+        base_sequence: 0,
     };
-    let mut buf = BytesMut::new();
-    let opts = RecordEncodeOptions {
-        version: 2,
-        compression: kafka_protocol::records::Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut buf, [&record], &opts).unwrap();
-    buf.freeze()
+    place_one(&mut record, 0, producer);
+    record.transactional = true;
+    record.control = true;
+    record.partition_leader_epoch = 0;
+    encode_records(&[record], Compression::None).unwrap()
 }
 
 /// Fails the test instead of hanging it.

@@ -341,50 +341,32 @@ impl<'a> Iterator for BatchIter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::{Bytes, BytesMut};
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
+    use crate::encode::{encode_batch, Compression, NewRecord, ProducerIds};
+    use bytes::Bytes;
     use proptest::prelude::*;
 
-    fn record(offset: i64, ts: i64, value: &[u8]) -> Record {
-        Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset,
-            // The encoder starts a new batch unless offset - sequence stays constant.
-            sequence: offset as i32,
-            timestamp: ts,
+    fn record(ts: i64, value: &[u8]) -> NewRecord {
+        NewRecord {
             key: Some(Bytes::from_static(b"k")),
             value: Some(Bytes::copy_from_slice(value)),
-            headers: Default::default(),
+            headers: Vec::new(),
+            timestamp: ts,
         }
     }
 
-    fn encode(records: &[Record]) -> Vec<u8> {
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .expect("encode batch");
-        buf.to_vec()
+    /// One batch of `records`, with a producer sequence starting at 0 (and no producer id).
+    fn encode(records: Vec<NewRecord>) -> Vec<u8> {
+        let producer = ProducerIds {
+            base_sequence: 0,
+            ..ProducerIds::NONE
+        };
+        encode_batch(records, Compression::None, producer)
+            .expect("encode batch")
+            .to_vec()
     }
 
     fn sample(n: usize) -> Vec<u8> {
-        let recs: Vec<Record> = (0..n)
-            .map(|i| record(i as i64, 1_000 + i as i64, b"hello"))
-            .collect();
-        encode(&recs)
+        encode((0..n).map(|i| record(1_000 + i as i64, b"hello")).collect())
     }
 
     #[test]
@@ -508,12 +490,12 @@ mod tests {
             offset in any::<i64>(),
             epoch in any::<i32>(),
         ) {
-            let recs: Vec<Record> = values
+            let recs: Vec<NewRecord> = values
                 .iter()
                 .enumerate()
-                .map(|(i, v)| record(i as i64, 5 + i as i64, v))
+                .map(|(i, v)| record(5 + i as i64, v))
                 .collect();
-            let mut b = encode(&recs);
+            let mut b = encode(recs);
             let h = BatchHeader::parse(&b).unwrap();
             prop_assert_eq!(h.total_len(), b.len());
             prop_assert_eq!(h.records_count() as usize, values.len());

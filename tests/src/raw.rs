@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::{
     create_topics_request::{CreatableTopic, CreatableTopicConfig},
     fetch_request::{FetchPartition, FetchTopic},
@@ -24,9 +23,8 @@ use kafka_protocol::messages::{
     ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder};
+use keel_protocol::encode::{NewRecord, ProducerIds};
 
 use crate::data::TestRecord;
 
@@ -549,47 +547,21 @@ pub fn encode_batch(records: &[TestRecord], compression: Compression) -> Result<
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_millis() as i64;
-    let records: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // The encoder starts a new batch whenever `offset - sequence` changes and takes
-            // the batch's base sequence from the first record: advancing the sequence with
-            // the offset from -1 gives one batch with base sequence -1 (no idempotence).
-            sequence: (i as i32).wrapping_sub(1),
-            timestamp: now,
-            key: Some(Bytes::from(r.key.clone())),
-            value: Some(Bytes::from(r.value.clone())),
-            headers: r
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        StrBytes::from_string(k.clone()),
-                        Some(Bytes::from(v.clone())),
-                    )
-                })
-                .collect::<IndexMap<_, _>>(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )?;
-    Ok(buf.freeze())
+    let records = records.iter().map(|r| NewRecord {
+        key: Some(Bytes::from(r.key.clone())),
+        value: Some(Bytes::from(r.value.clone())),
+        headers: r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(Bytes::from(v.clone()))))
+            .collect(),
+        timestamp: now,
+    });
+    Ok(keel_protocol::encode::encode_batch(
+        records,
+        compression,
+        ProducerIds::NONE,
+    )?)
 }
 
 /// What a fetch returned.

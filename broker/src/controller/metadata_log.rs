@@ -7,11 +7,9 @@
 
 use super::image::MetadataImage;
 use super::records::MetadataRecord;
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
-    TimestampType, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE,
-};
+use bytes::Bytes;
+use kafka_protocol::records::RecordBatchDecoder;
+use keel_protocol::encode::values_batch;
 use keel_storage::{Log, LogConfig, StorageError};
 use std::path::Path;
 
@@ -22,8 +20,6 @@ pub enum MetadataLogError {
     Storage(#[from] StorageError),
     #[error("metadata log offset {offset}: {reason}")]
     Corrupt { offset: i64, reason: String },
-    #[error("encoding a metadata batch: {0}")]
-    Encode(String),
 }
 
 pub(crate) struct MetadataLog {
@@ -63,7 +59,7 @@ impl MetadataLog {
         records: &[MetadataRecord],
         now_ms: i64,
     ) -> Result<i64, MetadataLogError> {
-        let batch = encode_batch(records, now_ms)?;
+        let batch = encode_batch(records, now_ms);
         let info = self.log.append_as_leader(&batch, CONTROLLER_EPOCH)?;
         self.log.flush()?;
         self.log.set_high_watermark(info.log_end_offset);
@@ -93,38 +89,8 @@ impl MetadataLog {
 }
 
 /// One uncompressed v2 batch holding `records`, offsets from 0 (the log assigns them).
-pub(crate) fn encode_batch(
-    records: &[MetadataRecord],
-    now_ms: i64,
-) -> Result<Bytes, MetadataLogError> {
-    let records: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
-            producer_id: NO_PRODUCER_ID,
-            producer_epoch: NO_PRODUCER_EPOCH,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // The encoder keeps one batch while `offset - sequence` is constant.
-            sequence: NO_SEQUENCE.wrapping_add(i as i32),
-            timestamp: now_ms,
-            key: None,
-            value: Some(Bytes::from(r.encode())),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut buf, records.iter(), &options)
-        .map_err(|e| MetadataLogError::Encode(e.to_string()))?;
-    Ok(buf.freeze())
+fn encode_batch(records: &[MetadataRecord], now_ms: i64) -> Bytes {
+    values_batch(records.iter().map(MetadataRecord::encode), now_ms)
 }
 
 /// Decodes whole batches (a trailing partial batch is ignored) into (offset, record).

@@ -177,36 +177,9 @@ fn batch_shape_problem(records: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BytesMut;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
 
-    fn batch(n: usize) -> BytesMut {
-        let records: Vec<Record> = (0..n)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: -1 + i as i32,
-                timestamp: 0,
-                key: None,
-                value: Some(bytes::Bytes::from_static(b"v")),
-                headers: Default::default(),
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        let options = RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        };
-        RecordBatchEncoder::encode(&mut buf, records.iter(), &options).unwrap();
-        buf
+    fn batch(n: usize) -> Vec<u8> {
+        keel_protocol::encode::values_batch(std::iter::repeat_n("v", n), 0).to_vec()
     }
 
     #[test]
