@@ -22,6 +22,11 @@
 //! - [`failpoint`]: named failure-injection points for tests (`segment.write`, `segment.fsync`).
 //! - [`sync_journal`]: test-only record of what each segment's last fsync made durable
 //!   (`KEEL_TEST_SYNC_JOURNAL=1`), for simulating a power cut on a killed broker's data.
+//! - `test_support`: batch builders for tests.
+//!
+//! The test-only parts (arming failpoints, turning the sync journal on, `test_support`) exist
+//! only with the `test-util` feature, which the test suites enable; without it the hooks in
+//! the I/O path are constants the compiler removes.
 //! - [`metrics`]: metric names, the fsync counter and timer, and [`stats`] ([`StorageStats`]).
 //!
 //! Directory layout: `<20-digit base offset>.log|.index|.timeindex` per segment, plus
@@ -44,7 +49,7 @@ mod recovery;
 mod retention;
 mod segment;
 pub mod sync_journal;
-#[doc(hidden)]
+#[cfg(any(test, feature = "test-util"))]
 pub mod test_support;
 mod time_index;
 

@@ -15,17 +15,17 @@
 //! only ever follows a SIGKILL, after which the page cache holds them. They go with their
 //! segment (deletion, re-creation); recovery removes a sidecar whose segment is gone.
 //!
-//! Off unless the environment variable [`ENV_VAR`] is `1` when the journal is first consulted
-//! (read once), or a test enabled it for a directory with [`enable_for_dir`] (scoped like
-//! [`crate::failpoint`], so tests running in parallel do not see each other's settings). Off,
-//! a sync pays one relaxed atomic load for it. Never set it in production: each sync then
-//! writes and renames a file.
+//! Only builds with the `test-util` feature (the test suites' broker binary) can turn it on:
+//! there it is off unless the environment variable [`ENV_VAR`] is `1` when the journal is first
+//! consulted (read once), or a test enabled it for a directory with `enable_for_dir` (scoped
+//! like [`crate::failpoint`], so tests running in parallel do not see each other's settings).
+//! Off, a sync pays one relaxed atomic load for it. Without the feature it is never on and
+//! the variable is ignored: each sync would otherwise write and rename a file.
 
-use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+#[cfg(any(test, feature = "test-util"))]
+pub use switch::{disable_for_dir, enable_for_dir};
 
 /// The environment variable that turns the journal on for the whole process when set to `1`.
 pub const ENV_VAR: &str = "KEEL_TEST_SYNC_JOURNAL";
@@ -33,64 +33,85 @@ pub const ENV_VAR: &str = "KEEL_TEST_SYNC_JOURNAL";
 /// Extension of a sidecar, after the 20-digit base offset: `<base>.log.synced`.
 pub const SIDECAR_EXT: &str = "log.synced";
 
-/// [`STATE`] bits. `INIT`: [`ENV_VAR`] was read. `ENV`: it said `1`. `SCOPED`: at least one
-/// directory was enabled with [`enable_for_dir`].
-const INIT: u8 = 1;
-const ENV: u8 = 2;
-const SCOPED: u8 = 4;
-
-static STATE: AtomicU8 = AtomicU8::new(0);
-
-fn scopes() -> MutexGuard<'static, Vec<PathBuf>> {
-    static SCOPES: OnceLock<Mutex<Vec<PathBuf>>> = OnceLock::new();
-    SCOPES
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-}
-
-/// Whether a value of [`ENV_VAR`] turns the journal on.
-fn env_enables(value: Option<&OsStr>) -> bool {
-    value.is_some_and(|v| v == "1")
-}
-
-/// [`STATE`], reading [`ENV_VAR`] on first use.
-fn state() -> u8 {
-    let s = STATE.load(Ordering::Relaxed);
-    if s & INIT != 0 {
-        return s;
-    }
-    let env = if env_enables(std::env::var_os(ENV_VAR).as_deref()) {
-        ENV
-    } else {
-        0
-    };
-    STATE.fetch_or(INIT | env, Ordering::Relaxed) | INIT | env
-}
-
 /// Whether syncs of the segment at `log_path` are journaled.
+#[cfg(any(test, feature = "test-util"))]
 pub(crate) fn enabled(log_path: &Path) -> bool {
-    let s = state();
-    if s == INIT {
-        return false;
+    switch::enabled(log_path)
+}
+
+/// Without `test-util` the journal is never on.
+#[cfg(not(any(test, feature = "test-util")))]
+#[inline(always)]
+pub(crate) fn enabled(_log_path: &Path) -> bool {
+    false
+}
+
+#[cfg(any(test, feature = "test-util"))]
+mod switch {
+    use super::ENV_VAR;
+    use std::ffi::OsStr;
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::sync::{Mutex, MutexGuard, OnceLock};
+
+    /// [`STATE`] bits. `INIT`: [`ENV_VAR`] was read. `ENV`: it said `1`. `SCOPED`: at least one
+    /// directory was enabled with [`enable_for_dir`].
+    const INIT: u8 = 1;
+    pub(super) const ENV: u8 = 2;
+    const SCOPED: u8 = 4;
+
+    static STATE: AtomicU8 = AtomicU8::new(0);
+
+    fn scopes() -> MutexGuard<'static, Vec<PathBuf>> {
+        static SCOPES: OnceLock<Mutex<Vec<PathBuf>>> = OnceLock::new();
+        SCOPES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
-    s & ENV != 0 || (s & SCOPED != 0 && scopes().iter().any(|d| log_path.starts_with(d)))
-}
 
-/// Test hook: journals syncs of every segment under `dir`, whatever [`ENV_VAR`] says, until
-/// [`disable_for_dir`]. For tests that cannot set the environment of their own process.
-pub fn enable_for_dir(dir: &Path) {
-    let mut scopes = scopes();
-    scopes.push(dir.to_path_buf());
-    STATE.fetch_or(SCOPED, Ordering::Release);
-}
+    /// Whether a value of [`ENV_VAR`] turns the journal on.
+    pub(super) fn env_enables(value: Option<&OsStr>) -> bool {
+        value.is_some_and(|v| v == "1")
+    }
 
-/// Undoes [`enable_for_dir`] for `dir` (sidecars already written stay).
-pub fn disable_for_dir(dir: &Path) {
-    let mut scopes = scopes();
-    scopes.retain(|d| d != dir);
-    if scopes.is_empty() {
-        STATE.fetch_and(!SCOPED, Ordering::Release);
+    /// [`STATE`], reading [`ENV_VAR`] on first use.
+    pub(super) fn state() -> u8 {
+        let s = STATE.load(Ordering::Relaxed);
+        if s & INIT != 0 {
+            return s;
+        }
+        let env = if env_enables(std::env::var_os(ENV_VAR).as_deref()) {
+            ENV
+        } else {
+            0
+        };
+        STATE.fetch_or(INIT | env, Ordering::Relaxed) | INIT | env
+    }
+
+    pub(crate) fn enabled(log_path: &Path) -> bool {
+        let s = state();
+        if s == INIT {
+            return false;
+        }
+        s & ENV != 0 || (s & SCOPED != 0 && scopes().iter().any(|d| log_path.starts_with(d)))
+    }
+
+    /// Test hook: journals syncs of every segment under `dir`, whatever [`ENV_VAR`] says, until
+    /// [`disable_for_dir`]. For tests that cannot set the environment of their own process.
+    pub fn enable_for_dir(dir: &Path) {
+        let mut scopes = scopes();
+        scopes.push(dir.to_path_buf());
+        STATE.fetch_or(SCOPED, Ordering::Release);
+    }
+
+    /// Undoes [`enable_for_dir`] for `dir` (sidecars already written stay).
+    pub fn disable_for_dir(dir: &Path) {
+        let mut scopes = scopes();
+        scopes.retain(|d| d != dir);
+        if scopes.is_empty() {
+            STATE.fetch_and(!SCOPED, Ordering::Release);
+        }
     }
 }
 
@@ -152,11 +173,13 @@ pub(crate) fn remove(log_path: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::switch::{env_enables, state, ENV};
     use super::*;
     use crate::config::{FlushPolicy, LogConfig};
     use crate::segment::{file_name, LOG_EXT};
     use crate::test_support::sized_batch;
     use crate::Log;
+    use std::ffi::OsStr;
 
     fn config() -> LogConfig {
         LogConfig {
