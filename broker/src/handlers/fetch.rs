@@ -12,6 +12,7 @@
 use super::{Ctx, Reply};
 use crate::error::storage_error_code;
 use crate::metrics as m;
+use crate::partition::registry::leading;
 use crate::partition::Replica;
 use crate::replication::{
     is_stale_broker_epoch, validate_follower_fetch, FetchPartitionRequestView, FetchValidation,
@@ -167,7 +168,7 @@ fn record_follower_positions(ctx: &Ctx, wanted: &[Wanted], follower: i32) {
     let rt = &ctx.shared.broker;
     for w in wanted {
         for p in &w.partitions {
-            let Some(r) = p.replica.as_ref().filter(|r| r.is_leader()) else {
+            let Ok(r) = leading(p.replica.as_ref()) else {
                 continue;
             };
             let view = FetchPartitionRequestView {
@@ -216,19 +217,19 @@ fn read_all(
                         .with_last_stable_offset(-1)
                         .with_log_start_offset(-1)
                         .with_records(Some(Bytes::new()));
-                    let Some(replica) = p.replica.as_ref().filter(|r| !r.is_deleted()) else {
-                        errors = true;
-                        let code = if w.unknown_id {
-                            ResponseError::UnknownTopicId
-                        } else {
-                            ResponseError::UnknownTopicOrPartition
-                        };
-                        return data.with_error_code(code.code());
+                    let replica = match leading(p.replica.as_ref()) {
+                        Ok(replica) => replica,
+                        Err(e) => {
+                            errors = true;
+                            let code = match e {
+                                ResponseError::UnknownTopicOrPartition if w.unknown_id => {
+                                    ResponseError::UnknownTopicId
+                                }
+                                e => e,
+                            };
+                            return data.with_error_code(code.code());
+                        }
                     };
-                    if !replica.is_leader() {
-                        errors = true;
-                        return data.with_error_code(ResponseError::NotLeaderOrFollower.code());
-                    }
                     let hw = match reader {
                         Reader::Consumer => match replica.consumer_high_watermark() {
                             Some(hw) => hw,

@@ -28,12 +28,10 @@ pub(crate) fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> Reply {
                         .with_partition_index(p.partition_index)
                         .with_timestamp(-1)
                         .with_offset(-1);
-                    let Some(replica) = topics.replica(&t.name, p.partition_index) else {
-                        return r.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                    let replica = match topics.leader(&t.name, p.partition_index) {
+                        Ok(replica) => replica,
+                        Err(e) => return r.with_error_code(e.code()),
                     };
-                    if !replica.is_leader() {
-                        return r.with_error_code(ResponseError::NotLeaderOrFollower.code());
-                    }
                     let log = replica.log();
                     // KIP-207: a new leader gives no "latest" (nor anything bounded by the HW)
                     // until its HW has caught up with the previous leader's.

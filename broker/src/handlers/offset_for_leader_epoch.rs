@@ -26,12 +26,10 @@ pub(crate) fn handle(ctx: &Ctx, req: OffsetForLeaderEpochRequest) -> Reply {
                         .with_partition(p.partition)
                         .with_leader_epoch(UNDEFINED.0)
                         .with_end_offset(UNDEFINED.1);
-                    let Some(replica) = topics.replica(&t.topic, p.partition) else {
-                        return r.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                    let replica = match topics.leader(&t.topic, p.partition) {
+                        Ok(replica) => replica,
+                        Err(e) => return r.with_error_code(e.code()),
                     };
-                    if !replica.is_leader() {
-                        return r.with_error_code(ResponseError::NotLeaderOrFollower.code());
-                    }
                     let ours = replica.leader_epoch();
                     if p.current_leader_epoch >= 0 && p.current_leader_epoch < ours {
                         return r.with_error_code(ResponseError::FencedLeaderEpoch.code());

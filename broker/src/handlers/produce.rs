@@ -40,7 +40,7 @@ pub(crate) fn handle(ctx: Ctx, req: ProduceRequest) -> Option<Reply> {
                     Some("transactions are not supported".into()),
                 ),
                 Some(acks) => append(
-                    topics.replica(&topic.name, p.index),
+                    topics.leader(&topic.name, p.index),
                     acks,
                     p.records.as_deref(),
                 ),
@@ -115,9 +115,14 @@ fn answer_nothing(results: &[(TopicName, Vec<(i32, Outcome)>)]) -> Option<Reply>
     None
 }
 
-fn append(replica: Option<Arc<Replica>>, acks: Acks, records: Option<&[u8]>) -> Outcome {
-    let Some(replica) = replica.filter(|r| !r.is_deleted()) else {
-        return Outcome::Failed(ResponseError::UnknownTopicOrPartition, None);
+fn append(
+    replica: Result<Arc<Replica>, ResponseError>,
+    acks: Acks,
+    records: Option<&[u8]>,
+) -> Outcome {
+    let replica = match replica {
+        Ok(replica) => replica,
+        Err(e) => return Outcome::Failed(e, None),
     };
     let Some(records) = records.filter(|r| !r.is_empty()) else {
         return Outcome::Failed(
@@ -127,9 +132,6 @@ fn append(replica: Option<Arc<Replica>>, acks: Acks, records: Option<&[u8]>) -> 
     };
     if let Some(problem) = batch_shape_problem(records) {
         return Outcome::Failed(ResponseError::InvalidRecord, Some(problem));
-    }
-    if !replica.is_leader() {
-        return Outcome::Failed(ResponseError::NotLeaderOrFollower, None);
     }
     if let Err(e) = replica.may_append(acks) {
         return Outcome::Failed(ack_error_code(e), None);

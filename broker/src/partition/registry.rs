@@ -9,6 +9,7 @@
 use crate::error::BrokerError;
 use crate::partition::{FatalSignal, Replica};
 use crate::topic_config::{topic_log_config, topic_min_insync_replicas};
+use kafka_protocol::ResponseError;
 use keel_storage::LogConfig;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -27,6 +28,18 @@ pub(crate) struct Topic {
     pub(crate) meta: TopicMeta,
     /// The partitions this broker holds a replica of.
     pub(crate) replicas: Vec<Arc<Replica>>,
+}
+
+/// The one rule for serving a client at a partition's leader: the replica must be here, not
+/// deleted, and leading; otherwise the error the client is told (either makes it refresh
+/// its metadata and retry).
+pub(crate) fn leading(replica: Option<&Arc<Replica>>) -> Result<&Arc<Replica>, ResponseError> {
+    match replica {
+        Some(r) if r.is_deleted() => Err(ResponseError::UnknownTopicOrPartition),
+        Some(r) if !r.is_leader() => Err(ResponseError::NotLeaderOrFollower),
+        Some(r) => Ok(r),
+        None => Err(ResponseError::UnknownTopicOrPartition),
+    }
 }
 
 impl Topic {
@@ -103,6 +116,11 @@ impl Topics {
 
     pub(crate) fn replica(&self, name: &str, partition: i32) -> Option<Arc<Replica>> {
         self.get(name)?.replica(partition)
+    }
+
+    /// The replica of `name`/`partition` if this broker leads it (see [`leading`]).
+    pub(crate) fn leader(&self, name: &str, partition: i32) -> Result<Arc<Replica>, ResponseError> {
+        leading(self.replica(name, partition).as_ref()).cloned()
     }
 
     /// Every topic, sorted by name.
