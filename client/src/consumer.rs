@@ -12,29 +12,17 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use tracing::debug;
 
-use crate::admin::resolve_offsets;
 use crate::cluster::Cluster;
 use crate::config::{ClientConfig, ConsumerConfig};
 use crate::error::ClientError;
+use crate::offsets::resolve_offsets;
+pub use crate::offsets::Offset;
 use crate::record::{decode_fetched, ConsumerRecord};
 
 /// OFFSET_OUT_OF_RANGE.
 const OFFSET_OUT_OF_RANGE: i16 = 1;
 /// Pause after a poll that could fetch nothing because leaders were unknown.
 const NO_LEADER_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Where to start (or seek) reading a partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offset {
-    /// The log start offset.
-    Earliest,
-    /// The log end offset: only records produced from now on.
-    Latest,
-    /// This exact offset.
-    At(i64),
-    /// The first offset whose timestamp is at or after this one (ms); the log end if none.
-    Timestamp(i64),
-}
 
 type TopicPartition = (String, i32);
 

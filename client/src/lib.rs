@@ -18,6 +18,7 @@
 //! - `accumulator` — per-partition batches and the readiness rule (size, linger, flush, backoff).
 //! - [`producer`] — [`Producer`]: batching, one sender task, pipelined requests, retries.
 //! - [`consumer`] — [`Consumer`]: manual assignment, positions, long-polling fetch.
+//! - `offsets` — [`Offset`] and resolving it with ListOffsets (consumer and admin).
 //!
 //! Not implemented: idempotent/transactional producing, consumer groups, SASL/TLS.
 //!
@@ -42,6 +43,7 @@ pub mod config;
 pub mod connection;
 pub mod consumer;
 pub mod error;
+mod offsets;
 pub mod partitioner;
 pub mod producer;
 pub mod record;

@@ -2,7 +2,7 @@
 //!
 //! Module map:
 //! - [`cmd::broker`]: `keel broker`, runs a broker until SIGTERM or SIGINT.
-//! - [`cmd::cluster`]: `keel cluster start|status`, a local controller and brokers.
+//! - [`cmd::cluster`]: `keel cluster start|status|node`, a local cluster to watch and break.
 //! - [`cmd::topic`]: `keel topic create|list|describe|delete`.
 //! - [`cmd::produce`]: `keel produce`, lines on stdin become records.
 //! - [`cmd::consume`]: `keel consume`, records become lines on stdout.
@@ -11,6 +11,7 @@
 //! - [`args`]: argument types shared by the client-side commands.
 //! - [`connect`]: reaching the bootstrap servers and explaining failures to a person.
 //! - [`histogram`]: latency percentiles for `keel bench`.
+//! - `table`: plain-text tables for command output.
 //!
 //! [`main_entry`] is the whole program; `src/main.rs` and the tests crate's
 //! `keel-testbin` both just call it.
@@ -19,6 +20,7 @@ pub mod args;
 pub mod cmd;
 pub mod connect;
 pub mod histogram;
+mod table;
 
 pub use keel_broker::alloc_guard::HugeAllocGuard;
 

@@ -6,6 +6,7 @@ use keel_client::{PartitionInfo, TopicDescription, TopicSpec};
 
 use crate::args::{parse_key_value, Bootstrap, ConnArgs};
 use crate::connect;
+use crate::table::{ids, table};
 
 /// Kafka's TOPIC_ALREADY_EXISTS error code.
 const TOPIC_ALREADY_EXISTS: i16 = 36;
@@ -153,35 +154,6 @@ pub fn render_description(desc: &TopicDescription) -> String {
         for (key, value) in configs {
             out.push_str(&format!("  {key}={value}\n"));
         }
-    }
-    out
-}
-
-fn ids(ids: &[i32]) -> String {
-    let list: Vec<String> = ids.iter().map(i32::to_string).collect();
-    list.join(",")
-}
-
-/// Left-aligned columns separated by two spaces, no trailing blanks.
-fn table<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut widths = [0usize; N];
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 == N {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
     }
     out
 }

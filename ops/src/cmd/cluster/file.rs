@@ -7,8 +7,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use super::plan::Role;
-use super::start::Slot;
-use super::status::{strings, table};
+use crate::table::{strings, table};
 
 pub const FILE_NAME: &str = "cluster.json";
 
@@ -58,32 +57,6 @@ pub struct NodeEntry {
 }
 
 impl ClusterFile {
-    pub(super) fn from_nodes(nodes: &[Slot]) -> ClusterFile {
-        let nodes = nodes
-            .iter()
-            .map(|n| {
-                let ready = n.ready.clone();
-                NodeEntry {
-                    id: n.plan.id,
-                    role: n.plan.role,
-                    kafka: ready.as_ref().and_then(|r| r.kafka),
-                    // A node that does not announce its controller listener yet.
-                    controller: ready
-                        .as_ref()
-                        .and_then(|r| r.controller)
-                        .or(n.plan.controller),
-                    metrics: ready.as_ref().and_then(|r| r.metrics),
-                    pid: n.pid,
-                    data_dir: n.plan.data_dir.clone(),
-                    log_file: n.plan.log_file.clone(),
-                    state: n.state,
-                    exit: n.exit.clone(),
-                }
-            })
-            .collect();
-        ClusterFile { nodes }
-    }
-
     /// The brokers' Kafka addresses.
     pub fn bootstrap(&self) -> Vec<String> {
         self.nodes

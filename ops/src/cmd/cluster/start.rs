@@ -27,7 +27,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::{timeout, Instant};
 
 use super::control;
-use super::file::{render_nodes, ClusterFile, NodeState, FILE_NAME};
+use super::file::{render_nodes, ClusterFile, NodeEntry, NodeState, FILE_NAME};
 use super::plan::{cluster_defaults, layout, node_args, voters, NodePlan, Role};
 use super::ready::ReadyLine;
 use super::{StartArgs, PROBE_TIMEOUT};
@@ -268,7 +268,7 @@ impl Supervisor {
     }
 
     fn write_file(&self) -> anyhow::Result<ClusterFile> {
-        let file = ClusterFile::from_nodes(&self.nodes);
+        let file = cluster_file(&self.nodes);
         file.write(&self.file)?;
         Ok(file)
     }
@@ -463,6 +463,33 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// What `cluster.json` says about `nodes`.
+fn cluster_file(nodes: &[Slot]) -> ClusterFile {
+    let nodes = nodes
+        .iter()
+        .map(|n| {
+            let ready = n.ready.clone();
+            NodeEntry {
+                id: n.plan.id,
+                role: n.plan.role,
+                kafka: ready.as_ref().and_then(|r| r.kafka),
+                // A node that does not announce its controller listener yet.
+                controller: ready
+                    .as_ref()
+                    .and_then(|r| r.controller)
+                    .or(n.plan.controller),
+                metrics: ready.as_ref().and_then(|r| r.metrics),
+                pid: n.pid,
+                data_dir: n.plan.data_dir.clone(),
+                log_file: n.plan.log_file.clone(),
+                state: n.state,
+                exit: n.exit.clone(),
+            }
+        })
+        .collect();
+    ClusterFile { nodes }
 }
 
 fn listens(node: &Slot) -> String {

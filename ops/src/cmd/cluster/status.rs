@@ -10,6 +10,7 @@ use super::metrics::{partition_offsets, scrape_metrics, PartitionOffsets};
 use super::{StatusArgs, PROBE_TIMEOUT};
 use crate::args::parse_bootstrap;
 use crate::connect;
+use crate::table::{ids, strings, table};
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let file = ClusterFile::read(&args.data_dir.join(FILE_NAME))?;
@@ -142,35 +143,6 @@ async fn scrape_all(file: &ClusterFile) -> BTreeMap<i32, anyhow::Result<Partitio
     out
 }
 
-pub(super) fn strings(cells: &[&str]) -> Vec<String> {
-    cells.iter().map(|c| c.to_string()).collect()
-}
-
-fn ids(ids: &[i32]) -> String {
-    ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
-}
-
 fn opt(v: Option<i64>) -> String {
     v.map_or_else(|| "?".to_string(), |v| v.to_string())
-}
-
-/// Left-aligned columns separated by two spaces, no trailing blanks.
-pub(super) fn table(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let mut widths = vec![0usize; columns];
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (cell, w) in row.iter().zip(&widths) {
-            line.push_str(&format!("{cell:<w$}  "));
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }
