@@ -17,12 +17,14 @@ pub(crate) mod flusher;
 pub(crate) mod gauges;
 pub(crate) mod maintenance;
 pub(crate) mod registry;
+mod repair;
 pub(crate) mod role;
 
 use crate::error::FatalSignal;
 use acks::{AckError, Acks};
 use flusher::{flusher, leader_ack_offset};
 use keel_storage::{AppendInfo, FlushPolicy, Log, LogConfig, StorageError};
+use repair::Repair;
 use role::{Role, Timing, Transition};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -58,13 +60,8 @@ pub(crate) struct Replica {
     leadership: RwLock<()>,
     /// `replica.lag.time.max.ms`
     lag_time_max_ms: u64,
-    /// Set when recovery ended below the checkpointed HW (acknowledged data was lost
-    /// here), or when a repair was requested: the offset this replica must reach again,
-    /// from its leader, before it may lead or count in an ISR. `i64::MIN`: none.
-    must_reach: AtomicI64,
-    /// A batch failed its CRC check at this offset: truncate there (as a follower of a
-    /// fenced broker) and fetch the rest again. `i64::MAX`: none.
-    repair_at: AtomicI64,
+    /// Acknowledged data this replica lacks and must fetch again before it may lead.
+    repair: Repair,
 }
 
 /// See [`Replica::following`].
@@ -194,8 +191,7 @@ impl Replica {
             role: Mutex::new(role),
             leadership: RwLock::new(()),
             lag_time_max_ms: settings.lag_time_max_ms,
-            must_reach: AtomicI64::new(must_reach.unwrap_or(i64::MIN)),
-            repair_at: AtomicI64::new(i64::MAX),
+            repair: Repair::new(must_reach),
         });
         if flush_always {
             tokio::spawn(flusher(replica.clone(), stop.clone(), fatal.clone()));
@@ -282,8 +278,7 @@ impl Replica {
     /// True while this replica lacks data it had acknowledged (lost in an unclean stop, or
     /// about to be cut at a corrupt batch): its broker stays fenced meanwhile.
     pub(crate) fn is_repairing(&self) -> bool {
-        self.repair_at.load(Ordering::Acquire) != i64::MAX
-            || self.log.log_end_offset() < self.must_reach.load(Ordering::Acquire)
+        self.repair.is_pending(self.log.log_end_offset())
     }
 
     /// A replica whose partition has no other replica cannot get lost data back: it stops
@@ -293,8 +288,7 @@ impl Replica {
             return;
         }
         let lost_from = self.log.log_end_offset();
-        let wanted = self.must_reach.swap(i64::MIN, Ordering::AcqRel);
-        self.repair_at.store(i64::MAX, Ordering::Release);
+        let wanted = self.repair.forgo();
         tracing::error!(
             topic = %self.topic,
             partition = self.partition,
@@ -310,9 +304,7 @@ impl Replica {
     /// follows ([`Self::take_repair`]): a replica still in an ISR must not lack data it
     /// acknowledged. Until it is back at today's HW it neither leads nor joins an ISR.
     pub(crate) fn request_repair(&self, bad: i64) {
-        self.must_reach
-            .fetch_max(self.high_watermark(), Ordering::AcqRel);
-        self.repair_at.fetch_min(bad, Ordering::AcqRel);
+        self.repair.request(bad, self.high_watermark());
     }
 
     /// The offset to cut at, if a repair is pending and this replica is a follower; the
@@ -321,8 +313,7 @@ impl Replica {
         if self.is_leader() || self.is_deleted() {
             return None;
         }
-        let at = self.repair_at.swap(i64::MAX, Ordering::AcqRel);
-        (at != i64::MAX).then_some(at)
+        self.repair.take_cut()
     }
 
     pub(crate) fn partition_epoch(&self) -> i32 {
