@@ -77,7 +77,11 @@ pub(crate) struct ControllerLink {
     advertised: (String, i32),
     /// The controller voter: its node id and `host:port`.
     voter: (i32, String),
+    /// For registration, heartbeats and the other calls that are answered at once.
     conn: Mutex<Option<Arc<Connection>>>,
+    /// For the metadata follower's long polls only: the controller answers one connection's
+    /// requests in order, so a heartbeat must never queue behind a poll that waits.
+    poll_conn: Mutex<Option<Arc<Connection>>>,
     broker_epoch: AtomicI64,
     /// Set once controlled shutdown starts: every heartbeat then asks to shut down.
     shutting_down: AtomicBool,
@@ -99,6 +103,7 @@ impl ControllerLink {
             advertised,
             voter,
             conn: Mutex::new(None),
+            poll_conn: Mutex::new(None),
             broker_epoch: AtomicI64::new(-1),
             shutting_down: AtomicBool::new(false),
             heartbeat_now: Notify::new(),
@@ -126,7 +131,14 @@ impl ControllerLink {
 
     /// The connection to the controller, (re)connecting if needed.
     pub(crate) async fn connection(&self) -> Result<Arc<Connection>, LinkError> {
-        let mut guard = self.conn.lock().await;
+        self.connect(&self.conn).await
+    }
+
+    async fn connect(
+        &self,
+        slot: &Mutex<Option<Arc<Connection>>>,
+    ) -> Result<Arc<Connection>, LinkError> {
+        let mut guard = slot.lock().await;
         if let Some(c) = guard.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
@@ -158,6 +170,25 @@ impl ControllerLink {
         R: kafka_protocol::protocol::Request,
     {
         self.connection()
+            .await?
+            .send_version(req, version, timeout)
+            .await
+            .map_err(|source| LinkError::Call { call, source })
+    }
+
+    /// [`Self::call`] for a request the controller may hold (a long poll), on a connection
+    /// of its own.
+    pub(crate) async fn long_poll<R>(
+        &self,
+        call: &'static str,
+        req: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, LinkError>
+    where
+        R: kafka_protocol::protocol::Request,
+    {
+        self.connect(&self.poll_conn)
             .await?
             .send_version(req, version, timeout)
             .await

@@ -76,7 +76,11 @@ impl MetadataFollower {
         let mut image = (*self.image()).clone();
         let mut attempt = 0;
         while !stop.is_cancelled() {
-            match self.fetch(&link, image.offset() + 1).await {
+            let fetched = tokio::select! {
+                r = self.fetch(&link, image.offset() + 1) => r,
+                _ = stop.cancelled() => return,
+            };
+            match fetched {
                 Ok(records) => {
                     attempt = 0;
                     if records.is_empty() {
@@ -138,7 +142,7 @@ impl MetadataFollower {
         req.session_epoch = -1;
         req.topics = vec![t];
         let timeout = Duration::from_millis(LONG_POLL_MS as u64) + Duration::from_secs(10);
-        let resp = link.call("metadata fetch", &req, 12, timeout).await?;
+        let resp = link.long_poll("metadata fetch", &req, 12, timeout).await?;
         let p = resp
             .responses
             .into_iter()

@@ -337,6 +337,7 @@ impl ControllerService {
     /// Serves the metadata log (and only it) to brokers, long-polling for new records.
     fn fetch(&self, r: Responder, req: FetchRequest) -> Reply {
         let driver = self.driver.clone();
+        let stop = self.stop.clone();
         let wanted = req.topics.iter().find_map(|t| {
             (t.topic.as_str() == METADATA_TOPIC)
                 .then(|| t.partitions.iter().find(|p| p.partition == 0))
@@ -351,7 +352,11 @@ impl ControllerService {
                 return r.encode(&resp, &[]);
             };
             let mut end = driver.subscribe_end();
-            let _ = tokio::time::timeout(max_wait, end.wait_for(|&e| e > offset)).await;
+            // A stopping controller answers at once with what it has.
+            tokio::select! {
+                _ = tokio::time::timeout(max_wait, end.wait_for(|&e| e > offset)) => {}
+                _ = stop.cancelled() => {}
+            }
             let (data, slices) = driver.with_log(|log| {
                 let log = log.log();
                 let hw = log.log_end_offset();
