@@ -92,6 +92,11 @@ pub struct BrokerConfig {
     pub replica_fetch_response_max_bytes: i32,
     /// `replica.fetch.wait.max.ms`: how long a follower fetch long-polls.
     pub replica_fetch_wait_max_ms: i32,
+    /// `producer.id.expiration.ms`: an idempotent producer whose last batch in a partition
+    /// is older than this is forgotten there (its next batch is accepted at any sequence).
+    pub producer_id_expiration_ms: u64,
+    /// `producer.id.expiration.check.interval.ms`: how often that is checked.
+    pub producer_id_expiration_check_interval_ms: u64,
 }
 
 /// What a node runs in cluster mode.
@@ -133,6 +138,8 @@ impl Default for BrokerConfig {
             replica_fetch_max_bytes: 4 << 20,
             replica_fetch_response_max_bytes: 10 << 20,
             replica_fetch_wait_max_ms: 500,
+            producer_id_expiration_ms: 86_400_000,
+            producer_id_expiration_check_interval_ms: 600_000,
         }
     }
 }
@@ -252,6 +259,10 @@ impl BrokerConfig {
                 self.replica_fetch_response_max_bytes = parse(key, value)?
             }
             "replica.fetch.wait.max.ms" => self.replica_fetch_wait_max_ms = parse(key, value)?,
+            "producer.id.expiration.ms" => self.producer_id_expiration_ms = parse(key, value)?,
+            "producer.id.expiration.check.interval.ms" => {
+                self.producer_id_expiration_check_interval_ms = parse(key, value)?
+            }
             _ => return Err(ConfigError::Unknown(key.to_string())),
         }
         Ok(())

@@ -3,6 +3,7 @@
 use crate::config::ConfigError;
 use crate::partition::acks::AckError;
 use kafka_protocol::ResponseError;
+use keel_storage::producer_state::ProducerError;
 use keel_storage::StorageError;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +48,12 @@ pub(crate) fn storage_error_code(e: &StorageError) -> ResponseError {
         StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         StorageError::CorruptBatch { .. } => ResponseError::CorruptMessage,
         StorageError::RecordTooLarge { .. } => ResponseError::MessageTooLarge,
+        StorageError::Producer(ProducerError::OutOfOrder { .. }) => {
+            ResponseError::OutOfOrderSequenceNumber
+        }
+        StorageError::Producer(ProducerError::InvalidEpoch { .. }) => {
+            ResponseError::InvalidProducerEpoch
+        }
         _ => ResponseError::KafkaStorageError,
     }
 }

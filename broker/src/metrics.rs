@@ -24,6 +24,9 @@ pub const RECEIVED_BYTES_TOTAL: &str = "keel_server_received_bytes_total";
 pub const SENT_BYTES_TOTAL: &str = "keel_server_sent_bytes_total";
 pub const PRODUCE_BYTES_TOTAL: &str = "keel_produce_appended_bytes_total";
 pub const PRODUCE_PURGATORY_REQUESTS: &str = "keel_produce_purgatory_requests";
+pub const PRODUCE_DUPLICATES_TOTAL: &str = "keel_produce_duplicate_batches_total";
+pub const PRODUCE_OUT_OF_ORDER_TOTAL: &str = "keel_produce_out_of_order_sequence_total";
+pub const PRODUCE_FENCED_TOTAL: &str = "keel_produce_fenced_producer_total";
 pub const FETCH_BYTES_TOTAL: &str = "keel_fetch_returned_bytes_total";
 pub const FETCH_PURGATORY_REQUESTS: &str = "keel_fetch_purgatory_requests";
 
@@ -38,6 +41,7 @@ pub const PARTITION_IS_LEADER: &str = "keel_partition_is_leader";
 pub const PARTITION_ISR_SIZE: &str = "keel_partition_isr_size";
 pub const PARTITION_UNDER_REPLICATED: &str = "keel_partition_under_replicated";
 pub const PARTITION_UNDER_MIN_ISR: &str = "keel_partition_under_min_isr";
+pub const PARTITION_PRODUCERS: &str = "keel_partition_producers";
 
 // The leader's view of each follower (labels: topic, partition, replica).
 pub const FOLLOWER_LAG_RECORDS: &str = "keel_follower_lag_records";
@@ -261,6 +265,31 @@ fn describe() {
         "Duration of each fsync/fdatasync."
     );
     describe_gauge!(s::OPEN_SEGMENTS, "Segment files open.");
+    describe_counter!(
+        s::PRODUCER_SNAPSHOTS_WRITTEN_TOTAL,
+        "Producer-state snapshots written (at segment rolls and clean closes)."
+    );
+    describe_histogram!(
+        s::PRODUCER_STATE_LOAD_SECONDS,
+        Unit::Seconds,
+        "Time to load a log's producer state when it opens (newest snapshot, then replay)."
+    );
+    describe_counter!(
+        PRODUCE_DUPLICATES_TOTAL,
+        "Idempotent producers' retried batches answered with their first offsets, not appended."
+    );
+    describe_counter!(
+        PRODUCE_OUT_OF_ORDER_TOTAL,
+        "Idempotent producers' batches refused for a sequence gap (OUT_OF_ORDER_SEQUENCE_NUMBER)."
+    );
+    describe_counter!(
+        PRODUCE_FENCED_TOTAL,
+        "Idempotent producers' batches refused for an old epoch (INVALID_PRODUCER_EPOCH)."
+    );
+    describe_gauge!(
+        PARTITION_PRODUCERS,
+        "Idempotent producer ids this replica keeps state for (expire after producer.id.expiration.ms)."
+    );
     describe_gauge!(
         s::MAPPED_BYTES,
         Unit::Bytes,
@@ -316,6 +345,10 @@ const BROKER_COUNTERS: &[&str] = &[
     FETCHER_RECONNECTS_TOTAL,
     FETCHER_BACKOFFS_TOTAL,
     keel_storage::metrics::FSYNCS_TOTAL,
+    keel_storage::metrics::PRODUCER_SNAPSHOTS_WRITTEN_TOTAL,
+    PRODUCE_DUPLICATES_TOTAL,
+    PRODUCE_OUT_OF_ORDER_TOTAL,
+    PRODUCE_FENCED_TOTAL,
 ];
 
 /// Registers the broker's event counters at zero (see [`BROKER_COUNTERS`]).

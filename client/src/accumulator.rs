@@ -6,8 +6,14 @@
 //! in progress, or — for a retried batch — when its backoff has passed. `drain` takes ready
 //! front batches whose leader is known and whose broker may take another request, groups them
 //! by broker and caps each group at `max_request_size`.
+//!
+//! With idempotence on ([`Accumulator::idempotent`]) it also keeps each partition's sequence
+//! numbers: a batch gets its base sequence when it is first drained and keeps it through
+//! every retry; a retried batch goes back in sequence order; at most [`MAX_IN_FLIGHT`]
+//! batches of a partition are out at once (what the broker keeps for deduplication); and
+//! after an epoch bump every unsettled batch is numbered again from 0.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,6 +23,11 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use crate::config::Compression;
 use crate::error::ClientError;
 use crate::record::{encode_batch, place_in_batch, RecordMetadata, BATCH_HEADER_BYTES};
+use keel_protocol::encode::{place, ProducerIds};
+
+/// Batches of one partition out at once with idempotence: the broker keeps the last five
+/// batches of a producer to recognise retries.
+pub(crate) const MAX_IN_FLIGHT: usize = 5;
 
 /// A record waiting for delivery, with its completion channel and reserved buffer memory.
 pub(crate) struct PendingRecord {
@@ -37,6 +48,8 @@ pub(crate) struct ProducerBatch {
     /// Sends (or leader look-ups) that failed retriably so far.
     pub(crate) attempts: u32,
     pub(crate) retry_at: Option<Instant>,
+    /// With idempotence: the base sequence, from the first drain on.
+    pub(crate) sequence: Option<i32>,
 }
 
 impl ProducerBatch {
@@ -49,12 +62,30 @@ impl ProducerBatch {
             created: now,
             attempts: 0,
             retry_at: None,
+            sequence: None,
         }
     }
 
-    /// Encodes the batch (offsets 0..n) as one v2 record batch.
-    pub(crate) fn encode(&self, compression: Compression) -> Result<Bytes, ClientError> {
-        let records: Vec<Record> = self.records.iter().map(|r| r.record.clone()).collect();
+    /// Encodes the batch (offsets 0..n) as one v2 record batch, stamped with `producer`
+    /// (its id and epoch, and this batch's sequence) when idempotent.
+    pub(crate) fn encode(
+        &self,
+        compression: Compression,
+        producer: Option<(i64, i16)>,
+    ) -> Result<Bytes, ClientError> {
+        let mut records: Vec<Record> = self.records.iter().map(|r| r.record.clone()).collect();
+        if let (Some((producer_id, producer_epoch)), Some(base_sequence)) =
+            (producer, self.sequence)
+        {
+            place(
+                &mut records,
+                ProducerIds {
+                    producer_id,
+                    producer_epoch,
+                    base_sequence,
+                },
+            );
+        }
         encode_batch(&records, compression)
     }
 
@@ -115,6 +146,17 @@ pub(crate) struct Drain {
 
 type TopicPartition = (String, i32);
 
+/// One partition's sequence numbers (idempotence).
+#[derive(Debug, Default)]
+struct PartitionSequences {
+    /// The next base sequence to hand out.
+    next: i32,
+    /// Base sequences of batches drained and not yet settled (in flight or awaiting retry).
+    unsettled: BTreeSet<i32>,
+    /// Batches of this partition in flight.
+    in_flight: usize,
+}
+
 /// Per-partition batch queues.
 pub(crate) struct Accumulator {
     batch_size: usize,
@@ -124,6 +166,8 @@ pub(crate) struct Accumulator {
     queues: BTreeMap<TopicPartition, VecDeque<ProducerBatch>>,
     /// Rotates the drain start so no partition is always last under `max_request_size`.
     drain_cursor: usize,
+    /// With idempotence on: sequence numbers per partition.
+    sequences: Option<HashMap<TopicPartition, PartitionSequences>>,
 }
 
 impl Accumulator {
@@ -140,7 +184,51 @@ impl Accumulator {
             retry_backoff,
             queues: BTreeMap::new(),
             drain_cursor: 0,
+            sequences: None,
         }
+    }
+
+    /// Turns idempotence on: sequence numbers and the per-partition in-flight cap.
+    pub(crate) fn idempotent(mut self) -> Self {
+        self.sequences = Some(HashMap::new());
+        self
+    }
+
+    /// A drained batch is settled (delivered or failed for good): it no longer holds its
+    /// partition's sequence range or an in-flight slot.
+    pub(crate) fn settled(&mut self, batch: &ProducerBatch) {
+        if let Some(s) = self.partition_sequences(batch) {
+            s.in_flight = s.in_flight.saturating_sub(1);
+            if let Some(seq) = batch.sequence {
+                s.unsettled.remove(&seq);
+            }
+        }
+    }
+
+    /// Whether no unsettled batch of the partition comes before `batch`: a sequence error
+    /// on it cannot be the echo of an earlier batch's failure.
+    pub(crate) fn is_first_unsettled(&mut self, batch: &ProducerBatch) -> bool {
+        match (self.partition_sequences(batch), batch.sequence) {
+            (Some(s), Some(seq)) => s.unsettled.first().is_none_or(|&first| first >= seq),
+            _ => true,
+        }
+    }
+
+    /// After an epoch bump (nothing in flight): every partition starts again at sequence
+    /// 0, and every queued batch is numbered again when next drained, in queue order.
+    pub(crate) fn reset_sequences(&mut self) {
+        if let Some(seqs) = self.sequences.as_mut() {
+            seqs.clear();
+        }
+        for batch in self.queues.values_mut().flatten() {
+            batch.sequence = None;
+        }
+    }
+
+    fn partition_sequences(&mut self, batch: &ProducerBatch) -> Option<&mut PartitionSequences> {
+        self.sequences
+            .as_mut()?
+            .get_mut(&(batch.topic.clone(), batch.partition))
     }
 
     /// Appends a record to the open batch of `topic`-`partition`, opening one if there is none
@@ -172,10 +260,22 @@ impl Accumulator {
         }
     }
 
-    /// Puts a batch that failed retriably back at the front of its partition's queue.
+    /// Puts a batch that failed retriably back at the front of its partition's queue, in
+    /// sequence order among the batches already back there.
     pub(crate) fn requeue(&mut self, batch: ProducerBatch) {
+        if let Some(s) = self.partition_sequences(&batch) {
+            s.in_flight = s.in_flight.saturating_sub(1);
+        }
         let key = (batch.topic.clone(), batch.partition);
-        self.queues.entry(key).or_default().push_front(batch);
+        let queue = self.queues.entry(key).or_default();
+        let at = match batch.sequence {
+            Some(seq) => queue
+                .iter()
+                .position(|b| b.sequence.is_none_or(|s| s > seq))
+                .unwrap_or(queue.len()),
+            None => 0,
+        };
+        queue.insert(at, batch);
     }
 
     /// Whether nothing is queued.
@@ -232,6 +332,14 @@ impl Accumulator {
             if !self.is_ready(queue, now, flushing) {
                 continue;
             }
+            if self
+                .sequences
+                .as_ref()
+                .and_then(|s| s.get(key))
+                .is_some_and(|s| s.in_flight >= MAX_IN_FLIGHT)
+            {
+                continue;
+            }
             let queue = self.queues.get_mut(key).expect("key from this map");
             let Some(broker) = leader(&key.0, key.1) else {
                 let front = queue.front_mut().expect("ready queue is non-empty");
@@ -254,6 +362,18 @@ impl Accumulator {
             *used += size;
             let mut batch = queue.pop_front().expect("ready queue is non-empty");
             batch.retry_at = None;
+            if let Some(seqs) = self.sequences.as_mut() {
+                let s = seqs.entry(key.clone()).or_default();
+                let seq = *batch.sequence.get_or_insert_with(|| {
+                    let seq = s.next;
+                    // Sequences wrap after i32::MAX to 0, as Kafka's do.
+                    s.next = (i64::from(seq) + batch.records.len() as i64)
+                        .rem_euclid(i64::from(i32::MAX) + 1) as i32;
+                    seq
+                });
+                s.unsettled.insert(seq);
+                s.in_flight += 1;
+            }
             out.by_broker.entry(broker).or_default().push(batch);
         }
         self.queues.retain(|_, q| !q.is_empty());
@@ -274,11 +394,88 @@ impl Accumulator {
 }
 
 #[cfg(test)]
-mod tests {
+mod idempotence_tests {
+    use super::tests_support::*;
+    use super::*;
+
+    #[test]
+    fn sequences_are_given_once_and_kept_across_retries() {
+        let mut a = acc(1, 0).idempotent();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            a.append("t", 0, rec(10).0, t0);
+        }
+        let mut sent = Vec::new();
+        for _ in 0..3 {
+            let mut d = a.drain(t0, true, usize::MAX, leader_0, |_| true);
+            sent.extend(d.by_broker.remove(&0).unwrap());
+        }
+        let seqs: Vec<_> = sent.iter().map(|b| b.sequence).collect();
+        assert_eq!(seqs, [Some(0), Some(1), Some(2)]);
+        // The second and the first fail, in that order: back in sequence order.
+        let mut it = sent.into_iter();
+        let (first, second, third) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+        assert!(!a.is_first_unsettled(&second), "batch 0 is still unsettled");
+        a.requeue(second);
+        a.requeue(first);
+        let mut d = a.drain(
+            t0 + Duration::from_secs(1),
+            true,
+            usize::MAX,
+            leader_0,
+            |_| true,
+        );
+        let again = d.by_broker.remove(&0).unwrap();
+        assert_eq!(again[0].sequence, Some(0), "retried first, same sequence");
+        assert!(a.is_first_unsettled(&again[0]));
+        a.settled(&again[0]);
+        a.settled(&third);
+        // After a bump everything still queued starts again at 0.
+        a.reset_sequences();
+        let mut d = a.drain(
+            t0 + Duration::from_secs(2),
+            true,
+            usize::MAX,
+            leader_0,
+            |_| true,
+        );
+        assert_eq!(d.by_broker.remove(&0).unwrap()[0].sequence, Some(0));
+    }
+
+    #[test]
+    fn at_most_five_batches_of_a_partition_are_out() {
+        let mut a = acc(1, 0).idempotent();
+        let t0 = Instant::now();
+        for _ in 0..8 {
+            a.append("t", 0, rec(10).0, t0);
+        }
+        let mut out = Vec::new();
+        for _ in 0..8 {
+            if let Some(mut b) = a
+                .drain(t0, true, usize::MAX, leader_0, |_| true)
+                .by_broker
+                .remove(&0)
+            {
+                out.append(&mut b);
+            }
+        }
+        assert_eq!(out.len(), MAX_IN_FLIGHT);
+        a.settled(&out[0]);
+        let d = a.drain(t0, true, usize::MAX, leader_0, |_| true);
+        assert_eq!(
+            d.by_broker[&0][0].sequence,
+            Some(5),
+            "a slot freed, the next goes"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests_support {
     use super::*;
     use crate::record::ProducerRecord;
 
-    fn rec(
+    pub(super) fn rec(
         value_len: usize,
     ) -> (
         PendingRecord,
@@ -296,7 +493,7 @@ mod tests {
         (pending, rx)
     }
 
-    fn acc(batch_size: usize, linger_ms: u64) -> Accumulator {
+    pub(super) fn acc(batch_size: usize, linger_ms: u64) -> Accumulator {
         Accumulator::new(
             batch_size,
             Duration::from_millis(linger_ms),
@@ -305,9 +502,15 @@ mod tests {
         )
     }
 
-    fn leader_0(_: &str, _: i32) -> Option<i32> {
+    pub(super) fn leader_0(_: &str, _: i32) -> Option<i32> {
         Some(0)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
+    use super::*;
 
     #[test]
     fn batches_split_by_size() {

@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::describe_producers_request::TopicRequest;
 use kafka_protocol::messages::{
-    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, TopicName,
+    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, DescribeProducersRequest,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use tracing::debug;
@@ -38,6 +40,26 @@ pub struct TopicSpec {
     pub replication_factor: i16,
     /// Topic configs, e.g. `("retention.ms", "60000")`.
     pub configs: Vec<(String, String)>,
+}
+
+/// The idempotent producers of one partition, as its leader describes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionProducers {
+    pub partition: i32,
+    /// The leader's error for this partition (e.g. `NOT_LEADER_OR_FOLLOWER`), if any.
+    pub error: Option<String>,
+    pub producers: Vec<ProducerInfo>,
+}
+
+/// One idempotent producer's state on a partition's leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerInfo {
+    pub producer_id: i64,
+    pub epoch: i32,
+    /// The last sequence number of its last batch.
+    pub last_sequence: i32,
+    /// The max timestamp of its last batch.
+    pub last_timestamp: i64,
 }
 
 /// A topic as described by Metadata and DescribeConfigs.
@@ -233,6 +255,53 @@ impl Admin {
             }
             Err(e) => debug!(error = %e, "describe configs failed"),
         }
+        Ok(out)
+    }
+
+    /// The idempotent producers each partition's leader keeps state for (DescribeProducers).
+    /// A partition whose leader answered an error has it in `error` and no producers.
+    pub async fn describe_producers(
+        &self,
+        topic: &str,
+    ) -> Result<Vec<PartitionProducers>, ClientError> {
+        let meta = self.cluster.topic_metadata(topic).await?;
+        let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+        let mut out = Vec::new();
+        for p in &meta.partitions {
+            match meta.leader(p.partition) {
+                Some(l) => by_leader.entry(l).or_default().push(p.partition),
+                None => out.push(PartitionProducers {
+                    partition: p.partition,
+                    error: Some(kafka_error_name(5).to_owned()),
+                    producers: Vec::new(),
+                }),
+            }
+        }
+        for (leader, partitions) in by_leader {
+            let conn = self.cluster.connection(leader).await?;
+            let req = DescribeProducersRequest::default()
+                .with_topics(vec![TopicRequest::default()
+                    .with_name(TopicName(str_bytes(topic)))
+                    .with_partition_indexes(partitions)]);
+            let resp = conn.send(&req).await?;
+            for p in resp.topics.into_iter().flat_map(|t| t.partitions) {
+                out.push(PartitionProducers {
+                    partition: p.partition_index,
+                    error: (p.error_code != 0).then(|| kafka_error_name(p.error_code).to_owned()),
+                    producers: p
+                        .active_producers
+                        .iter()
+                        .map(|s| ProducerInfo {
+                            producer_id: s.producer_id.0,
+                            epoch: s.producer_epoch,
+                            last_sequence: s.last_sequence,
+                            last_timestamp: s.last_timestamp,
+                        })
+                        .collect(),
+                });
+            }
+        }
+        out.sort_by_key(|p| p.partition);
         Ok(out)
     }
 

@@ -195,6 +195,10 @@ pub struct ProducerConfig {
     pub request_timeout: Duration,
     /// `buffer.memory`: `send()` waits while this many bytes are queued or unacknowledged.
     pub buffer_memory: usize,
+    /// `enable.idempotence`: the broker writes each batch once however often it is retried,
+    /// and in order. On by default, as in the Java client; it applies with `acks = All`
+    /// (with fewer acks it is off, as Java turns it off when it is not set explicitly).
+    pub enable_idempotence: bool,
 }
 
 impl Default for ProducerConfig {
@@ -210,11 +214,17 @@ impl Default for ProducerConfig {
             max_in_flight_per_broker: 5,
             request_timeout: Duration::from_secs(30),
             buffer_memory: 64 * 1024 * 1024,
+            enable_idempotence: true,
         }
     }
 }
 
 impl ProducerConfig {
+    /// Whether batches carry a producer id and sequence numbers.
+    pub fn idempotent(&self) -> bool {
+        self.enable_idempotence && self.acks == Acks::All
+    }
+
     /// Checks the settings before the producer starts.
     pub fn validate(&self) -> Result<(), ClientError> {
         if self.batch_size == 0 || self.max_request_size == 0 {

@@ -49,6 +49,8 @@ const CLIENT_VERSIONS: &[(ApiKey, &str, i16, i16)] = &[
     (ApiKey::CreateTopics, "CreateTopics", 2, 7),
     (ApiKey::DeleteTopics, "DeleteTopics", 1, 6),
     (ApiKey::DescribeConfigs, "DescribeConfigs", 1, 4),
+    (ApiKey::InitProducerId, "InitProducerId", 0, 5),
+    (ApiKey::DescribeProducers, "DescribeProducers", 0, 0),
 ];
 
 /// The name of an API key this client speaks.

@@ -20,7 +20,7 @@
 //! - [`consumer`] — [`Consumer`]: manual assignment, positions, long-polling fetch.
 //! - `offsets` — [`Offset`] and resolving it with ListOffsets (consumer and admin).
 //!
-//! Not implemented: idempotent/transactional producing, consumer groups, SASL/TLS.
+//! Not implemented: transactional producing, consumer groups, SASL/TLS.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), keel_client::ClientError> {
@@ -48,7 +48,7 @@ pub mod partitioner;
 pub mod producer;
 pub mod record;
 
-pub use admin::{Admin, TopicDescription, TopicSpec};
+pub use admin::{Admin, PartitionProducers, ProducerInfo, TopicDescription, TopicSpec};
 pub use cluster::{BrokerInfo, PartitionInfo};
 pub use config::{Acks, ClientConfig, Compression, ConsumerConfig, ProducerConfig};
 pub use consumer::{Consumer, Offset};

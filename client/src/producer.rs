@@ -9,10 +9,21 @@
 //! timeouts, ...) trigger a metadata refresh and re-send the batch after `retry_backoff`, up to
 //! `retries` times; other failures fail the batch's deliveries with the named error.
 //!
-//! Without idempotence (not implemented), a retry may duplicate a batch the broker did append
-//! before the failure was seen, and with more than one request in flight a retried batch may
-//! land after a later batch of the same partition. Use `max_in_flight_per_broker = 1` to keep
-//! per-partition order across retries.
+//! Idempotent by default (`enable_idempotence`, with `acks = All`), as the Java client: the
+//! producer gets an id and epoch with InitProducerId, numbers each partition's batches, and
+//! keeps a batch's sequence through its retries, so the broker writes it once and in order —
+//! also when a retry goes to a new leader after a failover. At most five batches of a
+//! partition are out at once. A sequence error on the first unsettled batch of a partition,
+//! or UNKNOWN_PRODUCER_ID, means the broker lost the producer's state there: the producer
+//! waits for its requests in flight, bumps its epoch (KIP-360) and numbers every unsettled
+//! batch again from 0. A sequence error behind an earlier failed batch is only its echo and is
+//! retried. An older epoch (another producer with this id took over) fails the batch. A batch
+//! that fails for good leaves a hole in its partition's sequences, so it bumps the epoch too.
+//!
+//! Without idempotence a retry may duplicate a batch the broker did append before the failure
+//! was seen, and with more than one request in flight a retried batch may land after a later
+//! batch of the same partition. Use `max_in_flight_per_broker = 1` to keep per-partition order
+//! across retries then.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,8 +35,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::messages::{
+    InitProducerIdRequest, ProduceRequest, ProduceResponse, ProducerId, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
 use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -89,6 +103,10 @@ struct Inner {
     first_error: Mutex<Option<ClientError>>,
     wake: Notify,
     sender: Mutex<Option<JoinHandle<()>>>,
+    /// With idempotence: the producer id and epoch (see the module doc).
+    producer_id: Mutex<Option<(i64, i16)>>,
+    /// A sequence error asked for an epoch bump, done once nothing is in flight.
+    bump_needed: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -110,7 +128,13 @@ impl Producer {
         config.validate()?;
         let cluster = Cluster::connect(client).await?;
         let c = &config;
-        let accumulator = Accumulator::new(c.batch_size, c.linger, c.retries, c.retry_backoff);
+        let mut accumulator = Accumulator::new(c.batch_size, c.linger, c.retries, c.retry_backoff);
+        let producer_id = if c.idempotent() {
+            accumulator = accumulator.idempotent();
+            Some(init_producer_id(&cluster, c, None).await?)
+        } else {
+            None
+        };
         let inner = Arc::new(Inner {
             cluster,
             accumulator: Mutex::new(accumulator),
@@ -125,6 +149,8 @@ impl Producer {
             first_error: Mutex::new(None),
             wake: Notify::new(),
             sender: Mutex::new(None),
+            producer_id: Mutex::new(producer_id),
+            bump_needed: AtomicBool::new(false),
             config,
         });
         let handle = tokio::spawn(run_sender(Arc::clone(&inner)));
@@ -274,6 +300,7 @@ impl Inner {
     }
 
     fn finish_ok(&self, batch: ProducerBatch, base_offset: i64, log_append_time: i64) {
+        lock(&self.accumulator).settled(&batch);
         debug!(
             topic = batch.topic,
             partition = batch.partition,
@@ -285,14 +312,25 @@ impl Inner {
     }
 
     fn finish_failed(&self, batch: ProducerBatch, err: &ClientError) {
+        lock(&self.accumulator).settled(&batch);
+        if batch.sequence.is_some() {
+            // Its sequence range is a hole now: later batches of the partition would be out of
+            // order. A new epoch starts every partition's sequences afresh (as Java does).
+            self.bump_needed.store(true, Ordering::Release);
+        }
         warn!(topic = batch.topic, partition = batch.partition, error = %err, "batch failed");
         lock(&self.first_error).get_or_insert_with(|| err.clone());
         let n = batch.fail(err);
         self.delivered(n);
     }
 
-    fn retry_or_fail(&self, mut batch: ProducerBatch, err: &ClientError) {
-        if !err.is_retriable() || batch.attempts >= self.config.retries {
+    fn retry_or_fail(&self, batch: ProducerBatch, err: &ClientError) {
+        self.retry_if(batch, err, err.is_retriable());
+    }
+
+    /// Retries `batch` after `err` if `retriable` and it has retries left; fails it otherwise.
+    fn retry_if(&self, mut batch: ProducerBatch, err: &ClientError, retriable: bool) {
+        if !retriable || batch.attempts >= self.config.retries {
             return self.finish_failed(batch, err);
         }
         batch.attempts += 1;
@@ -328,6 +366,15 @@ impl Inner {
 /// per broker, then sleep until woken or the next linger/backoff deadline.
 async fn run_sender(inner: Arc<Inner>) {
     loop {
+        if inner.bump_needed.load(Ordering::Acquire) {
+            if inner.requests_in_flight.load(Ordering::Acquire) > 0 {
+                // Woken when a request completes.
+                inner.wake.notified().await;
+                continue;
+            }
+            bump_epoch(&inner).await;
+            continue;
+        }
         let topics = lock(&inner.accumulator).topics();
         let refresh = inner.refresh_needed.swap(false, Ordering::AcqRel)
             || (!topics.is_empty() && inner.cluster.is_stale());
@@ -437,7 +484,8 @@ async fn produce(
     for batch in batches {
         let mut data = PartitionProduceData::default();
         data.index = batch.partition;
-        data.records = Some(batch.encode(inner.config.compression)?);
+        let producer = *lock(&inner.producer_id);
+        data.records = Some(batch.encode(inner.config.compression, producer)?);
         match req
             .topic_data
             .iter_mut()
@@ -480,11 +528,117 @@ fn settle(inner: &Inner, batches: Vec<ProducerBatch>, resp: ProduceResponse) {
             Some(p) if p.error_code == 0 => {
                 inner.finish_ok(batch, p.base_offset, p.log_append_time_ms)
             }
+            // An old broker's answer to a retry it had written: delivered, offset unknown.
+            Some(p) if p.error_code == ResponseError::DuplicateSequenceNumber.code() => {
+                inner.finish_ok(batch, -1, p.log_append_time_ms)
+            }
             Some(p) => {
                 let message = p.error_message.as_deref();
                 let err = ClientError::kafka_with_message(p.error_code, context, message);
-                inner.retry_or_fail(batch, &err);
+                match sequence_error(p.error_code) {
+                    Some(SequenceError::Gap)
+                        if !lock(&inner.accumulator).is_first_unsettled(&batch) =>
+                    {
+                        // The echo of an earlier batch's failure: retried after it.
+                        inner.retry_if(batch, &err, true)
+                    }
+                    Some(SequenceError::Gap | SequenceError::UnknownProducer) => {
+                        warn!(topic = batch.topic, partition = batch.partition, error = %err, "producer state lost on the broker; bumping the epoch");
+                        inner.bump_needed.store(true, Ordering::Release);
+                        inner.retry_if(batch, &err, true)
+                    }
+                    None => inner.retry_or_fail(batch, &err),
+                }
             }
         }
     }
+}
+
+/// The errors that tell an idempotent producer its sequence numbers no longer match the
+/// broker's state for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SequenceError {
+    /// OUT_OF_ORDER_SEQUENCE_NUMBER.
+    Gap,
+    /// UNKNOWN_PRODUCER_ID.
+    UnknownProducer,
+}
+
+fn sequence_error(code: i16) -> Option<SequenceError> {
+    if code == ResponseError::OutOfOrderSequenceNumber.code() {
+        Some(SequenceError::Gap)
+    } else if code == ResponseError::UnknownProducerId.code() {
+        Some(SequenceError::UnknownProducer)
+    } else {
+        None
+    }
+}
+
+/// A producer id and epoch from any broker (InitProducerId). With `current`, asks for that
+/// id's next epoch (KIP-360, v3+); a broker may answer with a new id instead. Retries
+/// retriable errors up to `retries` times.
+async fn init_producer_id(
+    cluster: &Cluster,
+    config: &ProducerConfig,
+    current: Option<(i64, i16)>,
+) -> Result<(i64, i16), ClientError> {
+    let mut attempt = 0;
+    loop {
+        let answer = async {
+            let conn = cluster.any_connection().await?;
+            let version = conn.version::<InitProducerIdRequest>().map_err(|_| {
+                ClientError::Config(
+                    "the broker does not support idempotent producers (no InitProducerId); \
+                     set enable_idempotence = false"
+                        .into(),
+                )
+            })?;
+            let mut req = InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(-1)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1);
+            if let (Some((id, epoch)), true) = (current, version >= 3) {
+                req = req
+                    .with_producer_id(ProducerId(id))
+                    .with_producer_epoch(epoch);
+            }
+            let resp = conn.send(&req).await?;
+            if resp.error_code != 0 {
+                return Err(ClientError::kafka(resp.error_code, "init producer id"));
+            }
+            Ok((resp.producer_id.0, resp.producer_epoch))
+        };
+        match answer.await {
+            Ok(ids) => {
+                debug!(producer_id = ids.0, epoch = ids.1, "producer id");
+                return Ok(ids);
+            }
+            Err(e) if e.is_retriable() && attempt < config.retries.max(5) => {
+                attempt += 1;
+                debug!(attempt, error = %e, "init producer id retry");
+                tokio::time::sleep(config.retry_backoff).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// KIP-360's recovery, with nothing in flight: the next epoch for this producer id, and every
+/// unsettled batch numbered again from 0. If it fails, the queued batches fail with it.
+async fn bump_epoch(inner: &Inner) {
+    let current = *lock(&inner.producer_id);
+    match init_producer_id(&inner.cluster, &inner.config, current).await {
+        Ok(ids) => {
+            warn!(producer_id = ids.0, epoch = ids.1, "producer epoch bumped");
+            *lock(&inner.producer_id) = Some(ids);
+            lock(&inner.accumulator).reset_sequences();
+        }
+        Err(e) => {
+            warn!(error = %e, "producer epoch bump failed");
+            lock(&inner.first_error).get_or_insert_with(|| e.clone());
+        }
+    }
+    inner.bump_needed.store(false, Ordering::Release);
+    inner.wake.notify_one();
 }

@@ -39,9 +39,11 @@ pub const SUPPORTED_APIS: &[ApiSupport] = &[
     api(ApiKey::ApiVersions, 0, 3),
     api(ApiKey::CreateTopics, 2, 7),
     api(ApiKey::DeleteTopics, 1, 6),
+    api(ApiKey::InitProducerId, 0, 5),
     api(ApiKey::OffsetForLeaderEpoch, 2, 4),
     api(ApiKey::DescribeConfigs, 1, 4),
     api(ApiKey::DescribeCluster, 0, 1),
+    api(ApiKey::DescribeProducers, 0, 0),
 ];
 
 /// Produce versions below this are advertised (see the module doc) but refused.
@@ -57,6 +59,7 @@ pub const CONTROLLER_APIS: &[ApiSupport] = &[
     api(ApiKey::AlterPartition, 2, 3),
     api(ApiKey::BrokerRegistration, 0, 4),
     api(ApiKey::BrokerHeartbeat, 0, 1),
+    api(ApiKey::AllocateProducerIds, 0, 0),
 ];
 
 /// The supported version range of `key` in `table`, if it is served at all.

@@ -64,6 +64,9 @@ pub enum StorageError {
     /// The log was closed; no further operations are possible.
     #[error("log {} is closed", dir.display())]
     Closed { dir: PathBuf },
+    /// An idempotent producer's batch breaks the sequence or epoch rules; nothing appended.
+    #[error(transparent)]
+    Producer(#[from] crate::producer_state::ProducerError),
 }
 
 impl StorageError {

@@ -19,6 +19,11 @@
 //!   clean-shutdown marker.
 //! - `epoch_cache`: the leader-epoch → start-offset cache (pure).
 //! - `retention`: which segments retention deletes (pure); [`RetentionOutcome`].
+//! - [`producer_state`]: idempotent producers' epochs and last five batches, and the rules
+//!   a leader checks a producer's batch by (pure); kept by [`Log`] through every append,
+//!   truncation and recovery.
+//! - `producer_snapshot`: `<offset>.snapshot` files of that state, written at each roll and
+//!   clean close, so recovery replays only what follows the newest one.
 //! - [`failpoint`]: named failure-injection points for tests (`segment.write`, `segment.fsync`).
 //! - [`sync_journal`]: test-only record of what each segment's last fsync made durable
 //!   (`KEEL_TEST_SYNC_JOURNAL=1`), for simulating a power cut on a killed broker's data.
@@ -45,6 +50,8 @@ pub mod failpoint;
 mod index;
 mod log;
 pub mod metrics;
+mod producer_snapshot;
+pub mod producer_state;
 mod recovery;
 mod retention;
 mod segment;

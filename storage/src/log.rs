@@ -7,7 +7,12 @@
 //! `Arc` and its published size, the writer publishes new sizes and offsets) → `rolled`
 //! (rolled segments still to seal or to finish; held for a push, a copy or a removal).
 //!
-//! A roll on the append path creates the new segment's files and nothing more. The next
+//! `producers` (the [`ProducerState`]) is taken inside `writer`, so a leader's check of an
+//! idempotent producer's batch and its append are one step, and every append, truncation and
+//! roll sees the state that matches the log.
+//!
+//! A roll on the append path creates the new segment's files and a producer-state snapshot
+//! at its base offset, and nothing more. The next
 //! flush seals the old segment (fsync of its data, then of the directory) before anything
 //! after it counts as durable. The next checkpoint (a periodic
 //! [`Log::checkpoint_if_rolled`] does one within a second) trims and fsyncs its indexes
@@ -26,6 +31,8 @@ use crate::config::{FlushPolicy, LogConfig};
 use crate::digest::{DigestWalk, RangeDigest};
 use crate::epoch_cache::EpochCache;
 use crate::error::{Result, StorageError};
+use crate::producer_snapshot;
+use crate::producer_state::{ProducerBatch, ProducerEntry, ProducerState, Verdict};
 use crate::recovery::{self, RecoveryInfo};
 use crate::retention::{self, RetentionOutcome, SegmentStat};
 use crate::segment::Segment;
@@ -39,6 +46,9 @@ pub struct AppendInfo {
     pub max_timestamp: i64,
     pub bytes: usize,
     pub batches: usize,
+    /// An idempotent producer's retry of batches already in the log: nothing was appended,
+    /// and the offsets are the ones they got the first time.
+    pub duplicate: bool,
 }
 
 /// Result of a read: whole batches, zero-copy over the segment mapping.
@@ -101,6 +111,8 @@ pub struct Log {
     ckpt_lock: Mutex<()>,
     /// Rolled segments on their way to sealed (see the module doc).
     rolled: Mutex<Rolled>,
+    /// The idempotent producers' state as of the log end (taken inside `writer`).
+    producers: Mutex<ProducerState>,
     /// A flush sealed rolled segments: [`Log::checkpoint_if_rolled`] moves the recovery point.
     rolled_since_checkpoint: AtomicBool,
     durable: AtomicI64,
@@ -134,8 +146,9 @@ impl Log {
             rescanned_from = r.info.rescanned_from,
             "log opened"
         );
-        Ok(Log {
+        let log = Log {
             dir: dir.to_path_buf(),
+            producers: Mutex::new(ProducerState::empty_at(r.log_start)),
             config,
             recovery: r.info,
             durable: AtomicI64::new(r.log_end),
@@ -152,7 +165,16 @@ impl Log {
             rolled: Mutex::new(Rolled::default()),
             rolled_since_checkpoint: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-        })
+        };
+        let started = std::time::Instant::now();
+        let state = log.producer_state_at(log.log_end_offset())?;
+        let took = started.elapsed();
+        metrics::histogram!(crate::metrics::PRODUCER_STATE_LOAD_SECONDS).record(took.as_secs_f64());
+        if !state.is_empty() {
+            tracing::info!(dir = %dir.display(), producers = state.len(), load_ms = took.as_millis() as u64, "producer state loaded");
+        }
+        *lock(&log.producers) = state;
+        Ok(log)
     }
 
     pub fn recovery_info(&self) -> &RecoveryInfo {
@@ -231,18 +253,44 @@ impl Log {
         buf.extend_from_slice(records);
         let mut next = base;
         let mut pos = 0;
+        let mut produced = Vec::new();
         while pos < buf.len() {
-            let (len, delta) = match BatchHeader::parse(&buf[pos..]) {
-                Ok(h) => (h.total_len(), i64::from(h.last_offset_delta())),
+            let (len, delta, batch) = match BatchHeader::parse(&buf[pos..]) {
+                Ok(h) => (
+                    h.total_len(),
+                    i64::from(h.last_offset_delta()),
+                    producer_batch(&h, next),
+                ),
                 Err(_) => unreachable!("validated above"),
             };
             set_base_offset(&mut buf[pos..], next);
             set_partition_leader_epoch(&mut buf[pos..], leader_epoch);
+            produced.extend(batch);
             next += delta + 1;
             pos += len;
         }
         let last = base + plan.offsets - 1;
-        self.write_locked(&buf, &plan, last, Some(leader_epoch))?;
+        let mut producers = lock(&self.producers);
+        if let Verdict::Duplicate {
+            first_offset,
+            last_offset,
+        } = producers.check_append(&produced)?
+        {
+            return Ok(AppendInfo {
+                base_offset: first_offset,
+                last_offset,
+                log_end_offset: base,
+                max_timestamp: plan.max_timestamp,
+                bytes: 0,
+                batches: 0,
+                duplicate: true,
+            });
+        }
+        self.write_locked(&buf, &plan, last, Some(leader_epoch), &mut producers)?;
+        for b in &produced {
+            producers.apply(b);
+        }
+        producers.advance_to(last + 1);
         Ok(AppendInfo {
             base_offset: base,
             last_offset: last,
@@ -250,6 +298,7 @@ impl Log {
             max_timestamp: plan.max_timestamp,
             bytes: records.len(),
             batches: plan.batches,
+            duplicate: false,
         })
     }
 
@@ -280,7 +329,14 @@ impl Log {
             last = b.header.last_offset();
             expected = last + 1;
         }
-        self.write_locked(records, &plan, last, None)?;
+        let mut producers = lock(&self.producers);
+        self.write_locked(records, &plan, last, None, &mut producers)?;
+        for b in batches(records).map_while(|b| b.ok()) {
+            if let Some(p) = producer_batch(&b.header, b.header.base_offset()) {
+                producers.apply(&p);
+            }
+        }
+        producers.advance_to(last + 1);
         Ok(AppendInfo {
             base_offset: leo,
             last_offset: last,
@@ -288,17 +344,20 @@ impl Log {
             max_timestamp: plan.max_timestamp,
             bytes: records.len(),
             batches: plan.batches,
+            duplicate: false,
         })
     }
 
     /// Writes validated, stamped batches at the end of the active segment (rolling first if
-    /// needed) and publishes them. Caller holds the writer lock.
+    /// needed) and publishes them. Caller holds the writer lock, and `producers` (the state as
+    /// of the log end, for a roll's snapshot).
     fn write_locked(
         &self,
         data: &[u8],
         plan: &Plan,
         last: i64,
         leader_epoch: Option<i32>,
+        producers: &mut ProducerState,
     ) -> Result<()> {
         let needs_roll = |seg: &Segment| {
             let size = seg.size();
@@ -309,7 +368,7 @@ impl Log {
         };
         let mut active = self.read_state().active().clone();
         if needs_roll(&active) {
-            self.roll_locked()?;
+            self.roll_locked(producers)?;
             active = self.read_state().active().clone();
         }
         if last - active.base_offset() > i64::from(u32::MAX) {
@@ -641,7 +700,10 @@ impl Log {
         for s in removed.iter().rev() {
             s.delete_files(&self.dir)?;
         }
-        checkpoint::sync_dir(&self.dir)
+        checkpoint::sync_dir(&self.dir)?;
+        // The producers' state goes back to the cut too (snapshots above it are removed).
+        *lock(&self.producers) = self.producer_state_at(new_end)?;
+        Ok(())
     }
 
     /// Deletes every segment and starts an empty log at `offset` (log start = LEO = HW =
@@ -678,6 +740,10 @@ impl Log {
             st.epochs.clear();
             self.durable.store(offset, Ordering::Release);
         }
+        for o in producer_snapshot::list(&self.dir)? {
+            producer_snapshot::remove(&self.dir, o)?;
+        }
+        *lock(&self.producers) = ProducerState::empty_at(offset);
         self.write_checkpoints()
     }
 
@@ -688,13 +754,14 @@ impl Log {
     pub fn roll(&self) -> Result<()> {
         self.check_open()?;
         let _w = lock(&self.writer);
-        self.roll_locked()?;
+        self.roll_locked(&mut lock(&self.producers))?;
         self.seal_rolled()
     }
 
     /// Starts a new active segment at the LEO and queues the old one for sealing by the next
-    /// flush. No fsync here: on the append path a roll costs three file creations.
-    fn roll_locked(&self) -> Result<()> {
+    /// flush, and writes the producer-state snapshot at the LEO. The segment's files are not
+    /// fsynced here: on the append path a roll costs three file creations and the snapshot.
+    fn roll_locked(&self, producers: &mut ProducerState) -> Result<()> {
         let (active, log_end) = {
             let st = self.read_state();
             (st.active().clone(), st.log_end)
@@ -709,6 +776,8 @@ impl Log {
             r.created += 1;
         }
         self.write_state().segments.insert(log_end, seg);
+        producers.advance_to(log_end);
+        producer_snapshot::write(&self.dir, producers)?;
         tracing::info!(dir = %self.dir.display(), base_offset = log_end, "rolled segment");
         Ok(())
     }
@@ -732,7 +801,7 @@ impl Log {
         if active.size() == 0 || now_ms.saturating_sub(active.created_ms()) < segment_ms as i64 {
             return Ok(false);
         }
-        self.roll_locked()?;
+        self.roll_locked(&mut lock(&self.producers))?;
         self.seal_rolled()?;
         Ok(true)
     }
@@ -779,6 +848,7 @@ impl Log {
             st.epochs.truncate_from_start(ls);
         }
         self.write_checkpoints()?;
+        producer_snapshot::remove_below(&self.dir, self.log_start_offset())?;
         let mut outcome = RetentionOutcome::default();
         for s in &segs[..n] {
             outcome.bytes_deleted += s.file_len().unwrap_or(s.size());
@@ -949,6 +1019,69 @@ impl Log {
         Ok(())
     }
 
+    /// The producer state as of `end`: the newest snapshot at or below it (snapshots above
+    /// it are removed), then the batches from there to `end`; from the log start when there
+    /// is no snapshot.
+    fn producer_state_at(&self, end: i64) -> Result<ProducerState> {
+        let log_start = self.log_start_offset();
+        let mut state = producer_snapshot::newest_at_or_below(&self.dir, end)?
+            .unwrap_or_else(|| ProducerState::empty_at(log_start));
+        let from = state.end().max(log_start);
+        self.replay_producers(&mut state, from, end);
+        state.advance_to(end);
+        Ok(state)
+    }
+
+    /// Applies the producer batches of `[from, to)` to `state`, reading batch headers only.
+    fn replay_producers(&self, state: &mut ProducerState, from: i64, to: i64) {
+        let segs: Vec<(Arc<Segment>, u64)> = {
+            let st = self.read_state();
+            let first = st
+                .segments
+                .range(..=from)
+                .next_back()
+                .map_or(i64::MIN, |(&b, _)| b);
+            st.segments
+                .range(first..)
+                .map(|(_, s)| (s.clone(), s.size()))
+                .collect()
+        };
+        for (seg, end) in segs {
+            if seg.base_offset() >= to {
+                break;
+            }
+            let start = seg.find(from, end).unwrap_or(end);
+            let map = seg.view();
+            for b in batches(&map[start as usize..end as usize]).map_while(|b| b.ok()) {
+                if b.header.base_offset() >= to {
+                    return;
+                }
+                if let Some(p) = producer_batch(&b.header, b.header.base_offset()) {
+                    state.apply(&p);
+                }
+            }
+        }
+    }
+
+    /// Every idempotent producer with state here, by id.
+    pub fn producers(&self) -> Vec<(i64, ProducerEntry)> {
+        lock(&self.producers)
+            .producers()
+            .map(|(id, e)| (id, e.clone()))
+            .collect()
+    }
+
+    /// How many producers have state here.
+    pub fn producer_count(&self) -> usize {
+        lock(&self.producers).len()
+    }
+
+    /// Forgets producers whose last batch is older than `max_age_ms` at `now_ms`
+    /// (`producer.id.expiration.ms`); returns how many.
+    pub fn expire_producers(&self, now_ms: i64, max_age_ms: i64) -> usize {
+        lock(&self.producers).expire(now_ms, max_age_ms)
+    }
+
     fn write_checkpoints(&self) -> Result<()> {
         let _c = lock(&self.ckpt_lock);
         // A flush seals a segment before it publishes a durable offset past it: every segment
@@ -988,10 +1121,34 @@ impl Log {
         let active = self.read_state().active().clone();
         active.trim_for_close()?;
         self.write_checkpoints()?;
+        // The next open starts from here, replaying nothing.
+        {
+            let mut producers = lock(&self.producers);
+            producers.advance_to(self.log_end_offset());
+            producer_snapshot::write(&self.dir, &producers)?;
+        }
         checkpoint::write_clean_marker(&self.dir)?;
         tracing::info!(dir = %self.dir.display(), "log closed");
         Ok(())
     }
+}
+
+/// The producer fields of an idempotent producer's batch at `base_offset`; `None` for a batch
+/// without a producer id, or a control batch.
+fn producer_batch(h: &BatchHeader<'_>, base_offset: i64) -> Option<ProducerBatch> {
+    if h.producer_id() < 0 || h.is_control() {
+        return None;
+    }
+    let delta = h.last_offset_delta();
+    Some(ProducerBatch {
+        producer_id: h.producer_id(),
+        epoch: h.producer_epoch(),
+        first_seq: h.base_sequence(),
+        last_seq: h.base_sequence().wrapping_add(delta),
+        first_offset: base_offset,
+        last_offset: base_offset + i64::from(delta),
+        timestamp: h.max_timestamp(),
+    })
 }
 
 impl State {

@@ -21,6 +21,10 @@ pub const FSYNCS_TOTAL: &str = "keel_log_fsyncs_total";
 pub const FSYNC_DURATION_SECONDS: &str = "keel_log_fsync_duration_seconds";
 /// Gauge, published by the broker from [`StorageStats::open_segments`].
 pub const OPEN_SEGMENTS: &str = "keel_log_open_segments";
+/// Counter: producer-state snapshots written (at segment rolls and clean closes).
+pub const PRODUCER_SNAPSHOTS_WRITTEN_TOTAL: &str = "keel_log_producer_snapshots_written_total";
+/// Histogram (seconds): time to load a log's producer state at open (snapshot and replay).
+pub const PRODUCER_STATE_LOAD_SECONDS: &str = "keel_log_producer_state_load_seconds";
 /// Gauge, published by the broker from [`StorageStats::mapped_bytes`].
 pub const MAPPED_BYTES: &str = "keel_log_mapped_bytes";
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Round trip through confluent-kafka (librdkafka): produce N keyed records with headers,
-consume them back with assign() from OFFSET_BEGINNING, compare byte for byte.
+"""Round trip through confluent-kafka (librdkafka): produce N keyed records with headers
+with enable.idempotence=true, consume them back with assign() from OFFSET_BEGINNING, compare
+byte for byte.
 
 Exit 0 when everything matches, 1 with the mismatches printed otherwise."""
 
@@ -23,7 +24,7 @@ def produce(args, records):
         "acks": "all",
         "linger.ms": 5,
         "message.timeout.ms": int(args.timeout * 1000),
-        "enable.idempotence": False,
+        "enable.idempotence": True,
     })
     errors = []
 

@@ -1,12 +1,16 @@
 //! confluent-kafka (librdkafka) and kafka-python as oracles: each script produces keyed
-//! records with headers and reads them back by assign + seek (no consumer groups), per codec.
+//! records with headers with the client's idempotent producer (kafka-python's default,
+//! librdkafka's `enable.idempotence=true`) and reads them back by assign + seek (no consumer
+//! groups), per codec, on one node and on a 3-broker cluster.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use keel_tests::raw::{codec_of, used_codec, RawConn};
-use keel_tests::{require_python_modules, run, BrokerOpts, TestBroker};
+use keel_tests::{
+    require_python_modules, run, serial, BrokerOpts, ClusterOpts, TestBroker, TestCluster,
+};
 
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(200);
 
@@ -16,19 +20,64 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Runs `script` for each codec against a fresh topic with 3 partitions.
-fn round_trips(python: &Path, script_name: &str, codecs: &[&str], count: usize) {
-    let b = TestBroker::start(BrokerOpts::default());
-    let mut conn = RawConn::connect(b.kafka_addr()).unwrap();
+/// Where a script runs: one node, or a 3-broker cluster (topics replicated three times).
+enum Target {
+    Single(TestBroker),
+    Cluster(TestCluster),
+}
+
+impl Target {
+    fn bootstrap(&self) -> String {
+        match self {
+            Target::Single(b) => b.bootstrap(),
+            Target::Cluster(c) => c.bootstrap(),
+        }
+    }
+
+    fn create_topic(&self, conn: &mut RawConn, topic: &str) {
+        match self {
+            Target::Single(_) => conn.create_topic_ok(topic, 3).unwrap(),
+            Target::Cluster(c) => c.create_replicated_topic(topic, 3, Duration::from_secs(60)),
+        }
+    }
+
+    /// A connection to the leader of `partition` of `topic`.
+    fn leader_conn(&self, topic: &str, partition: i32) -> RawConn {
+        let addr = match self {
+            Target::Single(b) => b.kafka_addr(),
+            Target::Cluster(c) => {
+                let leader = c
+                    .leader_of(topic, partition)
+                    .expect("the partition has a leader");
+                c.broker(leader).kafka_addr()
+            }
+        };
+        RawConn::connect(addr).unwrap()
+    }
+}
+
+/// Runs `script` for each codec against a fresh topic with 3 partitions, with the client's
+/// idempotent producer.
+fn round_trips(target: Target, python: &Path, script_name: &str, codecs: &[&str], count: usize) {
+    let mut conn = RawConn::connect(
+        target
+            .bootstrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap(),
+    )
+    .unwrap();
     let path = script(script_name);
     let mut failures = Vec::new();
     for (i, codec) in codecs.iter().enumerate() {
         let topic = format!("py-{}-{codec}", script_name.trim_end_matches(".py"));
-        conn.create_topic_ok(&topic, 3).unwrap();
+        target.create_topic(&mut conn, &topic);
         let out = run(
             Command::new(python)
                 .arg(&path)
-                .args(["--bootstrap", &b.bootstrap(), "--topic", &topic])
+                .args(["--bootstrap", &target.bootstrap(), "--topic", &topic])
                 .args(["--count", &count.to_string(), "--compression", codec])
                 .args(["--timeout", "90", "--seed", &i.to_string()])
                 .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -43,24 +92,43 @@ fn round_trips(python: &Path, script_name: &str, codecs: &[&str], count: usize) 
         }
         // The script's own check passed; the broker agrees on how many records it holds.
         let total: i64 = (0..3)
-            .map(|p| conn.list_offset(&topic, p, -1).unwrap())
+            .map(|p| {
+                target
+                    .leader_conn(&topic, p)
+                    .list_offset(&topic, p, -1)
+                    .unwrap()
+            })
             .sum();
+        let mut leader = target.leader_conn(&topic, 0);
         assert_eq!(total, count as i64, "{codec}: log end offsets");
         // And the client really compressed: the stored batches carry the codec asked for.
         // (librdkafka silently falls back to no compression when ApiVersions makes it think
         // the broker lacks the codec, e.g. lz4 without FindCoordinator advertised.)
-        let stored = conn.fetch_once(&topic, 0, 0).unwrap().codecs;
-        if !used_codec(&stored, codec_of(codec)) {
-            failures.push(format!("{codec}: stored batches use {stored:?}"));
+        let stored = leader.fetch_once(&topic, 0, 0).unwrap();
+        if !used_codec(&stored.codecs, codec_of(codec)) {
+            failures.push(format!("{codec}: stored batches use {:?}", stored.codecs));
+        }
+        // And it really was idempotent: every stored record carries its producer id.
+        if let Some(r) = stored.records.iter().find(|r| r.producer_id < 0) {
+            failures.push(format!("{codec}: a record without a producer id: {r:?}"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+fn single() -> Target {
+    Target::Single(TestBroker::start(BrokerOpts::default()))
+}
+
+fn three_brokers() -> Target {
+    Target::Cluster(TestCluster::start(ClusterOpts::default().brokers(3)))
 }
 
 #[test]
 fn confluent_kafka_round_trip() {
     let python = require_python_modules(&["confluent_kafka"]);
     round_trips(
+        single(),
         &python,
         "confluent_roundtrip.py",
         &["none", "gzip", "lz4", "zstd", "snappy"],
@@ -73,9 +141,26 @@ fn kafka_python_round_trip() {
     // The codec modules kafka-python needs: lz4, python-snappy (`snappy`), zstandard.
     let python = require_python_modules(&["kafka", "lz4", "snappy", "zstandard"]);
     round_trips(
+        single(),
         &python,
         "kafka_python_roundtrip.py",
         &["none", "gzip", "lz4", "zstd", "snappy"],
         3_000,
+    );
+}
+
+#[test]
+fn idempotent_clients_on_a_three_broker_cluster() {
+    let _serial = serial();
+    let python = require_python_modules(&["confluent_kafka", "kafka", "lz4"]);
+    let cluster = three_brokers();
+    round_trips(cluster, &python, "confluent_roundtrip.py", &["lz4"], 5_000);
+    let cluster = three_brokers();
+    round_trips(
+        cluster,
+        &python,
+        "kafka_python_roundtrip.py",
+        &["none"],
+        2_000,
     );
 }

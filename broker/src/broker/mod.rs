@@ -7,6 +7,7 @@
 //! - [`replica_manager`]: turns image changes into replica roles, runs one fetcher per
 //!   leader, decides readiness, checks the ISRs of the partitions led here.
 //! - [`fetcher`]: the follower fetcher, one task per leader broker.
+//! - [`producer_ids`]: blocks of producer ids from the controller, for InitProducerId.
 //!
 //! [`BrokerRuntime`] ties them together for the node and the Kafka handlers. Every loop
 //! backs off on failure (bounded, counted) and stops with the broker.
@@ -14,6 +15,7 @@
 pub(crate) mod controller_link;
 pub(crate) mod fetcher;
 pub(crate) mod metadata_follower;
+pub(crate) mod producer_ids;
 pub(crate) mod replica_manager;
 
 use crate::config::BrokerConfig;
@@ -36,6 +38,7 @@ pub(crate) struct BrokerRuntime {
     pub(crate) link: Arc<ControllerLink>,
     pub(crate) metadata: Arc<MetadataFollower>,
     pub(crate) replicas: Arc<ReplicaManager>,
+    pub(crate) producer_ids: producer_ids::ProducerIds,
     config: BrokerConfig,
     stop: CancellationToken,
 }
@@ -64,6 +67,7 @@ impl BrokerRuntime {
             )),
             metadata: Arc::new(MetadataFollower::new(config.node_id)),
             replicas: Arc::new(ReplicaManager::new(config.node_id, registry)),
+            producer_ids: producer_ids::ProducerIds::default(),
             config,
             stop,
         })

@@ -207,6 +207,22 @@ impl ControllerDriver {
         Ok(imported)
     }
 
+    /// The next block of producer ids for `broker` (see
+    /// [`Controller::allocate_producer_ids`]): `(first id, count)`.
+    pub(crate) fn allocate_producer_ids(
+        &self,
+        broker: i32,
+        broker_epoch: i64,
+        now_ms: u64,
+    ) -> Result<(i64, i32), DriverError> {
+        let mut inner = self.lock();
+        let (block, records) = inner
+            .controller
+            .allocate_producer_ids(broker, broker_epoch)?;
+        self.commit(&mut inner, &records, now_ms)?;
+        Ok(block)
+    }
+
     pub(crate) fn delete_topic(&self, name: &str, now_ms: u64) -> Result<(), DriverError> {
         let mut inner = self.lock();
         let records = inner.controller.delete_topic(name)?;

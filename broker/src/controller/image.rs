@@ -39,6 +39,8 @@ pub(crate) struct MetadataImage {
     topics: BTreeMap<String, TopicImage>,
     topic_names: BTreeMap<Uuid, String>,
     assignment_cursor: u32,
+    /// Every producer id below it has been handed out.
+    next_producer_id: i64,
     offset: i64,
 }
 
@@ -74,6 +76,7 @@ impl MetadataImage {
             topics: BTreeMap::new(),
             topic_names: BTreeMap::new(),
             assignment_cursor: 0,
+            next_producer_id: 0,
             offset: -1,
         }
     }
@@ -158,6 +161,9 @@ impl MetadataImage {
                 }
             }
             MetadataRecord::AssignmentCursor { next } => self.assignment_cursor = *next,
+            MetadataRecord::ProducerIds { next, .. } => {
+                self.next_producer_id = self.next_producer_id.max(*next)
+            }
         }
         true
     }
@@ -190,6 +196,11 @@ impl MetadataImage {
             offline_partitions: partitions.iter().filter(|p| !p.has_leader()).count(),
             offset: self.offset,
         }
+    }
+
+    /// The first producer id not handed out yet: every id below it was, in some block.
+    pub(crate) fn next_producer_id(&self) -> i64 {
+        self.next_producer_id
     }
 
     pub(crate) fn assignment_cursor(&self) -> u32 {

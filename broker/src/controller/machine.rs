@@ -13,6 +13,9 @@ use uuid::Uuid;
 /// Largest partition count a topic may be created with.
 pub(crate) const MAX_PARTITIONS: i32 = 100_000;
 
+/// Producer ids per block handed to a broker (Kafka's `PRODUCER_ID_BLOCK_SIZE`).
+pub(crate) const PRODUCER_ID_BLOCK: i32 = 1000;
+
 /// Controller settings (Kafka names in the field docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ControllerConfig {
@@ -468,6 +471,30 @@ impl Controller {
             }));
         }
         Ok(records)
+    }
+
+    /// The next block of [`PRODUCER_ID_BLOCK`] producer ids for a registered broker:
+    /// `(first id, count)`. Ids come from the metadata log's counter, so none is handed out
+    /// twice, across brokers and restarts.
+    pub(crate) fn allocate_producer_ids(
+        &self,
+        broker: i32,
+        broker_epoch: i64,
+    ) -> Result<((i64, i32), Vec<MetadataRecord>), ControllerError> {
+        check_broker(&self.image, broker, broker_epoch)?;
+        let start = self.image.next_producer_id();
+        let next = start
+            .checked_add(i64::from(PRODUCER_ID_BLOCK))
+            .ok_or_else(|| ControllerError::InvalidRequest("producer ids exhausted".into()))?;
+        tracing::info!(broker, start, next, "allocating producer ids");
+        Ok((
+            (start, PRODUCER_ID_BLOCK),
+            vec![MetadataRecord::ProducerIds {
+                broker,
+                broker_epoch,
+                next,
+            }],
+        ))
     }
 
     /// Deletes a topic; brokers remove their replicas when they replay the record.

@@ -40,6 +40,13 @@ pub enum MetadataRecord {
     RemoveTopic { name: String, id: Uuid },
     /// Where the next topic's round-robin replica assignment starts.
     AssignmentCursor { next: u32 },
+    /// A block of producer ids went to `broker` (its registration `broker_epoch`): every id
+    /// below `next` has been handed out, and no id is ever handed out twice.
+    ProducerIds {
+        broker: i32,
+        broker_epoch: i64,
+        next: i64,
+    },
 }
 
 /// The full state of one partition.
@@ -127,6 +134,11 @@ mod tests {
                 id,
             },
             MetadataRecord::AssignmentCursor { next: u32::MAX },
+            MetadataRecord::ProducerIds {
+                broker: 2,
+                broker_epoch: 9,
+                next: 2000,
+            },
         ]
     }
 
@@ -150,6 +162,10 @@ mod tests {
         assert_eq!(
             enc(&all[6]),
             r#"{"type":"AssignmentCursor","next":4294967295}"#
+        );
+        assert_eq!(
+            enc(&all[7]),
+            r#"{"type":"ProducerIds","broker":2,"broker_epoch":9,"next":2000}"#
         );
     }
 

@@ -10,6 +10,8 @@ use crate::server::api_versions;
 use crate::server::reply::{decode, Reply, Responder};
 use crate::server::{RequestError, Service};
 use bytes::Bytes;
+use kafka_protocol::messages::allocate_producer_ids_request::AllocateProducerIdsRequest;
+use kafka_protocol::messages::allocate_producer_ids_response::AllocateProducerIdsResponse;
 use kafka_protocol::messages::alter_partition_request::AlterPartitionRequest as AlterPartitionWire;
 use kafka_protocol::messages::alter_partition_response::{
     AlterPartitionResponse, PartitionData as AlterPartitionData, TopicData as AlterTopicData,
@@ -32,7 +34,7 @@ use kafka_protocol::messages::fetch_response::{
 };
 use kafka_protocol::messages::metadata_request::MetadataRequest;
 use kafka_protocol::messages::metadata_response::MetadataResponse;
-use kafka_protocol::messages::{ApiKey, BrokerId, TopicName};
+use kafka_protocol::messages::{ApiKey, BrokerId, ProducerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use keel_protocol::api::{ApiSupport, ParsedRequest, CONTROLLER_APIS};
@@ -76,6 +78,7 @@ impl Service for ControllerService {
             ApiKey::BrokerRegistration => r.now(self.register(decode(&mut req)?)),
             ApiKey::BrokerHeartbeat => r.now(self.heartbeat(decode(&mut req)?)),
             ApiKey::AlterPartition => r.now(self.alter_partition(decode(&mut req)?)),
+            ApiKey::AllocateProducerIds => r.now(self.allocate_producer_ids(decode(&mut req)?)),
             ApiKey::CreateTopics => r.now(self.create_topics(decode(&mut req)?)),
             ApiKey::DeleteTopics => r.now(self.delete_topics(decode(&mut req)?)),
             ApiKey::Metadata => r.now(self.metadata(&r, decode(&mut req)?)),
@@ -189,6 +192,22 @@ impl ControllerService {
             })
             .collect();
         AlterPartitionResponse::default().with_topics(topics)
+    }
+
+    fn allocate_producer_ids(
+        &self,
+        req: AllocateProducerIdsRequest,
+    ) -> AllocateProducerIdsResponse {
+        let resp = AllocateProducerIdsResponse::default().with_producer_id_start(ProducerId(-1));
+        match self
+            .driver
+            .allocate_producer_ids(req.broker_id.0, req.broker_epoch, now_ms())
+        {
+            Ok((start, len)) => resp
+                .with_producer_id_start(ProducerId(start))
+                .with_producer_id_len(len),
+            Err(e) => resp.with_error_code(self.code(e)),
+        }
     }
 
     fn create_topics(&self, req: CreateTopicsRequest) -> CreateTopicsResponse {

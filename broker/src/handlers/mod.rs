@@ -5,8 +5,10 @@ pub(crate) mod create_topics;
 pub(crate) mod delete_topics;
 pub(crate) mod describe_cluster;
 pub(crate) mod describe_configs;
+pub(crate) mod describe_producers;
 pub(crate) mod fetch;
 pub(crate) mod find_coordinator;
+pub(crate) mod init_producer_id;
 pub(crate) mod list_offsets;
 pub(crate) mod metadata;
 pub(crate) mod offset_for_leader_epoch;
@@ -94,6 +96,8 @@ pub(crate) fn dispatch(
         ApiKey::DeleteTopics => delete_topics::handle(&ctx, decode(&mut req)?),
         ApiKey::DescribeConfigs => describe_configs::handle(&ctx, decode(&mut req)?),
         ApiKey::DescribeCluster => describe_cluster::handle(&ctx, decode(&mut req)?),
+        ApiKey::InitProducerId => init_producer_id::handle(&ctx, decode(&mut req)?),
+        ApiKey::DescribeProducers => describe_producers::handle(&ctx, decode(&mut req)?),
         other => {
             // parse_request only lets through keys in the supported table.
             return Err(RequestError::Body {

@@ -29,6 +29,7 @@ enum Outcome {
 pub(crate) fn handle(ctx: Ctx, req: ProduceRequest) -> Option<Reply> {
     let topics = &ctx.shared.topics;
     let acks = Acks::from_wire(req.acks);
+    let issued_below = ctx.shared.broker.image().next_producer_id();
     let mut results = Vec::with_capacity(req.topic_data.len());
     for topic in req.topic_data {
         let mut parts = Vec::with_capacity(topic.partition_data.len());
@@ -43,6 +44,7 @@ pub(crate) fn handle(ctx: Ctx, req: ProduceRequest) -> Option<Reply> {
                     topics.leader(&topic.name, p.index),
                     acks,
                     p.records.as_deref(),
+                    issued_below,
                 ),
             };
             parts.push((p.index, outcome));
@@ -119,6 +121,7 @@ fn append(
     replica: Result<Arc<Replica>, ResponseError>,
     acks: Acks,
     records: Option<&[u8]>,
+    issued_below: i64,
 ) -> Outcome {
     let replica = match replica {
         Ok(replica) => replica,
@@ -133,12 +136,24 @@ fn append(
     if let Some(problem) = batch_shape_problem(records) {
         return Outcome::Failed(ResponseError::InvalidRecord, Some(problem));
     }
+    if let Some(pid) = unissued_producer(records, issued_below) {
+        return Outcome::Failed(
+            ResponseError::InvalidProducerIdMapping,
+            Some(format!(
+                "producer id {pid} was never handed out by this cluster"
+            )),
+        );
+    }
     if let Err(e) = replica.may_append(acks) {
         return Outcome::Failed(ack_error_code(e), None);
     }
     match replica.append(records) {
         Ok(info) => {
-            metrics::counter!(m::PRODUCE_BYTES_TOTAL).increment(records.len() as u64);
+            if info.duplicate {
+                metrics::counter!(m::PRODUCE_DUPLICATES_TOTAL).increment(1);
+            } else {
+                metrics::counter!(m::PRODUCE_BYTES_TOTAL).increment(records.len() as u64);
+            }
             Outcome::Appended {
                 base_offset: info.base_offset,
                 end_offset: info.last_offset + 1,
@@ -148,6 +163,15 @@ fn append(
         Err(AppendError::NotLeader) => Outcome::Failed(ResponseError::NotLeaderOrFollower, None),
         Err(AppendError::Storage(e)) => {
             let code = storage_error_code(&e);
+            match code {
+                ResponseError::OutOfOrderSequenceNumber => {
+                    metrics::counter!(m::PRODUCE_OUT_OF_ORDER_TOTAL).increment(1)
+                }
+                ResponseError::InvalidProducerEpoch => {
+                    metrics::counter!(m::PRODUCE_FENCED_TOTAL).increment(1)
+                }
+                _ => {}
+            }
             if code == ResponseError::KafkaStorageError {
                 tracing::error!(topic = %replica.topic, partition = replica.partition, error = %e, "append failed");
             } else {
@@ -161,19 +185,49 @@ fn append(
 /// A producer's batch must hold at least one record and its offset range must match its
 /// record count (Kafka rejects it with INVALID_RECORD otherwise). A follower's copy of a
 /// compacted batch may have gaps, so storage itself does not require this.
+///
+/// The producer fields must agree with each other: an idempotent producer's batch (producer
+/// id >= 0) carries an epoch and a sequence >= 0, any other batch -1 for all three.
+/// Transactional and control batches are refused (transactions are not supported).
 fn batch_shape_problem(records: &[u8]) -> Option<String> {
     for (i, b) in keel_protocol::batch::batches(records).enumerate() {
         let Ok(b) = b else {
             return None; // framing errors are storage's to report (CORRUPT_MESSAGE)
         };
-        let (count, delta) = (b.header.records_count(), b.header.last_offset_delta());
+        let h = &b.header;
+        let (count, delta) = (h.records_count(), h.last_offset_delta());
         if count < 1 || i64::from(delta) != i64::from(count) - 1 {
             return Some(format!(
                 "batch {i}: {count} records but last offset delta {delta}"
             ));
         }
+        if h.is_transactional() || h.is_control() {
+            return Some(format!(
+                "batch {i}: transactional and control batches are not supported"
+            ));
+        }
+        let (pid, epoch, seq) = (h.producer_id(), h.producer_epoch(), h.base_sequence());
+        let agree = if pid >= 0 {
+            epoch >= 0 && seq >= 0
+        } else {
+            pid == -1 && epoch == -1 && seq == -1
+        };
+        if !agree {
+            return Some(format!(
+                "batch {i}: producer id {pid}, epoch {epoch} and base sequence {seq} disagree"
+            ));
+        }
     }
     None
+}
+
+/// A producer id in `records` that no broker of this cluster handed out (ids below
+/// `issued_below` were).
+fn unissued_producer(records: &[u8], issued_below: i64) -> Option<i64> {
+    keel_protocol::batch::batches(records)
+        .map_while(Result::ok)
+        .map(|b| b.header.producer_id())
+        .find(|&pid| pid >= issued_below)
 }
 
 #[cfg(test)]

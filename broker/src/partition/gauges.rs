@@ -99,6 +99,7 @@ fn refresh_broker_gauges(topics: &Topics) {
             let (under, under_min) = partition_health(&s);
             set(PARTITION_UNDER_REPLICATED, f64::from(u8::from(under)));
             set(PARTITION_UNDER_MIN_ISR, f64::from(u8::from(under_min)));
+            set(PARTITION_PRODUCERS, r.log().producer_count() as f64);
             for f in &s.followers {
                 let lag = follower_lag(f, s.leo, s.log_start, s.leader_since_ms, s.now_ms);
                 let labels = [

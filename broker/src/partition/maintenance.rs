@@ -57,6 +57,22 @@ pub(crate) fn spawn_all(
             },
         ),
     ];
+    let expiration_ms = i64::try_from(config.producer_id_expiration_ms).unwrap_or(i64::MAX);
+    tasks.push(every(
+        Duration::from_millis(config.producer_id_expiration_check_interval_ms.max(100)),
+        topics.clone(),
+        stop.clone(),
+        move |topics| {
+            let now = now_ms();
+            for_each_log(topics, "producer expiration", |r| {
+                let expired = r.log().expire_producers(now, expiration_ms);
+                if expired > 0 {
+                    tracing::info!(topic = %r.topic, partition = r.partition, expired, "idle producer ids expired");
+                }
+                Ok(())
+            });
+        },
+    ));
     if let FlushPolicy::Interval { ms } = config.log.flush_policy {
         tasks.push(every(
             Duration::from_millis(ms.max(1)),

@@ -109,6 +109,9 @@ pub(crate) fn api_name(key: ApiKey) -> &'static str {
         ApiKey::FindCoordinator => "find_coordinator",
         ApiKey::OffsetForLeaderEpoch => "offset_for_leader_epoch",
         ApiKey::DescribeCluster => "describe_cluster",
+        ApiKey::InitProducerId => "init_producer_id",
+        ApiKey::DescribeProducers => "describe_producers",
+        ApiKey::AllocateProducerIds => "allocate_producer_ids",
         _ => "other",
     }
 }

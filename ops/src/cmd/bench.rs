@@ -93,6 +93,9 @@ pub struct BenchProduceArgs {
     /// Unacknowledged produce requests per connection [default: the client's].
     #[arg(long, value_name = "N")]
     pub max_in_flight: Option<usize>,
+    /// Produce without a producer id, to compare with the idempotent default.
+    #[arg(long)]
+    pub no_idempotence: bool,
     /// Compression codec (the payload is random, so this measures codec cost).
     #[arg(long, value_enum, default_value_t = CompressionArg::None)]
     pub compression: CompressionArg,
@@ -419,6 +422,7 @@ fn producer_config(args: &BenchProduceArgs) -> ProducerConfig {
         buffer_memory: defaults
             .buffer_memory
             .max(max_request_size.saturating_mul(2)),
+        enable_idempotence: !args.no_idempotence,
         ..defaults
     }
 }

@@ -25,6 +25,10 @@ pub struct ProduceArgs {
     /// Compression codec for record batches.
     #[arg(long, value_enum, default_value_t = CompressionArg::None)]
     pub compression: CompressionArg,
+    /// Send without a producer id: a retried batch may be written twice (idempotence is on
+    /// by default with --acks all).
+    #[arg(long)]
+    pub no_idempotence: bool,
     /// Separator between key and value in a line; `\t` is read as a tab [default: TAB].
     #[arg(
         long,
@@ -78,6 +82,7 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let producer_config = ProducerConfig {
         acks: args.acks.to_client(),
         compression: args.compression.to_client(),
+        enable_idempotence: !args.no_idempotence,
         ..ProducerConfig::default()
     };
     let config = connect::client_config(&args.conn.bootstrap_server);

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
-use keel_client::{PartitionInfo, TopicDescription, TopicSpec};
+use keel_client::{PartitionInfo, PartitionProducers, TopicDescription, TopicSpec};
 
 use crate::args::{parse_key_value, Bootstrap, ConnArgs};
 use crate::connect;
@@ -18,7 +18,7 @@ pub enum TopicCommand {
     /// List topic names, one per line.
     List(ListArgs),
     /// Show a topic's partitions (leader, replicas, in-sync replicas) and configs.
-    Describe(NameArgs),
+    Describe(DescribeArgs),
     /// Delete a topic and all its data.
     Delete(NameArgs),
 }
@@ -28,7 +28,8 @@ impl TopicCommand {
         match self {
             TopicCommand::Create(a) => &a.conn.bootstrap_server,
             TopicCommand::List(a) => &a.conn.bootstrap_server,
-            TopicCommand::Describe(a) | TopicCommand::Delete(a) => &a.conn.bootstrap_server,
+            TopicCommand::Describe(a) => &a.conn.bootstrap_server,
+            TopicCommand::Delete(a) => &a.conn.bootstrap_server,
         }
     }
 }
@@ -53,6 +54,17 @@ pub struct CreateArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ListArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DescribeArgs {
+    /// Topic name.
+    pub name: String,
+    /// Also list the idempotent producers each partition's leader keeps state for.
+    #[arg(long)]
+    pub producers: bool,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -101,6 +113,13 @@ pub async fn run(command: TopicCommand) -> anyhow::Result<()> {
         TopicCommand::Describe(args) => {
             let desc = connect::require_topic(&admin, &args.name).await?;
             print!("{}", render_description(&desc));
+            if args.producers {
+                let producers = admin
+                    .describe_producers(&args.name)
+                    .await
+                    .context("cannot describe producers")?;
+                print!("{}", render_producers(&producers));
+            }
         }
         TopicCommand::Delete(args) => {
             connect::require_topic(&admin, &args.name).await?;
@@ -111,6 +130,48 @@ pub async fn run(command: TopicCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `describe --producers`: one line per partition and producer.
+pub fn render_producers(partitions: &[PartitionProducers]) -> String {
+    let mut rows = vec![[
+        "PARTITION".to_string(),
+        "PRODUCER".to_string(),
+        "EPOCH".to_string(),
+        "LAST SEQUENCE".to_string(),
+        "LAST TIMESTAMP".to_string(),
+    ]];
+    for p in partitions {
+        if let Some(e) = &p.error {
+            rows.push([
+                p.partition.to_string(),
+                e.clone(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        for s in &p.producers {
+            rows.push([
+                p.partition.to_string(),
+                s.producer_id.to_string(),
+                s.epoch.to_string(),
+                s.last_sequence.to_string(),
+                s.last_timestamp.to_string(),
+            ]);
+        }
+    }
+    let mut out = String::from("producers:\n");
+    if rows.len() == 1 {
+        out.push_str("  none\n");
+        return out;
+    }
+    for line in table(&rows).lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// The `describe` output: a header, a partition table, then the configs.
