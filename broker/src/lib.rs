@@ -15,7 +15,8 @@
 //! - [`handlers`]: the Kafka listener's state and one file per Kafka API.
 //! - [`server`]: listener plumbing both listeners share: connections, replies, ApiVersions.
 //! - [`config`], [`error`], [`metrics`], [`clock`], [`topic_config`], [`upgrade`],
-//!   [`alloc_guard`]: the leaves everything else uses.
+//!   [`alloc_guard`]: the leaves everything else uses; [`failpoint`]: failure injection for
+//!   the test suites (`test-util` feature only).
 
 #![warn(unreachable_pub)]
 
@@ -25,6 +26,7 @@ pub(crate) mod clock;
 pub mod config;
 pub(crate) mod controller;
 pub(crate) mod error;
+pub mod failpoint;
 pub(crate) mod handlers;
 pub mod metrics;
 pub(crate) mod node;

@@ -22,6 +22,7 @@ use kafka_protocol::messages::{
     ListOffsetsRequest, MetadataRequest, MetadataResponse, ProduceRequest, RequestHeader,
     ResponseHeader, TopicName,
 };
+use kafka_protocol::messages::{InitProducerIdRequest, ProducerId};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use kafka_protocol::records::{Compression, Record, RecordBatchDecoder};
 use keel_protocol::encode::{NewRecord, ProducerIds};
@@ -43,6 +44,10 @@ pub mod codes {
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub const INVALID_REQUEST: i16 = 42;
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+    pub const INVALID_PRODUCER_ID_MAPPING: i16 = 49;
+    pub const INVALID_RECORD: i16 = 87;
 }
 
 /// Highest version this connection uses per API (all address topics by name).
@@ -54,6 +59,7 @@ fn version_cap(api_key: i16) -> i16 {
         3 => 12, // Metadata
         18 => 3, // ApiVersions
         19 => 7, // CreateTopics
+        22 => 4, // InitProducerId
         _ => 0,
     }
 }
@@ -367,6 +373,51 @@ impl RawConn {
             resp.error_message
         );
         Ok(resp.base_offset)
+    }
+
+    /// A new idempotent producer id and epoch (InitProducerId); fails on an error code.
+    pub fn init_producer_id(&mut self) -> Result<(i64, i16)> {
+        let req = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(-1)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let resp = self.call(&req)?;
+        ensure!(
+            resp.error_code == codes::NONE,
+            "init producer id: error {}",
+            resp.error_code
+        );
+        Ok((resp.producer_id.0, resp.producer_epoch))
+    }
+
+    /// The next epoch of an issued producer id (InitProducerId v4 with the id and epoch).
+    pub fn bump_epoch(&mut self, producer_id: i64, epoch: i16) -> Result<(i64, i16)> {
+        let req = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(-1)
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(epoch);
+        let resp = self.call(&req)?;
+        ensure!(
+            resp.error_code == codes::NONE,
+            "bump epoch: error {}",
+            resp.error_code
+        );
+        Ok((resp.producer_id.0, resp.producer_epoch))
+    }
+
+    /// Produces `values` as one batch of `producer` (id, epoch, base sequence), acks=all.
+    pub fn produce_idempotent(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        producer: ProducerIds,
+        values: &[&str],
+    ) -> Result<PartitionProduceResponse> {
+        let records = values.iter().map(|v| NewRecord::value(v.to_string(), 0));
+        let batch = keel_protocol::encode::encode_batch(records, Compression::None, producer)?;
+        self.produce_bytes(topic, partition, batch, -1)
     }
 
     /// The topic's id from Metadata (nil if the topic is unknown).

@@ -95,6 +95,10 @@ pub(crate) fn handle(ctx: Ctx, req: ProduceRequest) -> Option<Reply> {
                     .with_partition_responses(partition_responses),
             );
         }
+        if crate::failpoint::drop_produce_response() {
+            tracing::warn!("test failpoint: dropping a produce response");
+            return super::CLOSE;
+        }
         ctx.encode(&ProduceResponse::default().with_responses(responses), &[])
     }))
 }
