@@ -5,6 +5,15 @@ use keel_storage::LogConfig;
 use std::collections::BTreeMap;
 
 /// Kafka's topic-name rules.
+/// The internal topic of committed offsets and group metadata (written only by the group
+/// coordinator).
+pub(crate) const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// Whether Metadata marks `name` internal (clients may not produce to it).
+pub(crate) fn is_internal_topic(name: &str) -> bool {
+    name == OFFSETS_TOPIC
+}
+
 pub(crate) fn validate_topic_name(name: &str) -> Result<(), &'static str> {
     let bad = Err;
     if name.is_empty() {
@@ -106,6 +115,13 @@ pub(crate) fn topic_log_config(
             _ => return Err(format!("unknown topic config `{k}`")),
         }
     }
+    // A compacted topic keeps its data until a newer record with the same key replaces it
+    // (Kafka deletes by time or size only with `delete` in the policy). Keel does not
+    // compact yet, so such a topic keeps everything.
+    if configs.get("cleanup.policy").map(|p| p.trim()) == Some("compact") {
+        c.retention_ms = None;
+        c.retention_bytes = None;
+    }
     c.validate().map_err(|e| e.to_string())?;
     Ok(c)
 }
@@ -137,6 +153,19 @@ mod tests {
         for bad in ["", ".", "..", "a b", "ü", "a/b", &"n".repeat(250)] {
             assert!(validate_topic_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_compact_only_topic_is_not_deleted_by_time_or_size() {
+        let mut m = BTreeMap::new();
+        m.insert("cleanup.policy".to_string(), "compact".to_string());
+        m.insert("retention.ms".to_string(), "1000".to_string());
+        let c = topic_log_config(&LogConfig::default(), &m).unwrap();
+        assert!(c.compact);
+        assert_eq!((c.retention_ms, c.retention_bytes), (None, None));
+        m.insert("cleanup.policy".to_string(), "compact,delete".to_string());
+        let c = topic_log_config(&LogConfig::default(), &m).unwrap();
+        assert_eq!(c.retention_ms, Some(1000));
     }
 
     #[test]

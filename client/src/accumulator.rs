@@ -155,6 +155,10 @@ struct PartitionSequences {
     unsettled: BTreeSet<i32>,
     /// Batches of this partition in flight.
     in_flight: usize,
+    /// The broker lost this partition's sequences (a gap on its first unsettled batch, or an
+    /// unknown producer): none of its unsettled batches is in the log, so the epoch bump may
+    /// number them again.
+    lost: bool,
 }
 
 /// Per-partition batch queues.
@@ -168,6 +172,10 @@ pub(crate) struct Accumulator {
     drain_cursor: usize,
     /// With idempotence on: sequence numbers per partition.
     sequences: Option<HashMap<TopicPartition, PartitionSequences>>,
+    /// An epoch bump is waiting: only batches already sent (with their sequence) of
+    /// partitions not [lost](PartitionSequences::lost) are drained, so each resolves under
+    /// the epoch it may already be written with.
+    holding: bool,
 }
 
 impl Accumulator {
@@ -185,6 +193,7 @@ impl Accumulator {
             queues: BTreeMap::new(),
             drain_cursor: 0,
             sequences: None,
+            holding: false,
         }
     }
 
@@ -214,8 +223,31 @@ impl Accumulator {
         }
     }
 
-    /// After an epoch bump (nothing in flight): every partition starts again at sequence
-    /// 0, and every queued batch is numbered again when next drained, in queue order.
+    /// Marks `batch`'s partition as one whose sequences the broker lost (see
+    /// [`PartitionSequences::lost`]).
+    pub(crate) fn mark_lost(&mut self, batch: &ProducerBatch) {
+        if let Some(s) = self.partition_sequences(batch) {
+            s.lost = true;
+        }
+    }
+
+    /// While an epoch bump waits ([`Accumulator::holding`]).
+    pub(crate) fn set_holding(&mut self, holding: bool) {
+        self.holding = holding;
+    }
+
+    /// Whether a batch sent under the current epoch may still be in a partition's log with
+    /// its outcome unknown (outside lost partitions). A new epoch would number it again and
+    /// the broker could not tell it is a retry, so the bump waits until there is none.
+    pub(crate) fn unresolved(&self) -> bool {
+        self.sequences
+            .as_ref()
+            .is_some_and(|seqs| seqs.values().any(|s| !s.lost && !s.unsettled.is_empty()))
+    }
+
+    /// After an epoch bump (nothing in flight, nothing [unresolved](Self::unresolved)):
+    /// every partition starts again at sequence 0, and every queued batch is numbered again
+    /// when next drained, in queue order.
     pub(crate) fn reset_sequences(&mut self) {
         if let Some(seqs) = self.sequences.as_mut() {
             seqs.clear();
@@ -223,6 +255,7 @@ impl Accumulator {
         for batch in self.queues.values_mut().flatten() {
             batch.sequence = None;
         }
+        self.holding = false;
     }
 
     fn partition_sequences(&mut self, batch: &ProducerBatch) -> Option<&mut PartitionSequences> {
@@ -332,6 +365,16 @@ impl Accumulator {
             if !self.is_ready(queue, now, flushing) {
                 continue;
             }
+            if self.holding {
+                let lost = self
+                    .sequences
+                    .as_ref()
+                    .and_then(|s| s.get(key))
+                    .is_some_and(|s| s.lost);
+                if lost || queue.front().is_some_and(|b| b.sequence.is_none()) {
+                    continue;
+                }
+            }
             if self
                 .sequences
                 .as_ref()
@@ -440,6 +483,46 @@ mod idempotence_tests {
             |_| true,
         );
         assert_eq!(d.by_broker.remove(&0).unwrap()[0].sequence, Some(0));
+    }
+
+    /// A bump asked for by partition 1 must not renumber partition 0's batch that was sent
+    /// and may be in the log: it is retried under the old epoch first.
+    #[test]
+    fn a_bump_waits_for_batches_that_may_be_written_and_holds_new_ones() {
+        let mut a = acc(1, 0).idempotent();
+        let t0 = Instant::now();
+        let leaders = |_: &str, _: i32| Some(0);
+        a.append("t", 0, rec(10).0, t0);
+        a.append("t", 1, rec(10).0, t0);
+        let mut sent = a
+            .drain(t0, true, usize::MAX, leaders, |_| true)
+            .by_broker
+            .remove(&0)
+            .unwrap();
+        sent.sort_by_key(|b| b.partition);
+        let (p0, p1) = (sent.remove(0), sent.remove(0));
+        // Both requests failed: p0's outcome is unknown, p1's broker lost its sequences.
+        a.mark_lost(&p1);
+        a.requeue(p0);
+        a.requeue(p1);
+        a.append("t", 2, rec(10).0, t0);
+        a.set_holding(true);
+        assert!(a.unresolved(), "p0 may be written");
+        let later = t0 + Duration::from_secs(1);
+        let d = a.drain(later, true, usize::MAX, leaders, |_| true);
+        let out = &d.by_broker[&0];
+        assert_eq!(out.len(), 1, "only the retry of partition 0 goes out");
+        assert_eq!((out[0].partition, out[0].sequence), (0, Some(0)));
+        a.settled(&out[0]);
+        assert!(!a.unresolved(), "only the lost partition is left");
+        a.reset_sequences();
+        let d = a.drain(later, true, usize::MAX, leaders, |_| true);
+        let mut parts: Vec<(i32, Option<i32>)> = d.by_broker[&0]
+            .iter()
+            .map(|b| (b.partition, b.sequence))
+            .collect();
+        parts.sort();
+        assert_eq!(parts, [(1, Some(0)), (2, Some(0))]);
     }
 
     #[test]

@@ -15,8 +15,12 @@
 //! - [`record`] — [`ProducerRecord`], [`RecordMetadata`], [`ConsumerRecord`] and record batch
 //!   encoding/decoding.
 //! - [`partitioner`] — murmur2 for keyed records, sticky partitions for unkeyed ones.
-//! - `accumulator` — per-partition batches and the readiness rule (size, linger, flush, backoff).
-//! - [`producer`] — [`Producer`]: batching, one sender task, pipelined requests, retries.
+//! - `accumulator` — per-partition batches and the readiness rule (size, linger, flush, backoff),
+//!   and the idempotent producer's sequence numbers (kept across retries, at most 5 batches in
+//!   flight per partition).
+//! - [`producer`] — [`Producer`]: batching, one sender task, pipelined requests, retries;
+//!   idempotent by default (a producer id from InitProducerId, an epoch bump on the errors
+//!   KIP-360 names).
 //! - [`consumer`] — [`Consumer`]: manual assignment, positions, long-polling fetch.
 //! - `offsets` — [`Offset`] and resolving it with ListOffsets (consumer and admin).
 //!

@@ -16,7 +16,9 @@
 //! partition are out at once. A sequence error on the first unsettled batch of a partition,
 //! or UNKNOWN_PRODUCER_ID, means the broker lost the producer's state there: the producer
 //! waits for its requests in flight, bumps its epoch (KIP-360) and numbers every unsettled
-//! batch again from 0. A sequence error behind an earlier failed batch is only its echo and is
+//! batch again from 0. Before the bump, every batch of another partition that was sent and
+//! may be written is retried under the old epoch until it resolves: numbered again, the
+//! broker could not recognise it as a retry and would write it twice. A sequence error behind an earlier failed batch is only its echo and is
 //! retried. An older epoch (another producer with this id took over) fails the batch. A batch
 //! that fails for good leaves a hole in its partition's sequences, so it bumps the epoch too.
 //!
@@ -372,8 +374,13 @@ async fn run_sender(inner: Arc<Inner>) {
                 inner.wake.notified().await;
                 continue;
             }
-            bump_epoch(&inner).await;
-            continue;
+            if !lock(&inner.accumulator).unresolved() {
+                bump_epoch(&inner).await;
+                continue;
+            }
+            // Batches that may already be written are retried under the current epoch
+            // first; everything else waits for the bump.
+            lock(&inner.accumulator).set_holding(true);
         }
         let topics = lock(&inner.accumulator).topics();
         let refresh = inner.refresh_needed.swap(false, Ordering::AcqRel)
@@ -536,14 +543,14 @@ fn settle(inner: &Inner, batches: Vec<ProducerBatch>, resp: ProduceResponse) {
                 let message = p.error_message.as_deref();
                 let err = ClientError::kafka_with_message(p.error_code, context, message);
                 match sequence_error(p.error_code) {
-                    Some(SequenceError::Gap)
-                        if !lock(&inner.accumulator).is_first_unsettled(&batch) =>
-                    {
-                        // The echo of an earlier batch's failure: retried after it.
+                    Some(_) if !lock(&inner.accumulator).is_first_unsettled(&batch) => {
+                        // The echo of an earlier batch's failure (that batch may still be
+                        // written): retried after it, never numbered again before it resolves.
                         inner.retry_if(batch, &err, true)
                     }
                     Some(SequenceError::Gap | SequenceError::UnknownProducer) => {
                         warn!(topic = batch.topic, partition = batch.partition, error = %err, "producer state lost on the broker; bumping the epoch");
+                        lock(&inner.accumulator).mark_lost(&batch);
                         inner.bump_needed.store(true, Ordering::Release);
                         inner.retry_if(batch, &err, true)
                     }
@@ -637,6 +644,7 @@ async fn bump_epoch(inner: &Inner) {
         Err(e) => {
             warn!(error = %e, "producer epoch bump failed");
             lock(&inner.first_error).get_or_insert_with(|| e.clone());
+            lock(&inner.accumulator).set_holding(false);
         }
     }
     inner.bump_needed.store(false, Ordering::Release);

@@ -32,7 +32,8 @@ pub struct LogConfig {
     pub flush_policy: FlushPolicy,
     /// `message.max.bytes`: largest accepted batch; larger ones fail with `RecordTooLarge`.
     pub max_batch_bytes: u32,
-    /// `cleanup.policy=compact`: accepted and stored; compaction itself is not implemented yet.
+    /// `cleanup.policy=compact`: accepted and stored; compaction itself is not implemented yet
+    /// (a `compact`-only topic is given no time or size retention, so it keeps everything).
     pub compact: bool,
     /// `log.cache.tail.bytes` (Keel): how much of the newest durable data of each log stays in
     /// the page cache once written. Older written pages are handed back to the kernel right

@@ -1056,6 +1056,11 @@ impl Log {
                 if b.header.base_offset() >= to {
                     return;
                 }
+                // A scan that starts before `from` (the index is sparse) must not apply
+                // batches the state already holds a second time.
+                if b.header.last_offset() < from {
+                    continue;
+                }
                 if let Some(p) = producer_batch(&b.header, b.header.base_offset()) {
                     state.apply(&p);
                 }
@@ -1069,6 +1074,11 @@ impl Log {
             .producers()
             .map(|(id, e)| (id, e.clone()))
             .collect()
+    }
+
+    /// Whether `producer_id` has state here (a batch of it is in the log, unexpired).
+    pub fn has_producer(&self, producer_id: i64) -> bool {
+        lock(&self.producers).get(producer_id).is_some()
     }
 
     /// How many producers have state here.

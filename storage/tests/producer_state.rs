@@ -49,7 +49,11 @@ fn a_leader_writes_a_retried_batch_once() {
     let gap = log.append_as_leader(&batch(7, 0, 9, 1), 1).unwrap_err();
     assert!(matches!(
         gap,
-        StorageError::Producer(ProducerError::OutOfOrder { expected: 5, got: 9, .. })
+        StorageError::Producer(ProducerError::OutOfOrder {
+            expected: 5,
+            got: 9,
+            ..
+        })
     ));
     // Batches without a producer id are not the state's business.
     log.append_as_leader(&common::batch(2, 10, 1, 100), 1)
@@ -109,15 +113,31 @@ fn recovery_after_a_crash_and_after_a_clean_close_keeps_the_state() {
     }
     let log = open(dir.path());
     assert_eq!(last_seq(&log, 5), Some(89));
-    assert!(log.append_as_leader(&batch(5, 2, 87, 3), 1).unwrap().duplicate);
+    assert!(
+        log.append_as_leader(&batch(5, 2, 87, 3), 1)
+            .unwrap()
+            .duplicate
+    );
     assert!(matches!(
         log.append_as_leader(&batch(5, 1, 90, 1), 1),
-        Err(StorageError::Producer(ProducerError::InvalidEpoch { current: 2, got: 1, .. }))
+        Err(StorageError::Producer(ProducerError::InvalidEpoch {
+            current: 2,
+            got: 1,
+            ..
+        }))
     ));
     log.close().unwrap();
     let log = open(dir.path());
-    assert_eq!(last_seq(&log, 5), Some(89), "from the clean close's snapshot");
-    assert!(log.append_as_leader(&batch(5, 2, 87, 3), 1).unwrap().duplicate);
+    assert_eq!(
+        last_seq(&log, 5),
+        Some(89),
+        "from the clean close's snapshot"
+    );
+    assert!(
+        log.append_as_leader(&batch(5, 2, 87, 3), 1)
+            .unwrap()
+            .duplicate
+    );
 }
 
 #[test]
@@ -140,14 +160,21 @@ fn a_snapshot_past_the_recovered_end_is_not_trusted() {
         .max()
         .unwrap();
     let len = std::fs::metadata(&newest).unwrap().len();
-    let f = std::fs::OpenOptions::new().write(true).open(&newest).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap();
     f.set_len(len / 2).unwrap();
     drop(f);
     std::fs::remove_file(dir.path().join(".keel-clean-shutdown")).unwrap();
     let log = open(dir.path());
     let end = log.log_end_offset();
     assert!(end < 90, "the tail is gone: {end}");
-    assert_eq!(last_seq(&log, 5), Some(end as i32 - 1), "rebuilt to the recovered end");
+    assert_eq!(
+        last_seq(&log, 5),
+        Some(end as i32 - 1),
+        "rebuilt to the recovered end"
+    );
     let next = log
         .append_as_leader(&batch(5, 0, end as i32, 1), 1)
         .unwrap();
@@ -241,4 +268,30 @@ fn restamp(chunk: &[u8], base: i64) -> Vec<u8> {
         pos += len;
     }
     out
+}
+
+/// Recovery replays the batches after the newest snapshot, each once: the state keeps
+/// exactly the producer's last five batches, and each is still answered as a duplicate.
+#[test]
+fn replay_after_a_snapshot_keeps_the_last_five_batches_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = open(dir.path());
+        for i in 0..60 {
+            log.append_as_leader(&batch(5, 0, i, 1), 1).unwrap();
+        }
+        log.flush().unwrap();
+        assert!(log.segment_count() > 1, "rolled, so a snapshot exists");
+    }
+    let log = open(dir.path());
+    let (_, entry) = log.producers().into_iter().next().unwrap();
+    let seqs: Vec<i32> = entry.batches.iter().map(|b| b.first_seq).collect();
+    assert_eq!(seqs, [55, 56, 57, 58, 59]);
+    for seq in 55..60 {
+        assert!(
+            log.append_as_leader(&batch(5, 0, seq, 1), 1)
+                .unwrap()
+                .duplicate
+        );
+    }
 }

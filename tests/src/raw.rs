@@ -46,7 +46,7 @@ pub mod codes {
     pub const INVALID_REQUEST: i16 = 42;
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
-    pub const INVALID_PRODUCER_ID_MAPPING: i16 = 49;
+    pub const UNKNOWN_PRODUCER_ID: i16 = 59;
     pub const INVALID_RECORD: i16 = 87;
 }
 

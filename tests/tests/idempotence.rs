@@ -247,7 +247,7 @@ fn bad_producer_batches_are_refused_and_nothing_is_appended() {
         (
             "an id never handed out",
             ids(1 << 40, 0, 0),
-            codes::INVALID_PRODUCER_ID_MAPPING,
+            codes::UNKNOWN_PRODUCER_ID,
         ),
         (
             "an id without an epoch",

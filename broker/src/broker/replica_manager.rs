@@ -80,10 +80,24 @@ impl ReplicaManager {
         let mut swept = false;
         loop {
             let new = rx.borrow_and_update().clone();
+            // Nothing is applied before the image reaches this broker's own registration:
+            // until then it describes the previous incarnation of this broker, and may still
+            // name it leader of a partition whose data it lost in a crash. Becoming that
+            // leader, even for a moment, would record the stale epoch at the shorter log end
+            // and corrupt the replica's epoch history. At the registration the controller has
+            // fenced the old incarnation and moved its leaderships away.
+            let caught_up = new
+                .broker(self.node_id)
+                .is_some_and(|b| b.epoch == link.broker_epoch() && new.offset() >= b.registered_at);
             // Removes first (a re-created topic needs its directories back), then the
             // rest. Within each group every change is for a different partition, so they
             // run side by side: a new topic's partitions open (and fsync) concurrently.
-            let (removes, becomes): (Vec<_>, Vec<_>) = diff(&applied, &new, self.node_id)
+            let changes = if caught_up {
+                diff(&applied, &new, self.node_id)
+            } else {
+                Vec::new()
+            };
+            let (removes, becomes): (Vec<_>, Vec<_>) = changes
                 .into_iter()
                 .partition(|c| matches!(c, ReplicaChange::Remove { .. }));
             for group in [removes, becomes] {
@@ -105,7 +119,9 @@ impl ReplicaManager {
                     }
                 }
             }
-            self.applied.send_replace(new.offset());
+            if caught_up {
+                self.applied.send_replace(new.offset());
+            }
             // Fenced brokers no longer count toward any HW or ISR of ours.
             for topic in self.registry.all() {
                 for r in &topic.replicas {
@@ -140,9 +156,6 @@ impl ReplicaManager {
                     r.forgo_repair_if_alone(self.node_id);
                 }
             }
-            let caught_up = new
-                .broker(self.node_id)
-                .is_some_and(|b| b.epoch == link.broker_epoch() && new.offset() >= b.registered_at);
             let repairing: Vec<String> = self
                 .registry
                 .all()
@@ -188,7 +201,9 @@ impl ReplicaManager {
                 tracing::info!(node = self.node_id, ready, ?repairing, "ready to serve");
                 last_ready = Some((ready, repairing));
             }
-            applied = new;
+            if caught_up {
+                applied = new;
+            }
             // One fetcher per broker that leads something we follow.
             let mut leaders: Vec<i32> = self
                 .registry

@@ -71,6 +71,7 @@ pub(crate) fn metadata_response(
         MetadataResponseTopic::default()
             .with_name(Some(TopicName(StrBytes::from_string(topic.name.clone()))))
             .with_topic_id(topic.id)
+            .with_is_internal(crate::topic_config::is_internal_topic(&topic.name))
             .with_partitions(partitions)
     };
     let topics = match wanted {

@@ -36,6 +36,11 @@ pub(crate) fn handle(ctx: Ctx, req: ProduceRequest) -> Option<Reply> {
         for p in topic.partition_data {
             let outcome = match acks {
                 None => Outcome::Failed(ResponseError::InvalidRequiredAcks, None),
+                // Forged group state: only the group coordinator writes there.
+                Some(_) if crate::topic_config::is_internal_topic(&topic.name) => Outcome::Failed(
+                    ResponseError::InvalidTopicException,
+                    Some("cannot produce to an internal topic".into()),
+                ),
                 Some(_) if req.transactional_id.is_some() => Outcome::Failed(
                     ResponseError::TransactionalIdAuthorizationFailed,
                     Some("transactions are not supported".into()),
@@ -140,11 +145,16 @@ fn append(
     if let Some(problem) = batch_shape_problem(records) {
         return Outcome::Failed(ResponseError::InvalidRecord, Some(problem));
     }
-    if let Some(pid) = unissued_producer(records, issued_below) {
+    if let Some(pid) =
+        unissued_producer(records, issued_below).filter(|&pid| !replica.log().has_producer(pid))
+    {
+        // Never handed out, or handed out so recently that this broker's metadata has not
+        // shown it yet. UNKNOWN_PRODUCER_ID lets a client recover either way (KIP-360: it
+        // asks InitProducerId again), where a fatal code would fail a legitimate producer.
         return Outcome::Failed(
-            ResponseError::InvalidProducerIdMapping,
+            ResponseError::UnknownProducerId,
             Some(format!(
-                "producer id {pid} was never handed out by this cluster"
+                "producer id {pid} is not known to this broker (never handed out, or newer than its metadata)"
             )),
         );
     }
@@ -225,8 +235,8 @@ fn batch_shape_problem(records: &[u8]) -> Option<String> {
     None
 }
 
-/// A producer id in `records` that no broker of this cluster handed out (ids below
-/// `issued_below` were).
+/// A producer id in `records` that no broker of this cluster handed out as far as this
+/// broker's metadata shows (ids below `issued_below` were).
 fn unissued_producer(records: &[u8], issued_below: i64) -> Option<i64> {
     keel_protocol::batch::batches(records)
         .map_while(Result::ok)

@@ -1,6 +1,7 @@
 //! `keel-chaos`: a seeded fault-injection run against a local cluster (see
 //! `keel_tests::chaos`). Prints the seed, the fault schedule and the checker's verdict;
 //! exits 1 when any check fails. Replay a failure with the same `--seed` and `--cycles`.
+//! `KEEL_CHAOS_LOG=keel_client=warn` shows what the workload's clients saw.
 //!
 //! ```text
 //! cargo run -p keel-tests --bin keel-chaos -- --seed 7 --cycles 20 --nemesis kill,pause
@@ -53,6 +54,14 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // The workload's clients log to stderr under KEEL_CHAOS_LOG (e.g. `keel_client=warn`);
+    // RUST_LOG is left to the brokers the run starts.
+    if let Ok(filter) = std::env::var("KEEL_CHAOS_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut failed = Vec::new();
     for seed in args.seed..args.seed + args.runs.max(1) {
         let mut opts = ChaosOpts {

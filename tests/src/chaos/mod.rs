@@ -263,10 +263,23 @@ fn inject(cluster: &mut TestCluster, fault: Fault, opts: &ChaosOpts) -> String {
             String::new()
         }
         Fault::Corrupt { node, pick } => {
-            cluster.kill9(node);
-            let data = cluster.broker(node).data_dir();
             let topic = &opts.workload.topic;
             let partition = (pick % opts.workload.partitions as u64) as i32;
+            // Bit rot on the last in-sync copy of a partition is a second fault on top of the
+            // lost ISR (the case KIP-966's eligible leaders address): acknowledged data can go
+            // with it. One fault at a time: rot a replica only while the others are in sync.
+            let full = crate::wait::poll_until(Duration::from_secs(20), || {
+                cluster
+                    .isr_of(topic, partition)
+                    .is_some_and(|isr| isr.len() >= opts.brokers)
+            });
+            cluster.kill9(node);
+            if !full {
+                return format!(
+                    " [{topic}-{partition}: ISR not full within 20 s, nothing corrupted]"
+                );
+            }
+            let data = cluster.broker(node).data_dir();
             let dir = crate::disk::replica_dir(&data, topic, partition);
             let bytes: u64 = crate::disk::segment_files(&dir)
                 .iter()

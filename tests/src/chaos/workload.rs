@@ -1,9 +1,11 @@
 //! The workload of a chaos run: producers writing unique values with acks=all, and
 //! consumers reading every partition from the start for the whole run.
 //!
-//! Producers never re-send a value (the client's retries are off): a failed or timed-out
-//! write leaves its value indeterminate — present at most once — and the producer moves on
-//! to a new value. That keeps every value traceable for the checker.
+//! Producers are the client's default, idempotent producer with unlimited retries: a batch is
+//! re-sent until it is acknowledged, across leader failovers, and the broker must write it
+//! once (the checker counts every value present twice). A value whose send fails for good
+//! (the client gave up, which unlimited retries leave to the run's end) is indeterminate —
+//! present at most once. Every value is sent once by the workload, so each stays traceable.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -180,7 +182,9 @@ async fn produce(
 ) -> Writes {
     let config = ProducerConfig {
         acks: Acks::All,
-        retries: 0,
+        enable_idempotence: true,
+        retries: u32::MAX,
+        retry_backoff: Duration::from_millis(100),
         request_timeout: Duration::from_secs(10),
         linger: Duration::from_millis(2),
         ..ProducerConfig::default()
