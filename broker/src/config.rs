@@ -97,6 +97,60 @@ pub struct BrokerConfig {
     pub producer_id_expiration_ms: u64,
     /// `producer.id.expiration.check.interval.ms`: how often that is checked.
     pub producer_id_expiration_check_interval_ms: u64,
+    /// The group coordinator's properties (`group.*`, `offsets.*`).
+    pub groups: GroupsConfig,
+}
+
+/// The group coordinator's properties, with Kafka's names and defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupsConfig {
+    /// `group.min.session.timeout.ms`
+    pub min_session_timeout_ms: i32,
+    /// `group.max.session.timeout.ms`
+    pub max_session_timeout_ms: i32,
+    /// `group.initial.rebalance.delay.ms`: an empty group's first rebalance waits this long
+    /// for more members.
+    pub initial_rebalance_delay_ms: i32,
+    /// `group.max.size`: members per group.
+    pub max_size: i32,
+    /// `group.max.id.bytes` (Keel): longest group id accepted.
+    pub max_id_bytes: usize,
+    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets` when it is created.
+    pub offsets_partitions: i32,
+    /// `offsets.topic.replication.factor`: its replication factor, capped by the brokers
+    /// registered when it is created.
+    pub offsets_replication_factor: i16,
+    /// `offsets.retention.minutes`: committed offsets of a group are deleted this long after
+    /// it became empty (of a group that never had members: after the commit).
+    pub offsets_retention_minutes: u64,
+    /// `offsets.retention.check.interval.ms`
+    pub offsets_retention_check_interval_ms: u64,
+    /// `offset.metadata.max.bytes`: longest metadata string of a commit.
+    pub offset_metadata_max_bytes: usize,
+    /// `offsets.commit.timeout.ms`: how long a commit waits for its replication.
+    pub offsets_commit_timeout_ms: u64,
+    /// `group.lag.metrics.max.series` (Keel): most (group, topic, partition) series of the
+    /// committed-offset and lag gauges a coordinator exports; 0 turns them off.
+    pub lag_metrics_max_series: usize,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig {
+            min_session_timeout_ms: 6_000,
+            max_session_timeout_ms: 1_800_000,
+            initial_rebalance_delay_ms: 3_000,
+            max_size: i32::MAX,
+            max_id_bytes: 255,
+            offsets_partitions: 50,
+            offsets_replication_factor: 3,
+            offsets_retention_minutes: 7 * 24 * 60,
+            offsets_retention_check_interval_ms: 600_000,
+            offset_metadata_max_bytes: 4096,
+            offsets_commit_timeout_ms: 5_000,
+            lag_metrics_max_series: 10_000,
+        }
+    }
 }
 
 /// What a node runs in cluster mode.
@@ -140,6 +194,7 @@ impl Default for BrokerConfig {
             replica_fetch_wait_max_ms: 500,
             producer_id_expiration_ms: 86_400_000,
             producer_id_expiration_check_interval_ms: 600_000,
+            groups: GroupsConfig::default(),
         }
     }
 }
@@ -263,6 +318,36 @@ impl BrokerConfig {
             "producer.id.expiration.check.interval.ms" => {
                 self.producer_id_expiration_check_interval_ms = parse(key, value)?
             }
+            "group.min.session.timeout.ms" => {
+                self.groups.min_session_timeout_ms = parse(key, value)?
+            }
+            "group.max.session.timeout.ms" => {
+                self.groups.max_session_timeout_ms = parse(key, value)?
+            }
+            "group.initial.rebalance.delay.ms" => {
+                self.groups.initial_rebalance_delay_ms = parse(key, value)?
+            }
+            "group.max.size" => self.groups.max_size = parse(key, value)?,
+            "group.max.id.bytes" => self.groups.max_id_bytes = parse(key, value)?,
+            "offsets.topic.num.partitions" => self.groups.offsets_partitions = parse(key, value)?,
+            "offsets.topic.replication.factor" => {
+                self.groups.offsets_replication_factor = parse(key, value)?
+            }
+            "offsets.retention.minutes" => {
+                self.groups.offsets_retention_minutes = parse(key, value)?
+            }
+            "offsets.retention.check.interval.ms" => {
+                self.groups.offsets_retention_check_interval_ms = parse(key, value)?
+            }
+            "offset.metadata.max.bytes" => {
+                self.groups.offset_metadata_max_bytes = parse(key, value)?
+            }
+            "offsets.commit.timeout.ms" => {
+                self.groups.offsets_commit_timeout_ms = parse(key, value)?
+            }
+            "group.lag.metrics.max.series" => {
+                self.groups.lag_metrics_max_series = parse(key, value)?
+            }
             _ => return Err(ConfigError::Unknown(key.to_string())),
         }
         Ok(())
@@ -311,6 +396,59 @@ impl BrokerConfig {
                 &self.socket_request_max_bytes.to_string(),
                 "must be at least 1024",
             ));
+        }
+        let g = &self.groups;
+        for (key, value, ok) in [
+            (
+                "group.min.session.timeout.ms",
+                g.min_session_timeout_ms as i64,
+                g.min_session_timeout_ms >= 1,
+            ),
+            (
+                "group.max.session.timeout.ms",
+                g.max_session_timeout_ms as i64,
+                g.max_session_timeout_ms >= g.min_session_timeout_ms,
+            ),
+            (
+                "group.initial.rebalance.delay.ms",
+                g.initial_rebalance_delay_ms as i64,
+                g.initial_rebalance_delay_ms >= 0,
+            ),
+            ("group.max.size", g.max_size as i64, g.max_size >= 1),
+            (
+                "group.max.id.bytes",
+                g.max_id_bytes as i64,
+                (1..=32_767).contains(&g.max_id_bytes),
+            ),
+            (
+                "offsets.topic.num.partitions",
+                g.offsets_partitions as i64,
+                g.offsets_partitions >= 1,
+            ),
+            (
+                "offsets.topic.replication.factor",
+                g.offsets_replication_factor as i64,
+                g.offsets_replication_factor >= 1,
+            ),
+            (
+                "offsets.retention.minutes",
+                g.offsets_retention_minutes as i64,
+                g.offsets_retention_minutes >= 1,
+            ),
+            (
+                "offsets.retention.check.interval.ms",
+                g.offsets_retention_check_interval_ms as i64,
+                g.offsets_retention_check_interval_ms >= 1,
+            ),
+            (
+                "offsets.commit.timeout.ms",
+                g.offsets_commit_timeout_ms as i64,
+                g.offsets_commit_timeout_ms >= 1,
+            ),
+        ] {
+            if !ok {
+                return Err(invalid(key, &value.to_string(), "out of range"));
+            }
         }
         if self.min_insync_replicas < 1 {
             return Err(invalid(

@@ -95,3 +95,15 @@ impl FatalSignal {
             .unwrap_or_default()
     }
 }
+
+/// What a group client is told when a write to the offsets topic is not acknowledged (as
+/// Kafka maps them): COORDINATOR_NOT_AVAILABLE where retrying the same coordinator may work,
+/// NOT_COORDINATOR where the client must find the coordinator again.
+pub(crate) fn coordinator_write_error(e: AckError) -> ResponseError {
+    match e {
+        AckError::NotEnoughReplicas
+        | AckError::NotEnoughReplicasAfterAppend
+        | AckError::TimedOut => ResponseError::CoordinatorNotAvailable,
+        AckError::NotLeader => ResponseError::NotCoordinator,
+    }
+}

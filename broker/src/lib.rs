@@ -12,6 +12,8 @@
 //!   flusher), the registry of the replicas this broker holds, their timers and gauges.
 //! - [`replication`]: the replication rules as pure functions: high watermark, ISR changes,
 //!   truncation, the lag clock.
+//! - [`group`]: the group coordinator: consumer groups (a sans-IO state machine per group)
+//!   whose membership and committed offsets are records of `__consumer_offsets`.
 //! - [`handlers`]: the Kafka listener's state and one file per Kafka API.
 //! - [`server`]: listener plumbing both listeners share: connections, replies, ApiVersions.
 //! - [`config`], [`error`], [`metrics`], [`clock`], [`topic_config`], [`upgrade`],
@@ -27,6 +29,7 @@ pub mod config;
 pub(crate) mod controller;
 pub(crate) mod error;
 pub mod failpoint;
+pub(crate) mod group;
 pub(crate) mod handlers;
 pub mod metrics;
 pub(crate) mod node;
@@ -36,7 +39,7 @@ pub(crate) mod server;
 pub(crate) mod topic_config;
 pub(crate) mod upgrade;
 
-pub use config::{BrokerConfig, ConfigError};
+pub use config::{BrokerConfig, ConfigError, GroupsConfig};
 /// The metadata log's record format, for tools and tests that read it with Fetch.
 pub use controller::{
     decode_batches, MetadataLogError, MetadataRecord, PartitionRecord, METADATA_TOPIC,

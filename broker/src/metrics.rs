@@ -64,6 +64,15 @@ pub const FETCHER_RECONNECTS_TOTAL: &str = "keel_fetcher_reconnects_total";
 pub const FETCHER_BACKOFFS_TOTAL: &str = "keel_fetcher_backoffs_total";
 pub const CONTROLLER_RETRIES_TOTAL: &str = "keel_broker_controller_call_retries_total";
 
+// The group coordinator.
+pub const GROUPS: &str = "keel_group_coordinator_groups";
+pub const GROUP_PARTITIONS_LOADED: &str = "keel_group_coordinator_partitions_loaded";
+pub const GROUP_LOAD_SECONDS: &str = "keel_group_coordinator_load_seconds";
+pub const GROUP_COMMITS_TOTAL: &str = "keel_group_offset_commits_total";
+// Per group, topic and partition (bounded by group.lag.metrics.max.series).
+pub const GROUP_COMMITTED_OFFSET: &str = "keel_group_committed_offset";
+pub const GROUP_LAG_RECORDS: &str = "keel_group_lag_records";
+
 // Disk (label: dir).
 pub const LOG_DIR_USED_BYTES: &str = "keel_log_dir_used_bytes";
 pub const LOG_DIR_CAPACITY_BYTES: &str = "keel_log_dir_capacity_bytes";
@@ -291,6 +300,31 @@ fn describe() {
         "Idempotent producer ids this replica keeps state for (expire after producer.id.expiration.ms)."
     );
     describe_gauge!(
+        GROUPS,
+        "Groups of the offsets partitions this broker coordinates."
+    );
+    describe_gauge!(
+        GROUP_PARTITIONS_LOADED,
+        "Offsets partitions this broker leads and has loaded."
+    );
+    describe_histogram!(
+        GROUP_LOAD_SECONDS,
+        Unit::Seconds,
+        "Time to load an offsets partition's groups after becoming its leader."
+    );
+    describe_counter!(
+        GROUP_COMMITS_TOTAL,
+        "Partition offsets committed (acknowledged) through this coordinator."
+    );
+    describe_gauge!(
+        GROUP_COMMITTED_OFFSET,
+        "Committed offset, by group, topic and partition (up to group.lag.metrics.max.series series)."
+    );
+    describe_gauge!(
+        GROUP_LAG_RECORDS,
+        "High watermark minus the committed offset, by group, topic and partition (same bound)."
+    );
+    describe_gauge!(
         s::MAPPED_BYTES,
         Unit::Bytes,
         "Bytes of segment files memory-mapped."
@@ -349,6 +383,7 @@ const BROKER_COUNTERS: &[&str] = &[
     PRODUCE_DUPLICATES_TOTAL,
     PRODUCE_OUT_OF_ORDER_TOTAL,
     PRODUCE_FENCED_TOTAL,
+    GROUP_COMMITS_TOTAL,
 ];
 
 /// Registers the broker's event counters at zero (see [`BROKER_COUNTERS`]).

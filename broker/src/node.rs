@@ -237,11 +237,20 @@ async fn start_broker(
         background.clone(),
     );
     tasks.extend(cluster.spawn());
+    let groups = crate::group::GroupCoordinator::new(
+        config.groups.clone(),
+        topics.clone(),
+        cluster.clone(),
+        listeners_stop.clone(),
+        Duration::from_millis(config.metrics_interval_ms.max(100)),
+    );
+    tasks.push(tokio::spawn(groups.clone().run()));
     let shared = Arc::new(Shared {
         config,
         topics: topics.clone(),
         stop: listeners_stop.clone(),
         broker: cluster.clone(),
+        groups,
     });
     tasks.push(tokio::spawn(server::accept_loop(
         shared,

@@ -10,8 +10,10 @@
 //! 4.0 (KAFKA-18659): librdkafka before 2.11 enables gzip, snappy and lz4 only if Produce
 //! is advertised from v0, and lz4 only if FindCoordinator is advertised at all. So
 //! Produce is listed from v0, but v0–v2 (message formats 0 and 1) are refused
-//! ([`PRODUCE_MIN_SERVED`]); FindCoordinator answers COORDINATOR_NOT_AVAILABLE until
-//! Keel has group coordination.
+//! ([`PRODUCE_MIN_SERVED`]).
+//!
+//! The group APIs are the classic protocol's, every version kafka-protocol has; KIP-848's
+//! ConsumerGroupHeartbeat is not served, so clients use the classic protocol.
 
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::{ApiKey, RequestHeader};
@@ -35,13 +37,23 @@ pub const SUPPORTED_APIS: &[ApiSupport] = &[
     api(ApiKey::Fetch, 4, 15),
     api(ApiKey::ListOffsets, 1, 6),
     api(ApiKey::Metadata, 0, 12),
+    api(ApiKey::OffsetCommit, 2, 9),
+    api(ApiKey::OffsetFetch, 1, 9),
     api(ApiKey::FindCoordinator, 0, 6),
+    api(ApiKey::JoinGroup, 0, 9),
+    api(ApiKey::Heartbeat, 0, 4),
+    api(ApiKey::LeaveGroup, 0, 5),
+    api(ApiKey::SyncGroup, 0, 5),
+    api(ApiKey::DescribeGroups, 0, 6),
+    api(ApiKey::ListGroups, 0, 5),
     api(ApiKey::ApiVersions, 0, 3),
     api(ApiKey::CreateTopics, 2, 7),
     api(ApiKey::DeleteTopics, 1, 6),
     api(ApiKey::InitProducerId, 0, 5),
     api(ApiKey::OffsetForLeaderEpoch, 2, 4),
     api(ApiKey::DescribeConfigs, 1, 4),
+    api(ApiKey::DeleteGroups, 0, 2),
+    api(ApiKey::OffsetDelete, 0, 0),
     api(ApiKey::DescribeCluster, 0, 1),
     api(ApiKey::DescribeProducers, 0, 0),
 ];

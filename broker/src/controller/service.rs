@@ -71,7 +71,11 @@ impl Service for ControllerService {
         &self.stop
     }
 
-    fn dispatch(self: &Arc<Self>, mut req: ParsedRequest) -> Result<Option<Reply>, RequestError> {
+    fn dispatch(
+        self: &Arc<Self>,
+        mut req: ParsedRequest,
+        _peer: std::net::SocketAddr,
+    ) -> Result<Option<Reply>, RequestError> {
         let r = Responder::new(&req);
         let reply = match req.api_key {
             ApiKey::ApiVersions => api_versions::handle(&r, CONTROLLER_APIS),

@@ -2,21 +2,32 @@
 //! does its ordered, synchronous part at once and returns a [`Reply`] future for the rest.
 
 pub(crate) mod create_topics;
+pub(crate) mod delete_groups;
 pub(crate) mod delete_topics;
 pub(crate) mod describe_cluster;
 pub(crate) mod describe_configs;
+pub(crate) mod describe_groups;
 pub(crate) mod describe_producers;
 pub(crate) mod fetch;
 pub(crate) mod find_coordinator;
+pub(crate) mod heartbeat;
 pub(crate) mod init_producer_id;
+pub(crate) mod join_group;
+pub(crate) mod leave_group;
+pub(crate) mod list_groups;
 pub(crate) mod list_offsets;
 pub(crate) mod metadata;
+pub(crate) mod offset_commit;
+pub(crate) mod offset_delete;
+pub(crate) mod offset_fetch;
 pub(crate) mod offset_for_leader_epoch;
 pub(crate) mod produce;
 pub(crate) mod replica_state;
+pub(crate) mod sync_group;
 
 use crate::broker::BrokerRuntime;
 use crate::config::BrokerConfig;
+use crate::group::GroupCoordinator;
 use crate::partition::registry::Topics;
 use crate::server::api_versions;
 pub(crate) use crate::server::reply::{decode, Reply, Responder, CLOSE};
@@ -72,6 +83,7 @@ where
 pub(crate) fn dispatch(
     shared: &Arc<Shared>,
     mut req: ParsedRequest,
+    peer: std::net::SocketAddr,
 ) -> Result<Option<Reply>, RequestError> {
     let ctx = Ctx {
         shared: shared.clone(),
@@ -98,6 +110,20 @@ pub(crate) fn dispatch(
         ApiKey::DescribeCluster => describe_cluster::handle(&ctx, decode(&mut req)?),
         ApiKey::InitProducerId => init_producer_id::handle(&ctx, decode(&mut req)?),
         ApiKey::DescribeProducers => describe_producers::handle(&ctx, decode(&mut req)?),
+        ApiKey::JoinGroup => {
+            let client_id = req.header.client_id.as_deref().unwrap_or("").to_string();
+            let host = format!("/{}", peer.ip());
+            join_group::handle(&ctx, decode(&mut req)?, client_id, host)
+        }
+        ApiKey::SyncGroup => sync_group::handle(&ctx, decode(&mut req)?),
+        ApiKey::Heartbeat => heartbeat::handle(&ctx, decode(&mut req)?),
+        ApiKey::LeaveGroup => leave_group::handle(&ctx, decode(&mut req)?),
+        ApiKey::OffsetCommit => offset_commit::handle(&ctx, decode(&mut req)?),
+        ApiKey::OffsetFetch => offset_fetch::handle(&ctx, decode(&mut req)?),
+        ApiKey::ListGroups => list_groups::handle(&ctx, decode(&mut req)?),
+        ApiKey::DescribeGroups => describe_groups::handle(&ctx, decode(&mut req)?),
+        ApiKey::DeleteGroups => delete_groups::handle(&ctx, decode(&mut req)?),
+        ApiKey::OffsetDelete => offset_delete::handle(&ctx, decode(&mut req)?),
         other => {
             // parse_request only lets through keys in the supported table.
             return Err(RequestError::Body {
@@ -119,6 +145,8 @@ pub(crate) struct Shared {
     pub(crate) stop: CancellationToken,
     /// The broker role: its link to the controller and its metadata image.
     pub(crate) broker: Arc<BrokerRuntime>,
+    /// The group coordinator of the offsets partitions this broker leads.
+    pub(crate) groups: Arc<GroupCoordinator>,
 }
 
 impl crate::server::Service for Shared {
@@ -141,8 +169,9 @@ impl crate::server::Service for Shared {
     fn dispatch(
         self: &Arc<Self>,
         req: keel_protocol::api::ParsedRequest,
+        peer: std::net::SocketAddr,
     ) -> Result<Option<Reply>, RequestError> {
-        dispatch(self, req)
+        dispatch(self, req, peer)
     }
 
     fn keel_api(self: &Arc<Self>, api_key: i16, frame: &bytes::Bytes) -> Option<Reply> {

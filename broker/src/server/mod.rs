@@ -39,7 +39,12 @@ pub(crate) trait Service: Send + Sync + 'static {
     /// Cancelled when the listener stops taking requests.
     fn stop(&self) -> &CancellationToken;
     /// Decodes the body and starts the request's handler.
-    fn dispatch(self: &Arc<Self>, req: ParsedRequest) -> Result<Option<Reply>, RequestError>;
+    /// `peer`: the client's address (group members are described by it).
+    fn dispatch(
+        self: &Arc<Self>,
+        req: ParsedRequest,
+        peer: SocketAddr,
+    ) -> Result<Option<Reply>, RequestError>;
     /// Keel's own API keys (outside Kafka's table): the reply to a whole frame whose key is
     /// `api_key`, or `None` if this listener does not serve it.
     fn keel_api(self: &Arc<Self>, _api_key: i16, _frame: &Bytes) -> Option<Reply> {
@@ -95,7 +100,7 @@ async fn serve_connection<S: Service>(shared: Arc<S>, stream: TcpStream, peer: S
                     break 'conn;
                 }
             };
-            match handle_frame(&shared, frame) {
+            match handle_frame(&shared, frame, peer) {
                 Ok(Some(reply)) => {
                     if tx.send(reply).await.is_err() {
                         break 'conn; // writer gone: the socket failed
@@ -144,7 +149,11 @@ pub(crate) enum RequestError {
     },
 }
 
-fn handle_frame<S: Service>(shared: &Arc<S>, frame: Bytes) -> Result<Option<Reply>, RequestError> {
+fn handle_frame<S: Service>(
+    shared: &Arc<S>,
+    frame: Bytes,
+    peer: SocketAddr,
+) -> Result<Option<Reply>, RequestError> {
     if frame.len() >= 2 {
         let key = i16::from_be_bytes([frame[0], frame[1]]);
         if let Some(reply) = shared.keel_api(key, &frame) {
@@ -178,7 +187,7 @@ fn handle_frame<S: Service>(shared: &Arc<S>, frame: Bytes) -> Result<Option<Repl
             return Err(e.into());
         }
     };
-    shared.dispatch(req)
+    shared.dispatch(req, peer)
 }
 
 async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Reply>, peer: SocketAddr) {

@@ -112,6 +112,16 @@ pub(crate) fn api_name(key: ApiKey) -> &'static str {
         ApiKey::InitProducerId => "init_producer_id",
         ApiKey::DescribeProducers => "describe_producers",
         ApiKey::AllocateProducerIds => "allocate_producer_ids",
+        ApiKey::JoinGroup => "join_group",
+        ApiKey::SyncGroup => "sync_group",
+        ApiKey::Heartbeat => "heartbeat",
+        ApiKey::LeaveGroup => "leave_group",
+        ApiKey::OffsetCommit => "offset_commit",
+        ApiKey::OffsetFetch => "offset_fetch",
+        ApiKey::ListGroups => "list_groups",
+        ApiKey::DescribeGroups => "describe_groups",
+        ApiKey::DeleteGroups => "delete_groups",
+        ApiKey::OffsetDelete => "offset_delete",
         _ => "other",
     }
 }
