@@ -224,7 +224,9 @@ pub fn run(opts: &ChaosOpts) -> Report {
     cluster_problems.extend(compare_replicas(&cluster, &topic, &fin));
     let (problems, resources) = resource_problems(&cluster, &baseline);
     cluster_problems.extend(problems);
-    let kept = (!verdict.ok() || !cluster_problems.is_empty())
+    // KEEL_CHAOS_KEEP=1 keeps the evidence of passing runs too (to study a warning).
+    let keep_all = std::env::var_os("KEEL_CHAOS_KEEP").is_some();
+    let kept = (keep_all || !verdict.ok() || !cluster_problems.is_empty())
         .then(|| keep_evidence(&cluster, &topic, opts.seed));
     Report {
         kept,
