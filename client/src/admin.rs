@@ -89,6 +89,10 @@ fn timeout_ms(d: Duration) -> i32 {
 }
 
 impl Admin {
+    pub(crate) fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
     /// Connects to the cluster.
     pub async fn new(client: ClientConfig) -> Result<Admin, ClientError> {
         Ok(Admin {

@@ -335,3 +335,78 @@ mod tests {
         assert!(bad.validate().is_err());
     }
 }
+
+/// A group consumer's settings ([`crate::Consumer::subscribe`]), with the Java client's
+/// names and defaults.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// `group.id`
+    pub group_id: String,
+    /// `group.instance.id`: a static member (KIP-345) keeps its place across restarts
+    /// within its session and does not leave the group when it closes.
+    pub instance_id: Option<String>,
+    /// `session.timeout.ms`: the coordinator drops a member silent this long.
+    pub session_timeout: Duration,
+    /// `max.poll.interval.ms`, sent as the rebalance timeout: how long a rebalance waits for
+    /// members to rejoin.
+    pub rebalance_timeout: Duration,
+    /// `heartbeat.interval.ms`
+    pub heartbeat_interval: Duration,
+    /// `partition.assignment.strategy`, in order of preference (the group uses one every
+    /// member supports).
+    pub assignors: Vec<crate::group::Assignor>,
+    /// `enable.auto.commit`: positions are committed every `auto_commit_interval`, before
+    /// partitions are revoked and when the consumer closes.
+    pub auto_commit: bool,
+    /// `auto.commit.interval.ms`
+    pub auto_commit_interval: Duration,
+    /// `auto.offset.reset`: where a partition without a committed offset starts
+    /// ([`crate::Offset::Earliest`] or [`crate::Offset::Latest`]).
+    pub auto_offset_reset: crate::Offset,
+}
+
+impl GroupConfig {
+    /// A group consumer of `group_id` with the defaults.
+    pub fn new(group_id: impl Into<String>) -> GroupConfig {
+        GroupConfig {
+            group_id: group_id.into(),
+            instance_id: None,
+            session_timeout: Duration::from_secs(45),
+            rebalance_timeout: Duration::from_secs(300),
+            heartbeat_interval: Duration::from_secs(3),
+            assignors: vec![
+                crate::group::Assignor::Range,
+                crate::group::Assignor::CooperativeSticky,
+            ],
+            auto_commit: true,
+            auto_commit_interval: Duration::from_secs(5),
+            auto_offset_reset: crate::Offset::Latest,
+        }
+    }
+
+    /// Checks the settings before the consumer subscribes.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        if self.group_id.is_empty() {
+            return Err(ClientError::Config("group_id must not be empty".into()));
+        }
+        if self.assignors.is_empty() {
+            return Err(ClientError::Config(
+                "at least one assignor is needed".into(),
+            ));
+        }
+        if self.heartbeat_interval >= self.session_timeout {
+            return Err(ClientError::Config(
+                "heartbeat_interval must be shorter than session_timeout".into(),
+            ));
+        }
+        if !matches!(
+            self.auto_offset_reset,
+            crate::Offset::Earliest | crate::Offset::Latest
+        ) {
+            return Err(ClientError::Config(
+                "auto_offset_reset must be Earliest or Latest".into(),
+            ));
+        }
+        Ok(())
+    }
+}

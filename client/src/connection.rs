@@ -51,6 +51,16 @@ const CLIENT_VERSIONS: &[(ApiKey, &str, i16, i16)] = &[
     (ApiKey::DescribeConfigs, "DescribeConfigs", 1, 4),
     (ApiKey::InitProducerId, "InitProducerId", 0, 5),
     (ApiKey::DescribeProducers, "DescribeProducers", 0, 0),
+    (ApiKey::FindCoordinator, "FindCoordinator", 1, 3),
+    (ApiKey::JoinGroup, "JoinGroup", 4, 7),
+    (ApiKey::SyncGroup, "SyncGroup", 3, 5),
+    (ApiKey::Heartbeat, "Heartbeat", 3, 4),
+    (ApiKey::LeaveGroup, "LeaveGroup", 3, 5),
+    (ApiKey::OffsetCommit, "OffsetCommit", 7, 8),
+    (ApiKey::OffsetFetch, "OffsetFetch", 6, 7),
+    (ApiKey::ListGroups, "ListGroups", 3, 4),
+    (ApiKey::DescribeGroups, "DescribeGroups", 3, 5),
+    (ApiKey::DeleteGroups, "DeleteGroups", 1, 2),
 ];
 
 /// The name of an API key this client speaks.

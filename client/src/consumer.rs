@@ -1,9 +1,15 @@
-//! The consumer: manual assignment (no consumer groups), positions kept in memory, and one
-//! round of long-polling Fetch requests per `poll`, one request per leader broker.
+//! The consumer: manual assignment or a group subscription, positions kept in memory, and
+//! one round of long-polling Fetch requests per `poll`, one request per leader broker.
+//!
+//! With [`Consumer::subscribe`] the group decides the assignment: `poll` (re)joins when the
+//! group rebalances, starts newly assigned partitions at their committed offsets (else at
+//! `auto_offset_reset`), tells the rebalance listener, and auto-commits positions. With the
+//! `range` assignor every partition is revoked before a rejoin (after a commit); with
+//! `cooperative-sticky` only those that move are, and fetching goes on meanwhile.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use futures_util::Stream;
@@ -13,8 +19,10 @@ use kafka_protocol::protocol::StrBytes;
 use tracing::debug;
 
 use crate::cluster::Cluster;
-use crate::config::{ClientConfig, ConsumerConfig};
+use crate::config::{ClientConfig, ConsumerConfig, GroupConfig};
 use crate::error::ClientError;
+use crate::group::member::Membership;
+use crate::group::Rebalance;
 use crate::offsets::resolve_offsets;
 pub use crate::offsets::Offset;
 use crate::record::{decode_fetched, ConsumerRecord};
@@ -26,13 +34,28 @@ const NO_LEADER_BACKOFF: Duration = Duration::from_millis(100);
 
 type TopicPartition = (String, i32);
 
-/// An async consumer of explicitly assigned partitions.
+/// A listener of assignment changes (see [`Consumer::on_rebalance`]); behind a mutex so
+/// the consumer stays `Sync`.
+type Listener = std::sync::Mutex<Box<dyn FnMut(Rebalance) + Send>>;
+
+/// An async consumer of assigned partitions, or of a group's share of subscribed topics.
 pub struct Consumer {
     cluster: Arc<Cluster>,
     config: ConsumerConfig,
     positions: BTreeMap<TopicPartition, i64>,
     /// The high watermark in the last successful fetch answer for each partition.
     high_watermarks: BTreeMap<TopicPartition, i64>,
+    /// Set by [`Consumer::subscribe`].
+    group: Option<Subscribed>,
+}
+
+/// A group subscription's state.
+struct Subscribed {
+    membership: Membership,
+    topics: Vec<String>,
+    config: GroupConfig,
+    listener: Option<Listener>,
+    last_commit: Instant,
 }
 
 impl Consumer {
@@ -47,7 +70,213 @@ impl Consumer {
             config,
             positions: BTreeMap::new(),
             high_watermarks: BTreeMap::new(),
+            group: None,
         })
+    }
+
+    /// Joins `config.group_id` for `topics`: the group assigns the partitions from the next
+    /// [`Consumer::poll`] on. Not with a manual assignment.
+    pub async fn subscribe(
+        &mut self,
+        topics: &[&str],
+        config: GroupConfig,
+    ) -> Result<(), ClientError> {
+        config.validate()?;
+        if !self.positions.is_empty() && self.group.is_none() {
+            return Err(ClientError::Config(
+                "subscribe after assign: a consumer uses one or the other".into(),
+            ));
+        }
+        if topics.is_empty() {
+            return Err(ClientError::Config(
+                "subscribe to at least one topic".into(),
+            ));
+        }
+        self.group = Some(Subscribed {
+            membership: Membership::new(self.cluster.clone(), config.clone()),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            config,
+            listener: None,
+            last_commit: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Calls `listener` on every assignment change of a group subscription.
+    pub fn on_rebalance(&mut self, listener: impl FnMut(Rebalance) + Send + 'static) {
+        if let Some(g) = self.group.as_mut() {
+            g.listener = Some(std::sync::Mutex::new(Box::new(listener)));
+        }
+    }
+
+    /// Commits the positions of every assigned partition for the group (they are the next
+    /// offsets to read). Fails if the group rebalanced since they were assigned.
+    pub async fn commit(&mut self) -> Result<(), ClientError> {
+        let positions: Vec<(TopicPartition, i64)> = self
+            .positions
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let g = self
+            .group
+            .as_mut()
+            .ok_or_else(|| ClientError::Config("commit needs a group: call subscribe".into()))?;
+        g.membership.commit(&positions).await?;
+        g.last_commit = Instant::now();
+        Ok(())
+    }
+
+    /// Commits `offsets` (topic, partition, next offset to read) for the group.
+    pub async fn commit_offsets(
+        &mut self,
+        offsets: &[(String, i32, i64)],
+    ) -> Result<(), ClientError> {
+        let g = self
+            .group
+            .as_ref()
+            .ok_or_else(|| ClientError::Config("commit needs a group: call subscribe".into()))?;
+        let offsets: Vec<(TopicPartition, i64)> = offsets
+            .iter()
+            .map(|(t, p, o)| ((t.clone(), *p), *o))
+            .collect();
+        g.membership.commit(&offsets).await
+    }
+
+    /// Leaves the group, after committing the positions with auto-commit. Without a group
+    /// there is nothing to do.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        let mut result = Ok(());
+        if self.group.as_ref().is_some_and(|g| g.config.auto_commit) {
+            result = self.commit().await;
+        }
+        if let Some(g) = self.group.as_mut() {
+            g.membership.leave().await;
+        }
+        result
+    }
+
+    /// Keeps the group subscription current: rejoins when due, auto-commits when due.
+    async fn maintain_group(&mut self) -> Result<(), ClientError> {
+        let Some(g) = self.group.as_ref() else {
+            return Ok(());
+        };
+        if g.membership.needs_join() {
+            return self.rebalance().await;
+        }
+        if g.config.auto_commit && g.last_commit.elapsed() >= g.config.auto_commit_interval {
+            if let Err(e) = self.commit().await {
+                debug!(error = %e, "auto-commit failed");
+            }
+            if let Some(g) = self.group.as_mut() {
+                g.last_commit = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    /// One rebalance: revoke (all, or with the cooperative protocol only what moves), join,
+    /// position what is new at its committed offsets, tell the listener.
+    async fn rebalance(&mut self) -> Result<(), ClientError> {
+        let owned: Vec<TopicPartition> = self.positions.keys().cloned().collect();
+        let g = self.group.as_ref().expect("called with a group");
+        let cooperative = g.membership.protocol().is_some_and(|a| a.is_cooperative());
+        let auto_commit = g.config.auto_commit;
+        if !cooperative && !owned.is_empty() {
+            self.revoke(&owned, auto_commit).await;
+        }
+        let g = self.group.as_mut().expect("called with a group");
+        let announce = if cooperative {
+            owned.clone()
+        } else {
+            Vec::new()
+        };
+        let assignment = g.membership.join(&g.topics, &announce).await?;
+        let now: BTreeSet<TopicPartition> = assignment.into_iter().collect();
+        let still_cooperative = g.membership.protocol().is_some_and(|a| a.is_cooperative());
+        if still_cooperative {
+            let gone: Vec<TopicPartition> = self
+                .positions
+                .keys()
+                .filter(|k| !now.contains(*k))
+                .cloned()
+                .collect();
+            if !gone.is_empty() {
+                self.revoke(&gone, auto_commit).await;
+                // What was given up is assigned to its new owner in the next rebalance.
+                if let Some(g) = self.group.as_ref() {
+                    g.membership.request_rejoin();
+                }
+            }
+        }
+        let added: Vec<TopicPartition> = now
+            .iter()
+            .filter(|k| !self.positions.contains_key(*k))
+            .cloned()
+            .collect();
+        self.start_at_committed(&added).await?;
+        if let Some(l) = self.group.as_mut().and_then(|g| g.listener.as_mut()) {
+            if !added.is_empty() {
+                (l.get_mut().unwrap_or_else(|p| p.into_inner()))(Rebalance::Assigned(added));
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives up partitions: committed first with auto-commit, then the listener is told.
+    async fn revoke(&mut self, parts: &[TopicPartition], auto_commit: bool) {
+        let offsets: Vec<(TopicPartition, i64)> = parts
+            .iter()
+            .filter_map(|k| self.positions.get(k).map(|o| (k.clone(), *o)))
+            .collect();
+        if let Some(g) = self.group.as_mut() {
+            if auto_commit {
+                if let Err(e) = g.membership.commit(&offsets).await {
+                    debug!(error = %e, "commit before revoking failed");
+                }
+            }
+            if let Some(l) = g.listener.as_mut() {
+                (l.get_mut().unwrap_or_else(|p| p.into_inner()))(Rebalance::Revoked(
+                    parts.to_vec(),
+                ));
+            }
+        }
+        for k in parts {
+            self.positions.remove(k);
+            self.high_watermarks.remove(k);
+        }
+    }
+
+    /// Positions `parts` at the group's committed offsets, or at `auto_offset_reset`.
+    async fn start_at_committed(&mut self, parts: &[TopicPartition]) -> Result<(), ClientError> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let g = self.group.as_ref().expect("called with a group");
+        let reset = g.config.auto_offset_reset;
+        let committed = g.membership.committed(parts).await?;
+        let mut to_reset: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for k in parts {
+            match committed.get(k).copied().flatten() {
+                Some(o) => {
+                    self.positions.insert(k.clone(), o);
+                }
+                None => to_reset.entry(k.0.clone()).or_default().push(k.1),
+            }
+        }
+        for (topic, ps) in to_reset {
+            let offsets = resolve_offsets(
+                &self.cluster,
+                &topic,
+                &ps,
+                reset,
+                self.config.isolation_level,
+            )
+            .await?;
+            for (p, o) in offsets {
+                self.positions.insert((topic.clone(), p), o);
+            }
+        }
+        Ok(())
     }
 
     /// Adds `partitions` of `topic` to the assignment, positioned at `start`.
@@ -146,9 +375,17 @@ impl Consumer {
     /// Retriable partition errors (e.g. NOT_LEADER_OR_FOLLOWER) refresh metadata and yield no
     /// records for that partition this round; OFFSET_OUT_OF_RANGE and other errors are `Err`.
     pub async fn poll(&mut self) -> Result<Vec<ConsumerRecord>, ClientError> {
+        if self.group.is_some() {
+            self.maintain_group().await?;
+            if self.positions.is_empty() {
+                // The group gave this member nothing (yet): wait, then ask again.
+                tokio::time::sleep(self.config.max_wait).await;
+                return Ok(Vec::new());
+            }
+        }
         if self.positions.is_empty() {
             return Err(ClientError::Config(
-                "no partitions assigned: call assign first".into(),
+                "no partitions assigned: call assign or subscribe first".into(),
             ));
         }
         let mut by_leader = self.group_by_leader();

@@ -21,10 +21,13 @@
 //! - [`producer`] — [`Producer`]: batching, one sender task, pipelined requests, retries;
 //!   idempotent by default (a producer id from InitProducerId, an epoch bump on the errors
 //!   KIP-360 names).
-//! - [`consumer`] — [`Consumer`]: manual assignment, positions, long-polling fetch.
+//! - [`consumer`] — [`Consumer`]: manual assignment or a group subscription, positions,
+//!   long-polling fetch, commits.
+//! - [`group`] — consumer groups: the assignors (range, cooperative-sticky) and the
+//!   membership protocol (join, sync, heartbeats, commits, leave).
 //! - `offsets` — [`Offset`] and resolving it with ListOffsets (consumer and admin).
 //!
-//! Not implemented: transactional producing, consumer groups, SASL/TLS.
+//! Not implemented: transactional producing, KIP-848 group consumers, SASL/TLS.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), keel_client::ClientError> {
@@ -47,6 +50,7 @@ pub mod config;
 pub mod connection;
 pub mod consumer;
 pub mod error;
+pub mod group;
 mod offsets;
 pub mod partitioner;
 pub mod producer;
@@ -54,9 +58,10 @@ pub mod record;
 
 pub use admin::{Admin, PartitionProducers, ProducerInfo, TopicDescription, TopicSpec};
 pub use cluster::{BrokerInfo, PartitionInfo};
-pub use config::{Acks, ClientConfig, Compression, ConsumerConfig, ProducerConfig};
+pub use config::{Acks, ClientConfig, Compression, ConsumerConfig, GroupConfig, ProducerConfig};
 pub use consumer::{Consumer, Offset};
 pub use error::ClientError;
+pub use group::{Assignor, GroupDescription, GroupListing, MemberDescription, Rebalance};
 pub use producer::{DeliveryFuture, Producer};
 pub use record::{ConsumerRecord, ProducerRecord, RecordMetadata};
 

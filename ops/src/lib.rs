@@ -61,6 +61,9 @@ pub enum Command {
     /// Create, list, describe and delete topics.
     #[command(subcommand)]
     Topic(cmd::topic::TopicCommand),
+    /// List, describe, delete consumer groups and reset their offsets.
+    #[command(subcommand)]
+    Group(cmd::group::GroupCommand),
     /// Send lines from stdin to a topic, one record per line.
     ///
     /// A line `key<SEP>value` (SEP is a tab unless --key-separator says otherwise)
@@ -150,6 +153,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Cluster(command) => cmd::cluster::run(command).await,
         Command::Check(args) => cmd::check::run(args).await,
         Command::Topic(command) => cmd::topic::run(command).await,
+        Command::Group(command) => cmd::group::run(command).await,
         Command::Produce(args) => cmd::produce::run(args).await,
         Command::Consume(args) => cmd::consume::run(args).await,
         Command::Bench(command) => cmd::bench::run(command).await,

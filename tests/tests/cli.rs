@@ -218,3 +218,112 @@ fn harness_runs_the_binary_cargo_built() {
     out.assert_success();
     assert!(out.stdout_str().starts_with("keel "), "{out}");
 }
+
+/// `keel consume --group` reads from the group's committed offsets and commits what it
+/// printed; `keel group` lists, describes (committed, end, lag), resets (a dry run first)
+/// and deletes the group.
+#[test]
+fn group_consume_describe_reset_and_delete() {
+    let b = TestBroker::start(BrokerOpts::default().set("group.initial.rebalance.delay.ms", "0"));
+    keel_at(&b, &["topic", "create", "gt", "--partitions", "2"], None).assert_success();
+    let input: String = (0..10).map(|i| format!("v{i}\n")).collect();
+    keel_at(&b, &["produce", "gt"], Some(input.as_bytes())).assert_success();
+
+    let out = keel_at(
+        &b,
+        &[
+            "consume",
+            "gt",
+            "--group",
+            "cg",
+            "--from-beginning",
+            "-n",
+            "6",
+            "--timeout-ms",
+            "20000",
+        ],
+        None,
+    );
+    out.assert_success();
+    assert_eq!(lines(&out).len(), 6, "{out}");
+
+    let out = keel_at(&b, &["group", "list"], None);
+    out.assert_success();
+    assert!(
+        out.stdout_str().contains("cg") && out.stdout_str().contains("Empty"),
+        "{out}"
+    );
+    let out = keel_at(&b, &["group", "describe", "cg"], None);
+    out.assert_success();
+    let committed: i64 = lines(&out)
+        .iter()
+        .filter(|l| l.starts_with("gt "))
+        .map(|l| l.split_whitespace().nth(2).unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(committed, 6, "{out}");
+    assert!(out.stdout_str().contains("LAG"), "{out}");
+
+    // The rest, from where the group stopped.
+    let out = keel_at(
+        &b,
+        &["consume", "gt", "--group", "cg", "--timeout-ms", "5000"],
+        None,
+    );
+    out.assert_success();
+    assert_eq!(lines(&out).len(), 4, "{out}");
+
+    // Reset: a dry run changes nothing; --execute moves the group back to the start.
+    let out = keel_at(
+        &b,
+        &[
+            "group",
+            "reset-offsets",
+            "cg",
+            "--topic",
+            "gt",
+            "--to-earliest",
+        ],
+        None,
+    );
+    out.assert_success();
+    assert!(out.stdout_str().contains("dry run"), "{out}");
+    let out = keel_at(
+        &b,
+        &["consume", "gt", "--group", "cg", "--timeout-ms", "3000"],
+        None,
+    );
+    assert_eq!(lines(&out).len(), 0, "the dry run moved nothing: {out}");
+    keel_at(
+        &b,
+        &[
+            "group",
+            "reset-offsets",
+            "cg",
+            "--topic",
+            "gt",
+            "--to-earliest",
+            "--execute",
+        ],
+        None,
+    )
+    .assert_success();
+    let out = keel_at(
+        &b,
+        &[
+            "consume",
+            "gt",
+            "--group",
+            "cg",
+            "-n",
+            "10",
+            "--timeout-ms",
+            "20000",
+        ],
+        None,
+    );
+    assert_eq!(lines(&out).len(), 10, "{out}");
+
+    keel_at(&b, &["group", "delete", "cg"], None).assert_success();
+    let out = keel_at(&b, &["group", "list"], None);
+    assert!(!out.stdout_str().contains("cg"), "{out}");
+}

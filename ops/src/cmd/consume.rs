@@ -1,11 +1,12 @@
 //! `keel consume`: print records from a topic, one per line.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
-use keel_client::{Consumer, ConsumerConfig, ConsumerRecord, Offset};
+use keel_client::{Consumer, ConsumerConfig, ConsumerRecord, GroupConfig, Offset};
 
 use crate::args::ConnArgs;
 use crate::connect;
@@ -14,7 +15,8 @@ use crate::connect;
 pub struct ConsumeArgs {
     /// Topic to read.
     pub topic: String,
-    /// Start at the oldest record still stored.
+    /// Start at the oldest record still stored (with --group: where the group has no
+    /// committed offset).
     #[arg(long, conflicts_with = "offset")]
     pub from_beginning: bool,
     /// Start at this offset (in each partition read; usually with --partition).
@@ -23,6 +25,11 @@ pub struct ConsumeArgs {
     /// Read only this partition [default: all partitions].
     #[arg(long, value_name = "P")]
     pub partition: Option<i32>,
+    /// Read as a member of this consumer group: the group shares the partitions among its
+    /// members, each starts at the group's committed offset, and what is printed is
+    /// committed (every second and at exit).
+    #[arg(long, value_name = "G", conflicts_with_all = ["offset", "partition"])]
+    pub group: Option<String>,
     /// Exit after this many records.
     #[arg(short = 'n', long = "max-messages", value_name = "N")]
     pub max_messages: Option<u64>,
@@ -56,17 +63,30 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let mut consumer = Consumer::new(config, ConsumerConfig::default())
         .await
         .context("cannot create a consumer")?;
-    match args.partition {
-        Some(p) => {
+    match (&args.group, args.partition) {
+        (Some(group), _) => {
+            let mut g = GroupConfig::new(group.clone());
+            g.auto_commit = false;
+            g.auto_offset_reset = if args.from_beginning {
+                Offset::Earliest
+            } else {
+                Offset::Latest
+            };
+            consumer.subscribe(&[&args.topic], g).await
+        }
+        (None, Some(p)) => {
             connect::check_partition(&desc, p)?;
             consumer.assign(&args.topic, &[p], args.start()).await
         }
-        None => consumer
+        (None, None) => consumer
             .assign_all(&args.topic, args.start())
             .await
             .map(drop),
     }
     .with_context(|| format!("cannot read topic '{}'", args.topic))?;
+    // With a group: the next offset after each printed record, committed now and then.
+    let mut printed_upto: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut last_commit = Instant::now();
 
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -106,12 +126,34 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
             if let Err(err) = out.write_all(&line) {
                 return stdout_closed(err);
             }
+            printed_upto.insert(record.partition, record.offset + 1);
         }
         if let Err(err) = out.flush() {
             return stdout_closed(err);
         }
+        drop(out);
+        if args.group.is_some() && last_commit.elapsed() >= Duration::from_secs(1) {
+            commit_printed(&mut consumer, &args.topic, &printed_upto).await;
+            last_commit = Instant::now();
+        }
+    }
+    if args.group.is_some() {
+        commit_printed(&mut consumer, &args.topic, &printed_upto).await;
+        consumer.close().await.context("cannot leave the group")?;
     }
     Ok(())
+}
+
+/// Commits what was printed; a failure (e.g. a rebalance took the partition) only warns:
+/// the next member re-reads from the last commit.
+async fn commit_printed(consumer: &mut Consumer, topic: &str, upto: &BTreeMap<i32, i64>) {
+    let offsets: Vec<(String, i32, i64)> = upto
+        .iter()
+        .map(|(p, o)| (topic.to_string(), *p, *o))
+        .collect();
+    if let Err(e) = consumer.commit_offsets(&offsets).await {
+        tracing::warn!(error = %e, "commit failed");
+    }
 }
 
 /// A closed pipe (`keel consume t | head`) is a normal way to stop reading.
