@@ -10,8 +10,10 @@
 //! With idempotence on ([`Accumulator::idempotent`]) it also keeps each partition's sequence
 //! numbers: a batch gets its base sequence when it is first drained and keeps it through
 //! every retry; a retried batch goes back in sequence order; at most [`MAX_IN_FLIGHT`]
-//! batches of a partition are out at once (what the broker keeps for deduplication); and
-//! after an epoch bump every unsettled batch is numbered again from 0.
+//! batches of a partition are unsettled at once, in flight or waiting for a retry (what the
+//! broker keeps for deduplication: a sixth written past a batch waiting to be retried would
+//! push that batch out of the broker's window, and its retry could no longer be recognised);
+//! and after an epoch bump every unsettled batch is numbered again from 0.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -375,11 +377,16 @@ impl Accumulator {
                     continue;
                 }
             }
+            // A new batch waits while five are unsettled; a retry (it has its sequence, so
+            // it is one of the five) goes when a slot is free.
+            let retry = queue.front().is_some_and(|b| b.sequence.is_some());
             if self
                 .sequences
                 .as_ref()
                 .and_then(|s| s.get(key))
-                .is_some_and(|s| s.in_flight >= MAX_IN_FLIGHT)
+                .is_some_and(|s| {
+                    s.in_flight >= MAX_IN_FLIGHT || (!retry && s.unsettled.len() >= MAX_IN_FLIGHT)
+                })
             {
                 continue;
             }
@@ -523,6 +530,44 @@ mod idempotence_tests {
             .collect();
         parts.sort();
         assert_eq!(parts, [(1, Some(0)), (2, Some(0))]);
+    }
+
+    /// A batch waiting for its retry still holds its place among the five: the broker
+    /// must still have it in its window when the retry comes (a chaos run wrote a retry
+    /// twice when a sixth batch had pushed it out).
+    #[test]
+    fn a_batch_awaiting_retry_keeps_its_slot() {
+        let mut a = acc(1, 0).idempotent();
+        let t0 = Instant::now();
+        for _ in 0..7 {
+            a.append("t", 0, rec(10).0, t0);
+        }
+        let mut out = Vec::new();
+        for _ in 0..7 {
+            if let Some(mut b) = a
+                .drain(t0, true, usize::MAX, leader_0, |_| true)
+                .by_broker
+                .remove(&0)
+            {
+                out.append(&mut b);
+            }
+        }
+        assert_eq!(out.len(), MAX_IN_FLIGHT);
+        // The first fails and waits to be retried, the other four are still out.
+        let mut it = out.into_iter();
+        let first = it.next().unwrap();
+        let second = it.next().unwrap();
+        a.requeue(first);
+        let later = t0 + Duration::from_secs(1);
+        let d = a.drain(later, true, usize::MAX, leader_0, |_| true);
+        let sent: Vec<Option<i32>> = d.by_broker[&0].iter().map(|b| b.sequence).collect();
+        assert_eq!(sent, [Some(0)], "the retry goes");
+        let d = a.drain(later, true, usize::MAX, leader_0, |_| true);
+        assert!(d.by_broker.is_empty(), "five unsettled: no sixth batch");
+        // One is delivered: a new batch may go.
+        a.settled(&second);
+        let d = a.drain(later, true, usize::MAX, leader_0, |_| true);
+        assert_eq!(d.by_broker[&0][0].sequence, Some(5));
     }
 
     #[test]
