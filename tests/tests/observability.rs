@@ -738,6 +738,14 @@ fn dashboard_and_alerts_use_only_scraped_metrics() {
     for partition in 0..2 {
         produce_acked(&rt, &cluster.bootstrap(), topic, partition, "seen", 100);
     }
+    // A group with a committed offset, for the group gauges (lag 100 - 40 on partition 0).
+    rt.block_on(async {
+        let admin = keel_client::Admin::new(ClientConfig::new(&cluster.bootstrap()))
+            .await
+            .unwrap();
+        let offsets = BTreeMap::from([((topic.to_string(), 0), 40)]);
+        admin.set_group_offsets("observer", &offsets).await.unwrap();
+    });
     send_unsupported_api_versions(cluster.broker(1).kafka_addr());
 
     let nodes = cluster.node_ids();
@@ -780,6 +788,17 @@ fn dashboard_and_alerts_use_only_scraped_metrics() {
             exported.join("\n")
         );
     }
+    // The group's coordinator reports its committed offset and lag.
+    let labels = [("group", "observer"), ("topic", topic), ("partition", "0")];
+    let lag_ok = poll_until(WAIT, || {
+        nodes.iter().any(|&id| {
+            scrape(&cluster, id).is_some_and(|e| {
+                e.value("keel_group_lag_records", &labels) == Some(60.0)
+                    && e.value("keel_group_committed_offset", &labels) == Some(40.0)
+            })
+        })
+    });
+    assert!(lag_ok, "no coordinator reports lag 60 at committed offset 40");
     // The controller's own gauges come from node 0 only.
     let controller_nodes = &seen["keel_controller_brokers_active"];
     assert_eq!(
