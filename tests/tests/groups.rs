@@ -43,6 +43,10 @@ fn three_confluent_consumers_share_a_topic_and_their_commits_read_back() {
         .expect("__consumer_offsets exists");
     assert_eq!(offsets.partitions.len(), 50);
     assert!(offsets.partitions.iter().all(|p| p.replicas.len() == 3));
+    // keel check compares its replicas like any topic's.
+    let check = cluster.keel_check("__consumer_offsets", &[]);
+    assert!(check.success(), "{check}");
+    assert!(check.stdout_str().contains("50 partitions"), "{check}");
 }
 
 /// Writes `count` values `v-0`… round-robin over `partitions` with the Keel client.
