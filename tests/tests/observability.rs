@@ -798,7 +798,10 @@ fn dashboard_and_alerts_use_only_scraped_metrics() {
             })
         })
     });
-    assert!(lag_ok, "no coordinator reports lag 60 at committed offset 40");
+    assert!(
+        lag_ok,
+        "no coordinator reports lag 60 at committed offset 40"
+    );
     // The controller's own gauges come from node 0 only.
     let controller_nodes = &seen["keel_controller_brokers_active"];
     assert_eq!(

@@ -63,6 +63,12 @@ fn check(code: i16, context: &str) -> Result<(), ClientError> {
 }
 
 impl Admin {
+    /// The `host:port` of `group`'s coordinator (FindCoordinator; the first call may have
+    /// the cluster create its offsets topic).
+    pub async fn group_coordinator(&self, group: &str) -> Result<String, ClientError> {
+        find_coordinator(self.cluster(), group).await
+    }
+
     /// Every group of the cluster (ListGroups to each broker, which lists the groups it
     /// coordinates), sorted by id.
     pub async fn list_groups(&self) -> Result<Vec<GroupListing>, ClientError> {

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keel_client::{
-    Admin, Consumer, ConsumerConfig, DeliveryFuture, Offset, Producer, ProducerConfig,
+    Admin, Consumer, ConsumerConfig, DeliveryFuture, GroupConfig, Offset, Producer, ProducerConfig,
     ProducerRecord, TopicSpec,
 };
 use rand::RngCore as _;
@@ -37,6 +37,12 @@ pub enum BenchCommand {
     /// Fill the topic first with `keel bench produce`. The run also stops at
     /// --duration-s, or when no record arrives for 10 s (the topic is drained).
     Consume(BenchConsumeArgs),
+    /// Commit a group's offsets as fast as the coordinator takes them: OffsetCommit/s,
+    /// each with one offset per partition of --topic (simple commits, no members).
+    Commit(super::bench_group::BenchCommitArgs),
+    /// Time a group of --members consumers: forming, and the rebalance after one member
+    /// leaves and after one joins.
+    Group(super::bench_group::BenchGroupArgs),
 }
 
 impl BenchCommand {
@@ -44,6 +50,8 @@ impl BenchCommand {
         match self {
             BenchCommand::Produce(a) => &a.run.conn.bootstrap_server,
             BenchCommand::Consume(a) => &a.run.conn.bootstrap_server,
+            BenchCommand::Commit(a) => &a.conn.bootstrap_server,
+            BenchCommand::Group(a) => &a.conn.bootstrap_server,
         }
     }
 }
@@ -129,12 +137,18 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 pub struct BenchConsumeArgs {
     #[command(flatten)]
     pub run: RunArgs,
+    /// Read as the only member of this consumer group (from its committed offsets, else
+    /// the start) instead of assigning every partition.
+    #[arg(long, value_name = "G")]
+    pub group: Option<String>,
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Produce(args) => produce(args).await,
         BenchCommand::Consume(args) => consume(args).await,
+        BenchCommand::Commit(args) => super::bench_group::commit(args).await,
+        BenchCommand::Group(args) => super::bench_group::group(args).await,
     }
 }
 
@@ -575,10 +589,18 @@ async fn consume(args: BenchConsumeArgs) -> anyhow::Result<()> {
 
     let start = Instant::now();
     let deadline = start + Duration::from_secs(run.duration_s);
-    consumer
-        .assign_all(&run.topic, Offset::Earliest)
-        .await
-        .with_context(|| format!("cannot read topic '{}'", run.topic))?;
+    match &args.group {
+        Some(g) => {
+            let mut config = GroupConfig::new(g.clone());
+            config.auto_offset_reset = Offset::Earliest;
+            consumer.subscribe(&[&run.topic], config).await
+        }
+        None => consumer
+            .assign_all(&run.topic, Offset::Earliest)
+            .await
+            .map(drop),
+    }
+    .with_context(|| format!("cannot read topic '{}'", run.topic))?;
     let (mut records, mut bytes) = (0u64, 0u64);
     let mut first_record = None;
     let mut last_record = start;

@@ -1,6 +1,7 @@
 //! One module per `keel` subcommand; each has its clap arguments and a `run`.
 
 pub mod bench;
+pub mod bench_group;
 pub mod broker;
 pub mod check;
 pub mod cluster;
