@@ -41,6 +41,31 @@ pub struct Reads {
     pub records: u64,
 }
 
+/// What the group consumer committed and what it saw of its group's committed offsets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Commits {
+    /// The highest acknowledged commit of each partition.
+    pub acked: BTreeMap<i32, i64>,
+    /// Commits acknowledged in all.
+    pub acknowledged: u64,
+    /// A committed offset read back lower than an earlier read of it: (partition, was, now).
+    pub went_back: Vec<(i32, i64, i64)>,
+}
+
+impl Commits {
+    /// Notes the committed offsets as read now (OffsetFetch).
+    pub fn observe(&mut self, seen: &BTreeMap<i32, i64>, last: &mut BTreeMap<i32, i64>) {
+        for (&p, &o) in seen {
+            if let Some(&was) = last.get(&p) {
+                if o < was {
+                    self.went_back.push((p, was, o));
+                }
+            }
+            last.insert(p, o);
+        }
+    }
+}
+
 /// One thing a consumer saw that a correct broker never shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Anomaly {
@@ -192,6 +217,13 @@ pub struct Verdict {
     pub hw_below_seen: Vec<(i32, i64, i64)>,
     /// What the consumers noticed while reading.
     pub anomalies: Vec<Anomaly>,
+    /// Group commits acknowledged.
+    pub commits_acked: u64,
+    /// Acknowledged commits the group's final offsets are below: (partition, acknowledged,
+    /// final).
+    pub commits_lost: Vec<(i32, i64, Option<i64>)>,
+    /// Committed offsets read back lower than before (no reset in the run).
+    pub commits_went_back: Vec<(i32, i64, i64)>,
 }
 
 impl Verdict {
@@ -203,6 +235,8 @@ impl Verdict {
             && self.read_then_changed.is_empty()
             && self.hw_below_seen.is_empty()
             && self.anomalies.is_empty()
+            && self.commits_lost.is_empty()
+            && self.commits_went_back.is_empty()
     }
 }
 
@@ -259,8 +293,32 @@ impl fmt::Display for Verdict {
             &self.hw_below_seen,
             |(p, seen, now)| format!("partition {p}: a consumer saw HW {seen}, final HW {now}"),
         )?;
-        list(f, "consumer anomalies", &self.anomalies, |a| a.to_string())
+        list(f, "consumer anomalies", &self.anomalies, |a| a.to_string())?;
+        writeln!(f, "  group commits acknowledged {}", self.commits_acked)?;
+        list(f, "acknowledged commits lost", &self.commits_lost, |(p, o, now)| {
+            format!("partition {p}: committed {o}, final {now:?}")
+        })?;
+        list(
+            f,
+            "committed offsets that went back",
+            &self.commits_went_back,
+            |(p, was, now)| format!("partition {p}: {was} then {now}"),
+        )
     }
+}
+
+/// Adds the group consumer's checks to `verdict`: every acknowledged commit is at or below
+/// the group's final committed offset of its partition, and no read of the committed
+/// offsets went back (nothing resets them in a run).
+pub fn check_commits(verdict: &mut Verdict, commits: &Commits, final_offsets: &BTreeMap<i32, i64>) {
+    verdict.commits_acked = commits.acknowledged;
+    for (&p, &o) in &commits.acked {
+        let now = final_offsets.get(&p).copied();
+        if now.is_none_or(|n| n < o) {
+            verdict.commits_lost.push((p, o, now));
+        }
+    }
+    verdict.commits_went_back = commits.went_back.clone();
 }
 
 /// Checks a run's history against the final committed content.

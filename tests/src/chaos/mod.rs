@@ -219,7 +219,22 @@ pub fn run(opts: &ChaosOpts) -> Report {
         &mut cluster_problems,
     );
     let reads = workload.stop_consumers(&rt, Duration::from_secs(30));
-    let verdict = checker::check(&writes, &reads, &fin);
+    let commits = workload.stop_committer(&rt, Duration::from_secs(30));
+    let mut verdict = checker::check(&writes, &reads, &fin);
+    // The group's final committed offsets, read back through the healed cluster.
+    let final_offsets = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(o) = workload::group_offsets(&cluster.bootstrap(), &topic).await {
+                break o;
+            }
+            if Instant::now() > deadline {
+                break BTreeMap::new();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    checker::check_commits(&mut verdict, &commits, &final_offsets);
 
     cluster_problems.extend(compare_replicas(&cluster, &topic, &fin));
     let (problems, resources) = resource_problems(&cluster, &baseline);
@@ -582,7 +597,8 @@ pub fn summary(report: &Report) -> String {
     let _ = write!(
         s,
         "seed {} cycles {}: acked {}, lost {}, inconsistent offsets {}, duplicates {}, phantoms {}, \
-         read-then-changed {}, HW regressions {}, anomalies {}, cluster problems {} → {}",
+         read-then-changed {}, HW regressions {}, anomalies {}, commits {} (lost {}, went back {}), \
+         cluster problems {} → {}",
         report.seed,
         report.schedule.len(),
         v.acked,
@@ -593,6 +609,9 @@ pub fn summary(report: &Report) -> String {
         v.read_then_changed.len(),
         v.hw_below_seen.len(),
         v.anomalies.len(),
+        v.commits_acked,
+        v.commits_lost.len(),
+        v.commits_went_back.len(),
         report.cluster_problems.len(),
         if report.ok() { "PASS" } else { "FAIL" }
     );

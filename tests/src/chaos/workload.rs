@@ -13,11 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_client::{
-    Acks, ClientConfig, Consumer, ConsumerConfig, DeliveryFuture, Offset, Producer, ProducerConfig,
-    ProducerRecord,
+    Acks, Admin, ClientConfig, Consumer, ConsumerConfig, DeliveryFuture, GroupConfig, Offset,
+    Producer, ProducerConfig, ProducerRecord,
 };
 
-use super::checker::{Anomaly, Reads, Writes};
+use super::checker::{Anomaly, Commits, Reads, Writes};
+
+/// The group the workload's group consumer commits in.
+pub const GROUP: &str = "chaos-group";
 
 /// The Kafka error code OFFSET_OUT_OF_RANGE.
 const OFFSET_OUT_OF_RANGE: i16 = 1;
@@ -61,6 +64,7 @@ pub struct Workload {
     consumed: Arc<AtomicU64>,
     producers: Vec<tokio::task::JoinHandle<Writes>>,
     consumers: Vec<tokio::task::JoinHandle<Reads>>,
+    committer: Option<tokio::task::JoinHandle<Commits>>,
 }
 
 /// Counters of a running workload, for progress lines.
@@ -82,6 +86,7 @@ impl Workload {
             consumed: Arc::default(),
             producers: Vec::new(),
             consumers: Vec::new(),
+            committer: None,
         };
         for id in 0..opts.producers {
             let task = produce(
@@ -103,7 +108,21 @@ impl Workload {
             );
             w.consumers.push(rt.spawn(task));
         }
+        let task = commit_as_group(bootstrap.to_string(), opts.clone(), w.stop_consuming.clone());
+        w.committer = Some(rt.spawn(task));
         w
+    }
+
+    /// Stops the group consumer and returns its commits.
+    pub fn stop_committer(&mut self, rt: &tokio::runtime::Runtime, timeout: Duration) -> Commits {
+        self.stop_consuming.store(true, Ordering::Release);
+        match self.committer.take() {
+            Some(task) => rt
+                .block_on(async { tokio::time::timeout(timeout, task).await })
+                .unwrap_or_else(|_| panic!("the group consumer did not stop within {timeout:?}"))
+                .expect("the group consumer task panicked"),
+            None => Commits::default(),
+        }
     }
 
     pub fn progress(&self) -> Progress {
@@ -151,6 +170,9 @@ impl Drop for Workload {
             t.abort();
         }
         for t in &self.consumers {
+            t.abort();
+        }
+        if let Some(t) = &self.committer {
             t.abort();
         }
     }
@@ -335,4 +357,96 @@ async fn consume(
         }
     }
     reads
+}
+
+/// A group consumer of the topic that commits its positions after every poll, noting each
+/// acknowledged commit, while a watcher reads the group's committed offsets back every few
+/// hundred milliseconds: an acknowledged commit must never be lost, and a committed offset
+/// never go back (nothing resets them in a run).
+async fn commit_as_group(bootstrap: String, opts: WorkloadOpts, stop: Arc<AtomicBool>) -> Commits {
+    let commits = Arc::new(Mutex::new(Commits::default()));
+    let watcher = {
+        let commits = commits.clone();
+        let stop = stop.clone();
+        let bootstrap = bootstrap.clone();
+        let topic = opts.topic.clone();
+        tokio::spawn(async move {
+            let mut last = BTreeMap::new();
+            while !stop.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if let Some(seen) = group_offsets(&bootstrap, &topic).await {
+                    lock(&commits).observe(&seen, &mut last);
+                }
+            }
+        })
+    };
+    while !stop.load(Ordering::Acquire) {
+        let config = ConsumerConfig {
+            max_wait: Duration::from_millis(200),
+            ..ConsumerConfig::default()
+        };
+        let made = async {
+            let mut c =
+                Consumer::new(client_config(&bootstrap, "chaos-group-member".into()), config).await?;
+            let g = GroupConfig {
+                auto_commit: false,
+                auto_offset_reset: Offset::Earliest,
+                session_timeout: Duration::from_secs(6),
+                rebalance_timeout: Duration::from_secs(10),
+                heartbeat_interval: Duration::from_millis(500),
+                ..GroupConfig::new(GROUP)
+            };
+            c.subscribe(&[&opts.topic], g).await?;
+            Ok::<_, keel_client::ClientError>(c)
+        }
+        .await;
+        let Ok(mut c) = made else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        while !stop.load(Ordering::Acquire) {
+            if c.poll().await.is_err() {
+                // Start over from the committed offsets with a new member.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                break;
+            }
+            let positions: Vec<(i32, i64)> = c
+                .assignment()
+                .into_iter()
+                .filter_map(|(t, p)| c.position(&t, p).map(|o| (p, o)))
+                .collect();
+            if positions.is_empty() {
+                continue;
+            }
+            if c.commit().await.is_ok() {
+                let mut cm = lock(&commits);
+                cm.acknowledged += 1;
+                for (p, o) in positions {
+                    let slot = cm.acked.entry(p).or_insert(o);
+                    *slot = (*slot).max(o);
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.close()).await;
+    }
+    let _ = watcher.await;
+    let out = std::mem::take(&mut *lock(&commits));
+    out
+}
+
+/// The group's committed offsets of `topic`, read through any broker; `None` on an error.
+pub async fn group_offsets(bootstrap: &str, topic: &str) -> Option<BTreeMap<i32, i64>> {
+    let read = async {
+        let admin = Admin::new(client_config(bootstrap, "chaos-group-watcher".into())).await?;
+        admin.group_offsets(GROUP).await
+    };
+    match tokio::time::timeout(Duration::from_secs(5), read).await {
+        Ok(Ok(all)) => Some(
+            all.into_iter()
+                .filter(|((t, _), _)| t == topic)
+                .map(|((_, p), o)| (p, o))
+                .collect(),
+        ),
+        _ => None,
+    }
 }
