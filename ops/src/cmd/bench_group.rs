@@ -35,6 +35,10 @@ pub struct BenchCommitArgs {
     /// OffsetCommit requests to send.
     #[arg(long, default_value_t = 20_000)]
     pub commits: u64,
+    /// Spread the commits round-robin over this many groups (`<group>-0`, `<group>-1`, …),
+    /// e.g. to fill offsets partitions with many groups before timing their load.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub groups: u64,
     /// Requests in flight on the coordinator connection.
     #[arg(long, default_value_t = 8)]
     pub in_flight: usize,
@@ -121,17 +125,32 @@ async fn ensure_topic(admin: &Admin, topic: &str, partitions: i32) -> anyhow::Re
 pub async fn commit(args: BenchCommitArgs) -> anyhow::Result<()> {
     let admin = connect::admin(&args.conn.bootstrap_server).await?;
     ensure_topic(&admin, &args.topic, args.partitions).await?;
-    let addr = admin.group_coordinator(&args.group).await?;
-    let conn = Arc::new(
-        Connection::connect(
-            &addr,
-            "keel-bench",
-            Duration::from_secs(10),
-            Duration::from_secs(30),
-        )
-        .await
-        .with_context(|| format!("cannot connect to the coordinator at {addr}"))?,
-    );
+    let group_of = |i: u64| {
+        if args.groups == 1 {
+            args.group.clone()
+        } else {
+            format!("{}-{}", args.group, i % args.groups)
+        }
+    };
+    // Each group's coordinator, one connection per coordinator.
+    let mut by_addr: std::collections::HashMap<String, Arc<Connection>> = Default::default();
+    let mut conns: Vec<Arc<Connection>> = Vec::new();
+    for g in 0..args.groups {
+        let addr = admin.group_coordinator(&group_of(g)).await?;
+        if !by_addr.contains_key(&addr) {
+            let c = Connection::connect(
+                &addr,
+                "keel-bench",
+                Duration::from_secs(10),
+                Duration::from_secs(30),
+            )
+            .await
+            .with_context(|| format!("cannot connect to the coordinator at {addr}"))?;
+            by_addr.insert(addr.clone(), Arc::new(c));
+        }
+        conns.push(by_addr[&addr].clone());
+    }
+    let conn_of = |i: u64| conns[(i % args.groups) as usize].clone();
     let request = |i: u64| {
         let parts = (0..args.partitions)
             .map(|p| {
@@ -142,7 +161,7 @@ pub async fn commit(args: BenchCommitArgs) -> anyhow::Result<()> {
             })
             .collect();
         OffsetCommitRequest::default()
-            .with_group_id(GroupId(StrBytes::from_string(args.group.clone())))
+            .with_group_id(GroupId(StrBytes::from_string(group_of(i))))
             .with_generation_id_or_member_epoch(-1)
             .with_topics(vec![OffsetCommitRequestTopic::default()
                 .with_name(TopicName(StrBytes::from_string(args.topic.clone())))
@@ -151,7 +170,7 @@ pub async fn commit(args: BenchCommitArgs) -> anyhow::Result<()> {
     // One request first: the coordinator may still be loading the group's partition.
     let warm = Instant::now() + Duration::from_secs(30);
     loop {
-        let resp = conn.send(&request(0)).await?;
+        let resp = conn_of(0).send(&request(0)).await?;
         match resp.topics[0].partitions[0].error_code {
             0 => break,
             code if Instant::now() < warm => {
@@ -170,7 +189,7 @@ pub async fn commit(args: BenchCommitArgs) -> anyhow::Result<()> {
         while inflight.len() < args.in_flight.max(1) && sent < args.commits {
             sent += 1;
             let req = request(sent);
-            let conn = conn.clone();
+            let conn = conn_of(sent);
             inflight.push(async move {
                 let t = Instant::now();
                 let ok = conn

@@ -295,9 +295,12 @@ impl fmt::Display for Verdict {
         )?;
         list(f, "consumer anomalies", &self.anomalies, |a| a.to_string())?;
         writeln!(f, "  group commits acknowledged {}", self.commits_acked)?;
-        list(f, "acknowledged commits lost", &self.commits_lost, |(p, o, now)| {
-            format!("partition {p}: committed {o}, final {now:?}")
-        })?;
+        list(
+            f,
+            "acknowledged commits lost",
+            &self.commits_lost,
+            |(p, o, now)| format!("partition {p}: committed {o}, final {now:?}"),
+        )?;
         list(
             f,
             "committed offsets that went back",

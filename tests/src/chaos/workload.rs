@@ -108,7 +108,11 @@ impl Workload {
             );
             w.consumers.push(rt.spawn(task));
         }
-        let task = commit_as_group(bootstrap.to_string(), opts.clone(), w.stop_consuming.clone());
+        let task = commit_as_group(
+            bootstrap.to_string(),
+            opts.clone(),
+            w.stop_consuming.clone(),
+        );
         w.committer = Some(rt.spawn(task));
         w
     }
@@ -386,8 +390,11 @@ async fn commit_as_group(bootstrap: String, opts: WorkloadOpts, stop: Arc<Atomic
             ..ConsumerConfig::default()
         };
         let made = async {
-            let mut c =
-                Consumer::new(client_config(&bootstrap, "chaos-group-member".into()), config).await?;
+            let mut c = Consumer::new(
+                client_config(&bootstrap, "chaos-group-member".into()),
+                config,
+            )
+            .await?;
             let g = GroupConfig {
                 auto_commit: false,
                 auto_offset_reset: Offset::Earliest,
