@@ -10,12 +10,13 @@
 //! With idempotence on ([`Accumulator::idempotent`]) it also keeps each partition's sequence
 //! numbers: a batch gets its base sequence when it is first drained and keeps it through
 //! every retry; a retried batch goes back in sequence order; at most [`MAX_IN_FLIGHT`]
-//! batches of a partition are unsettled at once, in flight or waiting for a retry (what the
-//! broker keeps for deduplication: a sixth written past a batch waiting to be retried would
-//! push that batch out of the broker's window, and its retry could no longer be recognised);
-//! and after an epoch bump every unsettled batch is numbered again from 0.
+//! batches of a partition are out from its first unsettled batch on, settled or not (the
+//! broker keeps a producer's last five batches to recognise retries: a sixth written after
+//! a batch still to be retried, even once the ones between were delivered, would push that
+//! batch out of the broker's window, and its retry would be written again); and after an
+//! epoch bump every unsettled batch is numbered again from 0.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -153,8 +154,10 @@ type TopicPartition = (String, i32);
 struct PartitionSequences {
     /// The next base sequence to hand out.
     next: i32,
-    /// Base sequences of batches drained and not yet settled (in flight or awaiting retry).
-    unsettled: BTreeSet<i32>,
+    /// The batches drained from the first unsettled one on, in sequence order: (base
+    /// sequence, settled). A settled batch behind an unsettled one stays: the broker's
+    /// window of five counts it.
+    window: VecDeque<(i32, bool)>,
     /// Batches of this partition in flight.
     in_flight: usize,
     /// The broker lost this partition's sequences (a gap on its first unsettled batch, or an
@@ -211,7 +214,12 @@ impl Accumulator {
         if let Some(s) = self.partition_sequences(batch) {
             s.in_flight = s.in_flight.saturating_sub(1);
             if let Some(seq) = batch.sequence {
-                s.unsettled.remove(&seq);
+                if let Some(slot) = s.window.iter_mut().find(|(q, _)| *q == seq) {
+                    slot.1 = true;
+                }
+                while s.window.front().is_some_and(|(_, settled)| *settled) {
+                    s.window.pop_front();
+                }
             }
         }
     }
@@ -220,7 +228,11 @@ impl Accumulator {
     /// on it cannot be the echo of an earlier batch's failure.
     pub(crate) fn is_first_unsettled(&mut self, batch: &ProducerBatch) -> bool {
         match (self.partition_sequences(batch), batch.sequence) {
-            (Some(s), Some(seq)) => s.unsettled.first().is_none_or(|&first| first >= seq),
+            (Some(s), Some(seq)) => s
+                .window
+                .iter()
+                .find(|(_, settled)| !settled)
+                .is_none_or(|(first, _)| *first == seq),
             _ => true,
         }
     }
@@ -244,7 +256,7 @@ impl Accumulator {
     pub(crate) fn unresolved(&self) -> bool {
         self.sequences
             .as_ref()
-            .is_some_and(|seqs| seqs.values().any(|s| !s.lost && !s.unsettled.is_empty()))
+            .is_some_and(|seqs| seqs.values().any(|s| !s.lost && !s.window.is_empty()))
     }
 
     /// After an epoch bump (nothing in flight, nothing [unresolved](Self::unresolved)):
@@ -377,15 +389,15 @@ impl Accumulator {
                     continue;
                 }
             }
-            // A new batch waits while five are unsettled; a retry (it has its sequence, so
-            // it is one of the five) goes when a slot is free.
+            // A new batch waits while five are out from the first unsettled one on; a retry
+            // (it has its sequence, so it is one of the five) goes when a slot is free.
             let retry = queue.front().is_some_and(|b| b.sequence.is_some());
             if self
                 .sequences
                 .as_ref()
                 .and_then(|s| s.get(key))
                 .is_some_and(|s| {
-                    s.in_flight >= MAX_IN_FLIGHT || (!retry && s.unsettled.len() >= MAX_IN_FLIGHT)
+                    s.in_flight >= MAX_IN_FLIGHT || (!retry && s.window.len() >= MAX_IN_FLIGHT)
                 })
             {
                 continue;
@@ -421,7 +433,9 @@ impl Accumulator {
                         .rem_euclid(i64::from(i32::MAX) + 1) as i32;
                     seq
                 });
-                s.unsettled.insert(seq);
+                if !s.window.iter().any(|(q, _)| *q == seq) {
+                    s.window.push_back((seq, false));
+                }
                 s.in_flight += 1;
             }
             out.by_broker.entry(broker).or_default().push(batch);
@@ -559,15 +573,56 @@ mod idempotence_tests {
         let second = it.next().unwrap();
         a.requeue(first);
         let later = t0 + Duration::from_secs(1);
-        let d = a.drain(later, true, usize::MAX, leader_0, |_| true);
+        let mut d = a.drain(later, true, usize::MAX, leader_0, |_| true);
         let sent: Vec<Option<i32>> = d.by_broker[&0].iter().map(|b| b.sequence).collect();
         assert_eq!(sent, [Some(0)], "the retry goes");
+        let mut a_retry = d.by_broker.remove(&0).unwrap();
         let d = a.drain(later, true, usize::MAX, leader_0, |_| true);
         assert!(d.by_broker.is_empty(), "five unsettled: no sixth batch");
-        // One is delivered: a new batch may go.
+        // The one behind it is delivered: still five from the retry on.
         a.settled(&second);
         let d = a.drain(later, true, usize::MAX, leader_0, |_| true);
+        assert!(d.by_broker.is_empty(), "the retry still heads the window");
+        // The retry is delivered: the window slides past both, a new batch may go.
+        let retried = a_retry.pop().unwrap();
+        a.settled(&retried);
+        let d = a.drain(later, true, usize::MAX, leader_0, |_| true);
         assert_eq!(d.by_broker[&0][0].sequence, Some(5));
+    }
+
+    /// Batches delivered after one that waits for its retry still count: the broker's window
+    /// of five holds them too (a chaos run wrote a retry twice when later batches had been
+    /// delivered and new ones sent past it).
+    #[test]
+    fn delivered_batches_behind_a_retry_still_count() {
+        let mut a = acc(1, 0).idempotent();
+        let t0 = Instant::now();
+        for _ in 0..8 {
+            a.append("t", 0, rec(10).0, t0);
+        }
+        let mut out = Vec::new();
+        for _ in 0..8 {
+            if let Some(mut b) = a
+                .drain(t0, true, usize::MAX, leader_0, |_| true)
+                .by_broker
+                .remove(&0)
+            {
+                out.append(&mut b);
+            }
+        }
+        assert_eq!(out.len(), MAX_IN_FLIGHT);
+        let mut it = out.into_iter();
+        let first = it.next().unwrap();
+        a.requeue(first); // timed out: written or not, unknown
+        for b in it {
+            a.settled(&b); // the four after it are delivered
+        }
+        let later = t0 + Duration::from_secs(1);
+        let d = a.drain(later, true, usize::MAX, leader_0, |_| true);
+        let sent: Vec<Option<i32>> = d.by_broker[&0].iter().map(|b| b.sequence).collect();
+        assert_eq!(sent, [Some(0)], "only the retry");
+        let d = a.drain(later, true, usize::MAX, leader_0, |_| true);
+        assert!(d.by_broker.is_empty(), "no batch past the broker's window");
     }
 
     #[test]

@@ -306,6 +306,8 @@ impl Inner {
         debug!(
             topic = batch.topic,
             partition = batch.partition,
+            sequence = ?batch.sequence,
+            producer = ?*lock(&self.producer_id),
             base_offset,
             "batch delivered"
         );
@@ -340,6 +342,8 @@ impl Inner {
         debug!(
             topic = batch.topic,
             partition = batch.partition,
+            sequence = ?batch.sequence,
+            producer = ?*lock(&self.producer_id),
             attempt = batch.attempts,
             error = %err,
             "retrying batch"
@@ -507,7 +511,15 @@ async fn produce(
             }
         }
     }
-    debug!(broker, batches = batches.len(), "sending produce request");
+    debug!(
+        broker,
+        producer = ?*lock(&inner.producer_id),
+        batches = ?batches
+            .iter()
+            .map(|b| (b.partition, b.sequence, b.records.len()))
+            .collect::<Vec<_>>(),
+        "sending produce request"
+    );
     if inner.config.acks == Acks::None {
         conn.send_oneway(&req).await?;
         return Ok(None);

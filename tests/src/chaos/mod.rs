@@ -157,6 +157,31 @@ pub fn run(opts: &ChaosOpts) -> Report {
     let mut cluster = TestCluster::start(cluster_opts(opts));
     let topic = opts.workload.topic.clone();
     cluster.create_replicated_topic(&topic, opts.workload.partitions, Duration::from_secs(30));
+    // The group consumer's offsets topic (50 partitions) exists before the baseline is
+    // taken: its replicas are resources every broker then holds for good.
+    rt.block_on(async {
+        let admin = Admin::new(ClientConfig::new(&cluster.bootstrap()))
+            .await
+            .expect("an admin client");
+        admin
+            .group_coordinator(workload::GROUP)
+            .await
+            .expect("the group's coordinator");
+    });
+    let offsets_ready = crate::wait::poll_until(Duration::from_secs(60), || {
+        cluster
+            .describe_topic("__consumer_offsets")
+            .is_some_and(|d| {
+                !d.partitions.is_empty()
+                    && d.partitions
+                        .iter()
+                        .all(|p| p.leader >= 0 && p.isr.len() == p.replicas.len())
+            })
+    });
+    assert!(
+        offsets_ready,
+        "the offsets topic did not settle within 60 s"
+    );
     let baseline = resource_baseline(&cluster);
     let mut workload = Workload::start(&rt, &cluster.bootstrap(), &opts.workload);
 
