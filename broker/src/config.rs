@@ -120,9 +120,10 @@ pub struct GroupsConfig {
     /// `offsets.topic.replication.factor`: its replication factor, capped by the brokers
     /// registered when it is created.
     pub offsets_replication_factor: i16,
-    /// `offsets.retention.minutes`: committed offsets of a group are deleted this long after
-    /// it became empty (of a group that never had members: after the commit).
-    pub offsets_retention_minutes: u64,
+    /// `offsets.retention.minutes` (or, finer, Keel's `offsets.retention.ms`), in ms:
+    /// committed offsets of a group are deleted this long after it became empty (of a group
+    /// that never had members: after the commit).
+    pub offsets_retention_ms: u64,
     /// `offsets.retention.check.interval.ms`
     pub offsets_retention_check_interval_ms: u64,
     /// `offset.metadata.max.bytes`: longest metadata string of a commit.
@@ -144,7 +145,7 @@ impl Default for GroupsConfig {
             max_id_bytes: 255,
             offsets_partitions: 50,
             offsets_replication_factor: 3,
-            offsets_retention_minutes: 7 * 24 * 60,
+            offsets_retention_ms: 7 * 24 * 60 * 60_000,
             offsets_retention_check_interval_ms: 600_000,
             offset_metadata_max_bytes: 4096,
             offsets_commit_timeout_ms: 5_000,
@@ -334,8 +335,10 @@ impl BrokerConfig {
                 self.groups.offsets_replication_factor = parse(key, value)?
             }
             "offsets.retention.minutes" => {
-                self.groups.offsets_retention_minutes = parse(key, value)?
+                let minutes: u64 = parse(key, value)?;
+                self.groups.offsets_retention_ms = minutes.saturating_mul(60_000)
             }
+            "offsets.retention.ms" => self.groups.offsets_retention_ms = parse(key, value)?,
             "offsets.retention.check.interval.ms" => {
                 self.groups.offsets_retention_check_interval_ms = parse(key, value)?
             }
@@ -431,9 +434,9 @@ impl BrokerConfig {
                 g.offsets_replication_factor >= 1,
             ),
             (
-                "offsets.retention.minutes",
-                g.offsets_retention_minutes as i64,
-                g.offsets_retention_minutes >= 1,
+                "offsets.retention.ms",
+                g.offsets_retention_ms as i64,
+                g.offsets_retention_ms >= 1,
             ),
             (
                 "offsets.retention.check.interval.ms",

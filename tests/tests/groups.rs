@@ -601,3 +601,104 @@ fn bad_group_requests_get_their_codes_and_change_nothing() {
     assert_eq!(r.topics[0].partitions[0].committed_offset, 5);
     assert_eq!(r.topics[0].partitions[0].metadata.as_deref(), Some("ok"));
 }
+
+/// Offsets retention: a group without members loses its offsets (tombstones on the log) once
+/// they are older than the retention, and stays gone after a restart; a group whose member
+/// keeps consuming keeps them.
+#[test]
+fn offsets_of_an_idle_group_expire_and_a_live_group_keeps_its_own() {
+    use keel_client::{Admin, ClientConfig, Consumer, ConsumerConfig, GroupConfig, Offset};
+    use std::collections::BTreeMap;
+    let mut broker = keel_tests::TestBroker::start(
+        keel_tests::BrokerOpts::default()
+            .set("group.initial.rebalance.delay.ms", "0")
+            .set("offsets.retention.ms", "2000")
+            .set("offsets.retention.check.interval.ms", "300"),
+    );
+    let boot = broker.bootstrap();
+    let mut conn = keel_tests::raw::RawConn::connect(broker.kafka_addr()).unwrap();
+    conn.create_topic_ok("ret", 1).unwrap();
+    produce_values(&boot, "ret", 1, 10);
+    let rt = keel_tests::runtime();
+    let listed = |rt: &tokio::runtime::Runtime, boot: &str| -> Vec<String> {
+        rt.block_on(async {
+            let admin = Admin::new(ClientConfig::new(boot)).await.unwrap();
+            admin
+                .list_groups()
+                .await
+                .map(|gs| gs.into_iter().map(|g| g.group_id).collect())
+                .unwrap_or_default()
+        })
+    };
+    rt.block_on(async {
+        let admin = Admin::new(ClientConfig::new(&boot)).await.unwrap();
+        let offsets = BTreeMap::from([(("ret".to_string(), 0), 5)]);
+        admin.set_group_offsets("idle", &offsets).await.unwrap();
+    });
+    // A live member that commits as it goes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let live = {
+        let (boot, stop) = (boot.clone(), stop.clone());
+        rt.spawn(async move {
+            let config = ConsumerConfig {
+                max_wait: Duration::from_millis(100),
+                ..ConsumerConfig::default()
+            };
+            let mut c = Consumer::new(ClientConfig::new(&boot), config)
+                .await
+                .unwrap();
+            let g = GroupConfig {
+                auto_offset_reset: Offset::Earliest,
+                auto_commit_interval: Duration::from_millis(200),
+                session_timeout: Duration::from_secs(10),
+                heartbeat_interval: Duration::from_millis(300),
+                ..GroupConfig::new("live")
+            };
+            c.subscribe(&["ret"], g).await.unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                c.poll().await.unwrap();
+            }
+            c
+        })
+    };
+    keel_tests::wait::wait_until("both groups listed", Duration::from_secs(20), || {
+        let l = listed(&rt, &boot);
+        l.contains(&"live".to_string()) && l.contains(&"idle".to_string())
+    });
+    keel_tests::wait::wait_until("the idle group expired", Duration::from_secs(30), || {
+        !listed(&rt, &boot).contains(&"idle".to_string())
+    });
+    std::thread::sleep(Duration::from_secs(3)); // past the retention once more
+    let offsets = |rt: &tokio::runtime::Runtime, boot: &str, g: &str| {
+        rt.block_on(async {
+            let admin = Admin::new(ClientConfig::new(boot)).await.unwrap();
+            admin.group_offsets(g).await.unwrap()
+        })
+    };
+    assert!(offsets(&rt, &boot, "idle").is_empty());
+    assert_eq!(
+        offsets(&rt, &boot, "live").get(&("ret".to_string(), 0)),
+        Some(&10)
+    );
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let consumer = rt.block_on(live).unwrap();
+    drop(consumer); // no LeaveGroup: the member just goes away
+                    // After a crash and a reload from the log: the tombstones hold.
+    broker.kill9();
+    broker.restart();
+    let boot = broker.bootstrap();
+    keel_tests::wait::wait_until(
+        "the reloaded coordinator answers",
+        Duration::from_secs(30),
+        || {
+            rt.block_on(async {
+                let admin = Admin::new(ClientConfig::new(&boot)).await.unwrap();
+                admin.group_offsets("live").await.is_ok()
+            })
+        },
+    );
+    assert!(
+        offsets(&rt, &boot, "idle").is_empty(),
+        "expired offsets came back"
+    );
+}

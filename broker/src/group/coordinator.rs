@@ -954,7 +954,7 @@ impl GroupCoordinator {
 
     /// Deletes expired offsets and empty groups without offsets (tombstones first).
     fn expire_offsets(self: &Arc<Self>) {
-        let retention_ms = (self.cfg.offsets_retention_minutes * 60_000) as i64;
+        let retention_ms = self.cfg.offsets_retention_ms as i64;
         let now_wall = now_ms();
         let mut waits = Vec::new();
         {
