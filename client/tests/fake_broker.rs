@@ -399,8 +399,11 @@ async fn within<F: Future>(f: F) -> F::Output {
         .expect("test timed out")
 }
 
+/// The fake broker speaks the plain produce path only (no InitProducerId), so these tests
+/// run the producer with idempotence off; the idempotent path is tested against real brokers.
 fn producer_config() -> ProducerConfig {
     ProducerConfig {
+        enable_idempotence: false,
         linger: Duration::from_millis(1),
         retry_backoff: Duration::from_millis(10),
         request_timeout: Duration::from_secs(5),
@@ -409,6 +412,25 @@ fn producer_config() -> ProducerConfig {
 }
 
 // ---------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn idempotent_producer_refuses_a_broker_without_init_producer_id() {
+    let broker = FakeBroker::start(&[("t", 1)]).await;
+    within(async {
+        let config = ProducerConfig {
+            enable_idempotence: true,
+            ..producer_config()
+        };
+        let err = match Producer::new(broker.client(), config).await {
+            Ok(_) => {
+                panic!("an idempotent producer started against a broker without InitProducerId")
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("enable_idempotence = false"), "{err}");
+    })
+    .await;
+}
 
 #[tokio::test]
 async fn producer_pipelines_requests_and_routes_reordered_responses() {

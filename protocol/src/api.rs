@@ -202,7 +202,8 @@ mod tests {
             (18, 99, Some("unsupported")), // ApiVersions v99
             (0, 13, Some("unsupported")),  // Produce v13 (topic ids)
             (9999, 0, Some("unknown")),    // no such key
-            (8, 2, Some("unknown")),       // OffsetCommit: not served
+            (24, 0, Some("unknown")),      // AddPartitionsToTxn: not served
+            (8, 2, None),                  // OffsetCommit v2
             (10, 2, None),                 // FindCoordinator v2
             (0, 2, None),                  // Produce v2: advertised, refused by the broker
         ];

@@ -17,7 +17,7 @@ use crate::error::coordinator_write_error as write_error;
 use crate::metrics as m;
 use crate::partition::acks::Acks;
 use crate::partition::registry::Topics;
-use crate::partition::Replica;
+use crate::partition::{AckTarget, Replica};
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use keel_protocol::encode::{encode_batch, Compression, NewRecord, ProducerIds};
@@ -71,7 +71,7 @@ struct StoreJob {
     group: String,
     generation: i32,
     replica: Arc<Replica>,
-    end_offset: i64,
+    ack: AckTarget,
 }
 
 /// One group listed by ListGroups.
@@ -387,13 +387,13 @@ impl GroupCoordinator {
                             timestamp: now_ms(),
                         };
                         match append(&sref.replica, vec![record]) {
-                            Ok(end_offset) => after.stores.push(StoreJob {
+                            Ok(ack) => after.stores.push(StoreJob {
                                 partition: sref.partition,
                                 epoch: sref.epoch,
                                 group: group_id.to_string(),
                                 generation,
                                 replica: sref.replica.clone(),
-                                end_offset,
+                                ack,
                             }),
                             Err(err) => failed.push((generation, err)),
                         }
@@ -439,7 +439,7 @@ impl GroupCoordinator {
                 let timeout = Duration::from_millis(me.cfg.offsets_commit_timeout_ms);
                 let result = job
                     .replica
-                    .acknowledged(Acks::All, job.end_offset, timeout)
+                    .acknowledged(Acks::All, job.ack, timeout)
                     .await
                     .map_err(write_error);
                 me.stored(job, result);
@@ -698,7 +698,7 @@ impl GroupCoordinator {
         }
         metrics::counter!(m::GROUP_COMMITS_TOTAL).increment(accepted.len() as u64);
         // The records are offsets end-n..end, in the order of `accepted`.
-        let first = end - accepted.len() as i64;
+        let first = end.end_offset - accepted.len() as i64;
         let mut shards = lock(&self.shards);
         if let Some(ShardState::Active(groups)) = shards
             .get_mut(&sref.partition)
@@ -1096,14 +1096,14 @@ fn tombstone(key: Bytes) -> NewRecord {
     }
 }
 
-/// Appends records to the offsets partition as its leader, for acks=all. Returns the end
-/// offset to wait for.
-fn append(replica: &Arc<Replica>, records: Vec<NewRecord>) -> Result<i64, ResponseError> {
+/// Appends records to the offsets partition as its leader, for acks=all. Returns what to
+/// wait for.
+fn append(replica: &Arc<Replica>, records: Vec<NewRecord>) -> Result<AckTarget, ResponseError> {
     replica.may_append(Acks::All).map_err(write_error)?;
     let batch = encode_batch(records, Compression::None, ProducerIds::NONE)
         .map_err(|_| ResponseError::UnknownServerError)?;
     match replica.append(&batch) {
-        Ok(info) => Ok(info.last_offset + 1),
+        Ok(appended) => Ok(appended.ack),
         Err(crate::partition::AppendError::NotLeader) => Err(ResponseError::NotCoordinator),
         Err(crate::partition::AppendError::Storage(e)) => {
             tracing::error!(error = %e, "appending to the offsets topic failed");

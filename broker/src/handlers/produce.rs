@@ -5,7 +5,7 @@ use super::{Ctx, Reply};
 use crate::error::{ack_error_code, storage_error_code};
 use crate::metrics as m;
 use crate::partition::acks::Acks;
-use crate::partition::{AppendError, Replica};
+use crate::partition::{AckTarget, AppendError, Appended, Replica};
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{
     PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
@@ -21,7 +21,7 @@ enum Outcome {
     Appended {
         replica: Arc<Replica>,
         base_offset: i64,
-        end_offset: i64,
+        ack: AckTarget,
     },
     Failed(ResponseError, Option<String>),
 }
@@ -77,10 +77,10 @@ pub(crate) fn handle(ctx: Ctx, req: ProduceRequest) -> Option<Reply> {
                     Outcome::Appended {
                         replica,
                         base_offset,
-                        end_offset,
+                        ack,
                     } => {
                         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                        r = match replica.acknowledged(acks, end_offset, left).await {
+                        r = match replica.acknowledged(acks, ack, left).await {
                             Ok(()) => r.with_base_offset(base_offset),
                             Err(e) => r.with_error_code(ack_error_code(e).code()),
                         };
@@ -162,7 +162,7 @@ fn append(
         return Outcome::Failed(ack_error_code(e), None);
     }
     match replica.append(records) {
-        Ok(info) => {
+        Ok(Appended { info, ack }) => {
             if info.duplicate {
                 metrics::counter!(m::PRODUCE_DUPLICATES_TOTAL).increment(1);
             } else {
@@ -170,7 +170,7 @@ fn append(
             }
             Outcome::Appended {
                 base_offset: info.base_offset,
-                end_offset: info.last_offset + 1,
+                ack,
                 replica,
             }
         }

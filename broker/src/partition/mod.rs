@@ -27,7 +27,7 @@ use keel_storage::{AppendInfo, FlushPolicy, Log, LogConfig, StorageError};
 use repair::Repair;
 use role::{Role, Timing, Transition};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::Duration;
@@ -46,8 +46,9 @@ pub(crate) struct Replica {
     /// High watermark: consumers read below it, acks=all waits for it.
     hw: watch::Sender<i64>,
     deleted: AtomicBool,
-    /// Mirrors `role.is_leader()` for waiters that must not take the role lock.
-    leading: AtomicBool,
+    /// The leader epoch this replica leads in, or [`NOT_LEADING`]: mirrors the role for
+    /// waiters that must not take the role lock.
+    leading_epoch: AtomicI32,
     /// Mirrors `role.epoch_start_offset()`, for consumer fetches.
     epoch_start: AtomicI64,
     min_insync_replicas: i32,
@@ -122,6 +123,35 @@ pub(crate) enum AppendError {
     Storage(#[from] StorageError),
 }
 
+/// `leading_epoch` of a replica that does not lead.
+const NOT_LEADING: i32 = -1;
+
+fn leading_epoch(role: &Role) -> i32 {
+    if role.is_leader() {
+        role.leader_epoch
+    } else {
+        NOT_LEADING
+    }
+}
+
+/// Batches appended as leader: where they went, and what an acknowledgement waits for.
+#[derive(Debug, Clone)]
+pub(crate) struct Appended {
+    pub(crate) info: AppendInfo,
+    pub(crate) ack: AckTarget,
+}
+
+/// What an acknowledgement waits for: the HW reaching `end_offset` (one past the last
+/// appended offset) while this replica still leads in `leader_epoch`, the epoch the batches
+/// were appended in. A replica that lost its leadership and won it back in a later epoch may
+/// have truncated the batches and written others at the same offsets, so a HW it reaches
+/// then says nothing about them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AckTarget {
+    pub(crate) end_offset: i64,
+    pub(crate) leader_epoch: i32,
+}
+
 /// Why an acknowledgement wait ended without success.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum WaitError {
@@ -185,7 +215,7 @@ impl Replica {
             durable: watch::Sender::new(durable),
             hw: watch::Sender::new(hw),
             deleted: AtomicBool::new(false),
-            leading: AtomicBool::new(role.is_leader()),
+            leading_epoch: AtomicI32::new(leading_epoch(&role)),
             epoch_start: AtomicI64::new(role.epoch_start_offset()),
             min_insync_replicas: settings.min_insync_replicas,
             role: Mutex::new(role),
@@ -228,7 +258,12 @@ impl Replica {
     }
 
     fn is_leading(&self) -> bool {
-        self.leading.load(Ordering::Acquire)
+        self.leading_epoch.load(Ordering::Acquire) != NOT_LEADING
+    }
+
+    /// Whether this replica leads in `leader_epoch` (not an earlier or a later one).
+    fn leads_in(&self, leader_epoch: i32) -> bool {
+        self.leading_epoch.load(Ordering::Acquire) == leader_epoch
     }
 
     /// (leader, leader epoch, replicas, ISR) as this replica knows them.
@@ -357,19 +392,19 @@ impl Replica {
         acks::may_append(acks, self.isr_size(), self.min_insync_replicas_count())
     }
 
-    /// Waits until `end_offset` (one past the last appended offset) is acknowledged at the
-    /// level `acks` asks for, then answers by the acks rule ([`acks::outcome`]).
+    /// Waits until the batches of `target` are acknowledged at the level `acks` asks for,
+    /// then answers by the acks rule ([`acks::outcome`]).
     pub(crate) async fn acknowledged(
         &self,
         acks: Acks,
-        end_offset: i64,
+        target: AckTarget,
         timeout: Duration,
     ) -> Result<(), AckError> {
-        let waited = self.wait_acked(acks, end_offset, timeout).await;
+        let waited = self.wait_acked(acks, target, timeout).await;
         acks::outcome(
             acks,
             waited,
-            end_offset,
+            target.end_offset,
             self.high_watermark(),
             self.isr_size(),
             self.min_insync_replicas_count(),
@@ -382,7 +417,7 @@ impl Replica {
 
     /// Appends a produce request's batches as leader. Returns once the bytes are in the
     /// log (page cache); acknowledgement waits are separate ([`Replica::acknowledged`]).
-    pub(crate) fn append(&self, records: &[u8]) -> Result<AppendInfo, AppendError> {
+    pub(crate) fn append(&self, records: &[u8]) -> Result<Appended, AppendError> {
         let leadership = self.leadership.read().unwrap_or_else(|p| p.into_inner());
         let leader_epoch = {
             let role = self.role();
@@ -397,32 +432,42 @@ impl Replica {
         if !self.flush_always {
             self.advance_hw();
         }
-        Ok(info)
+        let ack = AckTarget {
+            end_offset: info.last_offset + 1,
+            leader_epoch,
+        };
+        Ok(Appended { info, ack })
     }
 
-    /// Waits until `end_offset` (one past the last appended offset) is acknowledged at
-    /// the level `acks` asks for: on the leader (durable under `always`), or below the high
-    /// watermark for `acks=all`.
+    /// Waits until the batches of `target` are acknowledged at the level `acks` asks for: on
+    /// the leader (durable under `always`), or below the high watermark for `acks=all` —
+    /// in both cases while this replica still leads in the epoch they were appended in.
     async fn wait_acked(
         &self,
         acks: Acks,
-        end_offset: i64,
+        target: AckTarget,
         timeout: Duration,
     ) -> Result<(), WaitError> {
+        let AckTarget {
+            end_offset,
+            leader_epoch,
+        } = target;
         let mut rx = if acks == Acks::All || !self.flush_always {
             self.hw.subscribe()
         } else {
             self.durable.subscribe()
         };
         let reached = tokio::time::timeout(timeout, async {
-            // A lost leadership ends the wait too: the new leader may not keep the batch.
-            rx.wait_for(|&v| v >= end_offset || self.is_deleted() || !self.is_leading())
+            // A lost leadership ends the wait too: the new leader may not keep the batch. The
+            // wait may start late (the future is first polled after the append), so it checks
+            // the epoch, not only "leading": leading again in a later epoch is no success.
+            rx.wait_for(|&v| v >= end_offset || self.is_deleted() || !self.leads_in(leader_epoch))
                 .await
                 .is_ok()
         })
         .await;
         match reached {
-            Ok(true) if !self.is_deleted() && self.is_leading() => Ok(()),
+            Ok(true) if !self.is_deleted() && self.leads_in(leader_epoch) => Ok(()),
             Ok(_) => Err(WaitError::Gone),
             Err(_) => Err(WaitError::TimedOut),
         }
@@ -478,7 +523,8 @@ impl Replica {
         let transition = {
             let mut role = self.role();
             let t = role.apply(record, self.log.log_end_offset(), self.now_ms());
-            self.leading.store(role.is_leader(), Ordering::Release);
+            self.leading_epoch
+                .store(leading_epoch(&role), Ordering::Release);
             self.epoch_start
                 .store(role.epoch_start_offset(), Ordering::Release);
             t
@@ -669,6 +715,54 @@ mod tests {
         drop(guard);
         assert_eq!(elected.join().unwrap(), Transition::BecameLeader);
         assert!(r.following(2, 5).is_none(), "a leader follows nobody");
+        stop.cancel();
+    }
+
+    /// An acknowledgement belongs to the leadership that appended the batch. Found by the
+    /// chaos run (seed 111): a leader appended a batch, lost the partition, truncated the
+    /// batch away as a follower and won the partition back in a later epoch; the produce's
+    /// wait, first polled only then, saw the new HW pass its offset and acknowledged a batch
+    /// that no replica held any more.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wait_from_an_earlier_leadership_is_never_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = CancellationToken::new();
+        let r = open_replica(dir.path(), 0, &stop);
+        let batch = |v: &str| keel_protocol::encode::values_batch([v.to_owned()], 0);
+        let wait = Duration::from_secs(5);
+        r.apply_record(&PartitionRecord::test_record(1, 5, &[1, 2]));
+        let first = r.append(&batch("a")).unwrap().ack;
+        assert_eq!(
+            first,
+            AckTarget {
+                end_offset: 1,
+                leader_epoch: 5
+            }
+        );
+        // Follower 2 has not fetched it when broker 2 takes over in epoch 6 without it; this
+        // broker truncates the batch away as its follower.
+        r.apply_record(&PartitionRecord::test_record(2, 6, &[1, 2]));
+        r.log().truncate_to(0).unwrap();
+        // Leader again in epoch 7: another batch at the same offset, fetched by broker 2.
+        r.apply_record(&PartitionRecord::test_record(1, 7, &[1, 2]));
+        let second = r.append(&batch("b")).unwrap().ack;
+        assert_eq!(
+            second,
+            AckTarget {
+                end_offset: 1,
+                leader_epoch: 7
+            }
+        );
+        r.flush().unwrap();
+        r.follower_fetched(2, 0);
+        r.follower_fetched(2, 1);
+        assert!(r.high_watermark() >= 1, "the HW passed offset 0 in epoch 7");
+        assert_eq!(r.acknowledged(Acks::All, second, wait).await, Ok(()));
+        assert_eq!(
+            r.acknowledged(Acks::All, first, wait).await,
+            Err(AckError::NotLeader),
+            "the epoch-5 batch at offset 0 was truncated; the HW of epoch 7 says nothing of it"
+        );
         stop.cancel();
     }
 

@@ -15,7 +15,11 @@ use kafka_protocol::protocol::StrBytes;
 use super::assignor;
 use super::member::{commit_topics, find_coordinator};
 use crate::admin::Admin;
+use crate::cluster::Cluster;
+use crate::connection::Connection;
 use crate::error::ClientError;
+use std::future::Future;
+use std::sync::Arc;
 
 /// A group as ListGroups shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +57,49 @@ pub struct MemberDescription {
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
+
+/// Whether the group's coordinator is loading, moving or not there yet: ask again (after
+/// finding it again), as the Java admin client does.
+fn coordinator_moving(e: &ClientError) -> bool {
+    use kafka_protocol::ResponseError as E;
+    matches!(e, ClientError::Kafka { code, .. } if [
+        E::CoordinatorLoadInProgress.code(),
+        E::CoordinatorNotAvailable.code(),
+        E::NotCoordinator.code(),
+    ].contains(code))
+}
+
+/// Runs `call` on a connection to `group`'s coordinator; while the coordinator is loading
+/// or has moved ([`coordinator_moving`]), finds it again and retries, within the client's
+/// request timeout.
+async fn at_coordinator<T, F, Fut>(
+    cluster: &Cluster,
+    group: &str,
+    mut call: F,
+) -> Result<T, ClientError>
+where
+    F: FnMut(String, Arc<Connection>) -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let deadline = tokio::time::Instant::now() + cluster.config().request_timeout;
+    loop {
+        let attempt = async {
+            let addr = find_coordinator(cluster, group).await?;
+            let conn = cluster.connection_to_addr(&addr).await?;
+            call(addr, conn).await
+        }
+        .await;
+        match attempt {
+            Err(e) if coordinator_moving(&e) && tokio::time::Instant::now() < deadline => {
+                tracing::debug!(group, error = %e, "the coordinator is loading or moved; again");
+                tokio::time::sleep(COORDINATOR_BACKOFF).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+const COORDINATOR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn check(code: i16, context: &str) -> Result<(), ClientError> {
     if code == 0 {
@@ -94,19 +141,19 @@ impl Admin {
 
     /// One group's state and members. A group that does not exist is `Dead` with no members.
     pub async fn describe_group(&self, group: &str) -> Result<GroupDescription, ClientError> {
-        let cluster = self.cluster();
-        let coordinator = find_coordinator(cluster, group).await?;
-        let conn = cluster.connection_to_addr(&coordinator).await?;
-        let req = DescribeGroupsRequest::default().with_groups(vec![GroupId(s(group))]);
-        let resp = conn.send(&req).await?;
-        let g = resp
-            .groups
-            .into_iter()
-            .next()
-            .ok_or_else(|| ClientError::protocol("describe group", "no group in the answer"))?;
-        if g.error_code != kafka_protocol::ResponseError::GroupIdNotFound.code() {
-            check(g.error_code, &format!("describe group {group}"))?;
-        }
+        let (coordinator, g) = at_coordinator(self.cluster(), group, |addr, conn| async move {
+            let req = DescribeGroupsRequest::default().with_groups(vec![GroupId(s(group))]);
+            let resp = conn.send(&req).await?;
+            let g =
+                resp.groups.into_iter().next().ok_or_else(|| {
+                    ClientError::protocol("describe group", "no group in the answer")
+                })?;
+            if g.error_code != kafka_protocol::ResponseError::GroupIdNotFound.code() {
+                check(g.error_code, &format!("describe group {group}"))?;
+            }
+            Ok((addr, g))
+        })
+        .await?;
         let consumer = g.protocol_type.as_str() == "consumer";
         Ok(GroupDescription {
             group_id: group.to_string(),
@@ -141,15 +188,15 @@ impl Admin {
         &self,
         group: &str,
     ) -> Result<BTreeMap<(String, i32), i64>, ClientError> {
-        let cluster = self.cluster();
-        let conn = cluster
-            .connection_to_addr(&find_coordinator(cluster, group).await?)
-            .await?;
-        let req = OffsetFetchRequest::default()
-            .with_group_id(GroupId(s(group)))
-            .with_topics(None);
-        let resp = conn.send(&req).await?;
-        check(resp.error_code, &format!("offsets of group {group}"))?;
+        let resp = at_coordinator(self.cluster(), group, |_, conn| async move {
+            let req = OffsetFetchRequest::default()
+                .with_group_id(GroupId(s(group)))
+                .with_topics(None);
+            let resp = conn.send(&req).await?;
+            check(resp.error_code, &format!("offsets of group {group}"))?;
+            Ok(resp)
+        })
+        .await?;
         let mut out = BTreeMap::new();
         for t in resp.topics {
             for p in t.partitions {
@@ -172,42 +219,41 @@ impl Admin {
         group: &str,
         offsets: &BTreeMap<(String, i32), i64>,
     ) -> Result<(), ClientError> {
-        let cluster = self.cluster();
-        let conn = cluster
-            .connection_to_addr(&find_coordinator(cluster, group).await?)
-            .await?;
         let offsets: Vec<((String, i32), i64)> =
             offsets.iter().map(|(k, o)| (k.clone(), *o)).collect();
-        let req = OffsetCommitRequest::default()
-            .with_group_id(GroupId(s(group)))
-            .with_generation_id_or_member_epoch(-1)
-            .with_topics(commit_topics(&offsets));
-        let resp = conn.send(&req).await?;
-        for t in resp.topics {
-            for p in t.partitions {
-                check(
-                    p.error_code,
-                    &format!(
-                        "set the offset of {}-{} in {group}",
-                        t.name.0, p.partition_index
-                    ),
-                )?;
+        let offsets = &offsets;
+        at_coordinator(self.cluster(), group, |_, conn| async move {
+            let req = OffsetCommitRequest::default()
+                .with_group_id(GroupId(s(group)))
+                .with_generation_id_or_member_epoch(-1)
+                .with_topics(commit_topics(offsets));
+            let resp = conn.send(&req).await?;
+            for t in resp.topics {
+                for p in t.partitions {
+                    check(
+                        p.error_code,
+                        &format!(
+                            "set the offset of {}-{} in {group}",
+                            t.name.0, p.partition_index
+                        ),
+                    )?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     /// Deletes an empty group and its committed offsets.
     pub async fn delete_group(&self, group: &str) -> Result<(), ClientError> {
-        let cluster = self.cluster();
-        let conn = cluster
-            .connection_to_addr(&find_coordinator(cluster, group).await?)
-            .await?;
-        let req = DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s(group))]);
-        let resp = conn.send(&req).await?;
-        for r in resp.results {
-            check(r.error_code, &format!("delete group {group}"))?;
-        }
-        Ok(())
+        at_coordinator(self.cluster(), group, |_, conn| async move {
+            let req = DeleteGroupsRequest::default().with_groups_names(vec![GroupId(s(group))]);
+            let resp = conn.send(&req).await?;
+            for r in resp.results {
+                check(r.error_code, &format!("delete group {group}"))?;
+            }
+            Ok(())
+        })
+        .await
     }
 }
