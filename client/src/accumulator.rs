@@ -53,6 +53,9 @@ pub(crate) struct ProducerBatch {
     pub(crate) retry_at: Option<Instant>,
     /// With idempotence: the base sequence, from the first drain on.
     pub(crate) sequence: Option<i32>,
+    /// With idempotence: whether, when this batch was last sent, every batch of its
+    /// partition numbered before it had settled (see [`Accumulator::is_first_unsettled`]).
+    first_when_sent: bool,
 }
 
 impl ProducerBatch {
@@ -66,6 +69,7 @@ impl ProducerBatch {
             attempts: 0,
             retry_at: None,
             sequence: None,
+            first_when_sent: false,
         }
     }
 
@@ -224,17 +228,13 @@ impl Accumulator {
         }
     }
 
-    /// Whether no unsettled batch of the partition comes before `batch`: a sequence error
-    /// on it cannot be the echo of an earlier batch's failure.
-    pub(crate) fn is_first_unsettled(&mut self, batch: &ProducerBatch) -> bool {
-        match (self.partition_sequences(batch), batch.sequence) {
-            (Some(s), Some(seq)) => s
-                .window
-                .iter()
-                .find(|(_, settled)| !settled)
-                .is_none_or(|(first, _)| *first == seq),
-            _ => true,
-        }
+    /// Whether no unsettled batch of the partition came before `batch` when it was last sent:
+    /// only then is a sequence error on it news about the broker's state. Asked when the
+    /// answer arrives, "first unsettled" could be wrong: answers from one connection are
+    /// handled by concurrent tasks, so a batch numbered earlier but sent (retried) later may
+    /// already have been handled as delivered, although the broker saw this batch first.
+    pub(crate) fn is_first_unsettled(&self, batch: &ProducerBatch) -> bool {
+        self.sequences.is_none() || batch.first_when_sent
     }
 
     /// Marks `batch`'s partition as one whose sequences the broker lost (see
@@ -436,6 +436,11 @@ impl Accumulator {
                 if !s.window.iter().any(|(q, _)| *q == seq) {
                     s.window.push_back((seq, false));
                 }
+                batch.first_when_sent = s
+                    .window
+                    .iter()
+                    .find(|(_, settled)| !settled)
+                    .is_none_or(|(first, _)| *first == seq);
                 s.in_flight += 1;
             }
             out.by_broker.entry(broker).or_default().push(batch);
@@ -623,6 +628,68 @@ mod idempotence_tests {
         assert_eq!(sent, [Some(0)], "only the retry");
         let d = a.drain(later, true, usize::MAX, leader_0, |_| true);
         assert!(d.by_broker.is_empty(), "no batch past the broker's window");
+    }
+
+    /// Found by a chaos run with client debug logs: batch 2 went to a broker that failed and
+    /// was retried after batches 3, 5 and 6; the broker answered 3 with a sequence error
+    /// (it still expected 2), but the task handling that answer ran after the one that had
+    /// delivered the retried 2. Asked then, 3 looked like the first unsettled batch, so the
+    /// producer took the broker's state for lost and bumped its epoch for nothing. What
+    /// counts is the state when 3 was sent.
+    #[test]
+    fn a_sequence_error_is_judged_by_what_was_unsettled_when_the_batch_was_sent() {
+        let mut a = acc(1, 0).idempotent();
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            a.append("t", 0, rec(10).0, t0);
+        }
+        let first = a
+            .drain(t0, true, usize::MAX, leader_0, |_| true)
+            .by_broker
+            .remove(&0)
+            .unwrap();
+        let second = a
+            .drain(t0, true, usize::MAX, leader_0, |_| true)
+            .by_broker
+            .remove(&0)
+            .unwrap();
+        let (first, second) = (
+            first.into_iter().next().unwrap(),
+            second.into_iter().next().unwrap(),
+        );
+        assert!(a.is_first_unsettled(&first));
+        assert!(
+            !a.is_first_unsettled(&second),
+            "batch 0 was out when batch 1 was sent"
+        );
+        // Batch 0 fails, is retried and delivered before batch 1's answer is handled.
+        a.requeue(first);
+        let later = t0 + Duration::from_secs(1);
+        let retried = a
+            .drain(later, true, usize::MAX, leader_0, |_| true)
+            .by_broker
+            .remove(&0)
+            .unwrap();
+        assert_eq!(retried[0].sequence, Some(0));
+        assert!(
+            a.is_first_unsettled(&retried[0]),
+            "nothing before it when retried"
+        );
+        a.settled(&retried[0]);
+        assert!(
+            !a.is_first_unsettled(&second),
+            "batch 1's sequence error may be the echo of batch 0 arriving after it"
+        );
+        // Sent again now, it is the first: a sequence error then means lost state.
+        a.requeue(second);
+        let again = a.drain(
+            later + Duration::from_secs(1),
+            true,
+            usize::MAX,
+            leader_0,
+            |_| true,
+        );
+        assert!(a.is_first_unsettled(&again.by_broker[&0][0]));
     }
 
     #[test]
