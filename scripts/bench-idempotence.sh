@@ -7,13 +7,13 @@
 #
 #   scripts/bench-idempotence.sh [single] [cluster] [kit]     (default: single cluster)
 #
-# Knobs: REPS=3 RECORDS=300000 PARTITIONS="1 8" BASE_PORT=19600 KIT=../shared/bench
+# Knobs: REPS=3 RECORDS=150000 PARTITIONS="1 8" BASE_PORT=19600 KIT=../shared/bench
 # OUT=bench-results/<stamp>. Every process this script starts it stops by PID.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 REPS="${REPS:-3}"
-RECORDS="${RECORDS:-300000}"
+RECORDS="${RECORDS:-150000}"
 PARTITIONS="${PARTITIONS:-1 8}"
 BASE_PORT="${BASE_PORT:-19600}"
 KIT="${KIT:-../shared/bench}"

@@ -164,6 +164,8 @@ struct PartitionSequences {
     window: VecDeque<(i32, bool)>,
     /// Batches of this partition in flight.
     in_flight: usize,
+    /// The broker those batches went to.
+    sent_to: Option<i32>,
     /// The broker lost this partition's sequences (a gap on its first unsettled batch, or an
     /// unknown producer): none of its unsettled batches is in the log, so the epoch bump may
     /// number them again.
@@ -413,6 +415,19 @@ impl Accumulator {
                 }
                 continue;
             };
+            // While batches of the partition are out to another broker (the leader moved, or
+            // metadata said so), nothing goes to the new one: a broker that has no state for
+            // the producer takes any sequence (KIP-360), so a later batch could be written
+            // there before an earlier one that fails at the old broker and is retried,
+            // breaking the order. They resolve (or fail there) first.
+            if self
+                .sequences
+                .as_ref()
+                .and_then(|s| s.get(key))
+                .is_some_and(|s| s.in_flight > 0 && s.sent_to.is_some_and(|b| b != broker))
+            {
+                continue;
+            }
             if !*allowed.entry(broker).or_insert_with(|| can_send(broker)) {
                 continue;
             }
@@ -442,6 +457,7 @@ impl Accumulator {
                     .find(|(_, settled)| !settled)
                     .is_none_or(|(first, _)| *first == seq);
                 s.in_flight += 1;
+                s.sent_to = Some(broker);
             }
             out.by_broker.entry(broker).or_default().push(batch);
         }
@@ -690,6 +706,41 @@ mod idempotence_tests {
             |_| true,
         );
         assert!(a.is_first_unsettled(&again.by_broker[&0][0]));
+    }
+
+    /// Found by `keel bench produce` on a fresh 3-broker topic: the first batch went to a
+    /// broker that was not (yet) the leader while the next ones went to the leader, which,
+    /// knowing nothing of the producer, wrote them; the first, retried there, was then out of
+    /// order. Batches of a partition go to one broker at a time.
+    #[test]
+    fn a_partition_sends_to_one_broker_at_a_time() {
+        let mut a = acc(1, 0).idempotent();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            a.append("t", 0, rec(10).0, t0);
+        }
+        let d = a.drain(t0, true, usize::MAX, |_, _| Some(1), |_| true);
+        let first = d.by_broker[&1][0].sequence;
+        assert_eq!(first, Some(0));
+        // Metadata now names broker 2: nothing goes there while batch 0 is out to broker 1.
+        let d = a.drain(t0, true, usize::MAX, |_, _| Some(2), |_| true);
+        assert!(
+            d.by_broker.is_empty(),
+            "a later batch went to another broker"
+        );
+        // Broker 1 refuses batch 0 (not the leader): it goes first, to broker 2.
+        let mut d0 = a.drain(t0, true, usize::MAX, |_, _| Some(1), |_| true);
+        let second = d0.by_broker.remove(&1).unwrap().remove(0);
+        assert_eq!(second.sequence, Some(1), "to the same broker, more may go");
+        a.requeue(second);
+        let mut zero = ProducerBatch::new("t", 0, t0);
+        zero.sequence = Some(0);
+        zero.first_when_sent = true;
+        a.requeue(zero);
+        let later = t0 + Duration::from_secs(1);
+        let d = a.drain(later, true, usize::MAX, |_, _| Some(2), |_| true);
+        let sent: Vec<Option<i32>> = d.by_broker[&2].iter().map(|b| b.sequence).collect();
+        assert_eq!(sent, [Some(0)], "the retry of batch 0 first");
     }
 
     #[test]

@@ -139,9 +139,17 @@ pub fn deleted_files_held(pid: u32) -> Vec<String> {
             }
         }
     }
+    // The broker's own executable is not a data file: a rebuild while a run goes on deletes
+    // the binary the running brokers were started from.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
     for line in maps.lines() {
-        if line.ends_with(" (deleted)") && line.contains('/') && !line.contains("/memfd:") {
+        if (!exe.is_empty() && line.ends_with(exe.as_str())) || line.contains("/memfd:") {
+            continue;
+        }
+        if line.ends_with(" (deleted)") && line.contains('/') {
             held.push(format!("map: {line}"));
         }
     }
