@@ -7,13 +7,13 @@
 #
 #   scripts/bench-idempotence.sh [single] [cluster] [kit]     (default: single cluster)
 #
-# Knobs: REPS=3 RECORDS=150000 PARTITIONS="1 8" BASE_PORT=19600 KIT=../shared/bench
+# Knobs: REPS=5 RECORDS=1000000 PARTITIONS="1 8" BASE_PORT=19600 KIT=../shared/bench
 # OUT=bench-results/<stamp>. Every process this script starts it stops by PID.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-REPS="${REPS:-3}"
-RECORDS="${RECORDS:-150000}"
+REPS="${REPS:-5}"
+RECORDS="${RECORDS:-1000000}"
 PARTITIONS="${PARTITIONS:-1 8}"
 BASE_PORT="${BASE_PORT:-19600}"
 KIT="${KIT:-../shared/bench}"
@@ -66,6 +66,9 @@ trap cleanup EXIT
 median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:]]; print(round(statistics.median(v),1), round(min(v),1), round(max(v),1))' "$@"; }
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 
+# Each run writes a GB per replica: its topic goes once measured, so the disk does not fill.
+drop_topic() { "$KEEL" topic delete "$2" --bootstrap-server "$1" >/dev/null 2>&1 || true; }
+
 compare() { # compare LABEL BOOT RF
     local label=$1 boot=$2 rf=$3
     for parts in $PARTITIONS; do
@@ -73,9 +76,11 @@ compare() { # compare LABEL BOOT RF
         for rep in $(seq 1 "$REPS"); do
             j="$(timeout 300 "$KEEL" bench produce --bootstrap-server "$boot" --topic "id-$parts-$rep" --partitions "$parts" --replication-factor "$rf" --records "$RECORDS" --acks all --json)"
             echo "$label idempotent $j" >>"$OUT/raw.txt"
+            drop_topic "$boot" "id-$parts-$rep"
             i+=("$(field "$j" mb_per_sec)"); i99+=("$(field "$j" latency_p99_ms)")
             j="$(timeout 300 "$KEEL" bench produce --bootstrap-server "$boot" --topic "no-$parts-$rep" --partitions "$parts" --replication-factor "$rf" --records "$RECORDS" --acks all --no-idempotence --json)"
             echo "$label plain $j" >>"$OUT/raw.txt"
+            drop_topic "$boot" "no-$parts-$rep"
             n+=("$(field "$j" mb_per_sec)"); n99+=("$(field "$j" latency_p99_ms)")
         done
         read -r im imin imax <<<"$(median "${i[@]}")"

@@ -302,7 +302,7 @@ impl Inner {
     }
 
     fn finish_ok(&self, batch: ProducerBatch, base_offset: i64, log_append_time: i64) {
-        lock(&self.accumulator).settled(&batch);
+        lock(&self.accumulator).delivered(&batch);
         debug!(
             topic = batch.topic,
             partition = batch.partition,
