@@ -16,6 +16,7 @@ REPS="${REPS:-3}"
 COMMITS="${COMMITS:-20000}"
 RECORDS="${RECORDS:-200000}"
 LOAD_GROUPS="${LOAD_GROUPS:-10000}"
+GROUP_TIMEOUT="${GROUP_TIMEOUT:-120}"
 KEEL_PORT="${KEEL_PORT:-19492}"
 TANSU_PORT="${TANSU_PORT:-19493}"
 TANSU="${TANSU:-../shared/bench/bin/tansu}"
@@ -101,10 +102,17 @@ group() {
         local boot f=() l=() jn=() j
         boot="$KEEL_BOOT"; [ "$b" = tansu ] && boot="$TANSU_BOOT"
         for rep in $(seq 1 "$REPS"); do
-            j="$(timeout 300 "$KEEL" bench group --bootstrap-server "$boot" --group "g$rep" --topic "g$rep" --members 10 --partitions 20 --json)"
+            if ! j="$(timeout "$GROUP_TIMEOUT" "$KEEL" bench group --bootstrap-server "$boot" --group "g$rep" --topic "g$rep" --members 10 --partitions 20 --json)"; then
+                echo "$b rep $rep: no result within $GROUP_TIMEOUT s" | tee -a "$OUT/raw.txt"
+                continue
+            fi
             echo "$b $j" >>"$OUT/raw.txt"
             f+=("$(field "$j" form_ms)"); l+=("$(field "$j" leave_rebalance_ms)"); jn+=("$(field "$j" join_rebalance_ms)")
         done
+        if [ ${#f[@]} -eq 0 ]; then
+            echo "| $b | no group formed within $GROUP_TIMEOUT s | | |" | tee -a "$OUT/group.md"
+            continue
+        fi
         read -r fm fmin fmax <<<"$(median "${f[@]}")"
         echo "| $b | $fm ($fmin-$fmax) | $(median "${l[@]}") | $(median "${jn[@]}") |" | tee -a "$OUT/group.md"
     done
@@ -118,11 +126,19 @@ consume() {
         boot="$KEEL_BOOT"; [ "$b" = tansu ] && boot="$TANSU_BOOT"
         timeout 300 "$KEEL" bench produce --bootstrap-server "$boot" --topic "cons" --partitions 4 --records "$RECORDS" --acks 1 --json >/dev/null
         for rep in $(seq 1 "$REPS"); do
-            j="$(timeout 300 "$KEEL" bench consume --bootstrap-server "$boot" --topic cons --records "$RECORDS" --json)"
+            if ! j="$(timeout 300 "$KEEL" bench consume --bootstrap-server "$boot" --topic cons --records "$RECORDS" --json 2>>"$OUT/consume.err")"; then
+                echo "$b rep $rep: assign() consume failed (consume.err)" | tee -a "$OUT/raw.txt"; continue
+            fi
             echo "$b assign $j" >>"$OUT/raw.txt"; a+=("$(field "$j" mb_per_sec)")
-            j="$(timeout 300 "$KEEL" bench consume --bootstrap-server "$boot" --topic cons --records "$RECORDS" --group "cons-$rep" --json)"
+            if ! j="$(timeout 300 "$KEEL" bench consume --bootstrap-server "$boot" --topic cons --records "$RECORDS" --group "cons-$rep" --json 2>>"$OUT/consume.err")"; then
+                echo "$b rep $rep: group consume failed (consume.err)" | tee -a "$OUT/raw.txt"; continue
+            fi
             echo "$b group $j" >>"$OUT/raw.txt"; g+=("$(field "$j" mb_per_sec)")
         done
+        if [ ${#a[@]} -eq 0 ] || [ ${#g[@]} -eq 0 ]; then
+            echo "| $b | failed (see consume.err) | |" | tee -a "$OUT/consume.md"
+            continue
+        fi
         read -r am amin amax <<<"$(median "${a[@]}")"
         read -r gm gmin gmax <<<"$(median "${g[@]}")"
         echo "| $b | $am ($amin-$amax) | $gm ($gmin-$gmax) |" | tee -a "$OUT/consume.md"

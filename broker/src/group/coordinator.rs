@@ -624,17 +624,82 @@ impl GroupCoordinator {
         Ok(results)
     }
 
-    /// OffsetCommit: validated against the group, written as one acks=all batch, applied
-    /// once acknowledged. Partitions of unknown topics and over-long metadata are refused
-    /// alone.
-    pub(crate) async fn commit(
+    /// OffsetCommit: validated against the group and written as one acks=all batch at once
+    /// (so the commits pipelined on a connection are appended back to back and share their
+    /// fsyncs); the returned future waits for the acknowledgement, then applies them.
+    /// Partitions of unknown topics and over-long metadata are refused alone.
+    pub(crate) fn commit(
         self: &Arc<Self>,
         group_id: &str,
         member_id: &str,
         instance_id: Option<&str>,
         generation: i32,
         offsets: Vec<(String, i32, CommittedOffset)>,
-    ) -> Result<Vec<PartitionResult>, ResponseError> {
+    ) -> impl std::future::Future<Output = Result<Vec<PartitionResult>, ResponseError>> + Send + 'static
+    {
+        let written = self.append_commit(group_id, member_id, instance_id, generation, offsets);
+        let me = self.clone();
+        let group_id = group_id.to_string();
+        async move {
+            let (mut results, accepted, written) = written?;
+            let Some(written) = written else {
+                return Ok(results);
+            };
+            let fail_all = |results: &mut Vec<PartitionResult>, e: ResponseError| {
+                for r in results.iter_mut().filter(|r| r.2 == 0) {
+                    r.2 = e.code();
+                }
+            };
+            let (sref, end) = match written {
+                Ok(x) => x,
+                Err(e) => {
+                    fail_all(&mut results, e);
+                    return Ok(results);
+                }
+            };
+            let timeout = Duration::from_millis(me.cfg.offsets_commit_timeout_ms);
+            if let Err(e) = sref.replica.acknowledged(Acks::All, end, timeout).await {
+                fail_all(&mut results, write_error(e));
+                return Ok(results);
+            }
+            metrics::counter!(m::GROUP_COMMITS_TOTAL).increment(accepted.len() as u64);
+            // The records are offsets end-n..end, in the order of `accepted`.
+            let first = end.end_offset - accepted.len() as i64;
+            let mut shards = lock(&me.shards);
+            if let Some(ShardState::Active(groups)) = shards
+                .get_mut(&sref.partition)
+                .filter(|s| s.epoch == sref.epoch)
+                .map(|s| &mut s.state)
+            {
+                let entry = groups
+                    .entry(group_id)
+                    .or_insert_with(|| Entry::new(me.machine, now_ms()));
+                for (i, (t, p, v)) in accepted.into_iter().enumerate() {
+                    entry.apply_commit(t, p, v, first + i as i64);
+                }
+            }
+            Ok(results)
+        }
+    }
+
+    /// The synchronous half of [`Self::commit`]: the per-partition answers so far, the
+    /// accepted offsets, and the append (or why it failed; `None` if nothing was accepted).
+    #[allow(clippy::type_complexity)]
+    fn append_commit(
+        self: &Arc<Self>,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        offsets: Vec<(String, i32, CommittedOffset)>,
+    ) -> Result<
+        (
+            Vec<PartitionResult>,
+            Vec<(String, i32, CommittedOffset)>,
+            Option<Result<(ShardRef, AckTarget), ResponseError>>,
+        ),
+        ResponseError,
+    > {
         let image = self.broker.image();
         let mut results: Vec<PartitionResult> = Vec::with_capacity(offsets.len());
         let mut accepted = Vec::new();
@@ -653,7 +718,7 @@ impl GroupCoordinator {
             results.push((topic, partition, code));
         }
         if accepted.is_empty() {
-            return Ok(results);
+            return Ok((results, accepted, None));
         }
         let written = self.with_groups(group_id, |groups, sref| {
             if !groups.contains_key(group_id) {
@@ -679,40 +744,7 @@ impl GroupCoordinator {
             let end = append(&sref.replica, records)?;
             Ok((sref.clone(), end))
         })?;
-        let fail_all = |results: &mut Vec<PartitionResult>, e: ResponseError| {
-            for r in results.iter_mut().filter(|r| r.2 == 0) {
-                r.2 = e.code();
-            }
-        };
-        let (sref, end) = match written {
-            Ok(x) => x,
-            Err(e) => {
-                fail_all(&mut results, e);
-                return Ok(results);
-            }
-        };
-        let timeout = Duration::from_millis(self.cfg.offsets_commit_timeout_ms);
-        if let Err(e) = sref.replica.acknowledged(Acks::All, end, timeout).await {
-            fail_all(&mut results, write_error(e));
-            return Ok(results);
-        }
-        metrics::counter!(m::GROUP_COMMITS_TOTAL).increment(accepted.len() as u64);
-        // The records are offsets end-n..end, in the order of `accepted`.
-        let first = end.end_offset - accepted.len() as i64;
-        let mut shards = lock(&self.shards);
-        if let Some(ShardState::Active(groups)) = shards
-            .get_mut(&sref.partition)
-            .filter(|s| s.epoch == sref.epoch)
-            .map(|s| &mut s.state)
-        {
-            let entry = groups
-                .entry(group_id.to_string())
-                .or_insert_with(|| Entry::new(self.machine, now_ms()));
-            for (i, (t, p, v)) in accepted.into_iter().enumerate() {
-                entry.apply_commit(t, p, v, first + i as i64);
-            }
-        }
-        Ok(results)
+        Ok((results, accepted, Some(written)))
     }
 
     /// OffsetFetch: the committed offsets of `topics` (all of the group's if `None`).

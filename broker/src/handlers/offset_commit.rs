@@ -15,39 +15,40 @@ use std::collections::BTreeMap;
 
 pub(crate) fn handle(ctx: &Ctx, req: OffsetCommitRequest) -> Reply {
     let ctx = ctx.clone();
-    Box::pin(async move {
-        let groups = ctx.shared.groups.clone();
-        let now = now_ms();
-        let offsets: Vec<(String, i32, CommittedOffset)> = req
-            .topics
-            .iter()
-            .flat_map(|t| {
-                t.partitions.iter().map(move |p| {
-                    (
-                        t.name.to_string(),
-                        p.partition_index,
-                        CommittedOffset {
-                            offset: p.committed_offset,
-                            leader_epoch: p.committed_leader_epoch,
-                            metadata: p.committed_metadata.as_deref().unwrap_or("").to_string(),
-                            commit_timestamp: now,
-                        },
-                    )
-                })
-            })
-            .collect();
-        let results = if !groups.valid_group_id(&req.group_id) {
-            Err(ResponseError::InvalidGroupId)
-        } else {
-            groups
-                .commit(
-                    &req.group_id,
-                    &req.member_id,
-                    req.group_instance_id.as_deref(),
-                    req.generation_id_or_member_epoch,
-                    offsets.clone(),
+    let groups = ctx.shared.groups.clone();
+    let now = now_ms();
+    let offsets: Vec<(String, i32, CommittedOffset)> = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(move |p| {
+                (
+                    t.name.to_string(),
+                    p.partition_index,
+                    CommittedOffset {
+                        offset: p.committed_offset,
+                        leader_epoch: p.committed_leader_epoch,
+                        metadata: p.committed_metadata.as_deref().unwrap_or("").to_string(),
+                        commit_timestamp: now,
+                    },
                 )
-                .await
+            })
+        })
+        .collect();
+    // Written now, in the connection's request order; only the wait is in the reply.
+    let written = groups.valid_group_id(&req.group_id).then(|| {
+        groups.commit(
+            &req.group_id,
+            &req.member_id,
+            req.group_instance_id.as_deref(),
+            req.generation_id_or_member_epoch,
+            offsets.clone(),
+        )
+    });
+    Box::pin(async move {
+        let results = match written {
+            None => Err(ResponseError::InvalidGroupId),
+            Some(written) => written.await,
         };
         let results: Vec<(String, i32, i16)> = match results {
             Ok(r) => r,

@@ -275,6 +275,8 @@ const MAX_UNACKED_BYTES: usize = 256 << 20;
 const RECORD_OVERHEAD: usize = 1024;
 /// `bench consume` stops when the topic yields nothing for this long.
 const CONSUME_IDLE: Duration = Duration::from_secs(10);
+/// How long `bench consume --group` waits for its first records.
+const GROUP_FORM_IDLE: Duration = Duration::from_secs(60);
 
 async fn produce(args: BenchProduceArgs) -> anyhow::Result<()> {
     let run = &args.run;
@@ -608,7 +610,14 @@ async fn consume(args: BenchConsumeArgs) -> anyhow::Result<()> {
         if records >= run.records {
             break Stop::Records;
         }
-        let idle_at = last_record.max(start) + CONSUME_IDLE;
+        // Through a group, the first records wait for the group to form (brokers take up to
+        // their initial rebalance delay and more); after that the usual idle limit holds.
+        let idle = if first_record.is_none() && args.group.is_some() {
+            GROUP_FORM_IDLE
+        } else {
+            CONSUME_IDLE
+        };
+        let idle_at = last_record.max(start) + idle;
         let until = deadline.min(idle_at);
         let batch = match tokio::time::timeout_at(until.into(), consumer.poll()).await {
             Ok(result) => result.with_context(|| format!("cannot read topic '{}'", run.topic))?,
