@@ -13,14 +13,18 @@
 //! producer gets an id and epoch with InitProducerId, numbers each partition's batches, and
 //! keeps a batch's sequence through its retries, so the broker writes it once and in order —
 //! also when a retry goes to a new leader after a failover. At most five batches of a
-//! partition are out at once. A sequence error on the first unsettled batch of a partition,
+//! partition are out at once, all to one broker, and only one until the partition has
+//! acknowledged a batch of this epoch (a partition takes any sequence from a producer it has
+//! never seen, so a second batch could otherwise be written before a refused first). A
+//! sequence error on a batch that was the first unsettled one of its partition when sent,
 //! or UNKNOWN_PRODUCER_ID, means the broker lost the producer's state there: the producer
 //! waits for its requests in flight, bumps its epoch (KIP-360) and numbers every unsettled
 //! batch again from 0. Before the bump, every batch of another partition that was sent and
 //! may be written is retried under the old epoch until it resolves: numbered again, the
-//! broker could not recognise it as a retry and would write it twice. A sequence error behind an earlier failed batch is only its echo and is
-//! retried. An older epoch (another producer with this id took over) fails the batch. A batch
-//! that fails for good leaves a hole in its partition's sequences, so it bumps the epoch too.
+//! broker could not recognise it as a retry and would write it twice. A sequence error on a
+//! batch sent behind an unsettled one is only its echo and is retried. An older epoch
+//! (another producer with this id took over) fails the batch. A batch that fails for good
+//! leaves a hole in its partition's sequences, so it bumps the epoch too.
 //!
 //! Without idempotence a retry may duplicate a batch the broker did append before the failure
 //! was seen, and with more than one request in flight a retried batch may land after a later
