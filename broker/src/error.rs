@@ -1,7 +1,6 @@
 //! Broker errors, and the one place where internal errors become Kafka error codes.
 
 use crate::config::ConfigError;
-use crate::partition::acks::AckError;
 use kafka_protocol::ResponseError;
 use keel_storage::producer_state::ProducerError;
 use keel_storage::StorageError;
@@ -58,16 +57,6 @@ pub(crate) fn storage_error_code(e: &StorageError) -> ResponseError {
     }
 }
 
-/// The Kafka error code a producer gets for a partition its batches were not acknowledged on.
-pub(crate) fn ack_error_code(e: AckError) -> ResponseError {
-    match e {
-        AckError::NotEnoughReplicas => ResponseError::NotEnoughReplicas,
-        AckError::NotEnoughReplicasAfterAppend => ResponseError::NotEnoughReplicasAfterAppend,
-        AckError::TimedOut => ResponseError::RequestTimedOut,
-        AckError::NotLeader => ResponseError::NotLeaderOrFollower,
-    }
-}
-
 /// Raised by any task that hits an error the broker cannot survive (an fsync failure:
 /// after one, the kernel may have dropped dirty pages, so nobody knows what is on disk).
 #[derive(Clone, Default)]
@@ -93,17 +82,5 @@ impl FatalSignal {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .unwrap_or_default()
-    }
-}
-
-/// What a group client is told when a write to the offsets topic is not acknowledged (as
-/// Kafka maps them): COORDINATOR_NOT_AVAILABLE where retrying the same coordinator may work,
-/// NOT_COORDINATOR where the client must find the coordinator again.
-pub(crate) fn coordinator_write_error(e: AckError) -> ResponseError {
-    match e {
-        AckError::NotEnoughReplicas
-        | AckError::NotEnoughReplicasAfterAppend
-        | AckError::TimedOut => ResponseError::CoordinatorNotAvailable,
-        AckError::NotLeader => ResponseError::NotCoordinator,
     }
 }

@@ -518,7 +518,7 @@ mod idempotence_tests {
         }
         let mut sent = Vec::new();
         for _ in 0..3 {
-            let mut d = a.drain(t0, true, usize::MAX, leader_0, |_| true);
+            let mut d = drain_to_0(&mut a, t0);
             sent.extend(d.by_broker.remove(&0).unwrap());
         }
         let seqs: Vec<_> = sent.iter().map(|b| b.sequence).collect();
@@ -529,13 +529,7 @@ mod idempotence_tests {
         assert!(!a.is_first_unsettled(&second), "batch 0 is still unsettled");
         a.requeue(second);
         a.requeue(first);
-        let mut d = a.drain(
-            t0 + Duration::from_secs(1),
-            true,
-            usize::MAX,
-            leader_0,
-            |_| true,
-        );
+        let mut d = drain_to_0(&mut a, t0 + Duration::from_secs(1));
         let again = d.by_broker.remove(&0).unwrap();
         assert_eq!(again[0].sequence, Some(0), "retried first, same sequence");
         assert!(a.is_first_unsettled(&again[0]));
@@ -543,13 +537,7 @@ mod idempotence_tests {
         a.settled(&third);
         // After a bump everything still queued starts again at 0.
         a.reset_sequences();
-        let mut d = a.drain(
-            t0 + Duration::from_secs(2),
-            true,
-            usize::MAX,
-            leader_0,
-            |_| true,
-        );
+        let mut d = drain_to_0(&mut a, t0 + Duration::from_secs(2));
         assert_eq!(d.by_broker.remove(&0).unwrap()[0].sequence, Some(0));
     }
 
@@ -607,11 +595,7 @@ mod idempotence_tests {
         }
         let mut out = Vec::new();
         for _ in 0..7 {
-            if let Some(mut b) = a
-                .drain(t0, true, usize::MAX, leader_0, |_| true)
-                .by_broker
-                .remove(&0)
-            {
+            if let Some(mut b) = drain_to_0(&mut a, t0).by_broker.remove(&0) {
                 out.append(&mut b);
             }
         }
@@ -622,20 +606,20 @@ mod idempotence_tests {
         let second = it.next().unwrap();
         a.requeue(first);
         let later = t0 + Duration::from_secs(1);
-        let mut d = a.drain(later, true, usize::MAX, leader_0, |_| true);
+        let mut d = drain_to_0(&mut a, later);
         let sent: Vec<Option<i32>> = d.by_broker[&0].iter().map(|b| b.sequence).collect();
         assert_eq!(sent, [Some(0)], "the retry goes");
         let mut a_retry = d.by_broker.remove(&0).unwrap();
-        let d = a.drain(later, true, usize::MAX, leader_0, |_| true);
+        let d = drain_to_0(&mut a, later);
         assert!(d.by_broker.is_empty(), "five unsettled: no sixth batch");
         // The one behind it is delivered: still five from the retry on.
         a.settled(&second);
-        let d = a.drain(later, true, usize::MAX, leader_0, |_| true);
+        let d = drain_to_0(&mut a, later);
         assert!(d.by_broker.is_empty(), "the retry still heads the window");
         // The retry is delivered: the window slides past both, a new batch may go.
         let retried = a_retry.pop().unwrap();
         a.settled(&retried);
-        let d = a.drain(later, true, usize::MAX, leader_0, |_| true);
+        let d = drain_to_0(&mut a, later);
         assert_eq!(d.by_broker[&0][0].sequence, Some(5));
     }
 
@@ -652,11 +636,7 @@ mod idempotence_tests {
         }
         let mut out = Vec::new();
         for _ in 0..8 {
-            if let Some(mut b) = a
-                .drain(t0, true, usize::MAX, leader_0, |_| true)
-                .by_broker
-                .remove(&0)
-            {
+            if let Some(mut b) = drain_to_0(&mut a, t0).by_broker.remove(&0) {
                 out.append(&mut b);
             }
         }
@@ -668,10 +648,10 @@ mod idempotence_tests {
             a.settled(&b); // the four after it are delivered
         }
         let later = t0 + Duration::from_secs(1);
-        let d = a.drain(later, true, usize::MAX, leader_0, |_| true);
+        let d = drain_to_0(&mut a, later);
         let sent: Vec<Option<i32>> = d.by_broker[&0].iter().map(|b| b.sequence).collect();
         assert_eq!(sent, [Some(0)], "only the retry");
-        let d = a.drain(later, true, usize::MAX, leader_0, |_| true);
+        let d = drain_to_0(&mut a, later);
         assert!(d.by_broker.is_empty(), "no batch past the broker's window");
     }
 
@@ -689,16 +669,8 @@ mod idempotence_tests {
         for _ in 0..2 {
             a.append("t", 0, rec(10).0, t0);
         }
-        let first = a
-            .drain(t0, true, usize::MAX, leader_0, |_| true)
-            .by_broker
-            .remove(&0)
-            .unwrap();
-        let second = a
-            .drain(t0, true, usize::MAX, leader_0, |_| true)
-            .by_broker
-            .remove(&0)
-            .unwrap();
+        let first = drain_to_0(&mut a, t0).by_broker.remove(&0).unwrap();
+        let second = drain_to_0(&mut a, t0).by_broker.remove(&0).unwrap();
         let (first, second) = (
             first.into_iter().next().unwrap(),
             second.into_iter().next().unwrap(),
@@ -711,11 +683,7 @@ mod idempotence_tests {
         // Batch 0 fails, is retried and delivered before batch 1's answer is handled.
         a.requeue(first);
         let later = t0 + Duration::from_secs(1);
-        let retried = a
-            .drain(later, true, usize::MAX, leader_0, |_| true)
-            .by_broker
-            .remove(&0)
-            .unwrap();
+        let retried = drain_to_0(&mut a, later).by_broker.remove(&0).unwrap();
         assert_eq!(retried[0].sequence, Some(0));
         assert!(
             a.is_first_unsettled(&retried[0]),
@@ -728,13 +696,7 @@ mod idempotence_tests {
         );
         // Sent again now, it is the first: a sequence error then means lost state.
         a.requeue(second);
-        let again = a.drain(
-            later + Duration::from_secs(1),
-            true,
-            usize::MAX,
-            leader_0,
-            |_| true,
-        );
+        let again = drain_to_0(&mut a, later + Duration::from_secs(1));
         assert!(a.is_first_unsettled(&again.by_broker[&0][0]));
     }
 
@@ -786,12 +748,8 @@ mod idempotence_tests {
         for _ in 0..4 {
             a.append("t", 0, rec(10).0, t0);
         }
-        let drain = |a: &mut Accumulator| {
-            a.drain(t0, true, usize::MAX, leader_0, |_| true)
-                .by_broker
-                .remove(&0)
-                .unwrap_or_default()
-        };
+        let drain =
+            |a: &mut Accumulator| drain_to_0(a, t0).by_broker.remove(&0).unwrap_or_default();
         let first = drain(&mut a);
         assert_eq!(first.len(), 1);
         assert!(
@@ -817,17 +775,13 @@ mod idempotence_tests {
         }
         let mut out = Vec::new();
         for _ in 0..8 {
-            if let Some(mut b) = a
-                .drain(t0, true, usize::MAX, leader_0, |_| true)
-                .by_broker
-                .remove(&0)
-            {
+            if let Some(mut b) = drain_to_0(&mut a, t0).by_broker.remove(&0) {
                 out.append(&mut b);
             }
         }
         assert_eq!(out.len(), MAX_IN_FLIGHT);
         a.settled(&out[0]);
-        let d = a.drain(t0, true, usize::MAX, leader_0, |_| true);
+        let d = drain_to_0(&mut a, t0);
         assert_eq!(
             d.by_broker[&0][0].sequence,
             Some(5),
@@ -840,6 +794,11 @@ mod idempotence_tests {
 mod tests_support {
     use super::*;
     use crate::record::ProducerRecord;
+
+    /// Drains what is ready at `now`, every partition led by broker 0, every broker free.
+    pub(super) fn drain_to_0(a: &mut Accumulator, now: Instant) -> Drain {
+        a.drain(now, true, usize::MAX, leader_0, |_| true)
+    }
 
     pub(super) fn rec(
         value_len: usize,
@@ -936,7 +895,7 @@ mod tests {
         let t0 = Instant::now();
         a.append("t", 0, rec(10).0, t0);
         a.append("t", 1, rec(10).0, t0);
-        let d = a.drain(t0, true, usize::MAX, leader_0, |_| true);
+        let d = drain_to_0(&mut a, t0);
         assert_eq!(d.by_broker[&0].len(), 2, "two partitions, one request");
     }
 

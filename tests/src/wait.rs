@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 /// First pause between two polls.
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+/// Pause between two checks of [`stays_true`].
+const STAYS_TRUE_POLL: Duration = Duration::from_millis(50);
 
 /// Polls `cond` until it returns true (then true) or `timeout` passes (then false), so the
 /// caller can say what it saw. The number of polls is bounded as well: at most
@@ -47,6 +49,55 @@ pub fn wait_for<T>(desc: &str, timeout: Duration, mut cond: impl FnMut() -> Opti
         found.is_some()
     });
     found.expect("wait_until returned, so the condition held")
+}
+
+/// [`wait_until`] for async tests: polls `cond` between short sleeps on the runtime; panics
+/// with `desc` after `timeout`.
+pub async fn wait_until_async(desc: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    let mut backoff = FIRST_BACKOFF;
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {:.1}s waiting until {desc}",
+            start.elapsed().as_secs_f64()
+        );
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Checks that `cond` keeps holding for all of `window` (for "nothing more happens" checks:
+/// no second rebalance, no record read twice); panics with `desc` as soon as it does not.
+pub fn stays_true(desc: &str, window: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    loop {
+        assert!(
+            cond(),
+            "after {:.1}s: no longer true that {desc}",
+            start.elapsed().as_secs_f64()
+        );
+        if start.elapsed() >= window {
+            return;
+        }
+        std::thread::sleep(STAYS_TRUE_POLL.min(window));
+    }
+}
+
+/// [`stays_true`] for async tests.
+pub async fn stays_true_async(desc: &str, window: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    loop {
+        assert!(
+            cond(),
+            "after {:.1}s: no longer true that {desc}",
+            start.elapsed().as_secs_f64()
+        );
+        if start.elapsed() >= window {
+            return;
+        }
+        tokio::time::sleep(STAYS_TRUE_POLL.min(window)).await;
+    }
 }
 
 #[cfg(test)]

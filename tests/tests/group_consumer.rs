@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keel_client::{
     Assignor, ClientConfig, Consumer, ConsumerConfig, GroupConfig, Offset, Producer,
@@ -101,14 +101,6 @@ impl Running {
     }
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn covers(members: &[Running], partitions: i32, each: usize) -> bool {
     let mut all: Vec<i32> = members
         .iter()
@@ -145,18 +137,23 @@ fn range_and_cooperative_members_share_a_topic_and_commit() {
                 let (c, seen) = member(&boot, topic, group(&id, assignor)).await;
                 ms.push(Running::start(c, seen));
             }
-            wait_until(
+            keel_tests::wait::wait_until_async(
                 "two members cover six partitions",
                 Duration::from_secs(30),
                 || covers(&ms, 6, 3),
             )
             .await;
             produce(&boot, topic, 6, 0, 600).await;
-            wait_until("600 records read", Duration::from_secs(30), || {
+            keel_tests::wait::wait_until_async("600 records read", Duration::from_secs(30), || {
                 read_total(&ms).len() >= 600
             })
             .await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            keel_tests::wait::stays_true_async(
+                "no more than 600 records are read",
+                Duration::from_millis(500),
+                || read_total(&ms).len() <= 600,
+            )
+            .await;
             let all = read_total(&ms);
             let distinct: BTreeSet<&String> = all.iter().collect();
             assert_eq!(
@@ -169,7 +166,7 @@ fn range_and_cooperative_members_share_a_topic_and_commit() {
             // cooperative-sticky only what moves is revoked, one partition at a time here.
             let (c, seen) = member(&boot, topic, group(&id, assignor)).await;
             ms.push(Running::start(c, seen));
-            wait_until(
+            keel_tests::wait::wait_until_async(
                 "three members cover six partitions",
                 Duration::from_secs(40),
                 || covers(&ms, 6, 2),
@@ -200,11 +197,18 @@ fn range_and_cooperative_members_share_a_topic_and_commit() {
             // revocation) carry over to the new owners.
             let before = read_total(&ms).len();
             produce(&boot, topic, 6, 600, 300).await;
-            wait_until("the new records read", Duration::from_secs(30), || {
-                read_total(&ms).len() >= before + 300
-            })
+            keel_tests::wait::wait_until_async(
+                "the new records read",
+                Duration::from_secs(30),
+                || read_total(&ms).len() >= before + 300,
+            )
             .await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            keel_tests::wait::stays_true_async(
+                "no more than 900 records are read",
+                Duration::from_millis(500),
+                || read_total(&ms).len() <= 900,
+            )
+            .await;
             let all = read_total(&ms);
             let distinct: BTreeSet<&String> = all.iter().collect();
             assert_eq!(distinct.len(), 900, "{assignor:?}: every record read");

@@ -305,7 +305,9 @@ fn members_die_leave_and_come_back() {
         !s1.assigned().is_empty()
     });
     assert_eq!(s1.assigned(), before, "s1 gets its partitions back");
-    std::thread::sleep(Duration::from_secs(2));
+    keel_tests::wait::stays_true("a sees no rebalance", Duration::from_secs(2), || {
+        a.count("assign") + a.count("revoke") == a_rebalances
+    });
     assert_eq!(
         a.count("assign") + a.count("revoke"),
         a_rebalances,
@@ -414,7 +416,9 @@ fn coordinator_failover_keeps_every_acknowledged_commit() {
             );
         }
     }
-    std::thread::sleep(Duration::from_secs(1));
+    keel_tests::wait::stays_true("n reads no record twice", Duration::from_secs(1), || {
+        n.count("record") as i64 <= rest
+    });
     assert_eq!(
         n.count("record") as i64,
         rest,
@@ -668,13 +672,18 @@ fn offsets_of_an_idle_group_expire_and_a_live_group_keeps_its_own() {
     keel_tests::wait::wait_until("the idle group expired", Duration::from_secs(30), || {
         !listed(&rt, &boot).contains(&"idle".to_string())
     });
-    std::thread::sleep(Duration::from_secs(3)); // past the retention once more
     let offsets = |rt: &tokio::runtime::Runtime, boot: &str, g: &str| {
         rt.block_on(async {
             let admin = Admin::new(ClientConfig::new(boot)).await.unwrap();
             admin.group_offsets(g).await.unwrap()
         })
     };
+    // Past the retention once more: the live group keeps its offset all along.
+    keel_tests::wait::stays_true(
+        "the live group keeps its offset past the retention",
+        Duration::from_secs(3),
+        || offsets(&rt, &boot, "live").get(&("ret".to_string(), 0)) == Some(&10),
+    );
     assert!(offsets(&rt, &boot, "idle").is_empty());
     assert_eq!(
         offsets(&rt, &boot, "live").get(&("ret".to_string(), 0)),

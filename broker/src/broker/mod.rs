@@ -13,6 +13,7 @@
 //! backs off on failure (bounded, counted) and stops with the broker.
 
 pub(crate) mod controller_link;
+pub(crate) mod create_topics;
 pub(crate) mod fetcher;
 pub(crate) mod metadata_follower;
 pub(crate) mod producer_ids;

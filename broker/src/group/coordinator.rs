@@ -13,9 +13,8 @@ use super::state::{expired, Entry, Loader};
 use crate::broker::BrokerRuntime;
 use crate::clock::now_ms;
 use crate::config::GroupsConfig;
-use crate::error::coordinator_write_error as write_error;
 use crate::metrics as m;
-use crate::partition::acks::Acks;
+use crate::partition::acks::{AckError, Acks};
 use crate::partition::registry::Topics;
 use crate::partition::{AckTarget, Replica};
 use bytes::Bytes;
@@ -194,7 +193,7 @@ impl GroupCoordinator {
             let rf = (me.cfg.offsets_replication_factor as usize).min(brokers) as i16;
             let min_isr = rf.min(2);
             let req = super::offsets_topic_request(me.cfg.offsets_partitions, rf, min_isr);
-            match crate::handlers::create_topics::create_and_settle(&me.broker, &req).await {
+            match crate::broker::create_topics::create_and_settle(&me.broker, &req).await {
                 Ok(resp) => {
                     let code = resp.topics.first().map_or(0, |t| t.error_code);
                     tracing::info!(
@@ -441,7 +440,7 @@ impl GroupCoordinator {
                     .replica
                     .acknowledged(Acks::All, job.ack, timeout)
                     .await
-                    .map_err(write_error);
+                    .map_err(AckError::coordinator_code);
                 me.stored(job, result);
             });
         }
@@ -659,7 +658,7 @@ impl GroupCoordinator {
             };
             let timeout = Duration::from_millis(me.cfg.offsets_commit_timeout_ms);
             if let Err(e) = sref.replica.acknowledged(Acks::All, end, timeout).await {
-                fail_all(&mut results, write_error(e));
+                fail_all(&mut results, AckError::coordinator_code(e));
                 return Ok(results);
             }
             metrics::counter!(m::GROUP_COMMITS_TOTAL).increment(accepted.len() as u64);
@@ -867,7 +866,7 @@ impl GroupCoordinator {
         sref.replica
             .acknowledged(Acks::All, end, timeout)
             .await
-            .map_err(write_error)
+            .map_err(AckError::coordinator_code)
     }
 
     /// OffsetDelete: offsets of topics the group does not consume from (or of an empty
@@ -910,7 +909,7 @@ impl GroupCoordinator {
         if let Some((sref, end)) = wait {
             let timeout = Duration::from_millis(self.cfg.offsets_commit_timeout_ms);
             if let Err(e) = sref.replica.acknowledged(Acks::All, end, timeout).await {
-                let code = write_error(e).code();
+                let code = AckError::coordinator_code(e).code();
                 for r in results.iter_mut().filter(|r| r.2 == 0) {
                     r.2 = code;
                 }
@@ -1131,7 +1130,9 @@ fn tombstone(key: Bytes) -> NewRecord {
 /// Appends records to the offsets partition as its leader, for acks=all. Returns what to
 /// wait for.
 fn append(replica: &Arc<Replica>, records: Vec<NewRecord>) -> Result<AckTarget, ResponseError> {
-    replica.may_append(Acks::All).map_err(write_error)?;
+    replica
+        .may_append(Acks::All)
+        .map_err(AckError::coordinator_code)?;
     let batch = encode_batch(records, Compression::None, ProducerIds::NONE)
         .map_err(|_| ResponseError::UnknownServerError)?;
     match replica.append(&batch) {

@@ -69,7 +69,7 @@ pub(crate) fn handle(ctx: &Ctx, req: MetadataRequest) -> Reply {
                     })
                     .collect(),
             );
-        if let Err(e) = super::create_topics::create_and_settle(&rt, &req).await {
+        if let Err(e) = crate::broker::create_topics::create_and_settle(&rt, &req).await {
             // The topics stay unknown in the answer; the client asks again.
             tracing::warn!(error = %e, "auto-creating topics failed");
         }

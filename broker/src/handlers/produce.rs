@@ -2,7 +2,7 @@
 //! for the acknowledgement level `acks` asks for (in the reply future).
 
 use super::{Ctx, Reply};
-use crate::error::{ack_error_code, storage_error_code};
+use crate::error::storage_error_code;
 use crate::metrics as m;
 use crate::partition::acks::Acks;
 use crate::partition::{AckTarget, AppendError, Appended, Replica};
@@ -82,7 +82,7 @@ pub(crate) fn handle(ctx: Ctx, req: ProduceRequest) -> Option<Reply> {
                         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                         r = match replica.acknowledged(acks, ack, left).await {
                             Ok(()) => r.with_base_offset(base_offset),
-                            Err(e) => r.with_error_code(ack_error_code(e).code()),
+                            Err(e) => r.with_error_code(e.produce_code().code()),
                         };
                         r.log_start_offset = replica.log().log_start_offset();
                     }
@@ -159,7 +159,7 @@ fn append(
         );
     }
     if let Err(e) = replica.may_append(acks) {
-        return Outcome::Failed(ack_error_code(e), None);
+        return Outcome::Failed(e.produce_code(), None);
     }
     match replica.append(records) {
         Ok(Appended { info, ack }) => {

@@ -4,6 +4,7 @@
 
 use super::WaitError;
 use crate::replication::{check_acks_all, may_append_acks_all, AckCheck};
+use kafka_protocol::ResponseError;
 
 /// The acknowledgement a produce asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +44,31 @@ pub(crate) enum AckError {
     /// The replica lost its leadership or was deleted while the request waited.
     #[error("this broker no longer leads the partition")]
     NotLeader,
+}
+
+impl AckError {
+    /// The Kafka error code a producer gets for a partition its batches were not
+    /// acknowledged on.
+    pub(crate) fn produce_code(self) -> ResponseError {
+        match self {
+            AckError::NotEnoughReplicas => ResponseError::NotEnoughReplicas,
+            AckError::NotEnoughReplicasAfterAppend => ResponseError::NotEnoughReplicasAfterAppend,
+            AckError::TimedOut => ResponseError::RequestTimedOut,
+            AckError::NotLeader => ResponseError::NotLeaderOrFollower,
+        }
+    }
+
+    /// What a group client is told when a write to the offsets topic is not acknowledged
+    /// (as Kafka maps them): COORDINATOR_NOT_AVAILABLE where retrying the same coordinator
+    /// may work, NOT_COORDINATOR where the client must find the coordinator again.
+    pub(crate) fn coordinator_code(self) -> ResponseError {
+        match self {
+            AckError::NotEnoughReplicas
+            | AckError::NotEnoughReplicasAfterAppend
+            | AckError::TimedOut => ResponseError::CoordinatorNotAvailable,
+            AckError::NotLeader => ResponseError::NotCoordinator,
+        }
+    }
 }
 
 /// Before appending: whether batches asking for `acks` may be appended to a partition whose
