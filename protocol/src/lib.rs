@@ -17,9 +17,11 @@
 
 pub mod api;
 pub mod batch;
+pub mod bytes_message;
 pub mod encode;
 pub mod frame;
 pub mod gather;
+pub mod quorum;
 pub mod replica_state;
 
 pub use kafka_protocol;

@@ -16,12 +16,9 @@
 //! replicas with the same history over a range have the same batches, byte for byte, so the
 //! same digest.
 
-use anyhow::{bail, Context};
-use bytes::{Buf, Bytes};
-use kafka_protocol::protocol::buf::{ByteBuf, ByteBufMut};
-use kafka_protocol::protocol::{
-    Decodable, Encodable, HeaderVersion, Message, Request, VersionRange,
-};
+use anyhow::Context;
+use bytes::Bytes;
+use kafka_protocol::protocol::Request;
 use serde::{Deserialize, Serialize};
 
 /// The API key of `ReplicaState`: far above Kafka's own keys.
@@ -161,66 +158,8 @@ impl ReplicaStateResponse {
     }
 }
 
-const VERSIONS: VersionRange = VersionRange { min: 0, max: 0 };
-
-fn encode_bytes<B: ByteBufMut>(buf: &mut B, json: &Bytes, version: i16) -> anyhow::Result<()> {
-    if version != 0 {
-        bail!("ReplicaState v{version} does not exist");
-    }
-    let len = i32::try_from(json.len()).context("ReplicaState body larger than 2 GiB")?;
-    buf.put_i32(len);
-    buf.put_slice(json);
-    Ok(())
-}
-
-fn decode_bytes<B: ByteBuf>(buf: &mut B, version: i16) -> anyhow::Result<Bytes> {
-    if version != 0 {
-        bail!("ReplicaState v{version} does not exist");
-    }
-    if buf.remaining() < 4 {
-        bail!("ReplicaState body too short");
-    }
-    let len = usize::try_from(buf.get_i32()).context("ReplicaState body has a negative length")?;
-    if buf.remaining() < len {
-        bail!(
-            "ReplicaState body says {len} bytes, {} remain",
-            buf.remaining()
-        );
-    }
-    Ok(buf.get_bytes(len))
-}
-
-macro_rules! json_message {
-    ($t:ty, $header:expr) => {
-        impl Message for $t {
-            const VERSIONS: VersionRange = VERSIONS;
-            const DEPRECATED_VERSIONS: Option<VersionRange> = None;
-        }
-        impl Encodable for $t {
-            fn encode<B: ByteBufMut>(&self, buf: &mut B, version: i16) -> anyhow::Result<()> {
-                encode_bytes(buf, &self.json, version)
-            }
-            fn compute_size(&self, _version: i16) -> anyhow::Result<usize> {
-                Ok(4 + self.json.len())
-            }
-        }
-        impl Decodable for $t {
-            fn decode<B: ByteBuf>(buf: &mut B, version: i16) -> anyhow::Result<Self> {
-                Ok(Self {
-                    json: decode_bytes(buf, version)?,
-                })
-            }
-        }
-        impl HeaderVersion for $t {
-            fn header_version(_version: i16) -> i16 {
-                $header
-            }
-        }
-    };
-}
-
-json_message!(ReplicaStateRequest, 1);
-json_message!(ReplicaStateResponse, 0);
+crate::bytes_message!(ReplicaStateRequest, json, "ReplicaState", 1);
+crate::bytes_message!(ReplicaStateResponse, json, "ReplicaState", 0);
 
 impl Request for ReplicaStateRequest {
     const KEY: i16 = REPLICA_STATE_KEY;
@@ -230,6 +169,7 @@ impl Request for ReplicaStateRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kafka_protocol::protocol::{Decodable, Encodable};
     use bytes::BytesMut;
 
     #[test]

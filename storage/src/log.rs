@@ -830,6 +830,36 @@ impl Log {
             })
             .collect();
         let n = retention::segments_to_delete(&stats, hw, now_ms, &self.config);
+        let outcome = self.delete_first_segments(&segs, n)?;
+        if n > 0 {
+            tracing::info!(
+                dir = %self.dir.display(),
+                segments = outcome.segments_deleted,
+                bytes = outcome.bytes_deleted,
+                log_start = self.log_start_offset(),
+                "retention deleted segments"
+            );
+        }
+        Ok(outcome)
+    }
+
+    /// Deletes every sealed segment that lies wholly below `offset` (never the active one)
+    /// and advances the log start offset: how a log whose prefix a snapshot now holds (the
+    /// controller quorum's) gives the space back.
+    pub fn delete_segments_below(&self, offset: i64) -> Result<RetentionOutcome> {
+        self.check_open()?;
+        let _w = lock(&self.writer);
+        let segs: Vec<Arc<Segment>> = self.read_state().segments.values().cloned().collect();
+        let n = segs
+            .windows(2)
+            .take_while(|w| w[1].base_offset() <= offset)
+            .count();
+        self.delete_first_segments(&segs, n)
+    }
+
+    /// Deletes the first `n` of `segs` (the log's segments in order, active last, `n` less
+    /// than their count). The writer lock must be held.
+    fn delete_first_segments(&self, segs: &[Arc<Segment>], n: usize) -> Result<RetentionOutcome> {
         if n == 0 {
             return Ok(RetentionOutcome::default());
         }
@@ -855,13 +885,6 @@ impl Log {
             s.delete_files(&self.dir)?;
             outcome.segments_deleted += 1;
         }
-        tracing::info!(
-            dir = %self.dir.display(),
-            segments = outcome.segments_deleted,
-            bytes = outcome.bytes_deleted,
-            log_start = self.log_start_offset(),
-            "retention deleted segments"
-        );
         Ok(outcome)
     }
 

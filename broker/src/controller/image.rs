@@ -5,11 +5,12 @@
 //! offsets are equal.
 
 use super::records::{MetadataRecord, PartitionRecord};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// A registered broker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct BrokerInfo {
     pub(crate) id: i32,
     /// Strictly greater than every earlier epoch of this id.
@@ -24,7 +25,7 @@ pub(crate) struct BrokerInfo {
 }
 
 /// A topic and its partitions (indexed by partition id).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct TopicImage {
     pub(crate) name: String,
     pub(crate) id: Uuid,
@@ -32,8 +33,8 @@ pub(crate) struct TopicImage {
     pub(crate) partitions: Vec<PartitionRecord>,
 }
 
-/// Cluster metadata as of `offset`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Cluster metadata as of `offset`: what a controller snapshot holds (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct MetadataImage {
     brokers: BTreeMap<i32, BrokerInfo>,
     topics: BTreeMap<String, TopicImage>,
@@ -81,18 +82,31 @@ impl MetadataImage {
         }
     }
 
-    /// Applies the record stored at `offset`. Returns false, changing nothing, for a
-    /// record at or below [`Self::offset`]: it was applied already, so replaying a log
-    /// from its start over an image is safe.
+    /// Applies one entry of the metadata log: the records of one controller command, all
+    /// at `offset` (an entry without records, such as a new leader's first, only moves the
+    /// offset). Returns false, changing nothing, for an entry at or below [`Self::offset`]:
+    /// it was applied already, so replaying a log from its start over an image is safe.
     ///
     /// Records that refer to something that is not there (a fence of a stale broker
     /// epoch, a partition of an unknown topic, a `RemoveTopic` whose id does not match)
     /// only move the offset: the log is the truth and stays replayable.
-    pub(crate) fn apply(&mut self, offset: i64, record: &MetadataRecord) -> bool {
+    pub(crate) fn apply_entry(&mut self, offset: i64, records: &[MetadataRecord]) -> bool {
         if offset <= self.offset {
             return false;
         }
         self.offset = offset;
+        for r in records {
+            self.apply_record(offset, r);
+        }
+        true
+    }
+
+    /// [`Self::apply_entry`] of an entry holding one record.
+    pub(crate) fn apply(&mut self, offset: i64, record: &MetadataRecord) -> bool {
+        self.apply_entry(offset, std::slice::from_ref(record))
+    }
+
+    fn apply_record(&mut self, offset: i64, record: &MetadataRecord) {
         match record {
             MetadataRecord::RegisterBroker {
                 id,
@@ -139,7 +153,7 @@ impl MetadataImage {
                         topic = p.topic,
                         "partition record for unknown topic"
                     );
-                    return true;
+                    return;
                 };
                 match usize::try_from(p.partition) {
                     Ok(i) if i < t.partitions.len() => t.partitions[i] = p.clone(),
@@ -165,7 +179,6 @@ impl MetadataImage {
                 self.next_producer_id = self.next_producer_id.max(*next)
             }
         }
-        true
     }
 
     fn set_fenced(&mut self, id: i32, epoch: i64, fenced: bool) {
@@ -180,7 +193,7 @@ impl MetadataImage {
         }
     }
 
-    /// Offset of the last applied record, -1 before the first.
+    /// Offset of the last applied entry, -1 before the first.
     pub(crate) fn offset(&self) -> i64 {
         self.offset
     }

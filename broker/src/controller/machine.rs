@@ -143,6 +143,11 @@ impl Controller {
         self.image.apply(offset, record)
     }
 
+    /// Applies a committed entry of the metadata log (the records of one command).
+    pub(crate) fn apply_entry(&mut self, offset: i64, records: &[MetadataRecord]) -> bool {
+        self.image.apply_entry(offset, records)
+    }
+
     /// Registers (or re-registers, after a restart) a broker. Returns its new epoch,
     /// which is greater than any epoch the id had before. The broker starts fenced and,
     /// since a new incarnation has lost its predecessor's in-memory state, leaves every

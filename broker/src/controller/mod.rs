@@ -47,6 +47,7 @@ mod image;
 mod machine;
 pub(crate) mod metadata_log;
 mod metadata_response;
+pub(crate) mod quorum;
 mod records;
 pub(crate) mod service;
 
