@@ -74,9 +74,18 @@ pub struct BrokerConfig {
     /// `127.0.0.1:0`, picks a free port: enough for a node that is the only voter and
     /// reaches its controller itself.
     pub controller_listener: String,
-    /// `controller.quorum.voters`: `id@host:port` of the controller (one voter for now).
-    /// Unset on a node with the controller role: this node, at its controller listener.
-    pub controller_voter: Option<(i32, String)>,
+    /// `controller.quorum.voters`: `id@host:port` of every controller voter (1, 3 or 5).
+    /// Empty on a node with the controller role: this node alone, at its controller listener.
+    pub controller_voters: Vec<(i32, String)>,
+    /// `controller.quorum.election.timeout.ms`: a voter that hears no leader this long
+    /// (randomised up to twice as long) stands for election; a leader that hears from no
+    /// majority this long steps down.
+    pub election_timeout_ms: u64,
+    /// `controller.quorum.heartbeat.interval.ms`: how often the Raft leader reaches the
+    /// other voters when it has nothing to send.
+    pub quorum_heartbeat_interval_ms: u64,
+    /// `controller.snapshot.entries`: committed metadata entries between snapshots.
+    pub snapshot_entries: u64,
     /// `broker.heartbeat.interval.ms`
     pub heartbeat_interval_ms: u64,
     /// `broker.session.timeout.ms`: a broker silent this long is fenced.
@@ -186,7 +195,10 @@ impl Default for BrokerConfig {
                 controller: true,
             },
             controller_listener: "127.0.0.1:0".into(),
-            controller_voter: None,
+            controller_voters: Vec::new(),
+            election_timeout_ms: 1000,
+            quorum_heartbeat_interval_ms: 200,
+            snapshot_entries: 1000,
             heartbeat_interval_ms: 2000,
             session_timeout_ms: 9000,
             replica_lag_time_max_ms: 30_000,
@@ -306,7 +318,14 @@ impl BrokerConfig {
             "controller.listener" | "controller.listeners" => {
                 self.controller_listener = strip_scheme(value).to_string()
             }
-            "controller.quorum.voters" => self.controller_voter = Some(parse_voter(key, value)?),
+            "controller.quorum.voters" => self.controller_voters = parse_voters(key, value)?,
+            "controller.quorum.election.timeout.ms" => {
+                self.election_timeout_ms = parse(key, value)?
+            }
+            "controller.quorum.heartbeat.interval.ms" => {
+                self.quorum_heartbeat_interval_ms = parse(key, value)?
+            }
+            "controller.snapshot.entries" => self.snapshot_entries = parse(key, value)?,
             "broker.heartbeat.interval.ms" => self.heartbeat_interval_ms = parse(key, value)?,
             "broker.session.timeout.ms" => self.session_timeout_ms = parse(key, value)?,
             "replica.lag.time.max.ms" => self.replica_lag_time_max_ms = parse(key, value)?,
@@ -477,34 +496,62 @@ impl BrokerConfig {
         if self.roles.controller {
             parse_addr("controller.listener", &self.controller_listener)?;
         }
-        match (&self.controller_voter, self.roles.controller) {
-            (None, false) => {
-                return Err(invalid(
-                    "controller.quorum.voters",
-                    "",
-                    "a node without the controller role needs the controller's id@host:port",
-                ))
-            }
-            (Some((id, addr)), true) if *id != self.node_id => {
-                return Err(invalid(
-                    "controller.quorum.voters",
-                    &format!("{id}@{addr}"),
-                    format!(
-                        "node {} has the controller role but the one voter is node {id}",
-                        self.node_id
-                    ),
-                ))
-            }
-            _ => {}
+        if self.controller_voters.is_empty() && !self.roles.controller {
+            return Err(invalid(
+                "controller.quorum.voters",
+                "",
+                "a node without the controller role needs the voters' id@host:port",
+            ));
+        }
+        if self.roles.controller
+            && !self.controller_voters.is_empty()
+            && self.voter_addr(self.node_id).is_none()
+        {
+            return Err(invalid(
+                "controller.quorum.voters",
+                &self.voters_text(),
+                format!(
+                    "node {} has the controller role but is not one of the voters",
+                    self.node_id
+                ),
+            ));
+        }
+        if self.quorum_heartbeat_interval_ms == 0
+            || self.election_timeout_ms < 2 * self.quorum_heartbeat_interval_ms
+        {
+            return Err(invalid(
+                "controller.quorum.election.timeout.ms",
+                &self.election_timeout_ms.to_string(),
+                "must be at least twice controller.quorum.heartbeat.interval.ms (> 0)",
+            ));
+        }
+        if self.snapshot_entries == 0 {
+            return Err(invalid("controller.snapshot.entries", "0", "must be >= 1"));
         }
         self.log
             .validate()
             .map_err(|e| invalid("log.*", "", e.to_string()))
     }
 
-    /// Whether this node is the controller voter (the only one, for now).
+    /// Whether this node is a controller voter.
     pub fn is_voter(&self) -> bool {
         self.roles.controller
+    }
+
+    /// The configured address of voter `id`.
+    pub fn voter_addr(&self, id: i32) -> Option<&str> {
+        self.controller_voters
+            .iter()
+            .find(|(v, _)| *v == id)
+            .map(|(_, a)| a.as_str())
+    }
+
+    fn voters_text(&self) -> String {
+        self.controller_voters
+            .iter()
+            .map(|(id, a)| format!("{id}@{a}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The listener address to bind.
@@ -528,24 +575,33 @@ fn parse_roles(key: &str, value: &str) -> Result<Roles, ConfigError> {
     Ok(roles)
 }
 
-/// One `id@host:port` voter (Keel runs a single controller voter for now).
-fn parse_voter(key: &str, value: &str) -> Result<(i32, String), ConfigError> {
-    if value.contains(',') {
-        return Err(invalid(
-            key,
-            value,
-            "one controller voter is supported for now",
-        ));
+/// `id@host:port[,id@host:port...]`: the controller voters, ids distinct.
+fn parse_voters(key: &str, value: &str) -> Result<Vec<(i32, String)>, ConfigError> {
+    let mut voters: Vec<(i32, String)> = Vec::new();
+    for one in value.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+        let (id, addr) = one
+            .split_once('@')
+            .ok_or_else(|| invalid(key, value, "expected id@host:port"))?;
+        let id: i32 = id
+            .trim()
+            .parse()
+            .map_err(|_| invalid(key, value, "bad voter id"))?;
+        if id < 0 {
+            return Err(invalid(key, value, "voter ids are >= 0"));
+        }
+        parse_host_port(key, addr.trim())?;
+        if voters.iter().any(|(v, _)| *v == id) {
+            return Err(invalid(key, value, format!("voter {id} is named twice")));
+        }
+        voters.push((id, addr.trim().to_string()));
     }
-    let (id, addr) = value
-        .split_once('@')
-        .ok_or_else(|| invalid(key, value, "expected id@host:port"))?;
-    let id = id
-        .trim()
-        .parse()
-        .map_err(|_| invalid(key, value, "bad voter id"))?;
-    parse_host_port(key, addr.trim())?;
-    Ok((id, addr.trim().to_string()))
+    if voters.is_empty() {
+        return Err(invalid(key, value, "expected id@host:port"));
+    }
+    if voters.len() > 9 {
+        return Err(invalid(key, value, "at most 9 voters"));
+    }
+    Ok(voters)
 }
 
 fn parse_cleanup_policy(key: &str, value: &str) -> Result<bool, ConfigError> {
@@ -662,7 +718,7 @@ mod tests {
         c.set("replica.fetch.response.max.bytes", "65536").unwrap();
         assert!(!c.is_voter());
         assert_eq!(c.replica_fetch_response_max_bytes, 65536);
-        assert_eq!(c.controller_voter, Some((0, "127.0.0.1:9093".into())));
+        assert_eq!(c.controller_voters, vec![(0, "127.0.0.1:9093".into())]);
         assert_eq!(c.replica_lag_time_max_ms, 500);
         c.validate().unwrap();
         c.set("process.roles", "controller,broker").unwrap();
@@ -679,10 +735,23 @@ mod tests {
         );
         c.set("node.id", "0").unwrap();
         c.validate().unwrap();
+        c.set("controller.quorum.voters", "0@a:1, 1@b:2,2@c:3")
+            .unwrap();
+        assert_eq!(c.controller_voters.len(), 3);
+        assert_eq!(c.voter_addr(1), Some("b:2"));
+        c.validate().unwrap();
+        c.set("controller.quorum.election.timeout.ms", "300")
+            .unwrap();
+        assert!(
+            c.validate().is_err(),
+            "election timeout below twice the heartbeat"
+        );
         for (k, v) in [
             ("process.roles", "router"),
             ("controller.quorum.voters", "127.0.0.1:9093"),
-            ("controller.quorum.voters", "0@a:1,1@b:2"),
+            ("controller.quorum.voters", "0@a:1,0@b:2"),
+            ("controller.quorum.voters", "-1@a:1"),
+            ("controller.quorum.voters", ""),
             ("replica.fetch.response.max.bytes", "many"),
         ] {
             assert!(BrokerConfig::default().set(k, v).is_err(), "{k}={v}");

@@ -63,6 +63,7 @@ pub const DIVERGENCE_RESYNCS_TOTAL: &str = "keel_replica_divergence_resyncs_tota
 pub const FETCHER_RECONNECTS_TOTAL: &str = "keel_fetcher_reconnects_total";
 pub const FETCHER_BACKOFFS_TOTAL: &str = "keel_fetcher_backoffs_total";
 pub const CONTROLLER_RETRIES_TOTAL: &str = "keel_broker_controller_call_retries_total";
+pub const NOT_CONTROLLER_TOTAL: &str = "keel_broker_not_controller_total";
 
 // The group coordinator.
 pub const GROUPS: &str = "keel_group_coordinator_groups";
@@ -86,6 +87,17 @@ pub const CONTROLLER_OFFLINE_PARTITIONS: &str = "keel_controller_offline_partiti
 pub const CONTROLLER_PARTITIONS: &str = "keel_controller_partitions";
 pub const CONTROLLER_LEADER_ELECTIONS_TOTAL: &str = "keel_controller_leader_elections_total";
 pub const CONTROLLER_METADATA_LOG_OFFSET: &str = "keel_controller_metadata_log_offset";
+pub const QUORUM_TERM: &str = "keel_controller_quorum_term";
+pub const QUORUM_LEADER: &str = "keel_controller_quorum_leader";
+pub const QUORUM_ACTIVE: &str = "keel_controller_quorum_active";
+pub const QUORUM_COMMITTED_OFFSET: &str = "keel_controller_quorum_committed_offset";
+pub const QUORUM_APPLIED_OFFSET: &str = "keel_controller_quorum_applied_offset";
+pub const QUORUM_VOTER_LAG: &str = "keel_controller_quorum_voter_lag";
+pub const QUORUM_VOTER_REACHABLE: &str = "keel_controller_quorum_voter_reachable";
+pub const QUORUM_ELECTIONS_TOTAL: &str = "keel_controller_quorum_elections_total";
+pub const QUORUM_SNAPSHOT_BYTES: &str = "keel_controller_quorum_snapshot_bytes";
+pub const QUORUM_SNAPSHOT_OFFSET: &str = "keel_controller_quorum_snapshot_offset";
+pub const QUORUM_SNAPSHOT_AGE_SECONDS: &str = "keel_controller_quorum_snapshot_age_seconds";
 
 fn describe() {
     use keel_storage::metrics as s;
@@ -249,6 +261,10 @@ fn describe() {
         CONTROLLER_RETRIES_TOTAL,
         "Failed calls from this broker to the controller that were retried, by call."
     );
+    describe_counter!(
+        NOT_CONTROLLER_TOTAL,
+        "Calls from this broker that a voter answered NOT_CONTROLLER (sent on to another voter), by call."
+    );
     describe_gauge!(
         LOG_DIR_USED_BYTES,
         Unit::Bytes,
@@ -355,7 +371,49 @@ fn describe() {
     );
     describe_gauge!(
         CONTROLLER_METADATA_LOG_OFFSET,
-        "Controller: offset of the last committed metadata record."
+        "Controller: offset of the last metadata entry applied to this voter's image."
+    );
+    describe_gauge!(QUORUM_TERM, "Controller quorum: this voter's Raft term.");
+    describe_gauge!(
+        QUORUM_LEADER,
+        "Controller quorum: the node id of the Raft leader this voter knows, -1 if none."
+    );
+    describe_gauge!(
+        QUORUM_ACTIVE,
+        "Controller quorum: 1 on the active controller (the leader, running commands), else 0."
+    );
+    describe_gauge!(
+        QUORUM_COMMITTED_OFFSET,
+        "Controller quorum: the last committed metadata offset this voter knows."
+    );
+    describe_gauge!(
+        QUORUM_APPLIED_OFFSET,
+        "Controller quorum: the last metadata offset applied to this voter's image."
+    );
+    describe_gauge!(
+        QUORUM_VOTER_LAG,
+        "Controller quorum, on the leader: metadata entries each voter is behind the leader's log."
+    );
+    describe_gauge!(
+        QUORUM_VOTER_REACHABLE,
+        "Controller quorum, on the leader: 1 if the voter answered within the election timeout."
+    );
+    describe_counter!(
+        QUORUM_ELECTIONS_TOTAL,
+        "Controller quorum: times this voter became the active controller."
+    );
+    describe_gauge!(
+        QUORUM_SNAPSHOT_BYTES,
+        Unit::Bytes,
+        "Controller quorum: size of this voter's newest metadata snapshot."
+    );
+    describe_gauge!(
+        QUORUM_SNAPSHOT_OFFSET,
+        "Controller quorum: metadata offset of this voter's newest snapshot (0: none yet)."
+    );
+    describe_gauge!(
+        QUORUM_SNAPSHOT_AGE_SECONDS,
+        "Controller quorum: seconds since this voter wrote or installed its newest snapshot (since start if none)."
     );
 }
 
@@ -407,6 +465,7 @@ pub fn register_broker_counters() {
 /// Registers the controller's event counters at zero.
 pub fn register_controller_counters() {
     metrics::counter!(CONTROLLER_LEADER_ELECTIONS_TOTAL).increment(0);
+    metrics::counter!(QUORUM_ELECTIONS_TOTAL).increment(0);
 }
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.

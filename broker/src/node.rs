@@ -2,7 +2,7 @@
 //! listeners and tasks, started together and stopped in order.
 
 use crate::config::{self, BrokerConfig};
-use crate::controller::ControllerDriver;
+use crate::controller::quorum::driver::Quorum;
 use crate::error::{BrokerError, FatalSignal};
 use crate::handlers::Shared;
 use crate::partition::maintenance;
@@ -91,19 +91,19 @@ impl Broker {
         } else {
             None
         };
-        upgrade::import_standalone_topics(&config, controller.as_ref().map(|(_, d)| &**d))?;
+        upgrade::import_standalone_topics(&config, controller.as_ref().map(|(_, q)| &**q)).await?;
 
         let (kafka_addr, topics, broker) = if config.roles.broker {
-            // The voter this broker reports to: as configured, or this node's own
+            // The voters this broker reports to: as configured, or this node's own
             // controller listener (which may have been given port 0).
-            let voter = match (&config.controller_voter, &controller) {
-                (Some((_, addr)), _) => addr.clone(),
-                (None, Some((addr, _))) => addr.to_string(),
-                (None, None) => unreachable!("validate() requires a voter or the controller role"),
+            let voters = match (config.controller_voters.is_empty(), &controller) {
+                (false, _) => config.controller_voters.clone(),
+                (true, Some((addr, _))) => vec![(config.node_id, addr.to_string())],
+                (true, None) => unreachable!("validate() requires voters or the controller role"),
             };
             let (addr, topics, cluster, mut started) = start_broker(
                 config.clone(),
-                voter,
+                voters,
                 &listeners_stop,
                 &background,
                 &fatal,
@@ -134,16 +134,17 @@ impl Broker {
     }
 }
 
-/// The controller role: replays the metadata log, serves the controller listener and
-/// runs the fencing/election timer.
+/// The controller role: opens the metadata log and starts this node's voter, serves the
+/// controller listener.
 async fn start_controller(
     config: &BrokerConfig,
     listeners_stop: &CancellationToken,
     background: &CancellationToken,
     fatal: &FatalSignal,
     connections: &TaskTracker,
-) -> Result<(SocketAddr, Arc<ControllerDriver>, Vec<JoinHandle<()>>), BrokerError> {
-    use crate::controller::service::{tick_loop, ControllerService};
+) -> Result<(SocketAddr, Arc<Quorum>, Vec<JoinHandle<()>>), BrokerError> {
+    use crate::controller::quorum::driver::Timing;
+    use crate::controller::service::ControllerService;
     use crate::controller::{ControllerConfig, METADATA_TOPIC};
     let controller_config = ControllerConfig {
         session_timeout_ms: config.session_timeout_ms,
@@ -154,35 +155,51 @@ async fn start_controller(
     controller_config
         .validate()
         .map_err(|e| BrokerError::Fatal(format!("controller configuration: {e}")))?;
+    // A voter listens where the voters list says, unless told otherwise.
+    let listen = match config.voter_addr(config.node_id) {
+        Some(addr) if config.controller_listener.ends_with(":0") => addr.to_string(),
+        _ => config.controller_listener.clone(),
+    };
+    let (listener, addr) = bind("controller", &listen).await?;
+    let voters = if config.controller_voters.is_empty() {
+        vec![(config.node_id, addr.to_string())]
+    } else {
+        config.controller_voters.clone()
+    };
+    let timing = Timing::new(
+        config.election_timeout_ms,
+        config.quorum_heartbeat_interval_ms,
+        config.snapshot_entries,
+        Duration::from_millis((config.heartbeat_interval_ms / 4).clamp(50, 1000)),
+    );
     let dir = config.data_dir.join(format!("{METADATA_TOPIC}-0"));
-    let driver = ControllerDriver::open(&dir, controller_config)
-        .map_err(|e| BrokerError::Fatal(format!("opening the metadata log: {e}")))?;
-    let driver = Arc::new(driver);
-    let (listener, addr) = bind("controller", &config.controller_listener).await?;
+    metrics::register_controller_counters();
+    let (quorum, voter_thread) = Quorum::start(
+        config.node_id,
+        &dir,
+        &voters,
+        controller_config,
+        timing,
+        fatal.clone(),
+        background.clone(),
+    )
+    .map_err(|e| BrokerError::Fatal(format!("opening the metadata log: {e}")))?;
     let service = Arc::new(ControllerService {
-        driver: driver.clone(),
+        quorum: quorum.clone(),
         cluster_id: config.cluster_id.clone(),
         max_frame: config.socket_request_max_bytes,
         stop: listeners_stop.clone(),
-        fatal: fatal.clone(),
     });
-    let period = Duration::from_millis((config.heartbeat_interval_ms / 4).clamp(50, 1000));
-    metrics::register_controller_counters();
+    let stopped = background.clone();
     let tasks = vec![
         tokio::spawn(server::accept_loop(service, listener, connections.clone())),
-        tokio::spawn(crate::controller::gauges::controller_gauges(
-            driver.clone(),
-            Duration::from_millis(config.metrics_interval_ms.max(100)),
-            background.clone(),
-        )),
-        tokio::spawn(tick_loop(
-            driver.clone(),
-            period,
-            background.clone(),
-            fatal.clone(),
-        )),
+        // Stopping the node waits for the voter to close its log.
+        tokio::spawn(async move {
+            stopped.cancelled().await;
+            let _ = tokio::task::spawn_blocking(move || voter_thread.join()).await;
+        }),
     ];
-    Ok((addr, driver, tasks))
+    Ok((addr, quorum, tasks))
 }
 
 type BrokerParts = (
@@ -193,10 +210,10 @@ type BrokerParts = (
 );
 
 /// The broker role: the replicas the metadata assigns here, the Kafka listener, the link
-/// to the controller at `voter`, and maintenance.
+/// to the controller `voters`, and maintenance.
 async fn start_broker(
     config: BrokerConfig,
-    voter: String,
+    voters: Vec<(i32, String)>,
     listeners_stop: &CancellationToken,
     background: &CancellationToken,
     fatal: &FatalSignal,
@@ -232,7 +249,7 @@ async fn start_broker(
     let cluster = broker::BrokerRuntime::new(
         config.clone(),
         advertised,
-        voter,
+        voters,
         topics.clone(),
         background.clone(),
     );

@@ -13,7 +13,8 @@
 //! it has no controller to import into, or no broker to hold the replicas.
 
 use crate::config::BrokerConfig;
-use crate::controller::{ControllerDriver, DriverError, ImportedTopic};
+use crate::controller::quorum::driver::Quorum;
+use crate::controller::quorum::voter::{Answer, CommandError};
 use crate::error::BrokerError;
 use crate::partition::registry::{sync_dir, write_partition_topic_id};
 use serde::Deserialize;
@@ -40,6 +41,15 @@ struct RegistryTopic {
     configs: BTreeMap<String, String>,
 }
 
+/// A topic of a broker from before the one control plane, to import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ImportedTopic {
+    name: String,
+    id: uuid::Uuid,
+    partitions: i32,
+    configs: BTreeMap<String, String>,
+}
+
 fn upgrade_error(data_dir: &Path, reason: impl Into<String>) -> BrokerError {
     BrokerError::Upgrade {
         path: data_dir.join(STANDALONE_REGISTRY).display().to_string(),
@@ -49,9 +59,9 @@ fn upgrade_error(data_dir: &Path, reason: impl Into<String>) -> BrokerError {
 
 /// Imports `<data>/topics.toml`, if there is one, into the metadata log of this node's
 /// controller (`driver`); refuses to start a node that cannot.
-pub(crate) fn import_standalone_topics(
+pub(crate) async fn import_standalone_topics(
     config: &BrokerConfig,
-    driver: Option<&ControllerDriver>,
+    quorum: Option<&Quorum>,
 ) -> Result<(), BrokerError> {
     let data_dir = &config.data_dir;
     let path = data_dir.join(STANDALONE_REGISTRY);
@@ -60,7 +70,9 @@ pub(crate) fn import_standalone_topics(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(BrokerError::io(format!("reading {}", path.display()), e)),
     };
-    let Some(driver) = driver.filter(|_| config.roles.broker) else {
+    let Some(quorum) =
+        quorum.filter(|_| config.roles.broker && config.controller_voters.len() <= 1)
+    else {
         return Err(upgrade_error(
             data_dir,
             "this data directory holds the topics of a single broker of an earlier Keel, \
@@ -89,13 +101,33 @@ pub(crate) fn import_standalone_topics(
             }
         }
     }
-    let now = crate::clock::now_ms().max(0) as u64;
-    let imported = driver
-        .import_topics(&topics, config.node_id, now)
-        .map_err(|e| match e {
-            DriverError::Refused(e) => upgrade_error(data_dir, format!("cannot import: {e}")),
-            DriverError::Storage(e) => BrokerError::Fatal(format!("metadata log: {e}")),
-        })?;
+    if !quorum.wait_active(std::time::Duration::from_secs(30)).await {
+        return Err(BrokerError::Fatal(
+            "the controller did not become active to import topics.toml".into(),
+        ));
+    }
+    let broker = config.node_id;
+    let import = topics.clone();
+    let answer = quorum
+        .run(Box::new(move |c| {
+            let mut records = Vec::new();
+            let mut imported = 0;
+            for t in &import {
+                let r = c.import_topic(&t.name, t.id, t.partitions, broker, t.configs.clone())?;
+                imported += usize::from(!r.is_empty());
+                records.extend(r);
+            }
+            Ok((Answer::Count(imported), records))
+        }))
+        .await;
+    let imported = match answer {
+        Ok(Answer::Count(n)) => n,
+        Ok(other) => unreachable!("an import answers a count, not {other:?}"),
+        Err(CommandError::Refused(e)) => {
+            return Err(upgrade_error(data_dir, format!("cannot import: {e}")))
+        }
+        Err(e) => return Err(BrokerError::Fatal(format!("importing topics.toml: {e}"))),
+    };
     std::fs::rename(&path, data_dir.join(IMPORTED_REGISTRY))
         .map_err(|e| BrokerError::io(format!("renaming {}", path.display()), e))?;
     sync_dir(data_dir)?;
@@ -112,7 +144,9 @@ pub(crate) fn import_standalone_topics(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::quorum::driver::Timing;
     use crate::controller::ControllerConfig;
+    use std::sync::Arc;
 
     const OLD: &str = r#"version = 1
 
@@ -139,18 +173,29 @@ replication_factor = 1
         c
     }
 
-    fn driver(dir: &Path) -> ControllerDriver {
-        ControllerDriver::open(&dir.join("meta"), ControllerConfig::default()).unwrap()
+    fn quorum(dir: &Path) -> Arc<Quorum> {
+        let node = BrokerConfig::default().node_id;
+        Quorum::start(
+            node,
+            &dir.join("meta"),
+            &[(node, "127.0.0.1:1".into())],
+            ControllerConfig::default(),
+            Timing::new(1000, 200, 1000, std::time::Duration::from_secs(1)),
+            crate::error::FatalSignal::default(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .unwrap()
+        .0
     }
 
-    #[test]
-    fn an_old_registry_is_imported_once_with_ids_and_configs() {
+    #[tokio::test]
+    async fn an_old_registry_is_imported_once_with_ids_and_configs() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(STANDALONE_REGISTRY), OLD).unwrap();
         std::fs::create_dir_all(dir.path().join("orders-0")).unwrap();
-        let d = driver(dir.path());
+        let d = quorum(dir.path());
         let c = config(dir.path(), "broker,controller");
-        import_standalone_topics(&c, Some(&d)).unwrap();
+        import_standalone_topics(&c, Some(&d)).await.unwrap();
 
         let id: uuid::Uuid = "6f1c4e52-4f5b-4f62-9a55-1f0d5f3f7a11".parse().unwrap();
         let image = d.image();
@@ -177,19 +222,22 @@ replication_factor = 1
         )
         .unwrap();
         let before = d.image().offset();
-        import_standalone_topics(&c, Some(&d)).unwrap();
+        import_standalone_topics(&c, Some(&d)).await.unwrap();
         assert_eq!(d.image().offset(), before, "nothing written again");
     }
 
-    #[test]
-    fn a_node_that_cannot_import_refuses_with_what_to_do() {
+    #[tokio::test]
+    async fn a_node_that_cannot_import_refuses_with_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(STANDALONE_REGISTRY), OLD).unwrap();
-        let err = import_standalone_topics(&config(dir.path(), "broker"), None).unwrap_err();
+        let err = import_standalone_topics(&config(dir.path(), "broker"), None)
+            .await
+            .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("process.roles=broker,controller"), "{msg}");
-        let d = driver(dir.path());
+        let d = quorum(dir.path());
         let err = import_standalone_topics(&config(dir.path(), "controller"), Some(&d))
+            .await
             .unwrap_err()
             .to_string();
         assert!(err.contains("topics.toml"), "{err}");
@@ -198,10 +246,13 @@ replication_factor = 1
             "left as it was"
         );
         std::fs::write(dir.path().join(STANDALONE_REGISTRY), "not = [toml").unwrap();
-        let bad = import_standalone_topics(&config(dir.path(), "broker,controller"), Some(&d));
+        let bad =
+            import_standalone_topics(&config(dir.path(), "broker,controller"), Some(&d)).await;
         assert!(bad.is_err());
         // Nothing to import: nothing to do.
         let empty = tempfile::tempdir().unwrap();
-        import_standalone_topics(&config(empty.path(), "broker"), None).unwrap();
+        import_standalone_topics(&config(empty.path(), "broker"), None)
+            .await
+            .unwrap();
     }
 }

@@ -61,7 +61,8 @@ async fn heartbeat(c: &Connection, id: i32, epoch: i64, offset: i64) -> (i16, bo
     (resp.error_code, resp.is_fenced)
 }
 
-/// Every record of the metadata log, read with Fetch as a broker does.
+/// Every record of the metadata log with the offset of its entry, read with Fetch as a
+/// broker does.
 async fn metadata_log(c: &Connection) -> Vec<(i64, MetadataRecord)> {
     let mut p = FetchPartition::default();
     p.partition = 0;
@@ -81,7 +82,11 @@ async fn metadata_log(c: &Connection) -> Vec<(i64, MetadataRecord)> {
     req.topics = vec![t];
     let resp = c.send_version(&req, 12, T).await.unwrap();
     let records = resp.responses[0].partitions[0].records.clone().unwrap();
-    decode_batches(records).unwrap()
+    decode_batches(records)
+        .unwrap()
+        .into_iter()
+        .flat_map(|(offset, records)| records.into_iter().map(move |r| (offset, r)))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,6 +69,7 @@ pub const CONTROLLER_APIS: &[ApiSupport] = &[
     api(ApiKey::CreateTopics, 2, 7),
     api(ApiKey::DeleteTopics, 1, 6),
     api(ApiKey::AlterPartition, 2, 3),
+    api(ApiKey::FetchSnapshot, 0, 1),
     api(ApiKey::BrokerRegistration, 0, 4),
     api(ApiKey::BrokerHeartbeat, 0, 1),
     api(ApiKey::AllocateProducerIds, 0, 0),

@@ -135,7 +135,10 @@ mod tests {
             body: Bytes::from_static(b"\x00\x01raft"),
         };
         msgs.encode(&mut buf, 0).unwrap();
-        assert_eq!(RaftMessagesRequest::decode(&mut buf.split().freeze(), 0).unwrap(), msgs);
+        assert_eq!(
+            RaftMessagesRequest::decode(&mut buf.split().freeze(), 0).unwrap(),
+            msgs
+        );
         assert!(msgs.encode(&mut buf, 1).is_err(), "only v0 exists");
 
         let state = QuorumState {
@@ -151,7 +154,9 @@ mod tests {
             }],
             ..QuorumState::default()
         };
-        QuorumStateResponse::new(&state).encode(&mut buf, 0).unwrap();
+        QuorumStateResponse::new(&state)
+            .encode(&mut buf, 0)
+            .unwrap();
         let back = QuorumStateResponse::decode(&mut buf.split().freeze(), 0).unwrap();
         assert_eq!(back.state().unwrap(), state);
     }

@@ -169,8 +169,8 @@ impl Request for ReplicaStateRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::protocol::{Decodable, Encodable};
     use bytes::BytesMut;
+    use kafka_protocol::protocol::{Decodable, Encodable};
 
     #[test]
     fn query_and_state_round_trip() {

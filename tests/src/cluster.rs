@@ -1,11 +1,14 @@
-//! A local cluster for a test: one controller (node 0) and N brokers (nodes 1..=N), each a
-//! `keel broker` process on 127.0.0.1 with its own temp data dir, killed (by pid) on drop.
+//! A local cluster for a test: N brokers (nodes 1..=N), each a `keel broker` process on
+//! 127.0.0.1 with its own temp data dir, killed (by pid) on drop, and a controller quorum:
+//! by default one controller-only node (node 0); with [`ClusterOpts::voters`], brokers
+//! 1..=V are also the controller voters (`process.roles=broker,controller`), as in
+//! `keel cluster start`.
 //!
-//! Brokers are [`TestBroker`]s started with `process.roles=broker` and
-//! `controller.quorum.voters`; the controller is started here, because it has no Kafka
-//! listener for `TestBroker` to wait for. Every port is ephemeral at first; a restarted
-//! node asks for the ports it had, so clients' metadata and the brokers' voter address
-//! stay valid.
+//! Brokers are [`TestBroker`]s started with `controller.quorum.voters`; a controller-only
+//! node is started here, because it has no Kafka listener for `TestBroker` to wait for.
+//! Voters' controller listeners get free ports chosen up front (every voter must know the
+//! others' addresses); every other port is ephemeral at first; a restarted node asks for
+//! the ports it had, so clients' metadata and the voters' addresses stay valid.
 //!
 //! Questions to the cluster (leaders, brokers, metrics) run on a short-lived thread with
 //! its own runtime, so they work from plain tests and from inside async tests alike, and
@@ -46,6 +49,8 @@ pub struct ClusterOpts {
     /// Put a [`FaultProxy`] in front of every node's listener: brokers advertise it and
     /// reach the controller through it, so [`TestCluster::net`] can cut links between nodes.
     pub fault_proxies: bool,
+    /// 0: one controller-only node 0. V > 0: brokers 1..=V are the controller voters.
+    pub voters: usize,
 }
 
 impl Default for ClusterOpts {
@@ -55,6 +60,7 @@ impl Default for ClusterOpts {
             settings: Vec::new(),
             env: Vec::new(),
             fault_proxies: false,
+            voters: 0,
         }
     }
 }
@@ -89,6 +95,18 @@ impl ClusterOpts {
         self.fault_proxies = true;
         self
     }
+
+    /// Brokers 1..=`n` are the controller voters (see [`ClusterOpts::voters`]).
+    pub fn voters(mut self, n: usize) -> Self {
+        self.voters = n;
+        self
+    }
+
+    /// A controller quorum that notices a lost leader within about a second.
+    pub fn fast_elections(self) -> Self {
+        self.set("controller.quorum.election.timeout.ms", "600")
+            .set("controller.quorum.heartbeat.interval.ms", "100")
+    }
 }
 
 /// One node of a [`TestCluster`].
@@ -101,6 +119,9 @@ pub struct Node {
     paused: bool,
     /// The proxy in front of its listener, with fault proxies on.
     proxy: Option<FaultProxy>,
+    /// A combined voter's controller listener (the proxy's address with fault proxies on)
+    /// and the proxy in front of it.
+    voter: Option<(SocketAddr, Option<FaultProxy>)>,
 }
 
 enum Process {
@@ -116,6 +137,7 @@ impl Node {
     pub fn role(&self) -> Role {
         match self.process {
             Process::Controller(_) => Role::Controller,
+            Process::Broker(_) if self.voter.is_some() => Role::Combined,
             Process::Broker(_) => Role::Broker,
         }
     }
@@ -130,11 +152,12 @@ impl Node {
         }
     }
 
-    /// The controller listener; `None` for a broker.
+    /// The controller listener (as the voters reach it); `None` for a broker that is no
+    /// voter.
     pub fn controller_addr(&self) -> Option<SocketAddr> {
         match &self.process {
             Process::Controller(c) => Some(c.controller),
-            Process::Broker(_) => None,
+            Process::Broker(_) => self.voter.as_ref().map(|(a, _)| *a),
         }
     }
 
@@ -196,6 +219,12 @@ impl Node {
     }
 }
 
+/// A free port on 127.0.0.1 now (the listener is closed again at once).
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr")
+}
+
 /// A controller and brokers over temp directories.
 pub struct TestCluster {
     opts: ClusterOpts,
@@ -209,6 +238,9 @@ impl TestCluster {
     /// Starts the controller, then the brokers, and waits until Metadata lists them all.
     pub fn start(opts: ClusterOpts) -> TestCluster {
         assert!(opts.brokers >= 1, "a cluster needs at least one broker");
+        if opts.voters > 0 {
+            return Self::start_with_voters(opts);
+        }
         let net = Net::new();
         let proxy = |id: i32| opts.fault_proxies.then(|| FaultProxy::start(&net, id));
         let controller = ControllerProcess::start(&opts.settings, &opts.env);
@@ -226,6 +258,7 @@ impl TestCluster {
             up: true,
             paused: false,
             proxy: controller_proxy,
+            voter: None,
         }];
         for id in 1..=opts.brokers {
             let id = i32::try_from(id).expect("broker count fits i32");
@@ -250,8 +283,97 @@ impl TestCluster {
                 up: true,
                 paused: false,
                 proxy: broker_proxy,
+                voter: None,
             });
         }
+        let cluster = TestCluster { opts, nodes, net };
+        let ids = cluster.broker_ids();
+        cluster.wait_for_brokers(&ids, REGISTER_TIMEOUT);
+        cluster
+    }
+
+    /// Brokers 1..=V are voters too: all start at once (none is ready before a quorum is).
+    fn start_with_voters(opts: ClusterOpts) -> TestCluster {
+        assert!(
+            opts.voters <= opts.brokers,
+            "voters are brokers 1..=V: {} voters need as many brokers",
+            opts.voters
+        );
+        let net = Net::new();
+        let proxy = |id: i32| opts.fault_proxies.then(|| FaultProxy::start(&net, id));
+        let ids: Vec<i32> = (1..=opts.brokers as i32).collect();
+        // Each voter's controller listener: a free port now, behind a proxy if asked.
+        let mut voter_addrs = Vec::new();
+        for &id in ids.iter().take(opts.voters) {
+            let listen = free_port();
+            let p = proxy(id);
+            if let Some(p) = &p {
+                p.set_target(listen);
+            }
+            let reach = p.as_ref().map_or(listen, FaultProxy::addr);
+            voter_addrs.push((id, listen, reach, p));
+        }
+        let voters = voter_addrs
+            .iter()
+            .map(|(id, _, reach, _)| format!("{id}@{reach}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let kafka_proxies: Vec<Option<FaultProxy>> = ids.iter().map(|&id| proxy(id)).collect();
+        let starts: Vec<BrokerOpts> = ids
+            .iter()
+            .zip(&kafka_proxies)
+            .map(|(&id, kp)| {
+                let mut settings = opts.settings.clone();
+                match voter_addrs.iter().find(|v| v.0 == id) {
+                    Some((_, listen, _, _)) => {
+                        settings.push(("process.roles".into(), "broker,controller".into()));
+                        settings.push(("controller.listener".into(), listen.to_string()));
+                    }
+                    None => settings.push(("process.roles".into(), "broker".into())),
+                }
+                settings.push(("controller.quorum.voters".into(), voters.clone()));
+                if let Some(p) = kp {
+                    settings.push(("advertised.listeners".into(), p.addr().to_string()));
+                }
+                BrokerOpts {
+                    node_id: id,
+                    settings,
+                    env: opts.env.clone(),
+                }
+            })
+            .collect();
+        let brokers: Vec<TestBroker> = std::thread::scope(|scope| {
+            let handles: Vec<_> = starts
+                .into_iter()
+                .map(|o| scope.spawn(move || TestBroker::start(o)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a node failed to start"))
+                .collect()
+        });
+        let mut voter_addrs = voter_addrs.into_iter();
+        let nodes = ids
+            .iter()
+            .zip(brokers)
+            .zip(kafka_proxies)
+            .map(|((&id, broker), kp)| {
+                if let Some(p) = &kp {
+                    p.set_target(broker.kafka_addr());
+                }
+                let voter = (i64::from(id) <= opts.voters as i64)
+                    .then(|| voter_addrs.next().expect("one per voter"))
+                    .map(|(_, _, reach, p)| (reach, p));
+                Node {
+                    id,
+                    process: Process::Broker(broker),
+                    up: true,
+                    paused: false,
+                    proxy: kp,
+                    voter,
+                }
+            })
+            .collect();
         let cluster = TestCluster { opts, nodes, net };
         let ids = cluster.broker_ids();
         cluster.wait_for_brokers(&ids, REGISTER_TIMEOUT);
@@ -283,14 +405,20 @@ impl TestCluster {
             .unwrap_or_else(|| panic!("no node {id}; nodes are {:?}", self.node_ids()))
     }
 
-    /// Broker `id`; panics for the controller or an unknown id.
+    /// Broker `id`; panics for a controller-only node or an unknown id.
     pub fn broker(&self, id: i32) -> &Node {
         let node = self.node(id);
-        assert_eq!(node.role(), Role::Broker, "node {id} is not a broker");
+        assert!(node.role().is_broker(), "node {id} is not a broker");
         node
     }
 
+    /// The controller-only node 0 (a cluster without [`ClusterOpts::voters`]).
     pub fn controller(&self) -> &Node {
+        assert_eq!(
+            self.nodes[0].role(),
+            Role::Controller,
+            "this cluster's voters are brokers"
+        );
         &self.nodes[0]
     }
 
@@ -313,7 +441,16 @@ impl TestCluster {
     }
 
     fn brokers(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.iter().filter(|n| n.role() == Role::Broker)
+        self.nodes.iter().filter(|n| n.role().is_broker())
+    }
+
+    /// The controller voters' ids.
+    pub fn voter_ids(&self) -> Vec<i32> {
+        self.nodes
+            .iter()
+            .filter(|n| n.role().is_controller())
+            .map(|n| n.id)
+            .collect()
     }
 
     /// SIGKILL node `id`, then reap it.

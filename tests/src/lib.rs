@@ -32,6 +32,7 @@ pub mod inspect;
 pub mod load;
 pub mod proxy;
 pub mod raw;
+pub mod stream;
 pub mod tools;
 pub mod wait;
 

@@ -4,7 +4,7 @@
 //! Nodes advertise their proxy's address, so every connection to a node (replica fetchers,
 //! brokers to the controller, test clients) goes through that node's proxy. The proxy tells
 //! who opened a connection from the client id of its first Kafka request frame
-//! (`keel-fetcher-<id>` and `keel-broker-<id>` are node `<id>`, anything else is a
+//! (`keel-fetcher-<id>`, `keel-broker-<id>` and `keel-voter-<id>` are node `<id>`, anything else is a
 //! [`Peer::Client`]) and forwards every byte unchanged, that first frame included.
 //!
 //! Faults are set per link (`from` node → `to` node, the direction the connection was opened
@@ -48,6 +48,8 @@ const HEADER_PREFIX: usize = 14;
 const FETCHER_PREFIX: &str = "keel-fetcher-";
 /// Client id of a broker's connection to the controller, followed by its node id.
 const BROKER_PREFIX: &str = "keel-broker-";
+/// Client id of a controller voter's connection to another voter, followed by its node id.
+const VOTER_PREFIX: &str = "keel-voter-";
 /// Pause after a failed accept (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -61,10 +63,10 @@ pub enum Peer {
 }
 
 impl Peer {
-    /// Classifies a Kafka client id: `keel-fetcher-<id>` and `keel-broker-<id>` are node
-    /// `<id>`, anything else is [`Peer::Client`].
+    /// Classifies a Kafka client id: `keel-fetcher-<id>`, `keel-broker-<id>` and
+    /// `keel-voter-<id>` are node `<id>`, anything else is [`Peer::Client`].
     pub fn from_client_id(client_id: &str) -> Peer {
-        [FETCHER_PREFIX, BROKER_PREFIX]
+        [FETCHER_PREFIX, BROKER_PREFIX, VOTER_PREFIX]
             .iter()
             .find_map(|prefix| client_id.strip_prefix(prefix)?.parse().ok())
             .map_or(Peer::Client, Peer::Node)

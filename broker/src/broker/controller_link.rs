@@ -1,6 +1,12 @@
-//! The broker's link to the controller: one connection (made again after a failure),
-//! registration and heartbeats, controlled shutdown, and the AlterPartition requests of the
-//! partitions this broker leads.
+//! The broker's link to the controller quorum: a connection per voter (made again after a
+//! failure), registration and heartbeats, controlled shutdown, and the AlterPartition
+//! requests of the partitions this broker leads.
+//!
+//! Commands go to the active controller. The link keeps a guess of which voter that is
+//! (the leader the metadata log's answers name, see [`ControllerLink::leader_hint`]); a
+//! voter that answers NOT_CONTROLLER or cannot be reached sends the call on to the hinted
+//! leader or the next voter, after a short back-off, until the call's time is up. Each such
+//! move is counted.
 //!
 //! A broker is fenced from its registration on; its heartbeats ask to be unfenced once it is
 //! ready (see [`HeartbeatStatus`]) and keep it unfenced, and a heartbeat that finds a newer
@@ -20,7 +26,8 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use keel_client::connection::Connection;
 use keel_client::ClientError;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, Notify};
@@ -53,6 +60,52 @@ pub(crate) enum LinkError {
     Refused { call: &'static str, code: i16 },
     #[error("the controller's answer to {call} names no partition")]
     EmptyAnswer { call: &'static str },
+    #[error("no active controller answered {call} within {waited:?} (voters {voters}): the controller quorum has no leader, or none is reachable")]
+    NoController {
+        call: &'static str,
+        waited: Duration,
+        voters: String,
+    },
+}
+
+/// An answer that may say "not the active controller" for the whole request.
+pub(crate) trait ControllerAnswer {
+    fn not_controller(&self) -> bool;
+}
+
+const NOT_CONTROLLER: i16 = 41;
+
+macro_rules! top_level_error {
+    ($($t:ty),*) => {$(
+        impl ControllerAnswer for $t {
+            fn not_controller(&self) -> bool {
+                self.error_code == NOT_CONTROLLER
+            }
+        }
+    )*};
+}
+
+top_level_error!(
+    kafka_protocol::messages::BrokerRegistrationResponse,
+    kafka_protocol::messages::BrokerHeartbeatResponse,
+    kafka_protocol::messages::AlterPartitionResponse,
+    kafka_protocol::messages::AllocateProducerIdsResponse
+);
+
+impl ControllerAnswer for kafka_protocol::messages::CreateTopicsResponse {
+    fn not_controller(&self) -> bool {
+        !self.topics.is_empty() && self.topics.iter().all(|t| t.error_code == NOT_CONTROLLER)
+    }
+}
+
+impl ControllerAnswer for kafka_protocol::messages::DeleteTopicsResponse {
+    fn not_controller(&self) -> bool {
+        !self.responses.is_empty()
+            && self
+                .responses
+                .iter()
+                .all(|t| t.error_code == NOT_CONTROLLER)
+    }
 }
 
 /// `NAME (code)` for a Kafka error code.
@@ -75,13 +128,17 @@ pub(crate) struct ControllerLink {
     cluster_id: String,
     /// Host and port this broker registers (and clients are given).
     advertised: (String, i32),
-    /// The controller voter: its node id and `host:port`.
-    voter: (i32, String),
+    /// The controller voters: node id and `host:port`.
+    voters: Vec<(i32, String)>,
+    /// Index in `voters` of the one believed to be the active controller.
+    active: AtomicUsize,
+    /// Index in `voters` of the one the metadata follower reads from.
+    polled: AtomicUsize,
     /// For registration, heartbeats and the other calls that are answered at once.
-    conn: Mutex<Option<Arc<Connection>>>,
-    /// For the metadata follower's long polls only: the controller answers one connection's
+    conns: Mutex<HashMap<i32, Arc<Connection>>>,
+    /// For the metadata follower's long polls only: a voter answers one connection's
     /// requests in order, so a heartbeat must never queue behind a poll that waits.
-    poll_conn: Mutex<Option<Arc<Connection>>>,
+    poll_conns: Mutex<HashMap<i32, Arc<Connection>>>,
     broker_epoch: AtomicI64,
     /// Set once controlled shutdown starts: every heartbeat then asks to shut down.
     shutting_down: AtomicBool,
@@ -95,15 +152,23 @@ impl ControllerLink {
         node_id: i32,
         cluster_id: String,
         advertised: (String, i32),
-        voter: (i32, String),
+        voters: Vec<(i32, String)>,
     ) -> Self {
+        assert!(!voters.is_empty(), "a broker needs a controller voter");
+        // Start where this node is a voter itself, else with the first.
+        let me = voters
+            .iter()
+            .position(|(id, _)| *id == node_id)
+            .unwrap_or(0);
         Self {
             node_id,
             cluster_id,
             advertised,
-            voter,
-            conn: Mutex::new(None),
-            poll_conn: Mutex::new(None),
+            voters,
+            active: AtomicUsize::new(me),
+            polled: AtomicUsize::new(me),
+            conns: Mutex::new(HashMap::new()),
+            poll_conns: Mutex::new(HashMap::new()),
             broker_epoch: AtomicI64::new(-1),
             shutting_down: AtomicBool::new(false),
             heartbeat_now: Notify::new(),
@@ -115,13 +180,30 @@ impl ControllerLink {
         self.broker_epoch.load(Ordering::Acquire)
     }
 
-    /// The node id of the controller this broker reports to.
+    /// The node id of the voter this broker takes for the active controller.
     pub(crate) fn controller_id(&self) -> i32 {
-        self.voter.0
+        self.voters[self.active.load(Ordering::Relaxed) % self.voters.len()].0
     }
 
-    pub(crate) fn controller_addr(&self) -> &str {
-        &self.voter.1
+    pub(crate) fn controller_addr(&self) -> String {
+        self.voters[self.active.load(Ordering::Relaxed) % self.voters.len()]
+            .1
+            .clone()
+    }
+
+    fn voters_text(&self) -> String {
+        self.voters
+            .iter()
+            .map(|(id, a)| format!("{id}@{a}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// What the quorum says of its leader (from metadata fetch answers): commands go there.
+    pub(crate) fn leader_hint(&self, leader: i32) {
+        if let Some(i) = self.voters.iter().position(|(id, _)| *id == leader) {
+            self.active.store(i, Ordering::Relaxed);
+        }
     }
 
     /// Sends a heartbeat now rather than at the next interval.
@@ -129,36 +211,34 @@ impl ControllerLink {
         self.heartbeat_now.notify_one();
     }
 
-    /// The connection to the controller, (re)connecting if needed.
-    pub(crate) async fn connection(&self) -> Result<Arc<Connection>, LinkError> {
-        self.connect(&self.conn).await
-    }
-
     async fn connect(
         &self,
-        slot: &Mutex<Option<Arc<Connection>>>,
+        slot: &Mutex<HashMap<i32, Arc<Connection>>>,
+        voter: usize,
     ) -> Result<Arc<Connection>, LinkError> {
+        let (id, addr) = &self.voters[voter % self.voters.len()];
         let mut guard = slot.lock().await;
-        if let Some(c) = guard.as_ref().filter(|c| !c.is_closed()) {
+        if let Some(c) = guard.get(id).filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
         let c = Connection::connect(
-            &self.voter.1,
+            addr,
             &format!("keel-broker-{}", self.node_id),
-            Duration::from_secs(5),
+            Duration::from_secs(2),
             RPC_TIMEOUT,
         )
         .await
         .map_err(|source| LinkError::Unreachable {
-            addr: self.voter.1.clone(),
+            addr: addr.clone(),
             source,
         })?;
         let c = Arc::new(c);
-        *guard = Some(c.clone());
+        guard.insert(*id, c.clone());
         Ok(c)
     }
 
-    /// Sends `req` at `version` and waits up to `timeout` for the answer.
+    /// Sends `req` at `version` to the active controller and waits for its answer; follows
+    /// the active controller when it moves (see the module doc), until `timeout`.
     pub(crate) async fn call<R>(
         &self,
         call: &'static str,
@@ -168,16 +248,59 @@ impl ControllerLink {
     ) -> Result<R::Response, LinkError>
     where
         R: kafka_protocol::protocol::Request,
+        R::Response: ControllerAnswer,
     {
-        self.connection()
-            .await?
-            .send_version(req, version, timeout)
-            .await
-            .map_err(|source| LinkError::Call { call, source })
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut attempt = 0u32;
+        loop {
+            let voter = self.active.load(Ordering::Relaxed);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let sent = match self.connect(&self.conns, voter).await {
+                Ok(c) => c
+                    .send_version(req, version, left.min(RPC_TIMEOUT))
+                    .await
+                    .map_err(|source| LinkError::Call { call, source }),
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(resp) if !resp.not_controller() => return Ok(resp),
+                Ok(_) => {
+                    metrics::counter!(m::NOT_CONTROLLER_TOTAL, "call" => call).increment(1);
+                }
+                Err(e) => {
+                    tracing::debug!(call, error = %e, "controller voter did not answer");
+                    metrics::counter!(m::CONTROLLER_RETRIES_TOTAL, "call" => call).increment(1);
+                    self.conns
+                        .lock()
+                        .await
+                        .remove(&self.voters[voter % self.voters.len()].0);
+                    if self.voters.len() == 1 {
+                        return Err(e);
+                    }
+                }
+            }
+            // The hint may already name another voter; if not, try the next one.
+            let _ = self.active.compare_exchange(
+                voter,
+                (voter + 1) % self.voters.len(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            attempt += 1;
+            let pause = Duration::from_millis((25u64 << attempt.min(4)).min(400));
+            if tokio::time::Instant::now() + pause >= deadline {
+                return Err(LinkError::NoController {
+                    call,
+                    waited: timeout,
+                    voters: self.voters_text(),
+                });
+            }
+            tokio::time::sleep(pause).await;
+        }
     }
 
-    /// [`Self::call`] for a request the controller may hold (a long poll), on a connection
-    /// of its own.
+    /// Sends a long poll (a metadata fetch) to the voter the follower reads from, on a
+    /// connection of its own; a voter that fails it is left for the next one.
     pub(crate) async fn long_poll<R>(
         &self,
         call: &'static str,
@@ -188,11 +311,23 @@ impl ControllerLink {
     where
         R: kafka_protocol::protocol::Request,
     {
-        self.connect(&self.poll_conn)
-            .await?
-            .send_version(req, version, timeout)
-            .await
-            .map_err(|source| LinkError::Call { call, source })
+        let voter = self.polled.load(Ordering::Relaxed);
+        let sent = match self.connect(&self.poll_conns, voter).await {
+            Ok(c) => c
+                .send_version(req, version, timeout)
+                .await
+                .map_err(|source| LinkError::Call { call, source }),
+            Err(e) => Err(e),
+        };
+        if sent.is_err() {
+            self.poll_conns
+                .lock()
+                .await
+                .remove(&self.voters[voter % self.voters.len()].0);
+            self.polled
+                .store((voter + 1) % self.voters.len(), Ordering::Relaxed);
+        }
+        sent
     }
 
     async fn register(&self) -> Result<i64, LinkError> {

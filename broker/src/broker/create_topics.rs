@@ -41,7 +41,11 @@ pub(crate) async fn create_and_settle(
     rt: &BrokerRuntime,
     req: &CreateTopicsRequest,
 ) -> Result<CreateTopicsResponse, LinkError> {
-    let timeout = std::time::Duration::from_secs(30);
+    // The client's own deadline, within 1–30 s: with no active controller the answer is a
+    // timeout the client can still read.
+    let timeout = std::time::Duration::from_millis(
+        u64::try_from(req.timeout_ms.clamp(1_000, 30_000)).unwrap_or(30_000),
+    );
     // Always v7, whatever the client speaks: its answer carries the new topics' ids, which
     // the wait below needs. Fields the client's version lacks are dropped when the answer is
     // encoded for it (they are all ignorable).

@@ -1,14 +1,21 @@
-//! The metadata follower: reads the controller's metadata log with long-polling Fetch
-//! requests from the offset after the last one applied, replays the records into this
-//! broker's [`MetadataImage`] and publishes each new image.
+//! The metadata follower: reads the committed metadata log from a controller voter with
+//! long-polling Fetch requests from the offset after the last entry applied, replays the
+//! records into this broker's [`MetadataImage`] and publishes each new image. When the
+//! entries it needs are only in a snapshot now (a new broker, or one down for long), it
+//! fetches the snapshot (FetchSnapshot) and starts from its image. Each answer names the
+//! quorum's leader, which the [`ControllerLink`] sends its commands to.
 
 use super::controller_link::{backoff, error_name, sleep_or_stop, ControllerLink, LinkError};
 use crate::controller::METADATA_TOPIC;
 use crate::controller::{decode_batches, MetadataImage, MetadataLogError, MetadataRecord};
 use crate::metrics as m;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+use kafka_protocol::messages::fetch_snapshot_request::{
+    FetchSnapshotRequest, PartitionSnapshot, SnapshotId, TopicSnapshot,
+};
 use kafka_protocol::messages::{BrokerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +40,15 @@ pub(crate) enum FollowError {
     Refused(i16),
     #[error(transparent)]
     Decode(#[from] MetadataLogError),
+    #[error("the metadata snapshot does not decode: {0}")]
+    Snapshot(String),
+}
+
+/// What one round of following brought.
+enum Fetched {
+    Entries(Vec<(i64, Vec<MetadataRecord>)>),
+    /// The image of a snapshot, to start again from.
+    Snapshot(MetadataImage),
 }
 
 pub(crate) struct MetadataFollower {
@@ -81,17 +97,34 @@ impl MetadataFollower {
                 _ = stop.cancelled() => return,
             };
             match fetched {
-                Ok(records) => {
+                Ok(Fetched::Entries(entries)) => {
                     attempt = 0;
-                    if records.is_empty() {
+                    if entries.is_empty() {
                         continue;
                     }
-                    for (offset, record) in &records {
-                        image.apply(*offset, record);
-                        if let MetadataRecord::RemoveTopic { id, .. } = record {
-                            self.remember_removed(*id);
+                    for (offset, records) in &entries {
+                        image.apply_entry(*offset, records);
+                        for record in records {
+                            if let MetadataRecord::RemoveTopic { id, .. } = record {
+                                self.remember_removed(*id);
+                            }
                         }
                     }
+                    self.image.send_replace(Arc::new(image.clone()));
+                }
+                Ok(Fetched::Snapshot(snapshot)) => {
+                    attempt = 0;
+                    tracing::info!(
+                        node = self.node_id,
+                        offset = snapshot.offset(),
+                        "metadata caught up from a snapshot"
+                    );
+                    for t in image.topics() {
+                        if snapshot.topic_by_id(t.id).is_none() {
+                            self.remember_removed(t.id);
+                        }
+                    }
+                    image = snapshot;
                     self.image.send_replace(Arc::new(image.clone()));
                 }
                 Err(e) => {
@@ -119,11 +152,7 @@ impl MetadataFollower {
     }
 
     /// One long-polling read of the metadata log from `offset`.
-    async fn fetch(
-        &self,
-        link: &ControllerLink,
-        offset: i64,
-    ) -> Result<Vec<(i64, MetadataRecord)>, FollowError> {
+    async fn fetch(&self, link: &ControllerLink, offset: i64) -> Result<Fetched, FollowError> {
         let mut p = FetchPartition::default();
         p.partition = 0;
         p.fetch_offset = offset;
@@ -149,9 +178,78 @@ impl MetadataFollower {
             .flat_map(|t| t.partitions)
             .next()
             .ok_or(FollowError::EmptyAnswer)?;
+        if p.current_leader.leader_id.0 >= 0 {
+            link.leader_hint(p.current_leader.leader_id.0);
+        }
+        if p.error_code == ResponseError::OffsetOutOfRange.code() && p.snapshot_id.end_offset > 0 {
+            return self
+                .fetch_snapshot(link, p.snapshot_id.end_offset, p.snapshot_id.epoch)
+                .await
+                .map(Fetched::Snapshot);
+        }
         if p.error_code != 0 {
             return Err(FollowError::Refused(p.error_code));
         }
-        Ok(decode_batches(p.records.unwrap_or_default())?)
+        Ok(Fetched::Entries(decode_batches(
+            p.records.unwrap_or_default(),
+        )?))
+    }
+
+    /// Reads the snapshot `(end_offset, epoch)` whole, chunk by chunk, from the voter the
+    /// follower reads from.
+    async fn fetch_snapshot(
+        &self,
+        link: &ControllerLink,
+        end_offset: i64,
+        epoch: i32,
+    ) -> Result<MetadataImage, FollowError> {
+        let mut data = Vec::new();
+        loop {
+            let mut id = SnapshotId::default();
+            id.end_offset = end_offset;
+            id.epoch = epoch;
+            let mut p = PartitionSnapshot::default();
+            p.partition = 0;
+            p.current_leader_epoch = -1;
+            p.snapshot_id = id;
+            p.position = data.len() as i64;
+            let mut t = TopicSnapshot::default();
+            t.name = TopicName(StrBytes::from_static_str(METADATA_TOPIC));
+            t.partitions = vec![p];
+            let mut req = FetchSnapshotRequest::default();
+            req.replica_id = BrokerId(self.node_id);
+            req.max_bytes = MAX_READ_BYTES;
+            req.topics = vec![t];
+            let resp = link
+                .long_poll("metadata snapshot", &req, 0, Duration::from_secs(10))
+                .await?;
+            let p = resp
+                .topics
+                .into_iter()
+                .flat_map(|t| t.partitions)
+                .next()
+                .ok_or(FollowError::EmptyAnswer)?;
+            if p.error_code != 0 {
+                return Err(FollowError::Refused(p.error_code));
+            }
+            if p.unaligned_records.is_empty() && (data.len() as i64) < p.size {
+                return Err(FollowError::Snapshot(
+                    "an empty chunk before the end".into(),
+                ));
+            }
+            data.extend_from_slice(&p.unaligned_records);
+            if data.len() as i64 >= p.size {
+                break;
+            }
+        }
+        let image: MetadataImage =
+            serde_json::from_slice(&data).map_err(|e| FollowError::Snapshot(e.to_string()))?;
+        if image.offset() != end_offset - 1 {
+            return Err(FollowError::Snapshot(format!(
+                "the snapshot ending at {end_offset} holds an image at offset {}",
+                image.offset()
+            )));
+        }
+        Ok(image)
     }
 }

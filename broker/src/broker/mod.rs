@@ -45,26 +45,22 @@ pub(crate) struct BrokerRuntime {
 }
 
 impl BrokerRuntime {
-    /// A broker over `registry` that registers `advertised` with the controller at `voter`
-    /// (`host:port`).
+    /// A broker over `registry` that registers `advertised` with the controller `voters`
+    /// (id and `host:port` each).
     pub(crate) fn new(
         config: BrokerConfig,
         advertised: (String, i32),
-        voter: String,
+        voters: Vec<(i32, String)>,
         registry: Arc<Topics>,
         stop: CancellationToken,
     ) -> Arc<Self> {
-        let voter_id = config
-            .controller_voter
-            .as_ref()
-            .map_or(config.node_id, |(id, _)| *id);
         Arc::new(Self {
             node_id: config.node_id,
             link: Arc::new(ControllerLink::new(
                 config.node_id,
                 config.cluster_id.clone(),
                 advertised,
-                (voter_id, voter),
+                voters,
             )),
             metadata: Arc::new(MetadataFollower::new(config.node_id)),
             replicas: Arc::new(ReplicaManager::new(config.node_id, registry)),

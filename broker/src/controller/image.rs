@@ -102,6 +102,7 @@ impl MetadataImage {
     }
 
     /// [`Self::apply_entry`] of an entry holding one record.
+    #[cfg(test)]
     pub(crate) fn apply(&mut self, offset: i64, record: &MetadataRecord) -> bool {
         self.apply_entry(offset, std::slice::from_ref(record))
     }

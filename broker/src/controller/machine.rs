@@ -138,7 +138,8 @@ impl Controller {
         &self.image
     }
 
-    /// Applies a record the driver has persisted at `offset`.
+    /// Applies a record the driver has persisted at `offset` (tables apply one at a time).
+    #[cfg(test)]
     pub(crate) fn apply(&mut self, offset: i64, record: &MetadataRecord) -> bool {
         self.image.apply(offset, record)
     }

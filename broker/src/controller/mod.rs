@@ -40,12 +40,9 @@
 //!   partition epoch. ISR changes from leaders are compare-and-sets on both.
 
 mod changes;
-pub(crate) mod driver;
 mod error;
-pub(crate) mod gauges;
 mod image;
 mod machine;
-pub(crate) mod metadata_log;
 mod metadata_response;
 pub(crate) mod quorum;
 mod records;
@@ -54,14 +51,13 @@ pub(crate) mod service;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use driver::{ControllerDriver, DriverError, ImportedTopic};
 pub(crate) use error::ControllerError;
 pub(crate) use image::{diff, MetadataImage, ReplicaChange};
 pub(crate) use machine::{AlterPartitionRequest, ControllerConfig, NewTopic};
 #[cfg(test)]
 pub(crate) use machine::{Controller, HeartbeatReply, MAX_PARTITIONS};
-pub use metadata_log::{decode_batches, MetadataLogError};
 pub(crate) use metadata_response::metadata_response;
+pub use quorum::entry::{decode_batches, MetadataLogError};
 pub(crate) use records::NO_LEADER;
 pub use records::{MetadataRecord, PartitionRecord};
 

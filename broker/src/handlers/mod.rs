@@ -57,7 +57,7 @@ impl std::ops::Deref for Ctx {
 pub(crate) fn forward_to_controller<R>(ctx: &Ctx, req: R) -> Reply
 where
     R: kafka_protocol::protocol::Request + Send + Sync + 'static,
-    R::Response: Send,
+    R::Response: Send + crate::broker::controller_link::ControllerAnswer,
 {
     let ctx = ctx.clone();
     Box::pin(async move {

@@ -16,6 +16,7 @@ pub mod control;
 pub mod file;
 pub mod metrics;
 pub mod plan;
+pub mod quorum;
 pub mod ready;
 pub mod start;
 pub mod status;
@@ -106,7 +107,13 @@ pub struct StartArgs {
     /// Directory for every node's data and log.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
-    /// Port of the controller listener (node 0).
+    /// Controller voters: 1, 3 or 5 [default: 3 with 3 or more brokers, else 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=9))]
+    pub controllers: Option<u16>,
+    /// Run the voters as controller-only nodes 1001..=1000+N instead of on brokers 1..=N.
+    #[arg(long)]
+    pub dedicated_controllers: bool,
+    /// Port of the first voter's controller listener; voter j gets PORT - (j - 1).
     #[arg(long, value_name = "PORT", default_value_t = DEFAULT_CONTROLLER_PORT,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub controller_port: u16,
@@ -114,7 +121,8 @@ pub struct StartArgs {
     #[arg(long, value_name = "PORT", default_value_t = DEFAULT_BASE_PORT,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub base_port: u16,
-    /// Metrics port of the controller; broker i gets PORT + i.
+    /// Metrics port of dedicated controller 1 (controller j gets PORT - (j - 1)); broker i
+    /// gets PORT + i.
     #[arg(long, value_name = "PORT", default_value_t = DEFAULT_METRICS_BASE_PORT,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub metrics_base_port: u16,

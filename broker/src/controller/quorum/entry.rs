@@ -2,12 +2,21 @@
 //! fetched batches: `(offset, records)` per entry.
 
 use crate::controller::records::MetadataRecord;
-use crate::controller::MetadataLogError;
 use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
 use keel_protocol::batch::{batches, set_base_offset, set_partition_leader_epoch};
 use keel_protocol::encode::{encode_batch, Compression, NewRecord, ProducerIds};
+use keel_storage::StorageError;
 use raft::prelude::{Entry, EntryType};
+
+/// Why the metadata log could not be written or read back.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataLogError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("metadata log offset {offset}: {reason}")]
+    Corrupt { offset: i64, reason: String },
+}
 
 /// The batch holding `e`: base offset = index, leader epoch = term, one record whose key is
 /// the entry type and whose value is the entry's data. No clock in it, so every voter
@@ -50,7 +59,10 @@ pub(crate) fn encode_records(records: &[MetadataRecord]) -> Vec<u8> {
     serde_json::to_vec(records).expect("metadata records are plain data")
 }
 
-pub(crate) fn decode_records(offset: i64, data: &[u8]) -> Result<Vec<MetadataRecord>, MetadataLogError> {
+pub(crate) fn decode_records(
+    offset: i64,
+    data: &[u8],
+) -> Result<Vec<MetadataRecord>, MetadataLogError> {
     if data.is_empty() {
         return Ok(Vec::new());
     }
@@ -97,13 +109,12 @@ fn raw_entries(mut bytes: Bytes) -> Result<Vec<(i64, i32, u8, Bytes)>, MetadataL
             offset: r.first().map_or(-1, |r| r.offset),
             reason: format!("a metadata batch holds {} records, not 1", r.len()),
         })?;
-        let kind = record.key.as_ref().and_then(|k| k.first().copied()).unwrap_or(0);
-        out.push((
-            record.offset,
-            term,
-            kind,
-            record.value.unwrap_or_default(),
-        ));
+        let kind = record
+            .key
+            .as_ref()
+            .and_then(|k| k.first().copied())
+            .unwrap_or(0);
+        out.push((record.offset, term, kind, record.value.unwrap_or_default()));
     }
     Ok(out)
 }
@@ -143,7 +154,11 @@ mod tests {
         let seen = decode_batches(Bytes::from(bytes.clone())).unwrap();
         assert_eq!(
             seen,
-            vec![(7, vec![]), (8, records.clone()), (9, records[..1].to_vec())]
+            vec![
+                (7, vec![]),
+                (8, records.clone()),
+                (9, records[..1].to_vec())
+            ]
         );
         // A torn tail is not an entry.
         bytes.truncate(bytes.len() - 3);

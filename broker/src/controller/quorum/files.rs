@@ -43,9 +43,7 @@ pub(crate) fn write(path: &Path, magic: &[u8; 8], payload: &[u8]) -> Result<(), 
     }
     fs::rename(&tmp, path).map_err(io(path))?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
 /// The payload of `path`; `None` if there is no such file.
@@ -94,6 +92,9 @@ mod tests {
         assert!(matches!(read(&path, magic), Err(FileError::Damaged { .. })));
         fs::write(&path, &bytes[..10]).unwrap();
         assert!(matches!(read(&path, magic), Err(FileError::Damaged { .. })));
-        assert!(matches!(read(&path, b"KEELELSE"), Err(FileError::Damaged { .. })));
+        assert!(matches!(
+            read(&path, b"KEELELSE"),
+            Err(FileError::Damaged { .. })
+        ));
     }
 }

@@ -35,11 +35,11 @@
 //! term is committed and applied, so it never runs a command against a stale image; it then
 //! starts every broker's session afresh, as a restarted controller does.
 
-// pub(crate) mod driver;
+pub(crate) mod driver;
 pub(crate) mod entry;
 pub(crate) mod files;
 pub(crate) mod store;
-// mod transport;
+pub(crate) mod transport;
 pub(crate) mod voter;
 
 #[cfg(test)]

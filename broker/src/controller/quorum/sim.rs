@@ -16,10 +16,10 @@ use super::voter::{Answer, Command, CommandError, Tuning, Voter};
 use super::{node_id, raft_id};
 use crate::controller::machine::{ControllerConfig, NewTopic};
 use crate::controller::{ControllerError, MetadataImage};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use raft::prelude::Message;
 use raft::Storage;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// What a command was, to check its answer.
@@ -107,9 +107,21 @@ impl Sim {
         !self.cut.contains(&(a.min(b), a.max(b)))
     }
 
+    /// Tells a snapshot's sender how its delivery went, as the transport does.
+    fn report_snapshot(&mut self, m: &Message, delivered: bool) {
+        if m.get_msg_type() != raft::prelude::MessageType::MsgSnapshot {
+            return;
+        }
+        let (from, to) = (node_id(m.from), node_id(m.to));
+        if let Some(v) = self.voters.get_mut(&from).and_then(Option::as_mut) {
+            v.report_snapshot(to, delivered);
+        }
+    }
+
     fn send(&mut self, messages: Vec<Message>) {
         for m in messages {
             if self.rng.gen_bool(0.03) {
+                self.report_snapshot(&m, false);
                 continue; // lost
             }
             let delay = self.rng.gen_range(1..4);
@@ -204,7 +216,14 @@ impl Sim {
         let to = v.committed().min(store.last());
         let first = store.first_index().unwrap();
         for index in from.max(first)..=to {
-            let e = &store.entries(index, index + 1, None, raft::GetEntriesContext::empty(false)).unwrap()[0];
+            let e = &store
+                .entries(
+                    index,
+                    index + 1,
+                    None,
+                    raft::GetEntriesContext::empty(false),
+                )
+                .unwrap()[0];
             let mine = (e.term, e.data.to_vec());
             match self.committed.get(&index) {
                 Some(c) => assert_eq!(c, &mine, "voter {id}: committed entry {index} differs"),
@@ -238,25 +257,35 @@ impl Sim {
             // A topic deleted and created again starts over; key by its id too.
             let id_key = (id, format!("{}/{topic_id}", p.topic), p.partition);
             let seen = self.seen_epoch.entry(id_key).or_insert(p.leader_epoch);
-            assert!(*seen <= p.leader_epoch, "voter {id}: {}-{} epoch went back", p.topic, p.partition);
+            assert!(
+                *seen <= p.leader_epoch,
+                "voter {id}: {}-{} epoch went back",
+                p.topic,
+                p.partition
+            );
             *seen = p.leader_epoch;
         }
     }
 
     fn deliver(&mut self) {
         let step = self.step;
-        let (due, later): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.network).into_iter().partition(|(at, _)| *at <= step);
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.network)
+            .into_iter()
+            .partition(|(at, _)| *at <= step);
         self.network = later;
         let mut touched = BTreeSet::new();
         for (_, m) in due {
             let (from, to) = (node_id(m.from), node_id(m.to));
-            if !self.linked(from, to) {
+            let up = self.voters.get(&to).is_some_and(Option::is_some);
+            if !self.linked(from, to) || !up {
+                self.report_snapshot(&m, false);
                 continue;
             }
+            self.report_snapshot(&m, true);
             if let Some(v) = self.voters.get_mut(&to).and_then(Option::as_mut) {
                 v.step(m);
                 touched.insert(to);
+                touched.insert(from);
             }
         }
         for id in touched {
@@ -267,7 +296,13 @@ impl Sim {
     fn crash(&mut self, id: i32) {
         if let Some(v) = self.voters.get_mut(&id).and_then(Option::take) {
             self.stores.insert(id, v.into_store());
-            self.network.retain(|(_, m)| node_id(m.to) != id);
+            let (lost, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.network)
+                .into_iter()
+                .partition(|(_, m)| node_id(m.to) == id);
+            self.network = kept;
+            for (_, m) in lost {
+                self.report_snapshot(&m, false);
+            }
         }
     }
 
@@ -358,13 +393,21 @@ impl Sim {
             .into_iter()
             .filter(|id| self.voters[id].as_ref().unwrap().is_active())
             .collect();
-        assert_eq!(active.len(), 1, "one active controller after healing: {active:?}");
+        assert_eq!(
+            active.len(),
+            1,
+            "one active controller after healing: {active:?}"
+        );
         let applied: BTreeSet<u64> = self
             .voters
             .values()
             .map(|v| v.as_ref().unwrap().applied())
             .collect();
-        assert_eq!(applied.len(), 1, "every voter applied the same: {applied:?}");
+        assert_eq!(
+            applied.len(),
+            1,
+            "every voter applied the same: {applied:?}"
+        );
         active[0]
     }
 }
@@ -383,9 +426,18 @@ fn run(seed: u64, voters: i32, steps: u64) -> Sim {
         sim.step += 1;
         sim.deliver();
     }
-    assert_eq!(sim.answered, before + 1, "seed {seed}: the healed quorum answers");
+    assert_eq!(
+        sim.answered,
+        before + 1,
+        "seed {seed}: the healed quorum answers"
+    );
     assert!(
-        sim.voters[&active].as_ref().unwrap().image().broker(200).is_some(),
+        sim.voters[&active]
+            .as_ref()
+            .unwrap()
+            .image()
+            .broker(200)
+            .is_some(),
         "seed {seed}"
     );
     sim
@@ -397,8 +449,15 @@ fn three_voters_keep_one_history_through_crashes_and_partitions() {
     for seed in 0..12 {
         let sim = run(seed, 3, 3_000);
         answered += sim.answered;
-        assert!(sim.leaders.len() > 1, "seed {seed}: leadership moved at least once");
-        assert!(sim.committed.len() > 50, "seed {seed}: {} entries", sim.committed.len());
+        assert!(
+            sim.leaders.len() > 1,
+            "seed {seed}: leadership moved at least once"
+        );
+        assert!(
+            sim.committed.len() > 50,
+            "seed {seed}: {} entries",
+            sim.committed.len()
+        );
     }
     assert!(answered > 1_000, "{answered} commands answered");
 }
@@ -426,21 +485,35 @@ fn a_voter_far_behind_catches_up_from_a_snapshot() {
             }
         }
         sim.deliver();
-        if let Some(leader) = sim.up().into_iter().find(|id| sim.voters[id].as_ref().unwrap().is_active()) {
+        if let Some(leader) = sim
+            .up()
+            .into_iter()
+            .find(|id| sim.voters[id].as_ref().unwrap().is_active())
+        {
             if sim.step % 5 == 0 {
                 made += 1;
                 sim.submit(leader, Asked::Register(100 + made % 7));
             }
         }
     }
-    let leader = sim.up().into_iter().find(|id| sim.voters[id].as_ref().unwrap().is_active()).unwrap();
+    let leader = sim
+        .up()
+        .into_iter()
+        .find(|id| sim.voters[id].as_ref().unwrap().is_active())
+        .unwrap();
     let leader_store = sim.voters[&leader].as_ref().unwrap().store();
-    assert!(leader_store.snapshot_index() > 100, "the leader compacted its log");
+    assert!(
+        leader_store.snapshot_index() > 100,
+        "the leader compacted its log"
+    );
     sim.restart(3);
     let active = sim.settle();
     let v3 = sim.voters[&3].as_ref().unwrap();
     assert_eq!(v3.image(), sim.voters[&active].as_ref().unwrap().image());
-    assert!(v3.store().snapshot_index() > 0, "voter 3 started from a snapshot");
+    assert!(
+        v3.store().snapshot_index() > 0,
+        "voter 3 started from a snapshot"
+    );
 }
 
 #[test]
@@ -467,7 +540,11 @@ fn a_minority_cannot_run_commands() {
     let before = sim.refused_not_controller;
     sim.submit(active, Asked::Register(300));
     assert_eq!(sim.refused_not_controller, before + 1);
-    let actives: Vec<i32> = sim.up().into_iter().filter(|id| sim.voters[id].as_ref().unwrap().is_active()).collect();
+    let actives: Vec<i32> = sim
+        .up()
+        .into_iter()
+        .filter(|id| sim.voters[id].as_ref().unwrap().is_active())
+        .collect();
     assert_eq!(actives.len(), 1);
     assert_ne!(actives[0], active);
     let _ = ControllerError::UnknownTopic(String::new());

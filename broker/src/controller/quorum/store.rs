@@ -4,8 +4,8 @@
 //! store without the disk part.
 
 use super::entry;
+use super::entry::MetadataLogError;
 use super::files::{self, FileError};
-use crate::controller::MetadataLogError;
 use keel_storage::{Log, LogConfig, StorageError};
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
@@ -51,6 +51,7 @@ pub(crate) struct RaftStore {
 
 impl RaftStore {
     /// A store in memory only, for the simulation: `voters` are raft ids.
+    #[cfg(test)]
     pub(crate) fn in_memory(voters: &[u64]) -> Self {
         let mut snap = Snapshot::default();
         snap.mut_metadata().mut_conf_state().voters = voters.to_vec();
@@ -98,8 +99,14 @@ impl RaftStore {
                 "the metadata log in {} belongs to the voters {:?}, not {:?}: changing the voters \
                  of an existing cluster is not supported",
                 dir.display(),
-                stored.iter().map(|&v| super::node_id(v)).collect::<Vec<_>>(),
-                wanted.iter().map(|&v| super::node_id(v)).collect::<Vec<_>>(),
+                stored
+                    .iter()
+                    .map(|&v| super::node_id(v))
+                    .collect::<Vec<_>>(),
+                wanted
+                    .iter()
+                    .map(|&v| super::node_id(v))
+                    .collect::<Vec<_>>(),
             )));
         }
         let config = LogConfig {
@@ -181,10 +188,6 @@ impl RaftStore {
 
     pub(crate) fn snapshot_term(&self) -> u64 {
         self.snap.get_metadata().term
-    }
-
-    pub(crate) fn hard_state(&self) -> &HardState {
-        &self.hard
     }
 
     fn first(&self) -> u64 {

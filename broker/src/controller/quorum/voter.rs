@@ -12,7 +12,7 @@ use crate::controller::image::{is_leader_election, MetadataImage};
 use crate::controller::machine::{Controller, ControllerConfig, HeartbeatReply};
 use crate::controller::records::{MetadataRecord, PartitionRecord};
 use crate::controller::ControllerError;
-use raft::prelude::{Entry, EntryType, Message, MessageType, Snapshot};
+use raft::prelude::{Entry, EntryType, Message, Snapshot};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use std::collections::VecDeque;
 
@@ -291,7 +291,10 @@ impl<T> Voter<T> {
                 Ok((answer, records)) => {
                     let index = self.store_last_index() + 1;
                     let term = self.raw.raft.term;
-                    match self.raw.propose(Vec::new(), entry::encode_records(&records)) {
+                    match self
+                        .raw
+                        .propose(Vec::new(), entry::encode_records(&records))
+                    {
                         Ok(()) => {
                             self.inflight = Some(Inflight {
                                 index,
@@ -354,7 +357,11 @@ impl<T> Voter<T> {
         let image = snapshot_image(&snap.data)?;
         let index = snap.get_metadata().index;
         self.raw.mut_store().install_snapshot(&snap)?;
-        tracing::info!(node = self.node_id, offset = index, "installed a metadata snapshot");
+        tracing::info!(
+            node = self.node_id,
+            offset = index,
+            "installed a metadata snapshot"
+        );
         self.controller = Controller::from_image(self.config.clone(), image);
         self.applied = index;
         Ok(())
@@ -391,7 +398,11 @@ impl<T> Voter<T> {
     fn update_role(&mut self) {
         if !self.is_leader() {
             if self.active_term != 0 {
-                tracing::info!(node = self.node_id, term = self.active_term, "no longer the active controller");
+                tracing::info!(
+                    node = self.node_id,
+                    term = self.active_term,
+                    "no longer the active controller"
+                );
             }
             self.active_term = 0;
             return;
@@ -408,7 +419,12 @@ impl<T> Voter<T> {
             // one does: it has not heard their heartbeats.
             self.controller =
                 Controller::from_image(self.config.clone(), self.controller.image().clone());
-            tracing::info!(node = self.node_id, term, offset = self.applied, "became the active controller");
+            tracing::info!(
+                node = self.node_id,
+                term,
+                offset = self.applied,
+                "became the active controller"
+            );
         }
     }
 
@@ -443,13 +459,12 @@ impl<T> Voter<T> {
         let data = serde_json::to_vec(self.controller.image()).expect("an image is plain data");
         let index = self.applied;
         self.raw.mut_store().compact(index, data)?;
-        tracing::info!(node = self.node_id, offset = index, "wrote a metadata snapshot");
+        tracing::info!(
+            node = self.node_id,
+            offset = index,
+            "wrote a metadata snapshot"
+        );
         Ok(())
-    }
-
-    /// Whether a message is a snapshot (its delivery must be reported back).
-    pub(crate) fn is_snapshot(m: &Message) -> bool {
-        m.get_msg_type() == MessageType::MsgSnapshot
     }
 
     /// Gives the store back (the simulation's restart of a crashed voter).

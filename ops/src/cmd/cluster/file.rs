@@ -61,7 +61,7 @@ impl ClusterFile {
     pub fn bootstrap(&self) -> Vec<String> {
         self.nodes
             .iter()
-            .filter(|n| n.role == Role::Broker)
+            .filter(|n| n.role.is_broker())
             .filter_map(|n| Some(n.kafka?.to_string()))
             .collect()
     }

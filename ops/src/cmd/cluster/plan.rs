@@ -15,8 +15,11 @@ const HOST: [u8; 4] = [127, 0, 0, 1];
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// A controller voter only.
     Controller,
     Broker,
+    /// A broker that is also a controller voter.
+    Combined,
 }
 
 impl Role {
@@ -24,7 +27,16 @@ impl Role {
         match self {
             Role::Controller => "controller",
             Role::Broker => "broker",
+            Role::Combined => "broker,controller",
         }
+    }
+
+    pub fn is_broker(self) -> bool {
+        self != Role::Controller
+    }
+
+    pub fn is_controller(self) -> bool {
+        self != Role::Broker
     }
 }
 
@@ -35,21 +47,62 @@ pub struct NodePlan {
     pub role: Role,
     /// The Kafka listener; brokers only.
     pub kafka: Option<SocketAddr>,
-    /// The controller listener; the controller only.
+    /// The controller listener; voters only.
     pub controller: Option<SocketAddr>,
     pub metrics: SocketAddr,
     pub data_dir: PathBuf,
     pub log_file: PathBuf,
 }
 
-/// The controller (node 0) and brokers 1..=N, with ports that must all differ.
+/// Node id of dedicated controller `j` (1-based).
+pub const DEDICATED_CONTROLLER_IDS: i32 = 1000;
+
+/// How many voters a cluster of `brokers` gets unless `--controllers` says: 3 once there
+/// are 3 nodes, else 1.
+pub fn default_controllers(brokers: u16) -> u16 {
+    if brokers >= 3 {
+        3
+    } else {
+        1
+    }
+}
+
+/// Brokers 1..=N; the first C of them are also controller voters (or, with
+/// `--dedicated-controllers`, C controller-only nodes 1001..=1000+C). Voter `j` listens on
+/// `--controller-port` − (j − 1); ports must all differ.
 pub fn layout(args: &StartArgs) -> anyhow::Result<Vec<NodePlan>> {
+    let controllers = args
+        .controllers
+        .unwrap_or_else(|| default_controllers(args.brokers));
+    if controllers % 2 == 0 {
+        bail!(
+            "--controllers {controllers}: a quorum of an even number of voters survives no more              failures than one voter fewer; choose 1, 3 or 5"
+        );
+    }
+    if !args.dedicated_controllers && controllers > args.brokers {
+        bail!(
+            "--controllers {controllers} needs as many brokers (they are combined nodes), or              --dedicated-controllers"
+        );
+    }
     let port = |base: u16, offset: u16, what: &str| {
         base.checked_add(offset)
             .ok_or_else(|| anyhow!("{what} port {base} + {offset} is above 65535"))
     };
-    let node = |id: u16, role, kafka, controller, metrics| NodePlan {
-        id: i32::from(id),
+    let controller_port = |j: u16| {
+        args.controller_port
+            .checked_sub(j - 1)
+            .filter(|p| *p > 0)
+            .map(|p| SocketAddr::from((HOST, p)))
+            .ok_or_else(|| {
+                anyhow!(
+                    "--controller-port {} - {} is below 1",
+                    args.controller_port,
+                    j - 1
+                )
+            })
+    };
+    let node = |id: i32, role, kafka, controller, metrics| NodePlan {
+        id,
         role,
         kafka,
         controller,
@@ -57,22 +110,38 @@ pub fn layout(args: &StartArgs) -> anyhow::Result<Vec<NodePlan>> {
         data_dir: args.data_dir.join(format!("node-{id}")),
         log_file: args.data_dir.join(format!("node-{id}.log")),
     };
-    let controller = SocketAddr::from((HOST, args.controller_port));
-    let mut plan = vec![node(
-        0,
-        Role::Controller,
-        None,
-        Some(controller),
-        args.metrics_base_port,
-    )];
+    let mut plan = Vec::new();
+    if args.dedicated_controllers {
+        for j in 1..=controllers {
+            let metrics = args
+                .metrics_base_port
+                .checked_sub(j - 1)
+                .filter(|p| *p > 0)
+                .ok_or_else(|| {
+                    anyhow!("--metrics-base-port is too low for {controllers} controllers")
+                })?;
+            plan.push(node(
+                DEDICATED_CONTROLLER_IDS + i32::from(j),
+                Role::Controller,
+                None,
+                Some(controller_port(j)?),
+                metrics,
+            ));
+        }
+    }
     for i in 1..=args.brokers {
         let kafka = port(args.base_port, i - 1, "--base-port")?;
         let metrics = port(args.metrics_base_port, i, "--metrics-base-port")?;
+        let voter = !args.dedicated_controllers && i <= controllers;
         plan.push(node(
-            i,
-            Role::Broker,
+            i32::from(i),
+            if voter { Role::Combined } else { Role::Broker },
             Some(SocketAddr::from((HOST, kafka))),
-            None,
+            if voter {
+                Some(controller_port(i)?)
+            } else {
+                None
+            },
             metrics,
         ));
     }
@@ -98,7 +167,7 @@ pub fn layout(args: &StartArgs) -> anyhow::Result<Vec<NodePlan>> {
     Ok(plan)
 }
 
-/// `controller.quorum.voters` for the planned controller.
+/// `controller.quorum.voters` of the planned cluster.
 pub fn voters(plan: &[NodePlan]) -> String {
     plan.iter()
         .filter_map(|n| Some(format!("{}@{}", n.id, n.controller?)))
@@ -141,10 +210,10 @@ pub fn node_args(node: &NodePlan, voters: &str, settings: &[(String, String)]) -
     ];
     let mut props: Vec<(String, String)> = settings.to_vec();
     props.push(("process.roles".into(), node.role.as_str().into()));
-    match node.controller {
-        Some(listener) => props.push(("controller.listener".into(), listener.to_string())),
-        None => props.push(("controller.quorum.voters".into(), voters.to_string())),
+    if let Some(listener) = node.controller {
+        props.push(("controller.listener".into(), listener.to_string()));
     }
+    props.push(("controller.quorum.voters".into(), voters.to_string()));
     for (k, v) in props {
         args.push("--set".into());
         args.push(format!("{k}={v}"));
@@ -173,38 +242,70 @@ mod tests {
             got,
             [
                 (
-                    0,
-                    Role::Controller,
-                    None,
-                    a("127.0.0.1:9091"),
-                    addr("127.0.0.1:9644")
-                ),
-                (
                     1,
-                    Role::Broker,
+                    Role::Combined,
                     a("127.0.0.1:9092"),
-                    None,
+                    a("127.0.0.1:9091"),
                     addr("127.0.0.1:9645")
                 ),
                 (
                     2,
-                    Role::Broker,
+                    Role::Combined,
                     a("127.0.0.1:9093"),
-                    None,
+                    a("127.0.0.1:9090"),
                     addr("127.0.0.1:9646")
                 ),
                 (
                     3,
-                    Role::Broker,
+                    Role::Combined,
                     a("127.0.0.1:9094"),
-                    None,
+                    a("127.0.0.1:9089"),
                     addr("127.0.0.1:9647")
                 ),
             ]
         );
-        assert_eq!(plan[2].data_dir, PathBuf::from("c/node-2"));
-        assert_eq!(plan[2].log_file, PathBuf::from("c/node-2.log"));
-        assert_eq!(voters(&plan), "0@127.0.0.1:9091");
+        assert_eq!(plan[1].data_dir, PathBuf::from("c/node-2"));
+        assert_eq!(plan[1].log_file, PathBuf::from("c/node-2.log"));
+        assert_eq!(
+            voters(&plan),
+            "1@127.0.0.1:9091,2@127.0.0.1:9090,3@127.0.0.1:9089"
+        );
+        // Fewer than 3 nodes: one voter.
+        let two = layout(&start_args("--brokers 2")).unwrap();
+        let roles: Vec<_> = two.iter().map(|n| n.role).collect();
+        assert_eq!(roles, [Role::Combined, Role::Broker]);
+        // Five brokers, five voters.
+        let five = layout(&start_args("--brokers 5 --controllers 5")).unwrap();
+        assert!(five.iter().all(|n| n.role == Role::Combined));
+    }
+
+    #[test]
+    fn dedicated_controllers() {
+        let plan = layout(&start_args(
+            "--brokers 2 --controllers 3 --dedicated-controllers",
+        ))
+        .unwrap();
+        let got: Vec<_> = plan
+            .iter()
+            .map(|n| {
+                (
+                    n.id,
+                    n.role,
+                    n.controller.map(|a| a.port()),
+                    n.metrics.port(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1001, Role::Controller, Some(9091), 9644),
+                (1002, Role::Controller, Some(9090), 9643),
+                (1003, Role::Controller, Some(9089), 9642),
+                (1, Role::Broker, None, 9645),
+                (2, Role::Broker, None, 9646),
+            ]
+        );
     }
 
     #[test]
@@ -215,28 +316,27 @@ mod tests {
         let ports: Vec<_> = plan
             .iter()
             .map(|n| {
-                let listener = n.kafka.or(n.controller).unwrap();
-                (listener.port(), n.metrics.port())
+                (
+                    n.kafka.unwrap().port(),
+                    n.controller.map(|a| a.port()),
+                    n.metrics.port(),
+                )
             })
             .collect();
-        assert_eq!(ports, [(20000, 9000), (19000, 9001), (19001, 9002)]);
+        assert_eq!(ports, [(19000, Some(20000), 9001), (19001, None, 9002)]);
     }
 
     #[test]
-    fn clashing_or_overflowing_ports_are_refused() {
+    fn bad_layouts_are_refused() {
         let cases = [
             (
                 "--controller-port 9093",
-                "port 9093 would serve both node 0's controller listener and node 2's kafka \
+                "port 9093 would serve both node 1's controller listener and node 2's kafka \
                  listener; choose other --controller-port, --base-port or --metrics-base-port",
             ),
             (
-                "--metrics-base-port 9090",
-                "port 9091 would serve both node 0's controller listener and node 1's metrics",
-            ),
-            (
-                "--brokers 1 --base-port 9644",
-                "port 9644 would serve both node 0's metrics listener and node 1's kafka",
+                "--metrics-base-port 9088",
+                "port 9090 would serve both node 2's controller listener and node 2's metrics",
             ),
             (
                 "--brokers 2 --base-port 65535",
@@ -246,6 +346,15 @@ mod tests {
                 "--metrics-base-port 65535",
                 "--metrics-base-port port 65535 + 1 is above 65535",
             ),
+            (
+                "--controllers 2",
+                "--controllers 2: a quorum of an even number",
+            ),
+            (
+                "--brokers 3 --controllers 5",
+                "--controllers 5 needs as many brokers",
+            ),
+            ("--controller-port 2", "--controller-port 2 - 2 is below 1"),
         ];
         for (flags, want) in cases {
             let err = layout(&start_args(flags)).unwrap_err().to_string();
@@ -270,20 +379,21 @@ mod tests {
 
     #[test]
     fn node_arguments() {
-        let args = start_args("--brokers 1 --data-dir c --set min.insync.replicas=2");
+        let args = start_args("--brokers 2 --data-dir c --set min.insync.replicas=2");
         let plan = layout(&args).unwrap();
         let voters = voters(&plan);
         assert_eq!(
             node_args(&plan[0], &voters, &args.set).join(" "),
-            "broker --node-id 0 --data-dir c/node-0 --metrics-listener 127.0.0.1:9644 \
-             --listeners 127.0.0.1:0 --set min.insync.replicas=2 \
-             --set process.roles=controller --set controller.listener=127.0.0.1:9091"
+            "broker --node-id 1 --data-dir c/node-1 --metrics-listener 127.0.0.1:9645 \
+             --listeners 127.0.0.1:9092 --set min.insync.replicas=2 \
+             --set process.roles=broker,controller --set controller.listener=127.0.0.1:9091 \
+             --set controller.quorum.voters=1@127.0.0.1:9091"
         );
         assert_eq!(
             node_args(&plan[1], &voters, &args.set).join(" "),
-            "broker --node-id 1 --data-dir c/node-1 --metrics-listener 127.0.0.1:9645 \
-             --listeners 127.0.0.1:9092 --set min.insync.replicas=2 \
-             --set process.roles=broker --set controller.quorum.voters=0@127.0.0.1:9091"
+            "broker --node-id 2 --data-dir c/node-2 --metrics-listener 127.0.0.1:9646 \
+             --listeners 127.0.0.1:9093 --set min.insync.replicas=2 \
+             --set process.roles=broker --set controller.quorum.voters=1@127.0.0.1:9091"
         );
         // `keel broker` accepts what we pass.
         for node in &plan {

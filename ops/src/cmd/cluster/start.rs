@@ -209,7 +209,7 @@ impl Supervisor {
         let brokers: Vec<&Slot> = self
             .nodes
             .iter()
-            .filter(|n| n.plan.role == Role::Broker)
+            .filter(|n| n.plan.role.is_broker())
             .collect();
         let first = brokers
             .first()
@@ -413,12 +413,13 @@ impl Supervisor {
         }
     }
 
-    /// SIGTERM to the brokers, then to the controller (a paused node is continued first);
+    /// SIGTERM to the brokers, then to the combined nodes, then to the dedicated controllers
+    /// (a paused node is continued first);
     /// SIGKILL to whatever still runs after [`STOP_TIMEOUT`], and to every node left once
     /// another Ctrl-C/SIGTERM arrives.
     async fn stop_all(&mut self, signals: &mut Signals) {
         let mut hurry = false;
-        for role in [Role::Broker, Role::Controller] {
+        for role in [Role::Broker, Role::Combined, Role::Controller] {
             let mut phase: Vec<&mut Slot> = self
                 .nodes
                 .iter_mut()

@@ -23,7 +23,14 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     };
     if let Some(f) = &file {
         print!("{}", super::file::render_nodes(f));
-        println!("{}\n", active_controller(f));
+        println!();
+        let voters: Vec<(i32, std::net::SocketAddr)> = f
+            .nodes
+            .iter()
+            .filter_map(|n| Some((n.id, n.controller?)))
+            .collect();
+        let states = super::quorum::quorum_states(&voters, None, PROBE_TIMEOUT).await;
+        println!("{}", super::quorum::render(&states));
     }
     let admin = connect::admin(&bootstrap).await?;
     let brokers = admin.brokers().await.context("cannot list brokers")?;
@@ -105,27 +112,6 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Which node is the active controller: the one controller voter, and whether it runs.
-fn active_controller(file: &ClusterFile) -> String {
-    use super::file::NodeState;
-    use super::plan::Role;
-    let Some(c) = file.nodes.iter().find(|n| n.role == Role::Controller) else {
-        return "active controller: none (no controller node)".to_string();
-    };
-    match c.state {
-        NodeState::Up => format!(
-            "active controller: node {} ({})",
-            c.id,
-            c.controller.map_or_else(|| "-".into(), |a| a.to_string())
-        ),
-        state => format!(
-            "active controller: none (node {} is {}); brokers keep serving the leaders they know",
-            c.id,
-            state.as_str()
-        ),
-    }
 }
 
 /// Every node's partition gauges, by node id; a failed scrape is a value, not an error.
