@@ -544,6 +544,30 @@ impl TestCluster {
         })
     }
 
+    /// What voter `id` says of the controller quorum; `None` if it does not answer.
+    pub fn quorum_state(&self, id: i32) -> Option<keel_protocol::quorum::QuorumState> {
+        let node = self.node(id);
+        if !node.is_live() {
+            return None;
+        }
+        let addr = node.controller_addr()?;
+        block_on(async move {
+            keel::cmd::cluster::quorum::quorum_state(addr, None, PROBE_TIMEOUT)
+                .await
+                .ok()
+        })
+    }
+
+    /// The active controller: a live voter that says it leads, if one does.
+    pub fn active_controller(&self) -> Option<i32> {
+        self.voter_ids()
+            .into_iter()
+            .filter_map(|id| self.quorum_state(id))
+            .filter(|s| s.leader == s.node_id)
+            .max_by_key(|s| s.term)
+            .map(|s| s.node_id)
+    }
+
     /// Broker ids that Metadata lists now (registered and not fenced).
     pub fn brokers_in_metadata(&self) -> Option<Vec<i32>> {
         let brokers = self.ask(|admin| async move { admin.brokers().await })?;
@@ -781,7 +805,7 @@ impl Drop for KeepLogs {
 
 /// Runs `f` to completion on a new thread with its own runtime: callable from sync code
 /// and from within another runtime.
-fn block_on<F>(f: F) -> F::Output
+pub(crate) fn block_on<F>(f: F) -> F::Output
 where
     F: Future + Send,
     F::Output: Send,

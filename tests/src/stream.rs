@@ -51,6 +51,31 @@ impl BackgroundProducer {
         limit: Option<usize>,
         signal_at: Option<(usize, mpsc::Sender<()>)>,
     ) -> BackgroundProducer {
+        let all: Vec<i32> = (0..partitions).collect();
+        Self::start_to(rt, bootstrap, topic, &all, limit, signal_at)
+    }
+
+    /// [`Self::start`] to one partition only, `limit` records.
+    pub fn start_on(
+        rt: &tokio::runtime::Runtime,
+        bootstrap: &str,
+        topic: &str,
+        partition: i32,
+        limit: Option<usize>,
+    ) -> BackgroundProducer {
+        Self::start_to(rt, bootstrap, topic, &[partition], limit, None)
+    }
+
+    /// Sends round-robin over `targets`.
+    fn start_to(
+        rt: &tokio::runtime::Runtime,
+        bootstrap: &str,
+        topic: &str,
+        targets: &[i32],
+        limit: Option<usize>,
+        signal_at: Option<(usize, mpsc::Sender<()>)>,
+    ) -> BackgroundProducer {
+        let targets = targets.to_vec();
         let log = Arc::new(Mutex::new(ProduceLog::default()));
         let acks = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -99,7 +124,7 @@ impl BackgroundProducer {
                 None => !stop2.load(Ordering::Acquire),
             } {
                 let value = value_of(sent);
-                let partition = (sent % partitions as usize) as i32;
+                let partition = targets[sent % targets.len()];
                 let record = ProducerRecord::new(topic.clone(), value.clone()).partition(partition);
                 match producer.send(record).await {
                     Ok(delivery) => {
@@ -155,14 +180,25 @@ pub fn read_all(
     topic: &str,
     ends: &[i64],
 ) -> BTreeMap<(i32, i64), String> {
+    let all: Vec<i32> = (0..ends.len() as i32).collect();
+    read_partitions(rt, bootstrap, topic, &all, ends)
+}
+
+/// Reads partitions `all` from the start up to `ends[partition]` (exclusive).
+pub fn read_partitions(
+    rt: &tokio::runtime::Runtime,
+    bootstrap: &str,
+    topic: &str,
+    all: &[i32],
+    ends: &[i64],
+) -> BTreeMap<(i32, i64), String> {
     let client = ClientConfig::new(bootstrap);
     rt.block_on(async {
         let mut consumer = Consumer::new(client, ConsumerConfig::default())
             .await
             .expect("consumer");
-        let all: Vec<i32> = (0..ends.len() as i32).collect();
         consumer
-            .assign(topic, &all, Offset::Earliest)
+            .assign(topic, all, Offset::Earliest)
             .await
             .expect("assign");
         let mut out = BTreeMap::new();

@@ -1,5 +1,6 @@
-//! `keel cluster start` as a user runs it, broken with `keel cluster node ...` from "another
-//! terminal" while a producer streams acks=all: a killed leader is reported and replaced
+//! `keel cluster start` as a user runs it (three brokers that are also the three controller
+//! voters), broken with `keel cluster node ...` from "another terminal" while a producer
+//! streams acks=all: a killed leader is reported and replaced
 //! while the supervisor and the other nodes keep running, `node start` brings it back into
 //! the ISR, a paused follower leaves the ISR and rejoins when resumed, a node killed from
 //! outside is reported with its signal, and nothing acknowledged is lost.
@@ -56,15 +57,16 @@ impl Supervisor {
             .prefix("keel-cluster-cli-")
             .tempdir()
             .unwrap();
-        // Controller, 3 brokers and 4 metrics listeners in one range.
-        let base = free_ports(8);
+        // 3 voters' controller listeners, 3 Kafka listeners, then the metrics listeners
+        // (dedicated controller 1's slot, unused, and brokers 1..=3), in one range.
+        let base = free_ports(10);
         let mut child = Command::new(keel_tests::keel_bin())
             .args(["cluster", "start", "--brokers", "3"])
             .arg("--data-dir")
             .arg(dir.path().join("c"))
-            .args(["--controller-port", &base.to_string()])
-            .args(["--base-port", &(base + 1).to_string()])
-            .args(["--metrics-base-port", &(base + 4).to_string()])
+            .args(["--controller-port", &(base + 2).to_string()])
+            .args(["--base-port", &(base + 3).to_string()])
+            .args(["--metrics-base-port", &(base + 6).to_string()])
             .args(["--set", "broker.session.timeout.ms=1500"])
             .args(["--set", "broker.heartbeat.interval.ms=200"])
             .args(["--set", "replica.lag.time.max.ms=2000"])
@@ -110,8 +112,8 @@ impl Supervisor {
     }
 
     fn bootstrap(&self) -> String {
-        (1..=3)
-            .map(|i| format!("127.0.0.1:{}", self.base_port + i))
+        (0..3)
+            .map(|i| format!("127.0.0.1:{}", self.base_port + 3 + i))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -344,7 +346,7 @@ fn a_local_cluster_survives_its_nodes_being_broken() {
 
 /// Every node kept its own directory and log.
 fn assert_no_stray_dirs(dir: &Path) {
-    for id in 0..=3 {
+    for id in 1..=3 {
         assert!(dir.join(format!("node-{id}")).is_dir(), "node-{id}");
         assert!(
             dir.join(format!("node-{id}.log")).is_file(),

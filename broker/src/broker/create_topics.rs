@@ -41,11 +41,10 @@ pub(crate) async fn create_and_settle(
     rt: &BrokerRuntime,
     req: &CreateTopicsRequest,
 ) -> Result<CreateTopicsResponse, LinkError> {
-    // The client's own deadline, within 1–30 s: with no active controller the answer is a
-    // timeout the client can still read.
-    let timeout = std::time::Duration::from_millis(
-        u64::try_from(req.timeout_ms.clamp(1_000, 30_000)).unwrap_or(30_000),
-    );
+    // Nine tenths of the client's own deadline (1–30 s): with no active controller the
+    // answer is a timeout that reaches the client before it gives up itself.
+    let ms = u64::try_from(req.timeout_ms.clamp(1_000, 30_000)).unwrap_or(30_000);
+    let timeout = std::time::Duration::from_millis(ms * 9 / 10);
     // Always v7, whatever the client speaks: its answer carries the new topics' ids, which
     // the wait below needs. Fields the client's version lacks are dropped when the answer is
     // encoded for it (they are all ignorable).

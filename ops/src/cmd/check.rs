@@ -15,6 +15,7 @@
 //! otherwise an error line and exit code 1.
 
 pub mod assess;
+pub mod quorum;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -55,6 +56,10 @@ pub struct CheckArgs {
     /// LAGGING replicas at most this many records behind still exit 0.
     #[arg(long, default_value_t = 0, value_name = "RECORDS")]
     pub max_lag: i64,
+    /// Also compare the controller voters' metadata logs: `id@host:port` of each voter,
+    /// comma-separated (what `controller.quorum.voters` says).
+    #[arg(long, value_name = "ID@HOST:PORT[,...]", value_parser = parse_voters)]
+    pub voters: Option<Vec<(i32, std::net::SocketAddr)>>,
     /// Time allowed for each broker's answer.
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
     pub timeout_ms: u64,
@@ -68,6 +73,12 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
         round += 1;
         let reports = check_once(&args).await?;
         let verdict = verdict(&reports, args.max_lag);
+        let timeout = Duration::from_millis(args.timeout_ms.max(1));
+        let quorum = match &args.voters {
+            Some(v) => Some(quorum::check(v, timeout, args.max_lag).await),
+            None => None,
+        };
+        let quorum_failing = quorum.as_deref().map_or(0, |q| quorum::verdict(q).0);
         if args.json {
             println!(
                 "{}",
@@ -77,11 +88,18 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
             if args.watch {
                 print!("\x1b[2J\x1b[H"); // clear the screen between rounds
             }
+            if let Some(q) = &quorum {
+                print!("{}", quorum::render(q));
+                println!("{}\n", quorum::verdict(q).1);
+            }
             print!("{}", render(&reports, args.unsynced));
             println!("{}", verdict.summary);
         }
         let more = args.watch && args.count.is_none_or(|n| round < n);
         if !more {
+            if quorum_failing > 0 {
+                bail!("the controller quorum is not in sync (see the voters' table)");
+            }
             return match verdict.failing {
                 0 => Ok(()),
                 n => bail!(
@@ -92,6 +110,24 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
     }
+}
+
+/// `id@host:port[,...]`, as `controller.quorum.voters`.
+fn parse_voters(v: &str) -> Result<Vec<(i32, std::net::SocketAddr)>, String> {
+    v.split(',')
+        .map(|one| {
+            let (id, addr) = one
+                .trim()
+                .split_once('@')
+                .ok_or_else(|| format!("{one}: expected id@host:port"))?;
+            let id = id.parse().map_err(|_| format!("{one}: bad voter id"))?;
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(addr)
+                .map_err(|e| format!("{one}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("{one}: no address"))?;
+            Ok((id, addr))
+        })
+        .collect()
 }
 
 /// One round: metadata, replica states, digests, assessment.

@@ -13,7 +13,15 @@
 //! 3. every replica's segment files hold the same bytes below the HW;
 //! 4. no broker holds a deleted file open or mapped, its storage gauges match its files, and
 //!    its tasks and non-data file descriptors are back near their baseline (taken before the
-//!    first fault, with no client connected).
+//!    first fault, with no client connected);
+//! 5. the controller voters' metadata logs are identical over their common committed range
+//!    (`keel check --voters`) and all caught up;
+//! 6. per partition, as sampled after every fault and heal: leader epochs never go back,
+//!    and no epoch ever had two leaders.
+//!
+//! Brokers 1..=3 are also the controller voters, so every fault on a node is a fault on a
+//! voter too; faults aimed at node 0 hit whichever voter is the active controller then, and
+//! the `majority` nemesis takes out the active controller and one more voter at once.
 
 pub mod checker;
 pub mod nemesis;
@@ -30,7 +38,7 @@ use crate::cluster::{ClusterOpts, TestCluster};
 use crate::proxy::LinkFault;
 use crate::wait::poll_until;
 use checker::{Final, Verdict};
-use nemesis::{Fault, LinkMode, Nemesis, Timing};
+use nemesis::{Fault, LinkMode, Nemesis, Timing, ACTIVE_CONTROLLER};
 use workload::{Workload, WorkloadOpts};
 
 /// How a chaos run goes.
@@ -133,6 +141,8 @@ impl std::fmt::Display for Report {
 fn cluster_opts(opts: &ChaosOpts) -> ClusterOpts {
     ClusterOpts::default()
         .brokers(opts.brokers)
+        .voters(opts.brokers.min(3))
+        .fast_elections()
         .fault_proxies()
         .env("KEEL_TEST_SYNC_JOURNAL", "1")
         .set("broker.heartbeat.interval.ms", "300")
@@ -187,6 +197,7 @@ pub fn run(opts: &ChaosOpts) -> Report {
 
     let mut schedule = Vec::new();
     let mut scrub_problems = Vec::new();
+    let mut epochs = EpochWatch::default();
     let mut injected: BTreeMap<&'static str, usize> = BTreeMap::new();
     for (i, step) in steps.iter().enumerate() {
         if started.elapsed() > opts.max_duration {
@@ -194,11 +205,15 @@ pub fn run(opts: &ChaosOpts) -> Report {
             break;
         }
         let at = started.elapsed().as_secs_f64();
-        let detail = inject(&mut cluster, step.fault, opts);
+        epochs.sample(&cluster, &topic);
+        let targets = resolve(&cluster, step.fault);
+        let detail = inject(&mut cluster, step.fault, &targets, opts);
         *injected.entry(step.fault.nemesis().name()).or_default() += 1;
         std::thread::sleep(step.hold);
-        heal(&mut cluster, step.fault);
+        epochs.sample(&cluster, &topic);
+        heal(&mut cluster, step.fault, &targets);
         let writable = settle(&cluster, &topic, opts.workload.partitions);
+        epochs.sample(&cluster, &topic);
         let scrubbed = match step.fault {
             Fault::Corrupt { .. } => {
                 scrub(&cluster, &topic, opts.sync_timeout, &mut scrub_problems)
@@ -262,6 +277,9 @@ pub fn run(opts: &ChaosOpts) -> Report {
     checker::check_commits(&mut verdict, &commits, &final_offsets);
 
     cluster_problems.extend(compare_replicas(&cluster, &topic, &fin));
+    epochs.sample(&cluster, &topic);
+    cluster_problems.extend(epochs.problems);
+    cluster_problems.extend(compare_voters(&cluster, opts.sync_timeout));
     let (problems, resources) = resource_problems(&cluster, &baseline);
     cluster_problems.extend(problems);
     // KEEL_CHAOS_KEEP=1 keeps the evidence of passing runs too (to study a warning).
@@ -281,21 +299,63 @@ pub fn run(opts: &ChaosOpts) -> Report {
     }
 }
 
-/// Applies a fault; returns a note for the schedule line (what a corruption or power loss
-/// did).
-fn inject(cluster: &mut TestCluster, fault: Fault, opts: &ChaosOpts) -> String {
-    let others =
-        |node: i32| -> Vec<i32> { (0..=opts.brokers as i32).filter(|&n| n != node).collect() };
+/// The nodes a fault hits: node 0 means the active controller (the first voter if none is
+/// active), and a majority fault hits it and the voter after it.
+fn resolve(cluster: &TestCluster, fault: Fault) -> Vec<i32> {
+    let voters = cluster.voter_ids();
+    let active = || {
+        cluster
+            .active_controller()
+            .or_else(|| voters.first().copied())
+            .unwrap_or(1)
+    };
     match fault {
-        Fault::Kill { node } => {
+        Fault::Majority { .. } => {
+            let a = active();
+            let i = voters.iter().position(|&v| v == a).unwrap_or(0);
+            (0..voters.len() / 2 + 1)
+                .map(|k| voters[(i + k) % voters.len()])
+                .collect()
+        }
+        f if f.node() == ACTIVE_CONTROLLER => vec![active()],
+        f => vec![f.node()],
+    }
+}
+
+/// Applies a fault to `targets` (see [`resolve`]); returns a note for the schedule line
+/// (which node was the active controller, what a corruption or power loss did).
+fn inject(cluster: &mut TestCluster, fault: Fault, targets: &[i32], opts: &ChaosOpts) -> String {
+    let others =
+        |node: i32| -> Vec<i32> { (1..=opts.brokers as i32).filter(|&n| n != node).collect() };
+    let node = targets[0];
+    let named = if fault.node() == ACTIVE_CONTROLLER {
+        format!(
+            " [node{} {targets:?}]",
+            if targets.len() > 1 { "s" } else { "" }
+        )
+    } else {
+        String::new()
+    };
+    let detail = match fault {
+        Fault::Majority { kill } => {
+            for &n in targets {
+                if kill {
+                    cluster.kill9(n);
+                } else {
+                    cluster.sigstop(n);
+                }
+            }
+            String::new()
+        }
+        Fault::Kill { .. } => {
             cluster.kill9(node);
             String::new()
         }
-        Fault::Pause { node } => {
+        Fault::Pause { .. } => {
             cluster.sigstop(node);
             String::new()
         }
-        Fault::Partition { node, mode } => {
+        Fault::Partition { mode, .. } => {
             let link = match mode {
                 LinkMode::Drop => LinkFault::Drop,
                 LinkMode::Blackhole => LinkFault::Blackhole,
@@ -304,53 +364,131 @@ fn inject(cluster: &mut TestCluster, fault: Fault, opts: &ChaosOpts) -> String {
             cluster.net().isolate(node, &others(node), link);
             String::new()
         }
-        Fault::Corrupt { node, pick } => {
-            let topic = &opts.workload.topic;
-            let partition = (pick % opts.workload.partitions as u64) as i32;
-            // Bit rot on the last in-sync copy of a partition is a second fault on top of the
-            // lost ISR (the case KIP-966's eligible leaders address): acknowledged data can go
-            // with it. One fault at a time: rot a replica only while the others are in sync.
-            let full = crate::wait::poll_until(Duration::from_secs(20), || {
-                cluster
-                    .isr_of(topic, partition)
-                    .is_some_and(|isr| isr.len() >= opts.brokers)
-            });
-            cluster.kill9(node);
-            if !full {
-                return format!(
-                    " [{topic}-{partition}: ISR not full within 20 s, nothing corrupted]"
-                );
-            }
-            let data = cluster.broker(node).data_dir();
-            let dir = crate::disk::replica_dir(&data, topic, partition);
-            let bytes: u64 = crate::disk::segment_files(&dir)
-                .iter()
-                .filter_map(|(_, f)| f.metadata().ok())
-                .map(|m| m.len())
-                .sum();
-            if bytes == 0 {
-                format!(" [{topic}-{partition} holds no batch yet: nothing corrupted]")
-            } else {
-                let done = crate::disk::corrupt_byte(&data, topic, partition, pick >> 8);
-                format!(" [{done}]")
-            }
-        }
-        Fault::PowerLoss { node } => {
+        Fault::Corrupt { pick, .. } => corrupt(cluster, node, pick, opts),
+        Fault::PowerLoss { .. } => {
             cluster.kill9(node);
             let lost = crate::disk::simulate_power_loss(&cluster.broker(node).data_dir());
             format!(" [{lost}]")
         }
+    };
+    format!("{named}{detail}")
+}
+
+/// Kills `node` and flips a byte of one of its segments (see [`Fault::Corrupt`]).
+fn corrupt(cluster: &mut TestCluster, node: i32, pick: u64, opts: &ChaosOpts) -> String {
+    let topic = &opts.workload.topic;
+    let partition = (pick % opts.workload.partitions as u64) as i32;
+    // Bit rot on the last in-sync copy of a partition is a second fault on top of the
+    // lost ISR (the case KIP-966's eligible leaders address): acknowledged data can go
+    // with it. One fault at a time: rot a replica only while the others are in sync.
+    let full = crate::wait::poll_until(Duration::from_secs(20), || {
+        cluster
+            .isr_of(topic, partition)
+            .is_some_and(|isr| isr.len() >= opts.brokers)
+    });
+    cluster.kill9(node);
+    if !full {
+        return format!(" [{topic}-{partition}: ISR not full within 20 s, nothing corrupted]");
+    }
+    let data = cluster.broker(node).data_dir();
+    let dir = crate::disk::replica_dir(&data, topic, partition);
+    let bytes: u64 = crate::disk::segment_files(&dir)
+        .iter()
+        .filter_map(|(_, f)| f.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    if bytes == 0 {
+        format!(" [{topic}-{partition} holds no batch yet: nothing corrupted]")
+    } else {
+        let done = crate::disk::corrupt_byte(&data, topic, partition, pick >> 8);
+        format!(" [{done}]")
     }
 }
 
-/// Undoes a fault: restarts a killed node, continues a paused one, restores links.
-fn heal(cluster: &mut TestCluster, fault: Fault) {
+/// Undoes a fault on `targets`: restarts killed nodes, continues paused ones, restores
+/// links.
+fn heal(cluster: &mut TestCluster, fault: Fault, targets: &[i32]) {
     match fault {
-        Fault::Kill { node } | Fault::Corrupt { node, .. } | Fault::PowerLoss { node } => {
-            cluster.restart(node)
+        Fault::Kill { .. }
+        | Fault::Corrupt { .. }
+        | Fault::PowerLoss { .. }
+        | Fault::Majority { kill: true } => {
+            for &n in targets {
+                cluster.restart(n);
+            }
         }
-        Fault::Pause { node } => cluster.sigcont(node),
+        Fault::Pause { .. } | Fault::Majority { kill: false } => {
+            for &n in targets {
+                cluster.sigcont(n);
+            }
+        }
         Fault::Partition { .. } => cluster.net().heal_all(),
+    }
+}
+
+/// Per partition of the workload's topic: the leader seen in each leader epoch, and the
+/// highest epoch seen, from samples taken around every fault.
+#[derive(Default)]
+struct EpochWatch {
+    leaders: BTreeMap<(i32, i32), i32>,
+    highest: BTreeMap<i32, i32>,
+    problems: Vec<String>,
+}
+
+impl EpochWatch {
+    fn sample(&mut self, cluster: &TestCluster, topic: &str) {
+        let Some(d) = cluster.describe_topic(topic) else {
+            return;
+        };
+        for p in d.partitions {
+            if p.leader >= 0 {
+                let before = self.leaders.insert((p.partition, p.leader_epoch), p.leader);
+                if let Some(other) = before.filter(|&l| l != p.leader) {
+                    self.problems.push(format!(
+                        "{topic}-{}: leader epoch {} had two leaders, {other} and {}",
+                        p.partition, p.leader_epoch, p.leader
+                    ));
+                }
+            }
+            let highest = self.highest.entry(p.partition).or_insert(p.leader_epoch);
+            if p.leader_epoch < *highest {
+                self.problems.push(format!(
+                    "{topic}-{}: leader epoch went back from {highest} to {}",
+                    p.partition, p.leader_epoch
+                ));
+            }
+            *highest = (*highest).max(p.leader_epoch);
+        }
+    }
+}
+
+/// `keel check --voters`, until every voter is SYNCED or `timeout`: the voters' metadata
+/// logs must be the same over their common committed range.
+fn compare_voters(cluster: &TestCluster, timeout: Duration) -> Vec<String> {
+    let voters: Vec<(i32, std::net::SocketAddr)> = cluster
+        .voter_ids()
+        .into_iter()
+        .filter_map(|id| Some((id, cluster.node(id).controller_addr()?)))
+        .collect();
+    if voters.is_empty() {
+        return Vec::new();
+    }
+    let mut last = Vec::new();
+    let ok = poll_until(timeout, || {
+        last = crate::cluster::block_on(keel::cmd::check::quorum::check(
+            &voters,
+            Duration::from_secs(5),
+            0,
+        ));
+        keel::cmd::check::quorum::verdict(&last).0 == 0
+    });
+    if ok {
+        Vec::new()
+    } else {
+        vec![format!(
+            "the controller voters are not in sync within {timeout:?}:\n{}",
+            keel::cmd::check::quorum::render(&last)
+        )]
     }
 }
 

@@ -25,15 +25,19 @@ pub enum Nemesis {
     Corrupt,
     /// SIGKILL a broker and discard every segment byte it had not fsynced, then restart it.
     PowerLoss,
+    /// Take out a majority of the controller voters at once (the active controller and
+    /// one more): SIGKILL or SIGSTOP both; restart or continue both at heal.
+    Majority,
 }
 
 impl Nemesis {
-    pub const ALL: [Nemesis; 5] = [
+    pub const ALL: [Nemesis; 6] = [
         Nemesis::Kill,
         Nemesis::Pause,
         Nemesis::Partition,
         Nemesis::Corrupt,
         Nemesis::PowerLoss,
+        Nemesis::Majority,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,11 +47,13 @@ impl Nemesis {
             Nemesis::Partition => "partition",
             Nemesis::Corrupt => "corrupt",
             Nemesis::PowerLoss => "powerloss",
+            Nemesis::Majority => "majority",
         }
     }
 
-    /// Whether the controller (node 0) may be the target. Its data is the metadata log, not
-    /// partition segments, so corruption and power loss aim at brokers only.
+    /// Whether the active controller (node 0 in a schedule, resolved when the fault is
+    /// injected) may be the target. Corruption and power loss aim at partition segments,
+    /// so at brokers by id.
     fn may_hit_controller(self) -> bool {
         matches!(self, Nemesis::Kill | Nemesis::Pause | Nemesis::Partition)
     }
@@ -113,7 +119,14 @@ pub enum Fault {
     PowerLoss {
         node: i32,
     },
+    /// The active controller and the voter after it: killed (`kill`) or paused.
+    Majority {
+        kill: bool,
+    },
 }
+
+/// In a [`Fault`], the node id that means "the active controller when the fault starts".
+pub const ACTIVE_CONTROLLER: i32 = 0;
 
 impl Fault {
     pub fn node(&self) -> i32 {
@@ -123,6 +136,7 @@ impl Fault {
             | Fault::Partition { node, .. }
             | Fault::Corrupt { node, .. }
             | Fault::PowerLoss { node } => node,
+            Fault::Majority { .. } => ACTIVE_CONTROLLER,
         }
     }
 
@@ -133,22 +147,45 @@ impl Fault {
             Fault::Partition { .. } => Nemesis::Partition,
             Fault::Corrupt { .. } => Nemesis::Corrupt,
             Fault::PowerLoss { .. } => Nemesis::PowerLoss,
+            Fault::Majority { .. } => Nemesis::Majority,
         }
+    }
+}
+
+/// `node 3`, or `the active controller` for node 0.
+fn target(node: i32) -> String {
+    if node == ACTIVE_CONTROLLER {
+        "the active controller".to_string()
+    } else {
+        format!("node {node}")
     }
 }
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let node = target(self.node());
         match *self {
-            Fault::Kill { node } => write!(f, "kill node {node}"),
-            Fault::Pause { node } => write!(f, "pause node {node}"),
-            Fault::Partition { node, mode } => match mode {
-                LinkMode::Drop => write!(f, "partition node {node} (drop)"),
-                LinkMode::Blackhole => write!(f, "partition node {node} (black hole)"),
-                LinkMode::Delay(ms) => write!(f, "partition node {node} (delay {ms} ms)"),
+            Fault::Kill { .. } => write!(f, "kill {node}"),
+            Fault::Pause { .. } => write!(f, "pause {node}"),
+            Fault::Partition { mode, .. } => match mode {
+                LinkMode::Drop => write!(f, "partition {node} (drop)"),
+                LinkMode::Blackhole => write!(f, "partition {node} (black hole)"),
+                LinkMode::Delay(ms) => write!(f, "partition {node} (delay {ms} ms)"),
             },
-            Fault::Corrupt { node, pick } => write!(f, "corrupt node {node} (pick {pick:#x})"),
-            Fault::PowerLoss { node } => write!(f, "power loss node {node}"),
+            Fault::Corrupt { pick, .. } => write!(f, "corrupt {node} (pick {pick:#x})"),
+            Fault::PowerLoss { .. } => write!(f, "power loss {node}"),
+            Fault::Majority { kill: true } => {
+                write!(
+                    f,
+                    "kill a majority of voters (the active controller and one more)"
+                )
+            }
+            Fault::Majority { kill: false } => {
+                write!(
+                    f,
+                    "pause a majority of voters (the active controller and one more)"
+                )
+            }
         }
     }
 }
@@ -190,7 +227,8 @@ impl Default for Timing {
     }
 }
 
-/// The `cycles` steps of a run over brokers `1..=brokers` and the controller (node 0).
+/// The `cycles` steps of a run over brokers `1..=brokers` and the active controller
+/// (node 0, see [`ACTIVE_CONTROLLER`]).
 /// The same arguments give the same schedule.
 pub fn schedule(
     seed: u64,
@@ -208,9 +246,9 @@ pub fn schedule(
     (0..cycles)
         .map(|_| {
             let nemesis = nemeses[rng.range(0, nemeses.len() - 1)];
-            // The controller is one target in eight, where it may be one at all.
+            // The active controller is one target in eight, where it may be one at all.
             let node = if nemesis.may_hit_controller() && rng.range(0, 7) == 0 {
-                0
+                ACTIVE_CONTROLLER
             } else {
                 rng.range(1, brokers as usize) as i32
             };
@@ -230,6 +268,9 @@ pub fn schedule(
                     pick: rng.next_u64(),
                 },
                 Nemesis::PowerLoss => Fault::PowerLoss { node },
+                Nemesis::Majority => Fault::Majority {
+                    kill: rng.range(0, 1) == 0,
+                },
             };
             Step {
                 fault,
@@ -251,10 +292,10 @@ mod tests {
             [Nemesis::Kill, Nemesis::Pause]
         );
         assert_eq!(
-            parse_nemeses("kill,pause,partition,corrupt,powerloss")
+            parse_nemeses("kill,pause,partition,corrupt,powerloss,majority")
                 .unwrap()
                 .len(),
-            5
+            6
         );
         assert!(parse_nemeses("kill,flood").unwrap_err().contains("flood"));
         assert!(parse_nemeses("").is_err());
@@ -283,10 +324,10 @@ mod tests {
             assert!((100..=300).contains(&(s.hold.as_millis() as u64)), "{s}");
             assert!((10..=20).contains(&(s.settle.as_millis() as u64)), "{s}");
             if matches!(s.fault.nemesis(), Nemesis::Corrupt | Nemesis::PowerLoss) {
-                assert_ne!(s.fault.node(), 0, "{s}: the controller has no segments");
+                assert_ne!(s.fault.node(), 0, "{s}: aimed at a broker's segments");
             }
         }
-        assert_eq!(kinds.len(), 5, "500 steps use every nemesis");
+        assert_eq!(kinds.len(), 6, "500 steps use every nemesis");
         assert!(steps.iter().any(|s| s.fault.node() == 0));
     }
 

@@ -368,12 +368,18 @@ impl Driver {
         metrics::gauge!(m::QUORUM_SNAPSHOT_OFFSET).set(store.snapshot_index() as f64);
         metrics::gauge!(m::QUORUM_SNAPSHOT_AGE_SECONDS)
             .set(self.snapshot_at.elapsed().as_secs_f64());
-        let s = v.image().stats();
+        // The cluster-wide counts come from the active controller only (0 elsewhere), so
+        // sums over every voter count each broker and partition once.
+        let mut s = v.image().stats();
+        let offset = s.offset;
+        if !v.is_active() {
+            s = Default::default();
+        }
         metrics::gauge!(m::CONTROLLER_BROKERS_REGISTERED).set(s.registered as f64);
         metrics::gauge!(m::CONTROLLER_BROKERS_FENCED).set(s.fenced as f64);
         metrics::gauge!(m::CONTROLLER_BROKERS_ACTIVE).set((s.registered - s.fenced) as f64);
         metrics::gauge!(m::CONTROLLER_OFFLINE_PARTITIONS).set(s.offline_partitions as f64);
         metrics::gauge!(m::CONTROLLER_PARTITIONS).set(s.partitions as f64);
-        metrics::gauge!(m::CONTROLLER_METADATA_LOG_OFFSET).set(s.offset as f64);
+        metrics::gauge!(m::CONTROLLER_METADATA_LOG_OFFSET).set(offset as f64);
     }
 }

@@ -79,7 +79,7 @@ impl ClusterFile {
         for n in &self.nodes {
             if let Some(addr) = n.metrics {
                 out.push_str(&format!(
-                    "      - targets: ['{addr}']\n        labels: {{node: '{}', role: {}}}\n",
+                    "      - targets: ['{addr}']\n        labels: {{node: '{}', role: '{}'}}\n",
                     n.id,
                     n.role.as_str()
                 ));
@@ -202,7 +202,7 @@ mod tests {
         assert!(prom.contains("rule_files:\n  - alerts.yml\n"), "{prom}");
         assert!(
             prom.ends_with(
-                "static_configs:\n      - targets: ['127.0.0.1:9644']\n        labels: {node: '0', role: controller}\n"
+                "static_configs:\n      - targets: ['127.0.0.1:9644']\n        labels: {node: '0', role: 'controller'}\n"
             ),
             "{prom}"
         );

@@ -189,21 +189,29 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    /// Spawns every node (the controller first), each after the previous one is ready,
-    /// then waits for all brokers to be registered. A spawned node is in `self.nodes` at
+    /// Spawns the controller voters together and waits until each is ready, then every
+    /// other node, each after the previous one is ready; then waits for all brokers to be
+    /// registered. A spawned node is in `self.nodes` at
     /// once, so the caller stops it whatever happens here.
     async fn bring_up(&mut self, args: &StartArgs) -> anyhow::Result<()> {
-        for i in 0..self.nodes.len() {
+        // The voters first and all at once: none is ready before a quorum of them runs.
+        let (voters, others): (Vec<usize>, Vec<usize>) =
+            (0..self.nodes.len()).partition(|&i| self.nodes[i].plan.role.is_controller());
+        let mut spawned = Vec::new();
+        for &i in &voters {
+            spawned.push((i, self.spawn(i)?));
+        }
+        for (i, stdout) in spawned {
+            self.await_ready(i, stdout).await.inspect_err(|_| {
+                print_log_tail(&self.nodes[i].plan, 30);
+            })?;
+            self.announce(i);
+        }
+        for i in others {
             self.start_node(i).await.inspect_err(|_| {
                 print_log_tail(&self.nodes[i].plan, 30);
             })?;
-            let node = &self.nodes[i];
-            eprintln!(
-                "node {} ({}) is up: {}",
-                node.plan.id,
-                node.plan.role.as_str(),
-                listens(node)
-            );
+            self.announce(i);
         }
         eprintln!("waiting for the brokers to register");
         let brokers: Vec<&Slot> = self
@@ -222,8 +230,9 @@ impl Supervisor {
         print!("{}", render_nodes(&file));
         println!("bootstrap servers: {}", file.bootstrap().join(","));
         println!(
-            "status: keel cluster status --data-dir {dir}; replica check: keel check --bootstrap-server {}",
+            "status: keel cluster status --data-dir {dir}; replica check: keel check --bootstrap-server {} --voters {}",
             file.bootstrap().join(","),
+            self.voters,
             dir = args.data_dir.display()
         );
         println!(
@@ -243,6 +252,22 @@ impl Supervisor {
 
     /// Spawns node `i` with its planned arguments and waits for its ready line.
     async fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let stdout = self.spawn(i)?;
+        self.await_ready(i, stdout).await
+    }
+
+    fn announce(&self, i: usize) {
+        let node = &self.nodes[i];
+        eprintln!(
+            "node {} ({}) is up: {}",
+            node.plan.id,
+            node.plan.role.as_str(),
+            listens(node)
+        );
+    }
+
+    /// Starts node `i`'s process; its ready line is read from the returned stdout.
+    fn spawn(&mut self, i: usize) -> anyhow::Result<ChildStdout> {
         let args = node_args(&self.nodes[i].plan, &self.voters, &self.settings);
         let (child, stdout) = spawn_node(&self.exe, &self.nodes[i].plan, &args)?;
         let slot = &mut self.nodes[i];
@@ -251,6 +276,12 @@ impl Supervisor {
         slot.ready = None;
         slot.exit = None;
         slot.state = NodeState::Up;
+        Ok(stdout)
+    }
+
+    /// Waits for node `i`'s ready line; a node that does not get there is killed.
+    async fn await_ready(&mut self, i: usize, stdout: ChildStdout) -> anyhow::Result<()> {
+        let slot = &mut self.nodes[i];
         match wait_ready(slot, stdout).await {
             Ok(ready) => {
                 slot.ready = Some(ready);
