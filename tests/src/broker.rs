@@ -62,22 +62,53 @@ impl TestBroker {
 
     /// [`TestBroker::start`] over a data dir that `prepare` filled first.
     pub fn start_over(opts: BrokerOpts, prepare: impl FnOnce(&std::path::Path)) -> TestBroker {
+        let mut b = Self::unstarted(opts);
+        prepare(&b.data_dir());
+        b.spawn(0, 0).unwrap_or_else(|e| panic!("{e}"));
+        b
+    }
+
+    /// Starts several brokers at once and waits for all their ready lines: nodes that
+    /// become ready only together (controller voters, which need a quorum) start this way.
+    /// The processes are spawned from this thread (they die with it); only the waits run
+    /// on threads of their own.
+    pub fn start_all(opts: Vec<BrokerOpts>) -> Vec<TestBroker> {
+        let mut brokers: Vec<TestBroker> = opts.into_iter().map(Self::unstarted).collect();
+        let launched: Vec<(Receiver<String>, String)> = brokers
+            .iter_mut()
+            .map(|b| b.launch(0, 0).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let outcomes: Vec<Result<(), String>> = std::thread::scope(|scope| {
+            let waits: Vec<_> = brokers
+                .iter_mut()
+                .zip(launched)
+                .map(|(b, (lines, cmdline))| scope.spawn(move || b.finish_start(&lines, &cmdline)))
+                .collect();
+            waits
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|_| Err("the wait panicked".into())))
+                .collect()
+        });
+        for o in outcomes {
+            o.unwrap_or_else(|e| panic!("{e}"));
+        }
+        brokers
+    }
+
+    fn unstarted(opts: BrokerOpts) -> TestBroker {
         let dir = tempfile::Builder::new()
             .prefix("keel-test-")
             .tempdir()
             .expect("create temp dir");
         std::fs::create_dir_all(dir.path().join("data")).expect("create data dir");
-        prepare(&dir.path().join("data"));
-        let mut b = TestBroker {
+        TestBroker {
             opts,
             child: None,
             kafka: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
             starts: 0,
             dir,
-        };
-        b.spawn(0, 0).unwrap_or_else(|e| panic!("{e}"));
-        b
+        }
     }
 
     /// `host:port` of the Kafka listener.
@@ -167,6 +198,17 @@ impl TestBroker {
 
     /// Spawns `keel broker` and waits for `KEEL_READY`; `Err` carries the stderr tail.
     fn spawn(&mut self, kafka_port: u16, metrics_port: u16) -> Result<(), String> {
+        let (lines, cmdline) = self.launch(kafka_port, metrics_port)?;
+        self.finish_start(&lines, &cmdline)
+    }
+
+    /// Spawns `keel broker` (from the calling thread, which it dies with); returns its
+    /// stdout lines and command line.
+    fn launch(
+        &mut self,
+        kafka_port: u16,
+        metrics_port: u16,
+    ) -> Result<(Receiver<String>, String), String> {
         self.starts += 1;
         let log = OpenOptions::new()
             .create(true)
@@ -195,7 +237,12 @@ impl TestBroker {
         let lines = stdout_lines(&mut child);
         // Stored now, so `Drop` kills it on every failure below.
         self.child = Some(child);
-        match self.wait_ready(&lines) {
+        Ok((lines, cmdline))
+    }
+
+    /// Waits for the ready line of the process [`Self::launch`] started.
+    fn finish_start(&mut self, lines: &Receiver<String>, cmdline: &str) -> Result<(), String> {
+        match self.wait_ready(lines) {
             Ok((kafka, metrics)) => {
                 self.kafka = kafka;
                 self.metrics = metrics;

@@ -342,16 +342,7 @@ impl TestCluster {
                 }
             })
             .collect();
-        let brokers: Vec<TestBroker> = std::thread::scope(|scope| {
-            let handles: Vec<_> = starts
-                .into_iter()
-                .map(|o| scope.spawn(move || TestBroker::start(o)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a node failed to start"))
-                .collect()
-        });
+        let brokers = TestBroker::start_all(starts);
         let mut voter_addrs = voter_addrs.into_iter();
         let nodes = ids
             .iter()

@@ -39,7 +39,7 @@ pub(crate) struct BrokerRuntime {
     pub(crate) link: Arc<ControllerLink>,
     pub(crate) metadata: Arc<MetadataFollower>,
     pub(crate) replicas: Arc<ReplicaManager>,
-    pub(crate) producer_ids: producer_ids::ProducerIds,
+    pub(crate) producer_ids: Arc<producer_ids::ProducerIds>,
     config: BrokerConfig,
     stop: CancellationToken,
 }
@@ -64,7 +64,7 @@ impl BrokerRuntime {
             )),
             metadata: Arc::new(MetadataFollower::new(config.node_id)),
             replicas: Arc::new(ReplicaManager::new(config.node_id, registry)),
-            producer_ids: producer_ids::ProducerIds::default(),
+            producer_ids: Arc::new(producer_ids::ProducerIds::default()),
             config,
             stop,
         })
@@ -112,6 +112,15 @@ impl BrokerRuntime {
                 isr_period,
                 self.stop.clone(),
             )),
+            tokio::spawn({
+                let (ids, link, metadata) = (
+                    self.producer_ids.clone(),
+                    self.link.clone(),
+                    self.metadata.clone(),
+                );
+                let (node, stop) = (self.node_id, self.stop.clone());
+                async move { ids.prefetch(node, &link, &metadata, &stop).await }
+            }),
         ]
     }
 

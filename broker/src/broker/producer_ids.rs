@@ -3,6 +3,10 @@
 //! across brokers and restarts), handed out one by one. A broker takes a new block when its
 //! current one runs out, and only once its own metadata shows the block: every other broker
 //! then learns of it about as soon, and can tell an issued id from a forged one.
+//!
+//! A broker takes its first block as soon as it is registered ([`ProducerIds::prefetch`]),
+//! not at the first InitProducerId: idempotent producers (every modern client's default)
+//! can then start while the controller quorum has no leader.
 
 use super::controller_link::{ControllerLink, LinkError, RPC_TIMEOUT};
 use super::metadata_follower::MetadataFollower;
@@ -29,6 +33,50 @@ impl ProducerIds {
         metadata: &MetadataFollower,
     ) -> Result<i64, LinkError> {
         let mut block = self.block.lock().await;
+        Self::fill(&mut block, node_id, link, metadata).await?;
+        let id = block.0;
+        block.0 += 1;
+        Ok(id)
+    }
+
+    /// Takes a block now if there is none left, retrying (with back-off) until it has one or
+    /// `stop`; run once this broker is registered.
+    pub(crate) async fn prefetch(
+        &self,
+        node_id: i32,
+        link: &ControllerLink,
+        metadata: &MetadataFollower,
+        stop: &tokio_util::sync::CancellationToken,
+    ) {
+        use super::controller_link::{backoff, sleep_or_stop};
+        let mut attempt = 0;
+        while !stop.is_cancelled() {
+            let pause = if link.broker_epoch() < 0 {
+                Duration::from_millis(50) // not registered yet
+            } else {
+                let mut block = self.block.lock().await;
+                match Self::fill(&mut block, node_id, link, metadata).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::debug!(node = node_id, error = %e, "producer id prefetch");
+                        attempt += 1;
+                        backoff(attempt)
+                    }
+                }
+            };
+            if sleep_or_stop(stop, pause).await {
+                return;
+            }
+        }
+    }
+
+    /// Takes a new block into `block` if it is used up.
+    async fn fill(
+        block: &mut (i64, i64),
+        node_id: i32,
+        link: &ControllerLink,
+        metadata: &MetadataFollower,
+    ) -> Result<(), LinkError> {
         if block.0 >= block.1 {
             let call = "allocate producer ids";
             let req = AllocateProducerIdsRequest::default()
@@ -60,8 +108,6 @@ impl ProducerIds {
             tracing::info!(node = node_id, start, end, "took a block of producer ids");
             *block = (start, end);
         }
-        let id = block.0;
-        block.0 += 1;
-        Ok(id)
+        Ok(())
     }
 }

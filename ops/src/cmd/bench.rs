@@ -43,15 +43,24 @@ pub enum BenchCommand {
     /// Time a group of --members consumers: forming, and the rebalance after one member
     /// leaves and after one joins.
     Group(super::bench_group::BenchGroupArgs),
+    /// Create and delete --topics one-partition topics one after another: metadata
+    /// operations per second through the active controller.
+    Metadata(super::bench_quorum::BenchMetadataArgs),
+    /// Kill the active controller (or, with --broker, another node) of a `keel cluster
+    /// start` cluster --kills times and time the new active controller and new leaders.
+    Failover(super::bench_quorum::BenchFailoverArgs),
 }
 
 impl BenchCommand {
-    pub fn bootstrap(&self) -> &Bootstrap {
+    /// The brokers the benchmark talks to (`None`: it finds them in a cluster directory).
+    pub fn bootstrap(&self) -> Option<&Bootstrap> {
         match self {
-            BenchCommand::Produce(a) => &a.run.conn.bootstrap_server,
-            BenchCommand::Consume(a) => &a.run.conn.bootstrap_server,
-            BenchCommand::Commit(a) => &a.conn.bootstrap_server,
-            BenchCommand::Group(a) => &a.conn.bootstrap_server,
+            BenchCommand::Produce(a) => Some(&a.run.conn.bootstrap_server),
+            BenchCommand::Consume(a) => Some(&a.run.conn.bootstrap_server),
+            BenchCommand::Commit(a) => Some(&a.conn.bootstrap_server),
+            BenchCommand::Group(a) => Some(&a.conn.bootstrap_server),
+            BenchCommand::Metadata(a) => Some(&a.conn.bootstrap_server),
+            BenchCommand::Failover(_) => None,
         }
     }
 }
@@ -149,6 +158,8 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Consume(args) => consume(args).await,
         BenchCommand::Commit(args) => super::bench_group::commit(args).await,
         BenchCommand::Group(args) => super::bench_group::group(args).await,
+        BenchCommand::Metadata(args) => super::bench_quorum::metadata(args).await,
+        BenchCommand::Failover(args) => super::bench_quorum::failover(args).await,
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_group;
+pub mod bench_quorum;
 pub mod broker;
 pub mod check;
 pub mod cluster;
