@@ -16,8 +16,9 @@
 //!    first fault, with no client connected);
 //! 5. the controller voters' metadata logs are identical over their common committed range
 //!    (`keel check --voters`) and all caught up;
-//! 6. per partition, as sampled after every fault and heal: leader epochs never go back,
-//!    and no epoch ever had two leaders.
+//! 6. per partition: in the committed metadata log, leader epochs never go back and one
+//!    epoch has one leader; in the brokers' metadata sampled around every fault, no epoch
+//!    ever shows two leaders.
 //!
 //! Brokers 1..=3 are also the controller voters, so every fault on a node is a fault on a
 //! voter too; faults aimed at node 0 hit whichever voter is the active controller then, and
@@ -279,6 +280,7 @@ pub fn run(opts: &ChaosOpts) -> Report {
     cluster_problems.extend(compare_replicas(&cluster, &topic, &fin));
     epochs.sample(&cluster, &topic);
     cluster_problems.extend(epochs.problems);
+    cluster_problems.extend(metadata_log_problems(&cluster));
     cluster_problems.extend(compare_voters(&cluster, opts.sync_timeout));
     let (problems, resources) = resource_problems(&cluster, &baseline);
     cluster_problems.extend(problems);
@@ -426,12 +428,13 @@ fn heal(cluster: &mut TestCluster, fault: Fault, targets: &[i32]) {
     }
 }
 
-/// Per partition of the workload's topic: the leader seen in each leader epoch, and the
-/// highest epoch seen, from samples taken around every fault.
+/// Per partition of the workload's topic, from samples of any broker's metadata taken
+/// around every fault: the leader seen in each leader epoch (one epoch, one leader, whichever
+/// broker answers). That epochs never go back is checked on the metadata log itself
+/// ([`metadata_log_problems`]): brokers' views lag one another, the log does not.
 #[derive(Default)]
 struct EpochWatch {
     leaders: BTreeMap<(i32, i32), i32>,
-    highest: BTreeMap<i32, i32>,
     problems: Vec<String>,
 }
 
@@ -440,24 +443,120 @@ impl EpochWatch {
         let Some(d) = cluster.describe_topic(topic) else {
             return;
         };
-        for p in d.partitions {
-            if p.leader >= 0 {
-                let before = self.leaders.insert((p.partition, p.leader_epoch), p.leader);
-                if let Some(other) = before.filter(|&l| l != p.leader) {
-                    self.problems.push(format!(
-                        "{topic}-{}: leader epoch {} had two leaders, {other} and {}",
-                        p.partition, p.leader_epoch, p.leader
-                    ));
-                }
-            }
-            let highest = self.highest.entry(p.partition).or_insert(p.leader_epoch);
-            if p.leader_epoch < *highest {
+        for p in d.partitions.iter().filter(|p| p.leader >= 0) {
+            let before = self.leaders.insert((p.partition, p.leader_epoch), p.leader);
+            if let Some(other) = before.filter(|&l| l != p.leader) {
                 self.problems.push(format!(
-                    "{topic}-{}: leader epoch went back from {highest} to {}",
-                    p.partition, p.leader_epoch
+                    "{topic}-{}: leader epoch {} had two leaders, {other} and {}",
+                    p.partition, p.leader_epoch, p.leader
                 ));
             }
-            *highest = (*highest).max(p.leader_epoch);
+        }
+    }
+}
+
+/// Reads the committed metadata log from a voter and checks, per partition, that every
+/// record's leader epoch is at least the one before and that one epoch has one leader.
+fn metadata_log_problems(cluster: &TestCluster) -> Vec<String> {
+    let Some(addr) = cluster
+        .voter_ids()
+        .into_iter()
+        .find_map(|id| cluster.node(id).controller_addr())
+    else {
+        return Vec::new();
+    };
+    let entries = match crate::cluster::block_on(read_metadata_log(addr)) {
+        Ok(e) => e,
+        Err(e) => return vec![format!("cannot read the metadata log from {addr}: {e}")],
+    };
+    let mut problems = Vec::new();
+    let mut last: BTreeMap<(String, i32), (i32, i32)> = BTreeMap::new();
+    for (offset, records) in entries {
+        for r in records {
+            match r {
+                keel_broker::MetadataRecord::Partition(p) => {
+                    let key = (p.topic.clone(), p.partition);
+                    if let Some(&(epoch, leader)) = last.get(&key) {
+                        if p.leader_epoch < epoch {
+                            problems.push(format!(
+                                "metadata offset {offset}: {}-{} leader epoch went back from {epoch} to {}",
+                                p.topic, p.partition, p.leader_epoch
+                            ));
+                        } else if p.leader_epoch == epoch && p.leader != leader {
+                            problems.push(format!(
+                                "metadata offset {offset}: {}-{} leader epoch {epoch} has leaders {leader} and {}",
+                                p.topic, p.partition, p.leader
+                            ));
+                        }
+                    }
+                    last.insert(key, (p.leader_epoch, p.leader));
+                }
+                keel_broker::MetadataRecord::RemoveTopic { name, .. } => {
+                    last.retain(|(t, _), _| *t != name);
+                }
+                _ => {}
+            }
+        }
+    }
+    problems
+}
+
+/// Every committed entry of the metadata log a voter serves, read with Fetch as a broker
+/// does (from its start; entries already in a snapshot are not there to check).
+async fn read_metadata_log(
+    addr: std::net::SocketAddr,
+) -> Result<Vec<(i64, Vec<keel_broker::MetadataRecord>)>, String> {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+    use kafka_protocol::messages::{BrokerId, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let t = Duration::from_secs(5);
+    let c = keel_client::connection::Connection::connect(&addr.to_string(), "keel-chaos", t, t)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut offset = 0i64;
+    loop {
+        let mut p = FetchPartition::default();
+        p.fetch_offset = offset;
+        p.current_leader_epoch = -1;
+        p.last_fetched_epoch = -1;
+        p.log_start_offset = -1;
+        p.partition_max_bytes = 4 << 20;
+        let mut topic = FetchTopic::default();
+        topic.topic = TopicName(StrBytes::from_static_str(keel_broker::METADATA_TOPIC));
+        topic.partitions = vec![p];
+        let mut req = FetchRequest::default();
+        req.replica_id = BrokerId(-1);
+        req.max_bytes = 4 << 20;
+        req.session_epoch = -1;
+        req.topics = vec![topic];
+        let resp = c
+            .send_version(&req, 12, t)
+            .await
+            .map_err(|e| e.to_string())?;
+        let part = resp
+            .responses
+            .into_iter()
+            .flat_map(|t| t.partitions)
+            .next()
+            .ok_or("an empty fetch answer")?;
+        if part.error_code != 0 {
+            // Below the log start (compacted into a snapshot): start there.
+            if offset < part.log_start_offset {
+                offset = part.log_start_offset;
+                continue;
+            }
+            return Err(format!("fetch error {}", part.error_code));
+        }
+        let entries = keel_broker::decode_batches(part.records.unwrap_or_default())
+            .map_err(|e| e.to_string())?;
+        let Some(&(last, _)) = entries.last() else {
+            return Ok(out);
+        };
+        offset = last + 1;
+        out.extend(entries);
+        if offset >= part.high_watermark {
+            return Ok(out);
         }
     }
 }

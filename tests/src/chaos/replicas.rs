@@ -111,6 +111,9 @@ pub fn replica_dirs(data_dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.ends_with("-delete") {
             deleting.push(p);
+        } else if name == "__cluster_metadata-0" {
+            // A controller voter's metadata log: not a partition replica.
+            continue;
         } else if name
             .rsplit_once('-')
             .is_some_and(|(_, n)| n.parse::<i32>().is_ok())
@@ -220,6 +223,14 @@ pub fn accounting_problems(broker: i32, metrics: &str, data_dir: &Path) -> Vec<S
             }
         }
     }
+    // The gauge counts every open log, a voter's metadata log too.
+    let metadata_segments = std::fs::read_dir(data_dir.join("__cluster_metadata-0"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .count() as u64;
+    let segments = segments + metadata_segments;
     let open = gauge(&samples, "keel_log_open_segments") as u64;
     if open != segments {
         problems.push(format!(
@@ -265,7 +276,13 @@ mod tests {
     #[test]
     fn replica_dirs_split_live_and_deleting() {
         let dir = tempfile::tempdir().unwrap();
-        for d in ["t-0", "t-1", "t-0.abc-delete", "meta"] {
+        for d in [
+            "t-0",
+            "t-1",
+            "t-0.abc-delete",
+            "meta",
+            "__cluster_metadata-0",
+        ] {
             std::fs::create_dir(dir.path().join(d)).unwrap();
         }
         std::fs::write(dir.path().join("x-3"), b"").unwrap();

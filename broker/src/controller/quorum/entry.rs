@@ -40,15 +40,17 @@ pub(crate) fn encode(e: &Entry) -> Bytes {
 pub(crate) fn decode(bytes: Bytes) -> Result<Vec<Entry>, MetadataLogError> {
     let mut out = Vec::new();
     for (offset, term, kind, data) in raw_entries(bytes)? {
-        let mut e = Entry::default();
-        e.index = offset as u64;
-        e.term = term as u64;
+        let mut e = Entry {
+            index: offset as u64,
+            term: term as u64,
+            data,
+            ..Default::default()
+        };
         e.set_entry_type(match kind {
             1 => EntryType::EntryConfChange,
             2 => EntryType::EntryConfChangeV2,
             _ => EntryType::EntryNormal,
         });
-        e.data = data;
         out.push(e);
     }
     Ok(out)
@@ -125,11 +127,12 @@ mod tests {
     use crate::controller::PartitionRecord;
 
     fn entry(index: u64, term: u64, data: Vec<u8>) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = data.into();
-        e
+        Entry {
+            index,
+            term,
+            data: data.into(),
+            ..Default::default()
+        }
     }
 
     #[test]

@@ -327,7 +327,7 @@ impl Sim {
         self.now_ms += 50;
         let n = self.voters.len() as i32;
         // Every live voter ticks every other step (a tick is 100 ms).
-        if self.step % 2 == 0 {
+        if self.step.is_multiple_of(2) {
             for id in self.up() {
                 if let Some(v) = self.voters.get_mut(&id).and_then(Option::as_mut) {
                     v.tick();
@@ -380,7 +380,7 @@ impl Sim {
         for _ in 0..400 {
             self.step += 1;
             self.now_ms += 50;
-            if self.step % 2 == 0 {
+            if self.step.is_multiple_of(2) {
                 for id in self.up() {
                     self.voters.get_mut(&id).unwrap().as_mut().unwrap().tick();
                     self.advance(id);
@@ -478,7 +478,7 @@ fn a_voter_far_behind_catches_up_from_a_snapshot() {
     for _ in 0..2_000 {
         sim.step += 1;
         sim.now_ms += 50;
-        if sim.step % 2 == 0 {
+        if sim.step.is_multiple_of(2) {
             for id in sim.up() {
                 sim.voters.get_mut(&id).unwrap().as_mut().unwrap().tick();
                 sim.advance(id);
@@ -490,7 +490,7 @@ fn a_voter_far_behind_catches_up_from_a_snapshot() {
             .into_iter()
             .find(|id| sim.voters[id].as_ref().unwrap().is_active())
         {
-            if sim.step % 5 == 0 {
+            if sim.step.is_multiple_of(5) {
                 made += 1;
                 sim.submit(leader, Asked::Register(100 + made % 7));
             }

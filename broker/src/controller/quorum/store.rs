@@ -286,8 +286,10 @@ impl RaftStore {
         let term = self.entry_term(index)?;
         let keep_from = (index + 1 - self.first()) as usize;
         let conf = self.snap.get_metadata().get_conf_state().clone();
-        let mut snap = Snapshot::default();
-        snap.data = data.into();
+        let mut snap = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
         let meta = snap.mut_metadata();
         meta.index = index;
         meta.term = term;

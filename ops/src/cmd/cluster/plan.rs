@@ -74,7 +74,7 @@ pub fn layout(args: &StartArgs) -> anyhow::Result<Vec<NodePlan>> {
     let controllers = args
         .controllers
         .unwrap_or_else(|| default_controllers(args.brokers));
-    if controllers % 2 == 0 {
+    if controllers.is_multiple_of(2) {
         bail!(
             "--controllers {controllers}: a quorum of an even number of voters survives no more              failures than one voter fewer; choose 1, 3 or 5"
         );
