@@ -1,6 +1,6 @@
-//! `keel cluster start|status|node`: a local cluster on 127.0.0.1 — one controller and N
-//! brokers, each a `keel broker` child process of this executable — a view of it, and the
-//! means to break it.
+//! `keel cluster start|status|node`: a local cluster on 127.0.0.1 — N brokers and a quorum of
+//! controller voters (on brokers 1..=V, or as controller-only nodes), each a `keel broker`
+//! child process of this executable — a view of it, and the means to break it.
 //!
 //! - [`plan`]: ports, data dirs and `keel broker` arguments of every node (pure).
 //! - [`ready`]: the `KEEL_READY` line a node prints once it serves.
@@ -45,12 +45,13 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum ClusterCommand {
-    /// Start a controller and N brokers on 127.0.0.1; run them until Ctrl-C or SIGTERM.
+    /// Start N brokers and a controller quorum on 127.0.0.1; run them until Ctrl-C or SIGTERM.
     ///
-    /// Node 0 is the controller (controller listener on --controller-port, metrics on
-    /// --metrics-base-port); broker i (1..=N) listens on --base-port + i - 1 with
-    /// metrics on --metrics-base-port + i. Each node keeps its data in DIR/node-<i>
-    /// and its log (stderr) in DIR/node-<i>.log.
+    /// Broker i (1..=N) listens on --base-port + i - 1 with metrics on
+    /// --metrics-base-port + i. Voter j (1..=V, V from --controllers) is broker j, or with
+    /// --dedicated-controllers the controller-only node 1000 + j; its controller listener
+    /// is --controller-port - (j - 1). Each node keeps its data in DIR/node-<id> and its
+    /// log (stderr) in DIR/node-<id>.log.
     Start(StartArgs),
     /// Show brokers, partitions (leader, replicas, ISR) and, for a cluster started
     /// with `keel cluster start`, each replica's log end offset and high watermark.

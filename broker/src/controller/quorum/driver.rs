@@ -7,7 +7,7 @@
 //! it made durable.
 
 use super::store::{RaftStore, StoreError};
-use super::transport::Transport;
+use super::transport::{PeerReport, Transport};
 use super::voter::{Answer, Command, CommandError, Tuning, Voter};
 use crate::controller::machine::ControllerConfig;
 use crate::controller::MetadataImage;
@@ -32,8 +32,7 @@ pub(crate) type Reply = oneshot::Sender<Result<Answer, CommandError>>;
 pub(crate) enum Input {
     Message(Message),
     Command(Reply, Command),
-    Unreachable(i32),
-    SnapshotStatus(i32, bool),
+    Peer(PeerReport),
 }
 
 /// What a voter publishes after each round.
@@ -121,7 +120,13 @@ impl Quorum {
             "opened the metadata log"
         );
         let (input, rx) = std::sync::mpsc::channel();
-        let transport = Transport::start(node_id, voters, input.clone(), stop.clone());
+        let reports = {
+            let input = input.clone();
+            Arc::new(move |r| {
+                let _ = input.send(Input::Peer(r));
+            })
+        };
+        let transport = Transport::start(node_id, voters, reports, stop.clone());
         let (view_tx, view) = watch::channel(view_of(&voter));
         let (image_tx, image) = watch::channel(Arc::new(voter.image().clone()));
         let thread_stop = stop.clone();
@@ -290,8 +295,10 @@ impl Driver {
         match input {
             Input::Message(m) => self.voter.step(m),
             Input::Command(reply, command) => self.voter.submit(Some(reply), command),
-            Input::Unreachable(peer) => self.voter.report_unreachable(peer),
-            Input::SnapshotStatus(peer, ok) => self.voter.report_snapshot(peer, ok),
+            Input::Peer(PeerReport::Unreachable(peer)) => self.voter.report_unreachable(peer),
+            Input::Peer(PeerReport::Snapshot { peer, delivered }) => {
+                self.voter.report_snapshot(peer, delivered)
+            }
         }
     }
 

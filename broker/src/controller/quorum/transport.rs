@@ -3,13 +3,13 @@
 //! requests. A failed send drops the run (Raft sends again) and is reported to the voter as
 //! the peer being unreachable, and as a failed snapshot if the run held one.
 
-use super::driver::Input;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use keel_client::connection::Connection;
 use keel_protocol::quorum::RaftMessagesRequest;
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +48,16 @@ pub(crate) fn decode(mut body: Bytes) -> Result<Vec<Message>, String> {
     Ok(out)
 }
 
+/// What a peer's task tells the voter about its sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PeerReport {
+    Unreachable(i32),
+    Snapshot { peer: i32, delivered: bool },
+}
+
+/// Where the peer tasks send their [`PeerReport`]s.
+pub(crate) type Reports = Arc<dyn Fn(PeerReport) + Send + Sync>;
+
 /// Senders to each peer's task, by node id.
 pub(crate) struct Transport {
     peers: HashMap<i32, mpsc::UnboundedSender<Message>>,
@@ -58,7 +68,7 @@ impl Transport {
     pub(crate) fn start(
         me: i32,
         voters: &[(i32, String)],
-        input: std::sync::mpsc::Sender<Input>,
+        reports: Reports,
         stop: CancellationToken,
     ) -> Self {
         let mut peers = HashMap::new();
@@ -70,7 +80,7 @@ impl Transport {
                 *id,
                 addr.clone(),
                 rx,
-                input.clone(),
+                reports.clone(),
                 stop.clone(),
             ));
         }
@@ -89,7 +99,7 @@ async fn peer_loop(
     peer: i32,
     addr: String,
     mut rx: mpsc::UnboundedReceiver<Message>,
-    input: std::sync::mpsc::Sender<Input>,
+    reports: Reports,
     stop: CancellationToken,
 ) {
     let mut conn: Option<Connection> = None;
@@ -111,7 +121,10 @@ async fn peer_loop(
             .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
         let sent = send(&mut conn, me, &addr, &run).await;
         if snapshot {
-            let _ = input.send(Input::SnapshotStatus(peer, sent.is_ok()));
+            reports(PeerReport::Snapshot {
+                peer,
+                delivered: sent.is_ok(),
+            });
         }
         match sent {
             Ok(()) => failures = 0,
@@ -121,7 +134,7 @@ async fn peer_loop(
                     tracing::warn!(peer, %addr, error = %e, "cannot reach controller voter");
                 }
                 failures += 1;
-                let _ = input.send(Input::Unreachable(peer));
+                reports(PeerReport::Unreachable(peer));
                 // Raft resends what matters; what queued meanwhile is stale.
                 let backoff = Duration::from_millis((25u64 << failures.min(4)).min(400));
                 tokio::select! {

@@ -76,12 +76,14 @@ pub fn layout(args: &StartArgs) -> anyhow::Result<Vec<NodePlan>> {
         .unwrap_or_else(|| default_controllers(args.brokers));
     if controllers.is_multiple_of(2) {
         bail!(
-            "--controllers {controllers}: a quorum of an even number of voters survives no more              failures than one voter fewer; choose 1, 3 or 5"
+            "--controllers {controllers}: a quorum of an even number of voters survives no more \
+             failures than one voter fewer; choose 1, 3 or 5"
         );
     }
     if !args.dedicated_controllers && controllers > args.brokers {
         bail!(
-            "--controllers {controllers} needs as many brokers (they are combined nodes), or              --dedicated-controllers"
+            "--controllers {controllers} needs as many brokers (they are combined nodes), or \
+             --dedicated-controllers"
         );
     }
     let port = |base: u16, offset: u16, what: &str| {
