@@ -55,7 +55,7 @@ pub enum Command {
     /// shows the port actually bound. Logs go to stderr; set RUST_LOG (e.g.
     /// RUST_LOG=debug or RUST_LOG=keel_broker=debug) for more detail.
     Broker(cmd::broker::BrokerArgs),
-    /// Run a local cluster (a controller and N brokers) or show its state.
+    /// Run a local cluster (N brokers and a controller quorum) or show its state.
     #[command(subcommand)]
     Cluster(cmd::cluster::ClusterCommand),
     /// Create, list, describe and delete topics.

@@ -264,7 +264,15 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
             }
             let last = i + 1 == bases.len();
             if last {
-                seg.sync()?;
+                // What lies past the recovery point may be only in the page cache (a process
+                // crash, not a power cut): make it durable before it is served. A segment
+                // holding nothing past the recovery point, or nothing at all, needs no fsync
+                // (on a restart with thousands of idle replicas, each costs a journal commit).
+                let durable = end == file_len
+                    && (end == 0 || loaded.recovery_point.is_some_and(|rp| next <= rp));
+                if !durable {
+                    seg.sync()?;
+                }
                 log_end = next;
             } else {
                 seg.seal()?;
@@ -301,15 +309,15 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
     }
     high_watermark = high_watermark.max(log_start);
 
-    checkpoint::store(
-        dir,
-        &Checkpoints {
-            recovery_point: log_end,
-            high_watermark,
-            log_start,
-            epochs: epochs.entries().to_vec(),
-        },
-    )?;
+    let recovered = Checkpoints {
+        recovery_point: log_end,
+        high_watermark,
+        log_start,
+        epochs: epochs.entries().to_vec(),
+    };
+    if rescan.is_some() || !already_checkpointed(&loaded, &recovered) {
+        checkpoint::store(dir, &recovered)?;
+    }
     if rescan.is_some() {
         checkpoint::remove_rescan(dir)?;
     }
@@ -322,6 +330,37 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         epochs,
         info,
     })
+}
+
+/// Whether the checkpoints on disk already say what recovery found, so writing them again
+/// (five fsyncs) would change nothing: they match exactly, or the log is empty and has none
+/// (a new log's state, which the next open scans for free). This keeps a restart after kill -9
+/// of a broker with thousands of idle replicas from costing thousands of journal commits.
+fn already_checkpointed(loaded: &checkpoint::Loaded, recovered: &Checkpoints) -> bool {
+    if !loaded.corrupt.is_empty() {
+        return false;
+    }
+    let on_disk = (
+        loaded.recovery_point,
+        loaded.high_watermark,
+        loaded.log_start,
+        loaded.epochs.as_deref(),
+    );
+    let never_checkpointed = on_disk == (None, None, None, None);
+    let empty = Checkpoints {
+        recovery_point: 0,
+        high_watermark: 0,
+        log_start: 0,
+        epochs: Vec::new(),
+    };
+    on_disk
+        == (
+            Some(recovered.recovery_point),
+            Some(recovered.high_watermark),
+            Some(recovered.log_start),
+            Some(&recovered.epochs[..]),
+        )
+        || (never_checkpointed && *recovered == empty)
 }
 
 /// A new, empty log (no segment, no checkpoint yet): one empty segment and no checkpoints

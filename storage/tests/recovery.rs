@@ -300,3 +300,44 @@ fn corrupt_hw_and_epoch_checkpoints_fall_back_safely() {
         "rewritten on open"
     );
 }
+
+/// The inode of a checkpoint file: a rewrite (temp file, rename) gives it a new one.
+fn checkpoint_inode(dir: &Path, name: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir.join(name)).ok().map(|m| m.ino())
+}
+
+#[test]
+fn reopening_an_unchanged_log_rewrites_no_checkpoint() {
+    const RP: &str = "recovery-point-offset-checkpoint";
+    // An empty log that never checkpointed stays without checkpoints across unclean opens.
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    drop(open(dir.path()));
+    assert_eq!(checkpoint_inode(dir.path(), RP), None);
+    let log = open(dir.path());
+    assert_eq!(log.log_end_offset(), 0);
+
+    // Data whose checkpoints say all there is: an unclean reopen keeps the files as they are
+    // and loses nothing.
+    let before = fill(&log, 20);
+    log.checkpoint().unwrap();
+    let ino = checkpoint_inode(dir.path(), RP).expect("checkpointed");
+    drop(log);
+    let log = open(dir.path());
+    assert!(!log.recovery_info().clean_shutdown);
+    assert_eq!(checkpoint_inode(dir.path(), RP), Some(ino));
+    assert_eq!(read_all(&log, log.log_start_offset()), before);
+
+    // Appends past the recovery point: the reopen checkpoints what it recovered.
+    let after = fill(&log, 5);
+    drop(log);
+    let log = open(dir.path());
+    assert_ne!(checkpoint_inode(dir.path(), RP), Some(ino));
+    assert_eq!(read_all(&log, log.log_start_offset()), after);
+    drop(log);
+    let ino = checkpoint_inode(dir.path(), RP);
+    let log = open(dir.path());
+    assert_eq!(checkpoint_inode(dir.path(), RP), ino);
+    assert_eq!(read_all(&log, log.log_start_offset()), after);
+}

@@ -4,9 +4,9 @@
 //! integration tests) and talks to it over 127.0.0.1 only.
 //!
 //! - [`broker`]: [`TestBroker`], one broker process with its own temp data dir, killed on drop.
-//! - [`cluster`]: [`TestCluster`], a controller and N brokers; kill -9, SIGSTOP/SIGCONT and
-//!   restart per node; leaders from Metadata, LEO/HW from each node's metrics; [`KeepLogs`]
-//!   keeps the nodes' logs of a failed test.
+//! - [`cluster`]: [`TestCluster`], N brokers and a controller (one, or a quorum of voters);
+//!   kill -9, SIGSTOP/SIGCONT and restart per node; leaders from Metadata, LEO/HW from each
+//!   node's metrics; [`KeepLogs`] keeps the nodes' logs of a failed test.
 //! - [`command`]: run a child process with stdin, a timeout and captured output; the
 //!   [`keel`] CLI helper.
 //! - [`tools`]: find external tools (`kcat`, `python3` modules); a missing tool fails the test.

@@ -137,25 +137,39 @@ pub async fn failover(args: BenchFailoverArgs) -> anyhow::Result<()> {
     let mut lead_ms = Vec::new();
     for round in 1..=args.kills {
         let file = cluster_file(&args.data_dir)?;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Killing a broker needs no quorum answer: a cluster whose controller does not
+        // answer QuorumState (one built before the quorum) is measured too, the controller
+        // being the nodes without a Kafka listener.
+        let deadline = Instant::now()
+            + if args.broker {
+                Duration::from_secs(3)
+            } else {
+                Duration::from_secs(60)
+            };
         let ctrl = loop {
             if let Some(a) = active(&file, -1).await {
-                break a;
+                break Some(a);
             }
             if Instant::now() > deadline {
+                if args.broker {
+                    break None;
+                }
                 bail!("no active controller within 60 s");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let victim = if args.broker {
-            file.nodes
+            let brokers: Vec<i32> = file
+                .nodes
                 .iter()
+                .filter(|n| n.role.is_broker() && Some(n.id) != ctrl)
                 .map(|n| n.id)
-                .filter(|&id| id != ctrl)
-                .nth(round as usize % (file.nodes.len() - 1).max(1))
+                .collect();
+            *brokers
+                .get(round as usize % brokers.len().max(1))
                 .ok_or_else(|| anyhow!("no broker but the controller"))?
         } else {
-            ctrl
+            ctrl.expect("waited for an active controller")
         };
         let admin = Admin::new(keel_client::ClientConfig::new(&file.bootstrap().join(","))).await?;
         let led = match &args.topic {
@@ -166,7 +180,7 @@ pub async fn failover(args: BenchFailoverArgs) -> anyhow::Result<()> {
         let tokio_dir = args.data_dir.clone();
         tokio::task::spawn_blocking(move || node_command(&tokio_dir, Action::Kill, victim))
             .await??;
-        let mut elected = None;
+        let mut elected = (Some(victim) != ctrl).then(Duration::default);
         let mut leaders = led.is_empty().then(Duration::default);
         while (elected.is_none() || leaders.is_none())
             && killed_at.elapsed() < Duration::from_secs(60)
@@ -190,14 +204,20 @@ pub async fn failover(args: BenchFailoverArgs) -> anyhow::Result<()> {
             elected.ok_or_else(|| anyhow!("round {round}: no new active controller in 60 s"))?;
         let l = leaders
             .ok_or_else(|| anyhow!("round {round}: partitions still led by {victim} after 60 s"))?;
+        let controller = if Some(victim) == ctrl {
+            format!(
+                " (the active controller); a new active controller after {} ms",
+                e.as_millis()
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "round {round}: killed node {victim}{}; active controller after {} ms; {} partitions of node {victim} led elsewhere after {} ms",
-            if victim == ctrl { " (the active controller)" } else { "" },
-            e.as_millis(),
+            "round {round}: killed node {victim}{controller}; {} partitions it led were led elsewhere after {} ms",
             led.len(),
             l.as_millis()
         );
-        if victim == ctrl {
+        if Some(victim) == ctrl {
             elect_ms.push(e.as_millis() as u64);
         }
         if !led.is_empty() {
