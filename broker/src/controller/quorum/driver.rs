@@ -77,6 +77,7 @@ impl Timing {
                 election_ticks: (election_timeout_ms / tick_ms).max(2) as usize,
                 heartbeat_ticks: (heartbeat_ms / tick_ms).max(1) as usize,
                 snapshot_entries,
+                ..Tuning::default()
             },
             controller_tick,
         }

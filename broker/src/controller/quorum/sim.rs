@@ -15,7 +15,7 @@ use super::store::RaftStore;
 use super::voter::{Answer, Command, CommandError, Tuning, Voter};
 use super::{node_id, raft_id};
 use crate::controller::machine::{ControllerConfig, NewTopic};
-use crate::controller::{ControllerError, MetadataImage};
+use crate::controller::{ControllerError, MetadataImage, MetadataRecord};
 use raft::prelude::Message;
 use raft::Storage;
 use rand::rngs::StdRng;
@@ -73,6 +73,7 @@ impl Sim {
             election_ticks: 10,
             heartbeat_ticks: 2,
             snapshot_entries: 25,
+            max_entry_bytes: 64 << 10,
         };
         let mut voters = BTreeMap::new();
         let stores = BTreeMap::new();
@@ -514,6 +515,45 @@ fn a_voter_far_behind_catches_up_from_a_snapshot() {
         v3.store().snapshot_index() > 0,
         "voter 3 started from a snapshot"
     );
+}
+
+#[test]
+fn an_entry_above_the_limit_is_refused_and_nothing_is_proposed() {
+    let mut sim = Sim::new(11, 3);
+    let active = sim.settle();
+    let v = sim.voters.get_mut(&active).unwrap().as_mut().unwrap();
+    let last = v.store().last();
+    let huge: Command = Box::new(|_| {
+        let records = (0..5_000)
+            .map(|i| MetadataRecord::FenceBroker { id: i, epoch: 1 })
+            .collect();
+        Ok((Answer::None, records))
+    });
+    v.submit(1, huge);
+    let out = v.advance().unwrap();
+    match &out.outcomes[..] {
+        [(1, Err(CommandError::Refused(ControllerError::InvalidRequest(why))))] => {
+            assert!(why.contains("above the limit"), "{why}")
+        }
+        other => panic!(
+            "{:?}",
+            other
+                .iter()
+                .map(|(t, o)| (t, o.as_ref().err()))
+                .collect::<Vec<_>>()
+        ),
+    }
+    assert_eq!(v.store().last(), last, "nothing proposed");
+    // The voter goes on: the next command is proposed and committed.
+    let small: Command = Box::new(|_| {
+        Ok((
+            Answer::Count(1),
+            vec![MetadataRecord::FenceBroker { id: 1, epoch: 1 }],
+        ))
+    });
+    v.submit(2, small);
+    v.advance().unwrap();
+    assert_eq!(v.store().last(), last + 1);
 }
 
 #[test]

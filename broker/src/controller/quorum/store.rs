@@ -114,6 +114,7 @@ impl RaftStore {
             retention_bytes: None,
             segment_ms: None,
             segment_bytes: SEGMENT_BYTES,
+            max_batch_bytes: super::entry::MAX_BATCH_BYTES,
             ..LogConfig::default()
         };
         let log = Log::open(dir, config)?;
@@ -377,5 +378,57 @@ impl raft::Storage for RaftStore {
             ));
         }
         Ok(self.snap.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::quorum::raft_id;
+    use raft::Storage as _;
+
+    #[test]
+    fn entries_above_a_mebibyte_survive_a_reopen() {
+        // Fencing a broker of 10,000 partitions writes one entry of about 1.3 MB: the log
+        // must take it, and give it back after a restart.
+        let dir = tempfile::tempdir().unwrap();
+        let voters = [raft_id(1)];
+        let big = |index: u64, len: usize| Entry {
+            index,
+            term: 1,
+            data: vec![b'x'; len].into(),
+            ..Default::default()
+        };
+        let sizes = [3 << 20, 10, 12 << 20];
+        {
+            let mut store = RaftStore::open(dir.path(), &voters).unwrap();
+            store
+                .set_hard_state(&HardState {
+                    term: 1,
+                    vote: raft_id(1),
+                    ..Default::default()
+                })
+                .unwrap();
+            let first = store.last() + 1;
+            let new: Vec<Entry> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| big(first + i as u64, len))
+                .collect();
+            store.append(&new).unwrap();
+            store.close();
+        }
+        let store = RaftStore::open(dir.path(), &voters).unwrap();
+        let last = store.last();
+        let got = store
+            .entries(
+                last + 1 - sizes.len() as u64,
+                last + 1,
+                None,
+                GetEntriesContext::empty(false),
+            )
+            .unwrap();
+        let lens: Vec<usize> = got.iter().map(|e| e.data.len()).collect();
+        assert_eq!(lens, sizes);
     }
 }

@@ -16,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Messages sent in one request at most.
 const RUN: usize = 64;
+/// A run stops growing past this many bytes, so that a request stays far below the
+/// controller listener's frame limit (`socket.request.max.bytes`) even when its last message
+/// carries the largest entry.
+const RUN_BYTES: usize = 16 << 20;
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Length-prefixed protobuf messages: the body of a `RaftMessages` request.
@@ -109,10 +113,14 @@ async fn peer_loop(
             m = rx.recv() => match m { Some(m) => m, None => return },
             _ = stop.cancelled() => return,
         };
+        let mut bytes = first.compute_size() as usize;
         let mut run = vec![first];
-        while run.len() < RUN {
+        while run.len() < RUN && bytes < RUN_BYTES {
             match rx.try_recv() {
-                Ok(m) => run.push(m),
+                Ok(m) => {
+                    bytes += m.compute_size() as usize;
+                    run.push(m);
+                }
                 Err(_) => break,
             }
         }

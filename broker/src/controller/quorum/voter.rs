@@ -60,6 +60,8 @@ pub(crate) struct Tuning {
     pub(crate) heartbeat_ticks: usize,
     /// Applied entries between snapshots.
     pub(crate) snapshot_entries: u64,
+    /// The largest entry proposed (at most [`entry::MAX_ENTRY_BYTES`], what the log takes).
+    pub(crate) max_entry_bytes: usize,
 }
 
 impl Default for Tuning {
@@ -68,6 +70,7 @@ impl Default for Tuning {
             election_ticks: 10,
             heartbeat_ticks: 1,
             snapshot_entries: 1000,
+            max_entry_bytes: entry::MAX_ENTRY_BYTES,
         }
     }
 }
@@ -289,12 +292,21 @@ impl<T> Voter<T> {
                     self.outcomes.push((token, Ok(answer)))
                 }
                 Ok((answer, records)) => {
+                    let data = entry::encode_records(&records);
+                    let max = self.tuning.max_entry_bytes.min(entry::MAX_ENTRY_BYTES);
+                    if data.len() > max {
+                        let e = ControllerError::InvalidRequest(format!(
+                            "the change needs a metadata entry of {} bytes, above the limit of \
+                             {} bytes; ask for fewer topics or partitions at a time",
+                            data.len(),
+                            max
+                        ));
+                        self.outcomes.push((token, Err(e.into())));
+                        continue;
+                    }
                     let index = self.store_last_index() + 1;
                     let term = self.raw.raft.term;
-                    match self
-                        .raw
-                        .propose(Vec::new(), entry::encode_records(&records))
-                    {
+                    match self.raw.propose(Vec::new(), data) {
                         Ok(()) => {
                             self.inflight = Some(Inflight {
                                 index,
