@@ -33,8 +33,8 @@ use super::ready::ReadyLine;
 use super::{StartArgs, PROBE_TIMEOUT};
 use crate::connect;
 
-/// How long a node may take to print `KEEL_READY`.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a node may take to print `KEEL_READY` (it opens every replica it holds first).
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the brokers may take to all appear in Metadata.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a node may take to exit after SIGTERM before it gets SIGKILL.
