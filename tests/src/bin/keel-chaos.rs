@@ -29,8 +29,8 @@ struct Args {
     /// Runs seeds seed, seed+1, … this many times, one cluster each.
     #[arg(long, default_value_t = 1)]
     runs: u64,
-    /// Faults to draw from, comma-separated: kill,pause,partition,corrupt,powerloss.
-    #[arg(long, default_value = "kill,pause,partition,corrupt,powerloss", value_parser = parse_nemeses)]
+    /// Faults to draw from, comma-separated: kill,pause,partition,corrupt,powerloss,majority.
+    #[arg(long, default_value = "kill,pause,partition,corrupt,powerloss,majority", value_parser = parse_nemeses)]
     nemesis: std::vec::Vec<Nemesis>,
     /// Partitions of the chaos topic.
     #[arg(long, default_value_t = 4)]
