@@ -16,7 +16,7 @@
 //!   whose membership and committed offsets are records of `__consumer_offsets`.
 //! - [`handlers`]: the Kafka listener's state and one file per Kafka API.
 //! - [`server`]: listener plumbing both listeners share: connections, replies, ApiVersions.
-//! - [`config`], [`error`], [`metrics`], [`clock`], [`topic_config`], [`upgrade`],
+//! - [`config`], [`error`], [`metrics`], [`clock`], [`limits`], [`topic_config`], [`upgrade`],
 //!   [`alloc_guard`]: the leaves everything else uses; [`failpoint`]: failure injection for
 //!   the test suites (`test-util` feature only).
 
@@ -31,6 +31,7 @@ pub(crate) mod error;
 pub mod failpoint;
 pub(crate) mod group;
 pub(crate) mod handlers;
+pub(crate) mod limits;
 pub mod metrics;
 pub(crate) mod node;
 pub(crate) mod partition;

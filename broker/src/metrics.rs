@@ -19,6 +19,7 @@ pub const REQUEST_DURATION_SECONDS: &str = "keel_server_request_duration_seconds
 pub const CONNECTIONS_ACTIVE: &str = "keel_server_connections_active";
 pub const RUNTIME_TASKS: &str = "keel_runtime_tasks";
 pub const PROCESS_OPEN_FDS: &str = "keel_process_open_fds";
+pub const PROCESS_OPEN_FILES_LIMIT: &str = "keel_process_open_files_limit";
 pub const CONNECTIONS_CLOSED_ON_ERROR_TOTAL: &str = "keel_server_connections_closed_on_error_total";
 pub const RECEIVED_BYTES_TOTAL: &str = "keel_server_received_bytes_total";
 pub const SENT_BYTES_TOTAL: &str = "keel_server_sent_bytes_total";
@@ -120,6 +121,10 @@ fn describe() {
     describe_gauge!(
         PROCESS_OPEN_FDS,
         "File descriptors open in this process (segments, indexes, sockets); Linux only."
+    );
+    describe_gauge!(
+        PROCESS_OPEN_FILES_LIMIT,
+        "This process's open-files limit (RLIMIT_NOFILE), raised to the hard limit at start."
     );
     describe_counter!(
         CONNECTIONS_CLOSED_ON_ERROR_TOTAL,

@@ -62,6 +62,18 @@ impl Broker {
         })?;
         let lock = DataDirLock::acquire(&config.data_dir)?;
         let metrics_handle = metrics::recorder();
+        match crate::limits::raise_open_files() {
+            Ok(l) => {
+                tracing::info!(
+                    before = l.before,
+                    now = l.now,
+                    hard = l.hard,
+                    "open files limit"
+                );
+                ::metrics::gauge!(metrics::PROCESS_OPEN_FILES_LIMIT).set(l.now as f64);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+        }
 
         let background = CancellationToken::new();
         let listeners_stop = CancellationToken::new();
