@@ -42,6 +42,18 @@ pub(crate) struct Checkpoints {
     pub(crate) epochs: Vec<(i32, i64)>,
 }
 
+impl Checkpoints {
+    /// An empty log's: what a log without checkpoint files recovers to when it holds nothing.
+    pub(crate) fn empty() -> Self {
+        Self {
+            recovery_point: 0,
+            high_watermark: 0,
+            log_start: 0,
+            epochs: Vec::new(),
+        }
+    }
+}
+
 /// What was found on disk; `None` where a file was missing or corrupt (see `corrupt`).
 #[derive(Debug, Default)]
 pub(crate) struct Loaded {

@@ -63,6 +63,9 @@ pub(crate) struct Recovered {
     pub(crate) high_watermark: i64,
     pub(crate) epochs: EpochCache,
     pub(crate) info: RecoveryInfo,
+    /// What the checkpoint files now hold (or, for an empty log without them, the state
+    /// they would hold): writing it again would change nothing.
+    pub(crate) checkpointed: Checkpoints,
 }
 
 fn parse_name(name: &str) -> Option<(i64, &str)> {
@@ -329,6 +332,7 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         high_watermark,
         epochs,
         info,
+        checkpointed: recovered,
     })
 }
 
@@ -347,12 +351,6 @@ fn already_checkpointed(loaded: &checkpoint::Loaded, recovered: &Checkpoints) ->
         loaded.epochs.as_deref(),
     );
     let never_checkpointed = on_disk == (None, None, None, None);
-    let empty = Checkpoints {
-        recovery_point: 0,
-        high_watermark: 0,
-        log_start: 0,
-        epochs: Vec::new(),
-    };
     on_disk
         == (
             Some(recovered.recovery_point),
@@ -360,7 +358,7 @@ fn already_checkpointed(loaded: &checkpoint::Loaded, recovered: &Checkpoints) ->
             Some(recovered.log_start),
             Some(&recovered.epochs[..]),
         )
-        || (never_checkpointed && *recovered == empty)
+        || (never_checkpointed && *recovered == Checkpoints::empty())
 }
 
 /// A new, empty log (no segment, no checkpoint yet): one empty segment and no checkpoints
@@ -383,6 +381,7 @@ fn create_fresh(dir: &Path, config: &LogConfig, created_dir: bool) -> Result<Rec
         high_watermark: 0,
         epochs: EpochCache::from_entries(Vec::new()),
         info: RecoveryInfo::default(),
+        checkpointed: Checkpoints::empty(),
     })
 }
 
