@@ -65,6 +65,43 @@ pub(crate) struct Loaded {
     pub(crate) corrupt: Vec<String>,
 }
 
+impl Loaded {
+    /// No checkpoint file at all, and none corrupt: a log that never wrote one.
+    pub(crate) fn none(&self) -> bool {
+        self.corrupt.is_empty()
+            && self.recovery_point.is_none()
+            && self.high_watermark.is_none()
+            && self.log_start.is_none()
+            && self.epochs.is_none()
+    }
+
+    /// What the files say, where that is known: all four sound, or none at all (the state an
+    /// empty log without them recovers to, [`Checkpoints::empty`]).
+    pub(crate) fn stored(&self) -> Option<Checkpoints> {
+        if self.none() {
+            return Some(Checkpoints::empty());
+        }
+        match (
+            self.recovery_point,
+            self.high_watermark,
+            self.log_start,
+            &self.epochs,
+        ) {
+            (Some(recovery_point), Some(high_watermark), Some(log_start), Some(epochs))
+                if self.corrupt.is_empty() =>
+            {
+                Some(Checkpoints {
+                    recovery_point,
+                    high_watermark,
+                    log_start,
+                    epochs: epochs.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
 fn encode(kind: &str, lines: &[String]) -> Vec<u8> {
     let mut body = format!("keel-checkpoint {VERSION} {kind}\n");
     for l in lines {
@@ -189,6 +226,24 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// in the segments it skips would be lost, and the replica's epoch history would differ
 /// from its leader's (seen in a chaos run). Newer epochs, HW or log start beside an older
 /// recovery point are harmless: the scan from there re-derives the epochs.
+/// Writes `c` ([`store`]) unless `stored`, what the files hold (`None`: unknown), already
+/// says it, and keeps `stored` up to date. A checkpoint of unchanged state costs five fsyncs
+/// for nothing: an idle replica's periodic one, or a recovery that found what the files say,
+/// thousands of times over on a broker with thousands of replicas.
+pub(crate) fn store_changed(
+    dir: &Path,
+    stored: &mut Option<Checkpoints>,
+    c: Checkpoints,
+) -> Result<()> {
+    if stored.as_ref() == Some(&c) {
+        return Ok(());
+    }
+    *stored = None;
+    store(dir, &c)?;
+    *stored = Some(c);
+    Ok(())
+}
+
 pub(crate) fn store(dir: &Path, c: &Checkpoints) -> Result<()> {
     write_files(
         dir,

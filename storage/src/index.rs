@@ -21,8 +21,9 @@ use crate::metrics::{timed_sync, Mapped};
 const PAGE: usize = 4096;
 
 /// Deallocates `[offset, offset + len)` of `file`, keeping its length: the range reads as
-/// zeros, through the mapping too. False if the file system cannot (nothing changed).
-fn punch_hole(file: &File, offset: usize, len: usize) -> bool {
+/// zeros, through any mapping too. An error (say, a file system that cannot) changes
+/// nothing. Segments use it to cut a tail that a reader still maps.
+pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: plain syscall on an owned, open descriptor; no memory is passed.
     let rc = unsafe {
@@ -33,7 +34,11 @@ fn punch_hole(file: &File, offset: usize, len: usize) -> bool {
             len as libc::off_t,
         )
     };
-    rc == 0
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// A memory-mapped file of fixed-size entries.
@@ -163,7 +168,8 @@ impl IndexFile {
                 // of replicas take minutes. The edges, and any file system without hole
                 // punching, get written zeros.
                 let (a, b) = (start.next_multiple_of(PAGE), end / PAGE * PAGE);
-                let punched = a + PAGE <= b && punch_hole(&self.file, a, b - a);
+                let punched =
+                    a + PAGE <= b && punch_hole(&self.file, a as u64, (b - a) as u64).is_ok();
                 if punched {
                     m[start..a].fill(0);
                     m[b..end].fill(0);

@@ -163,7 +163,7 @@ impl Log {
             }),
             writer: Mutex::new(Vec::new()),
             flush_lock: Mutex::new(()),
-            ckpt_lock: Mutex::new(Some(r.checkpointed)),
+            ckpt_lock: Mutex::new(r.checkpointed),
             rolled: Mutex::new(Rolled::default()),
             rolled_since_checkpoint: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -1140,15 +1140,7 @@ impl Log {
                 epochs: st.epochs.entries().to_vec(),
             }
         };
-        // An idle replica's periodic checkpoint: five fsyncs for nothing, thousands of times
-        // a minute on a broker with thousands of replicas.
-        if stored.as_ref() == Some(&c) {
-            return Ok(());
-        }
-        *stored = None;
-        checkpoint::store(&self.dir, &c)?;
-        *stored = Some(c);
-        Ok(())
+        checkpoint::store_changed(&self.dir, &mut stored, c)
     }
 
     /// Clean shutdown: flush, trim indexes, checkpoint, write the clean-shutdown marker. Every

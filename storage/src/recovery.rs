@@ -63,9 +63,9 @@ pub(crate) struct Recovered {
     pub(crate) high_watermark: i64,
     pub(crate) epochs: EpochCache,
     pub(crate) info: RecoveryInfo,
-    /// What the checkpoint files now hold (or, for an empty log without them, the state
-    /// they would hold): writing it again would change nothing.
-    pub(crate) checkpointed: Checkpoints,
+    /// What the checkpoint files now hold (for an empty log without them, the state they
+    /// would hold), for [`checkpoint::store_changed`].
+    pub(crate) checkpointed: Option<Checkpoints>,
 }
 
 fn parse_name(name: &str) -> Option<(i64, &str)> {
@@ -149,12 +149,7 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         }
         bases.remove(0);
     }
-    let no_checkpoints = loaded.recovery_point.is_none()
-        && loaded.high_watermark.is_none()
-        && loaded.log_start.is_none()
-        && loaded.epochs.is_none()
-        && loaded.corrupt.is_empty()
-        && rescan.is_none();
+    let no_checkpoints = loaded.none() && rescan.is_none();
     if bases.is_empty() && no_checkpoints && !clean_marker {
         return create_fresh(dir, config, !existed);
     }
@@ -312,15 +307,18 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
     }
     high_watermark = high_watermark.max(log_start);
 
-    let recovered = Checkpoints {
-        recovery_point: log_end,
-        high_watermark,
-        log_start,
-        epochs: epochs.entries().to_vec(),
-    };
-    if rescan.is_some() || !already_checkpointed(&loaded, &recovered) {
-        checkpoint::store(dir, &recovered)?;
-    }
+    // A rescan mark means the files may not match the data: write them whatever they say.
+    let mut checkpointed = loaded.stored().filter(|_| rescan.is_none());
+    checkpoint::store_changed(
+        dir,
+        &mut checkpointed,
+        Checkpoints {
+            recovery_point: log_end,
+            high_watermark,
+            log_start,
+            epochs: epochs.entries().to_vec(),
+        },
+    )?;
     if rescan.is_some() {
         checkpoint::remove_rescan(dir)?;
     }
@@ -332,33 +330,8 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered> {
         high_watermark,
         epochs,
         info,
-        checkpointed: recovered,
+        checkpointed,
     })
-}
-
-/// Whether the checkpoints on disk already say what recovery found, so writing them again
-/// (five fsyncs) would change nothing: they match exactly, or the log is empty and has none
-/// (a new log's state, which the next open scans for free). This keeps a restart after kill -9
-/// of a broker with thousands of idle replicas from costing thousands of journal commits.
-fn already_checkpointed(loaded: &checkpoint::Loaded, recovered: &Checkpoints) -> bool {
-    if !loaded.corrupt.is_empty() {
-        return false;
-    }
-    let on_disk = (
-        loaded.recovery_point,
-        loaded.high_watermark,
-        loaded.log_start,
-        loaded.epochs.as_deref(),
-    );
-    let never_checkpointed = on_disk == (None, None, None, None);
-    on_disk
-        == (
-            Some(recovered.recovery_point),
-            Some(recovered.high_watermark),
-            Some(recovered.log_start),
-            Some(&recovered.epochs[..]),
-        )
-        || (never_checkpointed && *recovered == Checkpoints::empty())
 }
 
 /// A new, empty log (no segment, no checkpoint yet): one empty segment and no checkpoints
@@ -381,7 +354,7 @@ fn create_fresh(dir: &Path, config: &LogConfig, created_dir: bool) -> Result<Rec
         high_watermark: 0,
         epochs: EpochCache::from_entries(Vec::new()),
         info: RecoveryInfo::default(),
-        checkpointed: Checkpoints::empty(),
+        checkpointed: Some(Checkpoints::empty()),
     })
 }
 

@@ -24,7 +24,7 @@ use memmap2::{Mmap, MmapOptions};
 use crate::config::LogConfig;
 use crate::error::{Result, StorageError};
 use crate::failpoint::{self, FailAction};
-use crate::index::OffsetIndex;
+use crate::index::{punch_hole, OffsetIndex};
 use crate::metrics::{timed_sync, Mapped, OpenSegment};
 use crate::sync_journal;
 use crate::time_index::TimeIndex;
@@ -525,16 +525,7 @@ impl Segment {
                 .map_err(|e| StorageError::io(ctx(), e));
         }
         drop(map);
-        // SAFETY: plain syscall on an owned, open descriptor; no memory is passed.
-        let rc = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                from as libc::off_t,
-                (len - from) as libc::off_t,
-            )
-        };
-        if rc == 0 {
+        if punch_hole(&self.file, from, len - from).is_ok() {
             return Ok(());
         }
         let zeros = [0u8; BATCH_HEADER_LEN];

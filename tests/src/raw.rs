@@ -429,26 +429,8 @@ impl RawConn {
 
     /// One Fetch of `topic`/`partition` from `offset`.
     pub fn fetch_once(&mut self, topic: &str, partition: i32, offset: i64) -> Result<Fetched> {
-        let mut p = FetchPartition::default();
-        p.partition = partition;
-        p.fetch_offset = offset;
-        p.current_leader_epoch = -1;
-        p.last_fetched_epoch = -1;
-        p.log_start_offset = -1;
-        p.partition_max_bytes = 4 << 20;
-        let mut t = FetchTopic::default();
-        t.topic = topic_name(topic);
         // Fetch v13+ names topics by id only.
-        t.topic_id = self.topic_id(topic)?;
-        t.partitions = vec![p];
-        let mut req = FetchRequest::default();
-        req.replica_id = BrokerId(-1);
-        req.max_wait_ms = 200;
-        req.min_bytes = 1;
-        req.max_bytes = 16 << 20;
-        req.session_id = 0;
-        req.session_epoch = -1;
-        req.topics = vec![t];
+        let req = fetch_request(topic, self.topic_id(topic)?, partition, offset);
         let resp = self.call(&req)?;
         ensure!(
             resp.error_code == 0,
@@ -586,6 +568,36 @@ pub fn produce_request(topic: &str, partition: i32, records: Bytes, acks: i16) -
     req.acks = acks;
     req.timeout_ms = 10_000;
     req.topic_data = vec![t];
+    req
+}
+
+/// A consumer's Fetch of one partition from `offset` (no session, up to 4 MiB of it, waiting
+/// up to 200 ms for a first byte).
+pub fn fetch_request(
+    topic: &str,
+    topic_id: uuid::Uuid,
+    partition: i32,
+    offset: i64,
+) -> FetchRequest {
+    let mut p = FetchPartition::default();
+    p.partition = partition;
+    p.fetch_offset = offset;
+    p.current_leader_epoch = -1;
+    p.last_fetched_epoch = -1;
+    p.log_start_offset = -1;
+    p.partition_max_bytes = 4 << 20;
+    let mut t = FetchTopic::default();
+    t.topic = topic_name(topic);
+    t.topic_id = topic_id;
+    t.partitions = vec![p];
+    let mut req = FetchRequest::default();
+    req.replica_id = BrokerId(-1);
+    req.max_wait_ms = 200;
+    req.min_bytes = 1;
+    req.max_bytes = 16 << 20;
+    req.session_id = 0;
+    req.session_epoch = -1;
+    req.topics = vec![t];
     req
 }
 

@@ -1,40 +1,18 @@
 //! Version-dependent request shapes against the real broker: Fetch by topic name (v12)
 //! and by topic id (v13+), and OffsetForLeaderEpoch.
 
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+use kafka_protocol::messages::fetch_request::FetchRequest;
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderEpochRequest, OffsetForLeaderPartition, OffsetForLeaderTopic,
 };
 use kafka_protocol::messages::BrokerId;
 use kafka_protocol::records::Compression;
 use keel_tests::data::generate;
-use keel_tests::raw::{topic_name, RawConn};
+use keel_tests::raw::{fetch_request, topic_name, RawConn};
 use keel_tests::{BrokerOpts, TestBroker};
 
 const UNKNOWN_TOPIC_ID: i16 = 100;
 const UNKNOWN_LEADER_EPOCH: i16 = 75;
-
-fn fetch_request(topic: &str, topic_id: uuid::Uuid) -> FetchRequest {
-    let mut p = FetchPartition::default();
-    p.partition = 0;
-    p.fetch_offset = 0;
-    p.current_leader_epoch = -1;
-    p.last_fetched_epoch = -1;
-    p.log_start_offset = -1;
-    p.partition_max_bytes = 1 << 20;
-    let mut t = FetchTopic::default();
-    t.topic = topic_name(topic);
-    t.topic_id = topic_id;
-    t.partitions = vec![p];
-    let mut req = FetchRequest::default();
-    req.replica_id = BrokerId(-1);
-    req.max_wait_ms = 0;
-    req.min_bytes = 1;
-    req.max_bytes = 1 << 20;
-    req.session_epoch = -1;
-    req.topics = vec![t];
-    req
-}
 
 /// (error code, high watermark, record bytes) of partition 0 in a fetch response.
 fn fetch(c: &mut RawConn, version: i16, req: &FetchRequest) -> (i16, i64, usize) {
@@ -55,15 +33,19 @@ fn fetch_by_name_and_by_topic_id_return_the_same_records() {
     let id = c.topic_id("ids").unwrap();
     assert!(!id.is_nil());
 
-    let by_name = fetch(&mut c, 12, &fetch_request("ids", uuid::Uuid::nil()));
+    let by_name = fetch(&mut c, 12, &fetch_request("ids", uuid::Uuid::nil(), 0, 0));
     assert_eq!(by_name.0, 0);
     assert_eq!(by_name.1, 50);
     assert!(by_name.2 > 0);
     for version in [13, 14, 15] {
-        let by_id = fetch(&mut c, version, &fetch_request("", id));
+        let by_id = fetch(&mut c, version, &fetch_request("", id, 0, 0));
         assert_eq!(by_id, by_name, "fetch v{version} by topic id");
     }
-    let unknown = fetch(&mut c, 15, &fetch_request("", uuid::Uuid::from_u128(7)));
+    let unknown = fetch(
+        &mut c,
+        15,
+        &fetch_request("", uuid::Uuid::from_u128(7), 0, 0),
+    );
     assert_eq!(unknown.0, UNKNOWN_TOPIC_ID);
 }
 
@@ -137,12 +119,12 @@ fn connection_sends_explicit_versions_within_the_broker_range() {
             .unwrap();
         assert_eq!(conn.broker_range(1), (4, 15));
         let resp = conn
-            .send_version(&fetch_request("", id), 15, timeout)
+            .send_version(&fetch_request("", id, 0, 0), 15, timeout)
             .await
             .unwrap();
         assert_eq!(resp.responses[0].partitions[0].high_watermark, 5);
         let refused = conn
-            .send_version(&fetch_request("", id), 16, timeout)
+            .send_version(&fetch_request("", id, 0, 0), 16, timeout)
             .await
             .unwrap_err();
         assert!(

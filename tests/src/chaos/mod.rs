@@ -506,9 +506,6 @@ fn metadata_log_problems(cluster: &TestCluster) -> Vec<String> {
 async fn read_metadata_log(
     addr: std::net::SocketAddr,
 ) -> Result<Vec<(i64, Vec<keel_broker::MetadataRecord>)>, String> {
-    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
-    use kafka_protocol::messages::{BrokerId, TopicName};
-    use kafka_protocol::protocol::StrBytes;
     let t = Duration::from_secs(5);
     let c = keel_client::connection::Connection::connect(&addr.to_string(), "keel-chaos", t, t)
         .await
@@ -516,20 +513,9 @@ async fn read_metadata_log(
     let mut out = Vec::new();
     let mut offset = 0i64;
     loop {
-        let mut p = FetchPartition::default();
-        p.fetch_offset = offset;
-        p.current_leader_epoch = -1;
-        p.last_fetched_epoch = -1;
-        p.log_start_offset = -1;
-        p.partition_max_bytes = 4 << 20;
-        let mut topic = FetchTopic::default();
-        topic.topic = TopicName(StrBytes::from_static_str(keel_broker::METADATA_TOPIC));
-        topic.partitions = vec![p];
-        let mut req = FetchRequest::default();
-        req.replica_id = BrokerId(-1);
-        req.max_bytes = 4 << 20;
-        req.session_epoch = -1;
-        req.topics = vec![topic];
+        // Version 12 names the topic; the metadata log has no topic id.
+        let req =
+            crate::raw::fetch_request(keel_broker::METADATA_TOPIC, uuid::Uuid::nil(), 0, offset);
         let resp = c
             .send_version(&req, 12, t)
             .await

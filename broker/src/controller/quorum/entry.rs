@@ -56,7 +56,6 @@ pub(crate) fn decode(bytes: Bytes) -> Result<Vec<Entry>, MetadataLogError> {
     Ok(out)
 }
 
-/// The records of one command: the data of a normal entry.
 /// The largest entry (the JSON of one command's records) a voter proposes: a CreateTopics of
 /// 1,000 partitions with 3 replicas each is about 1.3 MB.
 pub(crate) const MAX_ENTRY_BYTES: usize = 32 << 20;
@@ -64,6 +63,7 @@ pub(crate) const MAX_ENTRY_BYTES: usize = 32 << 20;
 /// The metadata log's batch limit: one entry and its batch framing.
 pub(crate) const MAX_BATCH_BYTES: u32 = MAX_ENTRY_BYTES as u32 + 4096;
 
+/// The records of one command: the data of a normal entry.
 pub(crate) fn encode_records(records: &[MetadataRecord]) -> Vec<u8> {
     serde_json::to_vec(records).expect("metadata records are plain data")
 }
