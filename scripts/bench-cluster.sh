@@ -31,7 +31,7 @@ node_args() { # node_args ID
     if [ "$id" = 0 ]; then
         echo "broker --node-id 0 --data-dir $DATA/node-0 --metrics-listener none --set process.roles=controller --set controller.listener=$CONTROLLER --set min.insync.replicas=2"
     else
-        echo "broker --node-id $id --data-dir $DATA/node-$id --listeners 127.0.0.1:$((BASE_PORT + id)) --metrics-listener 127.0.0.1:$((BASE_PORT + 10 + id)) --set process.roles=broker --set controller.quorum.voters=0@$CONTROLLER --set min.insync.replicas=2 --set metrics.partition.interval.ms=100"
+        echo "broker --node-id $id --data-dir $DATA/node-$id --listeners 127.0.0.1:$((BASE_PORT + id)) --metrics-listener 127.0.0.1:$((BASE_PORT + 10 + id)) --set process.roles=broker --set controller.quorum.voters=0@$CONTROLLER --set min.insync.replicas=2"
     fi
 }
 start_node() { # start_node ID

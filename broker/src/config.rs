@@ -4,7 +4,7 @@
 //! property means the same thing wherever it is given. In TOML, properties may be written
 //! with dotted keys (`log.segment.bytes = 1048576`) or quoted (`"log.segment.bytes" = …`).
 
-use keel_storage::{FlushPolicy, LogConfig};
+use keel_storage::{FlushPolicy, LogConfig, PageCache};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -59,8 +59,6 @@ pub struct BrokerConfig {
     pub checkpoint_interval_ms: u64,
     /// `log.retention.check.interval.ms`
     pub retention_check_interval_ms: u64,
-    /// `metrics.partition.interval.ms`: how often per-partition gauges are refreshed.
-    pub metrics_interval_ms: u64,
     /// Defaults for every topic's log, from the `log.*` and `message.max.bytes` properties.
     pub log: LogConfig,
     /// `min.insync.replicas`
@@ -90,6 +88,10 @@ pub struct BrokerConfig {
     pub heartbeat_interval_ms: u64,
     /// `broker.session.timeout.ms`: a broker silent this long is fenced.
     pub session_timeout_ms: u64,
+    /// `broker.session.connection.grace.ms` (Keel): once the connection a broker heartbeats
+    /// over closes (its process died, or the link broke), it is fenced this long after
+    /// unless it heartbeats again first. 0 turns this off (the session timeout alone).
+    pub session_connection_grace_ms: u64,
     /// `replica.lag.time.max.ms`: a follower not caught up for this long leaves the ISR.
     pub replica_lag_time_max_ms: u64,
     /// `replica.fetch.max.bytes`: per-partition cap of a follower fetch (one batch always goes).
@@ -186,7 +188,6 @@ impl Default for BrokerConfig {
             max_inflight_per_connection: 500,
             checkpoint_interval_ms: 60_000,
             retention_check_interval_ms: 300_000,
-            metrics_interval_ms: 1_000,
             log: LogConfig::default(),
             min_insync_replicas: 1,
             flush_interval_ms: 1000,
@@ -201,6 +202,7 @@ impl Default for BrokerConfig {
             snapshot_entries: 1000,
             heartbeat_interval_ms: 2000,
             session_timeout_ms: 9000,
+            session_connection_grace_ms: 3000,
             replica_lag_time_max_ms: 30_000,
             replica_fetch_max_bytes: 4 << 20,
             replica_fetch_response_max_bytes: 10 << 20,
@@ -285,7 +287,11 @@ impl BrokerConfig {
             "log.retention.check.interval.ms" => {
                 self.retention_check_interval_ms = parse(key, value)?
             }
-            "metrics.partition.interval.ms" => self.metrics_interval_ms = parse(key, value)?,
+            // Obsolete: gauges are now set at each scrape. Still accepted (and checked), so
+            // configurations written for earlier versions start.
+            "metrics.partition.interval.ms" => {
+                parse::<u64>(key, value)?;
+            }
             "min.insync.replicas" => self.min_insync_replicas = parse(key, value)?,
             "message.max.bytes" => self.log.max_batch_bytes = parse(key, value)?,
             "log.segment.bytes" => self.log.segment_bytes = parse(key, value)?,
@@ -313,7 +319,11 @@ impl BrokerConfig {
                 }
             }
             "log.cleanup.policy" => self.log.compact = parse_cleanup_policy(key, value)?,
-            "log.cache.tail.bytes" => self.log.cache_tail_bytes = parse_limit(key, value)?,
+            // `log.cache.tail.bytes` is the earlier, per-partition name: it now sets the
+            // node-wide window too.
+            "log.cache.bytes" | "log.cache.tail.bytes" => {
+                self.log.page_cache = PageCache::new(parse_limit(key, value)?)
+            }
             "process.roles" => self.roles = parse_roles(key, value)?,
             "controller.listener" | "controller.listeners" => {
                 self.controller_listener = strip_scheme(value).to_string()
@@ -328,6 +338,9 @@ impl BrokerConfig {
             "controller.snapshot.entries" => self.snapshot_entries = parse(key, value)?,
             "broker.heartbeat.interval.ms" => self.heartbeat_interval_ms = parse(key, value)?,
             "broker.session.timeout.ms" => self.session_timeout_ms = parse(key, value)?,
+            "broker.session.connection.grace.ms" => {
+                self.session_connection_grace_ms = parse(key, value)?
+            }
             "replica.lag.time.max.ms" => self.replica_lag_time_max_ms = parse(key, value)?,
             "replica.fetch.max.bytes" => self.replica_fetch_max_bytes = parse(key, value)?,
             "replica.fetch.response.max.bytes" => {
@@ -683,7 +696,7 @@ mod tests {
             "log.retention.bytes" = -1
             log.flush.interval.ms = 50
             log.flush.policy = "interval"
-            log.cache.tail.bytes = 1048576
+            log.cache.bytes = 1048576
             auto.create.topics.enable = true
             "#,
         )
@@ -694,13 +707,19 @@ mod tests {
         assert_eq!(c.log.segment_bytes, 4096);
         assert_eq!(c.log.retention_bytes, None);
         assert_eq!(c.log.flush_policy, FlushPolicy::Interval { ms: 50 });
-        assert_eq!(c.log.cache_tail_bytes, Some(1 << 20));
+        assert_eq!(c.log.page_cache.limit(), Some(1 << 20));
         assert!(c.auto_create_topics);
         c.validate().unwrap();
         let mut c = BrokerConfig::default();
-        c.set("log.cache.tail.bytes", "-1").unwrap();
-        assert_eq!(c.log.cache_tail_bytes, None);
-        assert!(c.set("log.cache.tail.bytes", "-2").is_err());
+        assert_eq!(
+            c.log.page_cache.limit(),
+            Some(keel_storage::page_cache::DEFAULT_CACHE_BYTES)
+        );
+        c.set("log.cache.bytes", "-1").unwrap();
+        assert_eq!(c.log.page_cache.limit(), None);
+        c.set("log.cache.tail.bytes", "4096").unwrap();
+        assert_eq!(c.log.page_cache.limit(), Some(4096), "the earlier name");
+        assert!(c.set("log.cache.bytes", "-2").is_err());
     }
 
     #[test]

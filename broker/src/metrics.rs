@@ -5,8 +5,8 @@
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -79,6 +79,8 @@ pub const GROUP_LAG_RECORDS: &str = "keel_group_lag_records";
 pub const LOG_DIR_USED_BYTES: &str = "keel_log_dir_used_bytes";
 pub const LOG_DIR_CAPACITY_BYTES: &str = "keel_log_dir_capacity_bytes";
 pub const LOG_DIR_AVAILABLE_BYTES: &str = "keel_log_dir_available_bytes";
+pub const LOG_PAGE_CACHE_WINDOW_BYTES: &str = "keel_log_page_cache_window_bytes";
+pub const LOG_PAGE_CACHE_WINDOW_LIMIT_BYTES: &str = "keel_log_page_cache_window_limit_bytes";
 
 // The controller (on nodes with the controller role).
 pub const CONTROLLER_BROKERS_REGISTERED: &str = "keel_controller_brokers_registered";
@@ -274,6 +276,16 @@ fn describe() {
         LOG_DIR_USED_BYTES,
         Unit::Bytes,
         "Bytes of partition segment files in the data directory."
+    );
+    describe_gauge!(
+        LOG_PAGE_CACHE_WINDOW_BYTES,
+        Unit::Bytes,
+        "Recently written bytes kept in the page cache for readers (log.cache.bytes window)."
+    );
+    describe_gauge!(
+        LOG_PAGE_CACHE_WINDOW_LIMIT_BYTES,
+        Unit::Bytes,
+        "log.cache.bytes: the most written bytes kept in the page cache; -1 leaves all to the kernel."
     );
     describe_gauge!(
         LOG_DIR_CAPACITY_BYTES,
@@ -479,7 +491,8 @@ pub fn recorder() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             // Gauges not set for a minute disappear: a deleted topic's partitions stop
-            // being reported. Every gauge is refreshed by `broker_gauges` or `controller_gauges`.
+            // being reported. Gauges that mirror state are set by scrape hooks
+            // ([`on_scrape`]) just before each render, the rest as events happen.
             let recorder = PrometheusBuilder::new()
                 .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(60)))
                 .set_buckets(&[
@@ -496,6 +509,56 @@ pub fn recorder() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Something that sets gauges from current state, run just before each scrape.
+type ScrapeHook = Arc<dyn Fn() + Send + Sync>;
+
+fn scrape_hooks() -> &'static Mutex<Vec<(u64, ScrapeHook)>> {
+    static HOOKS: OnceLock<Mutex<Vec<(u64, ScrapeHook)>>> = OnceLock::new();
+    HOOKS.get_or_init(Default::default)
+}
+
+/// Runs `hook` before every scrape until the returned guard is dropped. Gauges that mirror
+/// state (one series per partition replica, follower, group) are computed here rather than
+/// on a timer, so a broker with thousands of idle partitions spends nothing on them between
+/// scrapes.
+#[must_use = "the hook runs only while the guard lives"]
+pub fn on_scrape(hook: impl Fn() + Send + Sync + 'static) -> ScrapeGuard {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    scrape_hooks()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((id, Arc::new(hook)));
+    ScrapeGuard(id)
+}
+
+/// Unregisters a scrape hook when dropped.
+pub struct ScrapeGuard(u64);
+
+impl Drop for ScrapeGuard {
+    fn drop(&mut self) {
+        scrape_hooks()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(id, _)| *id != self.0);
+    }
+}
+
+/// Runs every scrape hook, then renders the exposition text. Blocking: hooks may walk
+/// every replica and look into segments.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let hooks: Vec<ScrapeHook> = scrape_hooks()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(_, h)| h.clone())
+        .collect();
+    for hook in hooks {
+        hook();
+    }
+    handle.render()
 }
 
 /// Serves `GET /metrics` (and `/` for humans) until `stop`.
@@ -538,7 +601,16 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, stop: Cancel
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = if path == "/metrics" || path.starts_with("/metrics?") {
-                ("200 OK", handle.render())
+                match tokio::task::spawn_blocking(move || render(&handle)).await {
+                    Ok(body) => ("200 OK", body),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "rendering the metrics failed");
+                        (
+                            "500 Internal Server Error",
+                            "rendering failed\n".to_string(),
+                        )
+                    }
+                }
             } else if path == "/" {
                 ("200 OK", "keel broker: metrics at /metrics\n".to_string())
             } else {

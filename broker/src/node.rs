@@ -160,6 +160,7 @@ async fn start_controller(
     use crate::controller::{ControllerConfig, METADATA_TOPIC};
     let controller_config = ControllerConfig {
         session_timeout_ms: config.session_timeout_ms,
+        connection_grace_ms: config.session_connection_grace_ms,
         default_replication_factor: config.default_replication_factor,
         default_min_insync_replicas: config.min_insync_replicas,
         default_partitions: config.num_partitions,
@@ -201,6 +202,7 @@ async fn start_controller(
         cluster_id: config.cluster_id.clone(),
         max_frame: config.socket_request_max_bytes,
         stop: listeners_stop.clone(),
+        heartbeat_links: Default::default(),
     });
     let stopped = background.clone();
     let tasks = vec![
@@ -249,7 +251,6 @@ async fn start_broker(
     metrics::register_broker_counters();
     let mut tasks = vec![tokio::spawn(crate::partition::gauges::broker_gauges(
         topics.clone(),
-        Duration::from_millis(config.metrics_interval_ms.max(100)),
         background.clone(),
     ))];
     tasks.extend(maintenance::spawn_all(
@@ -271,7 +272,6 @@ async fn start_broker(
         topics.clone(),
         cluster.clone(),
         listeners_stop.clone(),
-        Duration::from_millis(config.metrics_interval_ms.max(100)),
     );
     tasks.push(tokio::spawn(groups.clone().run()));
     let shared = Arc::new(Shared {

@@ -18,7 +18,6 @@ async fn start(dir: &Path) -> BrokerHandle {
     for (k, v) in [
         ("listeners", "127.0.0.1:0"),
         ("metrics.listener", "127.0.0.1:0"),
-        ("metrics.partition.interval.ms", "100"),
     ] {
         config.set(k, v).unwrap();
     }

@@ -1,6 +1,7 @@
 //! Per-log configuration (Kafka topic-level property names in the field docs).
 
 use crate::error::{Result, StorageError};
+use crate::page_cache::PageCache;
 use keel_protocol::batch::BATCH_HEADER_LEN;
 
 /// When appended data is made durable.
@@ -35,16 +36,10 @@ pub struct LogConfig {
     /// `cleanup.policy=compact`: accepted and stored; compaction itself is not implemented yet
     /// (a `compact`-only topic is given no time or size retention, so it keeps everything).
     pub compact: bool,
-    /// `log.cache.tail.bytes` (Keel): how much of the newest durable data of each log stays in
-    /// the page cache once written. Older written pages are handed back to the kernel right
-    /// after their fsync, so new writes reuse them instead of taking fresh memory, and readers
-    /// further behind read from disk. `None` leaves the page cache to the kernel.
-    pub cache_tail_bytes: Option<u64>,
+    /// `log.cache.bytes` (Keel): the node's window of recently written data kept in the
+    /// page cache, shared by every log that holds a clone of it ([`PageCache`]).
+    pub page_cache: PageCache,
 }
-
-/// Default `log.cache.tail.bytes`: a tailing consumer or follower within this much of the end
-/// reads from memory (see BENCHMARKS.md, "Page cache reuse").
-pub const DEFAULT_CACHE_TAIL_BYTES: u64 = 4 << 20;
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -60,7 +55,7 @@ impl Default for LogConfig {
             // Kafka's message.max.bytes default: 1 MiB of batch plus its 12-byte overhead.
             max_batch_bytes: (1 << 20) + 12,
             compact: false,
-            cache_tail_bytes: Some(DEFAULT_CACHE_TAIL_BYTES),
+            page_cache: PageCache::default(),
         }
     }
 }

@@ -117,6 +117,9 @@ pub struct Log {
     producers: Mutex<ProducerState>,
     /// A flush sealed rolled segments: [`Log::checkpoint_if_rolled`] moves the recovery point.
     rolled_since_checkpoint: AtomicBool,
+    /// The latest append came from a leader (a follower replica's log has no readers: its
+    /// written pages are not kept in the page cache).
+    written_as_follower: AtomicBool,
     durable: AtomicI64,
     closed: AtomicBool,
 }
@@ -166,6 +169,7 @@ impl Log {
             ckpt_lock: Mutex::new(r.checkpointed),
             rolled: Mutex::new(Rolled::default()),
             rolled_since_checkpoint: AtomicBool::new(false),
+            written_as_follower: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         };
         let started = std::time::Instant::now();
@@ -246,6 +250,7 @@ impl Log {
     /// `leader_epoch` is recorded in the epoch cache; a lower one is stamped but not recorded
     /// (fencing stale leaders is the broker's job).
     pub fn append_as_leader(&self, records: &[u8], leader_epoch: i32) -> Result<AppendInfo> {
+        self.written_as_follower.store(false, Ordering::Relaxed);
         self.check_open()?;
         let plan = self.validate(records)?;
         let mut buf = lock(&self.writer);
@@ -309,6 +314,7 @@ impl Log {
     /// leader epochs newer than the cache's latest are recorded.
     pub fn append_as_follower(&self, records: &[u8]) -> Result<AppendInfo> {
         self.check_open()?;
+        self.written_as_follower.store(true, Ordering::Relaxed);
         let plan = self.validate(records)?;
         let _w = lock(&self.writer);
         self.check_open()?;
@@ -575,7 +581,9 @@ impl Log {
             r.segments.retain(|u| !Arc::ptr_eq(u, seg));
             r.index_unsynced.push(seg.clone());
             drop(r);
-            self.drop_cache_behind(seg, seg.size());
+            self.config
+                .page_cache
+                .durable(seg, seg.size(), true, self.readers_expected());
         }
         if created > dir_synced {
             // The new segments' directory entries, before anything in them counts as durable.
@@ -591,36 +599,19 @@ impl Log {
             // below `written` were written before this sync: they are durable after it.
             let written = active.size();
             active.sync()?;
-            self.drop_cache_behind(&active, written);
+            self.config
+                .page_cache
+                .durable(&active, written, false, self.readers_expected());
         }
         // The recovery point moves past the sealed segments with the next checkpoint
         // (`checkpoint_if_rolled`), not here: this is the ack path.
         Ok(self.durable.fetch_max(end, Ordering::AcqRel).max(end))
     }
 
-    /// Hands the pages more than `cache_tail_bytes` behind `durable` (a position in `seg`, the
-    /// active segment or the one just sealed) back to the kernel (see
-    /// [`LogConfig::cache_tail_bytes`]). Streaming writes into fresh page-cache pages cost far
-    /// more than writes into pages the kernel just got back: on a VM whose host reclaims
-    /// guest memory, 3-4x in system time per byte (BENCHMARKS.md, "Page cache reuse").
-    fn drop_cache_behind(&self, seg: &Segment, durable: u64) {
-        let Some(tail) = self.config.cache_tail_bytes else {
-            return;
-        };
-        seg.drop_cache_below(durable.saturating_sub(tail));
-        // Until `seg` holds `tail` bytes, the window reaches back into the segment before it.
-        let prev = self
-            .read_state()
-            .segments
-            .range(..seg.base_offset())
-            .next_back()
-            .map(|(_, s)| s.clone());
-        if let Some(prev) = prev {
-            prev.drop_cache_below(match tail.checked_sub(durable) {
-                Some(rest) if rest > 0 => prev.size().saturating_sub(rest),
-                _ => u64::MAX,
-            });
-        }
+    /// Whether readers may come for what was just written: not on a follower replica
+    /// (consumers read from leaders), so its written pages leave the page cache at once.
+    fn readers_expected(&self) -> bool {
+        !self.written_as_follower.load(Ordering::Relaxed)
     }
 
     pub fn durable_end_offset(&self) -> i64 {

@@ -142,6 +142,9 @@ pub(crate) struct Segment {
     /// Pages of the log file below this position were handed back to the kernel
     /// ([`Segment::drop_cache_below`]). Page-aligned.
     cache_dropped: AtomicU64,
+    /// Bytes below this position were reported durable to the node's page-cache window
+    /// ([`Segment::note_durable`]).
+    cache_noted: AtomicU64,
     created_ms: i64,
     indexes: Mutex<Indexes>,
     /// Counts this segment in [`crate::metrics::StorageStats::open_segments`] until dropped.
@@ -284,6 +287,8 @@ impl Segment {
             map: Mutex::new(map),
             size: AtomicU64::new(len),
             cache_dropped: AtomicU64::new(0),
+            // What was there before this process opened it is not in its window.
+            cache_noted: AtomicU64::new(len),
             created_ms: now_ms(),
             indexes: Mutex::new(Indexes {
                 offset,
@@ -439,6 +444,13 @@ impl Segment {
                 .map_err(|e| StorageError::io(format!("segment {}: sync journal", self.name), e))?;
         }
         Ok(())
+    }
+
+    /// Records that the segment is durable up to `upto`; returns where the newly durable
+    /// bytes start, or `None` when none are new.
+    pub(crate) fn note_durable(&self, upto: u64) -> Option<u64> {
+        let from = self.cache_noted.fetch_max(upto, Ordering::AcqRel);
+        (from < upto).then_some(from)
     }
 
     /// Hands the page cache of `[cache_dropped, upto)` back to the kernel; `u64::MAX` means the
@@ -707,6 +719,7 @@ impl Segment {
         // Appends rewrite the range from `pos`: their pages are to be dropped in turn.
         self.cache_dropped
             .fetch_min(pos / DROP_STEP * DROP_STEP, Ordering::AcqRel);
+        self.cache_noted.fetch_min(pos, Ordering::AcqRel);
         let mut idx = self.indexes();
         idx.offset.truncate_from(offset);
         idx.time.truncate_from(offset);

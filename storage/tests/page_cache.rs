@@ -1,6 +1,6 @@
-//! `log.cache.tail.bytes`: written pages further than the tail behind the durable end are
-//! handed back to the kernel, across segment rolls, and reading them still gives the same
-//! bytes. Residency is read with `mincore` on a mapping of each segment file.
+//! `log.cache.bytes`: written pages that fall out of the node's window of recent writes are
+//! handed back to the kernel, across segment rolls and across the logs sharing the window,
+//! and reading them still gives the same bytes. Residency is read with `mincore` on a mapping of each segment file.
 //!
 //! The logs live under the target directory, not the system temp dir: on tmpfs the kernel
 //! keeps every page whatever we advise.
@@ -8,7 +8,7 @@
 mod common;
 
 use common::{batch, describe, read_all, segment_files};
-use keel_storage::{FlushPolicy, Log, LogConfig};
+use keel_storage::{FlushPolicy, Log, LogConfig, PageCache};
 use std::fs::File;
 use std::path::Path;
 
@@ -20,11 +20,11 @@ const STEP: u64 = 2 << 20;
 const BATCHES: u64 = 224;
 const PER_BATCH: i64 = 64;
 
-fn config(cache_tail_bytes: Option<u64>) -> LogConfig {
+fn config(window: Option<u64>) -> LogConfig {
     LogConfig {
         segment_bytes: 4 << 20,
         flush_policy: FlushPolicy::Always,
-        cache_tail_bytes,
+        page_cache: PageCache::new(window),
         ..Default::default()
     }
 }
@@ -83,7 +83,7 @@ fn scratch_dir() -> tempfile::TempDir {
 }
 
 #[test]
-fn pages_behind_the_cached_tail_leave_the_page_cache_and_read_back_intact() {
+fn pages_out_of_the_window_leave_the_page_cache_and_read_back_intact() {
     let dir = scratch_dir();
     let log = Log::open(dir.path(), config(Some(TAIL))).unwrap();
     fill(&log);
@@ -94,7 +94,7 @@ fn pages_behind_the_cached_tail_leave_the_page_cache_and_read_back_intact() {
     let (behind, within) = residency(dir.path());
     assert_eq!(
         behind, 0,
-        "pages further than the tail behind the end stayed cached"
+        "pages further than the window behind the end stayed cached"
     );
     assert!(within > 0, "the newest tail should stay in the page cache");
 
@@ -108,7 +108,7 @@ fn pages_behind_the_cached_tail_leave_the_page_cache_and_read_back_intact() {
 }
 
 #[test]
-fn without_a_cached_tail_the_page_cache_is_left_to_the_kernel() {
+fn without_a_window_the_page_cache_is_left_to_the_kernel() {
     let dir = scratch_dir();
     let log = Log::open(dir.path(), config(None)).unwrap();
     fill(&log);
@@ -155,4 +155,91 @@ fn truncation_rewinds_the_dropped_range() {
         describe(&all).last().map(|d| d.1),
         Some(log.log_end_offset() - 1)
     );
+}
+
+#[test]
+fn a_window_larger_than_what_was_written_keeps_it_all_for_readers() {
+    let dir = scratch_dir();
+    let log = Log::open(dir.path(), config(Some(64 << 20))).unwrap();
+    fill(&log);
+    let (behind, within) = residency(dir.path());
+    assert!(
+        behind > 0 && within > 0,
+        "a reader of older data would go to disk"
+    );
+    let resident: usize = segment_files(dir.path(), "log")
+        .iter()
+        .map(|f| resident_pages(f).iter().filter(|r| **r).count())
+        .sum();
+    let written: u64 = segment_files(dir.path(), "log")
+        .iter()
+        .map(|f| f.metadata().unwrap().len())
+        .sum();
+    assert_eq!(
+        resident as u64,
+        written.div_ceil(PAGE as u64),
+        "every written page should still be cached"
+    );
+}
+
+#[test]
+fn the_window_spans_every_log_that_shares_it() {
+    let (a_dir, b_dir) = (scratch_dir(), scratch_dir());
+    let shared = config(Some(TAIL));
+    let a = Log::open(a_dir.path(), shared.clone()).unwrap();
+    let b = Log::open(b_dir.path(), shared).unwrap();
+    fill(&a);
+    // Log b's writes push all of a's out of the shared window.
+    fill(&b);
+    let files = segment_files(a_dir.path(), "log");
+    let (sealed, active) = files.split_at(files.len() - 1);
+    for f in sealed {
+        let cached = resident_pages(f).iter().filter(|r| **r).count();
+        assert_eq!(
+            cached, 0,
+            "{f:?}: a sealed segment out of the window stayed cached"
+        );
+    }
+    // The active segment is dropped in whole steps: less than one step may stay.
+    let cached = resident_pages(&active[0]).iter().filter(|r| **r).count();
+    assert!(
+        (cached as u64) * (PAGE as u64) < STEP,
+        "{cached} pages of a's active segment stayed cached"
+    );
+    let (behind, within) = residency(b_dir.path());
+    assert_eq!(behind, 0, "b's pages out of the window stayed cached");
+    assert!(within > 0, "the newest writes should stay cached");
+    assert_eq!(describe(&read_all(&a, 0)).len(), BATCHES as usize);
+}
+
+#[test]
+fn a_follower_replica_keeps_none_of_its_writes_in_the_window() {
+    let (leader_dir, follower_dir) = (scratch_dir(), scratch_dir());
+    let window = config(Some(64 << 20));
+    let leader = Log::open(leader_dir.path(), window.clone()).unwrap();
+    let follower = Log::open(follower_dir.path(), window.clone()).unwrap();
+    fill(&leader);
+    let held = window.page_cache.held_bytes();
+    // The follower copies the leader's log the way a fetcher does, fsyncing each fetch.
+    while follower.log_end_offset() < leader.log_end_offset() {
+        let r = leader
+            .read(follower.log_end_offset(), 1 << 20, i64::MAX)
+            .unwrap();
+        follower.append_as_follower(&r.records).unwrap();
+        follower.flush().unwrap();
+    }
+    assert_eq!(
+        window.page_cache.held_bytes(),
+        held,
+        "a follower's writes joined the window"
+    );
+    let cached: usize = segment_files(follower_dir.path(), "log")
+        .iter()
+        .map(|f| resident_pages(f).iter().filter(|r| **r).count())
+        .sum();
+    assert!(
+        (cached as u64) * (PAGE as u64) <= STEP,
+        "{cached} pages of the follower's log stayed cached"
+    );
+    assert_eq!(describe(&read_all(&follower, 0)).len(), BATCHES as usize);
 }

@@ -87,7 +87,6 @@ impl ClusterOpts {
         self.set("broker.session.timeout.ms", "1500")
             .set("broker.heartbeat.interval.ms", "200")
             .set("replica.lag.time.max.ms", "2000")
-            .set("metrics.partition.interval.ms", "100")
     }
 
     /// See [`ClusterOpts::fault_proxies`].
@@ -745,8 +744,8 @@ impl TestCluster {
         })
     }
 
-    /// LEO and HW of node `id`'s replica of `topic-partition`, from its metrics (which
-    /// lag by up to `metrics.partition.interval.ms`); default when it has no such replica.
+    /// LEO and HW of node `id`'s replica of `topic-partition`, from its metrics (set when
+    /// scraped); default when it has no such replica.
     pub fn replica_offsets(&self, id: i32, topic: &str, partition: i32) -> ReplicaOffsets {
         let offsets = partition_offsets(&self.scrape_metrics(id));
         offsets

@@ -12,7 +12,6 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 fn cluster(extra: &[(&str, &str)]) -> TestCluster {
     let mut opts = ClusterOpts::default()
         .brokers(3)
-        .set("metrics.partition.interval.ms", "100")
         .set("log.flush.offset.checkpoint.interval.ms", "100")
         .set("broker.session.timeout.ms", "1500")
         .set("broker.heartbeat.interval.ms", "200")

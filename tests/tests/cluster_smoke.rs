@@ -18,11 +18,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 #[test]
 fn replicated_topic_round_trip() {
-    let cluster = TestCluster::start(
-        ClusterOpts::default()
-            .brokers(3)
-            .set("metrics.partition.interval.ms", "100"),
-    );
+    let cluster = TestCluster::start(ClusterOpts::default().brokers(3));
     assert_eq!(cluster.broker_ids(), [1, 2, 3]);
     let client = ClientConfig::new(&cluster.bootstrap());
     let rt = runtime();

@@ -117,15 +117,10 @@ fn retry_across_failover(
 fn a_retry_across_a_failover_is_written_once() {
     let switch = tempfile::tempdir().unwrap();
     let switch = switch.path().join("drop-produce-responses");
-    let mut cluster = TestCluster::start(
-        ClusterOpts::default()
-            .fast_failover()
-            .set("metrics.partition.interval.ms", "100")
-            .env(
-                keel_broker::failpoint::DROP_PRODUCE_RESPONSES,
-                switch.to_str().unwrap(),
-            ),
-    );
+    let mut cluster = TestCluster::start(ClusterOpts::default().fast_failover().env(
+        keel_broker::failpoint::DROP_PRODUCE_RESPONSES,
+        switch.to_str().unwrap(),
+    ));
     let (offset, contents) = retry_across_failover(&mut cluster, &switch, "once", true);
     assert_eq!(offset, 1, "the retry is answered with the original offset");
     assert_eq!(

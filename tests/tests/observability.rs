@@ -377,7 +377,6 @@ fn cluster_opts() -> ClusterOpts {
         .set("min.insync.replicas", "2")
         .set("default.replication.factor", "3")
         .set("replica.lag.time.max.ms", "2000")
-        .set("metrics.partition.interval.ms", "100")
 }
 
 /// Sends SIGCONT to a paused node when dropped, so a failing test never leaves a stopped

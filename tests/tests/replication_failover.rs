@@ -41,8 +41,7 @@ fn cluster_opts(session_timeout_ms: &str, lag_ms: Option<&str>) -> ClusterOpts {
         .set("broker.session.timeout.ms", session_timeout_ms)
         .set("broker.heartbeat.interval.ms", "200")
         .set("min.insync.replicas", "2")
-        .set("default.replication.factor", "3")
-        .set("metrics.partition.interval.ms", "100");
+        .set("default.replication.factor", "3");
     match lag_ms {
         Some(ms) => opts.set("replica.lag.time.max.ms", ms),
         None => opts,

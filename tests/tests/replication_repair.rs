@@ -17,7 +17,6 @@ fn a_replica_that_lost_acknowledged_data_stays_fenced_until_repaired() {
     let mut cluster = TestCluster::start(
         ClusterOpts::default()
             .brokers(3)
-            .set("metrics.partition.interval.ms", "100")
             .set("log.flush.offset.checkpoint.interval.ms", "100")
             .set("broker.session.timeout.ms", "1500")
             .set("broker.heartbeat.interval.ms", "200"),

@@ -701,7 +701,6 @@ fn topic_recreated_while_broker_away_does_not_reuse_old_data() {
             .set("broker.session.timeout.ms", "6000")
             .set("broker.heartbeat.interval.ms", "200")
             .set("replica.lag.time.max.ms", "2000")
-            .set("metrics.partition.interval.ms", "100")
             .set("min.insync.replicas", "2"),
     );
     let _keep = KeepLogsOnFailure::new("topic_recreated_while_away", &cluster);

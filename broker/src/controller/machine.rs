@@ -21,6 +21,9 @@ pub(crate) const PRODUCER_ID_BLOCK: i32 = 1000;
 pub(crate) struct ControllerConfig {
     /// `broker.session.timeout.ms`: an unfenced broker silent for longer is fenced.
     pub(crate) session_timeout_ms: u64,
+    /// `broker.session.connection.grace.ms`: a broker whose heartbeat connection closed is
+    /// fenced this long after, unless it heartbeats first. 0: off.
+    pub(crate) connection_grace_ms: u64,
     /// `default.replication.factor`, for topics created without one.
     pub(crate) default_replication_factor: i16,
     /// `min.insync.replicas`, written into the configs of topics created without one.
@@ -33,6 +36,7 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         Self {
             session_timeout_ms: 9000,
+            connection_grace_ms: 3000,
             default_replication_factor: 1,
             default_min_insync_replicas: 1,
             default_partitions: 1,
@@ -107,6 +111,9 @@ pub(crate) struct Controller {
     /// Last heartbeat (or registration) time per broker. Runtime only: after a restart
     /// every unfenced broker gets a full session from the first tick.
     last_heartbeat_ms: HashMap<i32, u64>,
+    /// When the session of a broker whose heartbeat connection closed ends, unless it
+    /// heartbeats first ([`Controller::connection_lost`]). Runtime only.
+    lost_deadline_ms: HashMap<i32, u64>,
     /// Brokers that were unfenced at the end of the previous tick: only those may take
     /// preferred leadership back, so a broker that has just been unfenced first gets one
     /// tick to learn its follower state. Runtime only.
@@ -129,6 +136,7 @@ impl Controller {
             image,
             config,
             last_heartbeat_ms: HashMap::new(),
+            lost_deadline_ms: HashMap::new(),
             settled: BTreeSet::new(),
             shutting_down: HashMap::new(),
         }
@@ -181,6 +189,7 @@ impl Controller {
         });
         changes.fence(id, epoch);
         self.last_heartbeat_ms.insert(id, now_ms);
+        self.lost_deadline_ms.remove(&id);
         self.settled.remove(&id);
         tracing::info!(broker = id, epoch, host, port, "registering broker");
         Ok((epoch, changes.into_records()))
@@ -216,6 +225,7 @@ impl Controller {
     ) -> Result<(HeartbeatReply, Vec<MetadataRecord>), ControllerError> {
         let broker = check_broker(&self.image, id, epoch)?;
         self.last_heartbeat_ms.insert(id, now_ms);
+        self.lost_deadline_ms.remove(&id);
         let mut changes = Changes::new(&self.image);
         if want_shutdown {
             self.shutting_down.insert(id, epoch);
@@ -248,6 +258,35 @@ impl Controller {
         Ok((reply, changes.into_records()))
     }
 
+    /// The connection broker `id` (incarnation `epoch`) heartbeats over has closed: its
+    /// process died (the kernel closes a killed process's sockets at once) or the link
+    /// broke; or it ran the previous active controller, which stopped answering the
+    /// quorum. Its session now ends `connection_grace_ms` from now, unless a heartbeat comes
+    /// first: a live broker reconnects and heartbeats within its interval. A broker that
+    /// dies without closing its sockets (power loss, a cut cable) is still fenced by the
+    /// session timeout.
+    pub(crate) fn connection_lost(&mut self, id: i32, epoch: i64, now_ms: u64) {
+        let grace = self.config.connection_grace_ms;
+        if grace == 0 || grace >= self.config.session_timeout_ms {
+            return;
+        }
+        if !self
+            .image
+            .broker(id)
+            .is_some_and(|b| b.epoch == epoch && !b.fenced)
+        {
+            return;
+        }
+        let deadline = now_ms + grace;
+        let session_end = self.last_heartbeat_ms.get(&id).copied().unwrap_or(now_ms)
+            + self.config.session_timeout_ms;
+        if deadline < session_end {
+            tracing::info!(broker = id, grace_ms = grace, "heartbeat connection closed");
+            let d = self.lost_deadline_ms.entry(id).or_insert(deadline);
+            *d = (*d).min(deadline);
+        }
+    }
+
     /// Periodic work: fences every unfenced broker silent for longer than the session
     /// timeout, elects leaders for leaderless partitions that have an unfenced ISR
     /// member, and gives leadership back to preferred replicas (`replicas[0]`) that are
@@ -259,6 +298,17 @@ impl Controller {
             let silent = now_ms.saturating_sub(last);
             if silent > self.config.session_timeout_ms {
                 tracing::warn!(broker = b.id, silent_ms = silent, "broker session expired");
+                expired.push((b.id, b.epoch));
+            } else if self
+                .lost_deadline_ms
+                .get(&b.id)
+                .is_some_and(|d| now_ms > *d)
+            {
+                tracing::warn!(
+                    broker = b.id,
+                    silent_ms = silent,
+                    "broker session expired: its heartbeat connection closed and it did not come back"
+                );
                 expired.push((b.id, b.epoch));
             }
         }

@@ -52,7 +52,9 @@ use keel_protocol::quorum::{
     QuorumQuery, QuorumState, QuorumStateRequest, QuorumStateResponse, RaftMessagesRequest,
     RaftMessagesResponse, VoterProgress, QUORUM_STATE_KEY, RAFT_MESSAGES_KEY,
 };
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +64,8 @@ pub(crate) struct ControllerService {
     pub(crate) cluster_id: String,
     pub(crate) max_frame: usize,
     pub(crate) stop: CancellationToken,
+    /// The broker (id, epoch) whose heartbeats came over each open connection.
+    pub(crate) heartbeat_links: std::sync::Mutex<HashMap<SocketAddr, (i32, i64)>>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -88,7 +92,7 @@ impl Service for ControllerService {
     fn dispatch(
         self: &Arc<Self>,
         mut req: ParsedRequest,
-        _peer: std::net::SocketAddr,
+        peer: SocketAddr,
     ) -> Result<Option<Reply>, RequestError> {
         let r = Responder::new(&req);
         let reply = match req.api_key {
@@ -98,7 +102,9 @@ impl Service for ControllerService {
                 self.later(r, |s| async move { s.register(req).await })
             }
             ApiKey::BrokerHeartbeat => {
-                let req = decode(&mut req)?;
+                let req: BrokerHeartbeatRequest = decode(&mut req)?;
+                self.links()
+                    .insert(peer, (req.broker_id.0, req.broker_epoch));
                 self.later(r, |s| async move { s.heartbeat(req).await })
             }
             ApiKey::AlterPartition => {
@@ -129,6 +135,30 @@ impl Service for ControllerService {
             }
         };
         Ok(Some(reply))
+    }
+
+    /// A connection a broker heartbeated over closed: unless another open connection
+    /// carries that incarnation's heartbeats, its session ends after the grace.
+    fn closed(self: &Arc<Self>, peer: SocketAddr) {
+        let mut links = self.links();
+        let Some((id, epoch)) = links.remove(&peer) else {
+            return;
+        };
+        if self.stop.is_cancelled() || links.values().any(|l| *l == (id, epoch)) {
+            return;
+        }
+        drop(links);
+        let quorum = self.quorum.clone();
+        let now = now_ms();
+        tokio::spawn(async move {
+            // Only the active controller keeps sessions; elsewhere this is NOT_CONTROLLER.
+            let _ = quorum
+                .run(Box::new(move |c| {
+                    c.connection_lost(id, epoch, now);
+                    Ok((Answer::None, Vec::new()))
+                }))
+                .await;
+        });
     }
 
     fn keel_api(self: &Arc<Self>, api_key: i16, frame: &Bytes) -> Option<Reply> {
@@ -175,6 +205,12 @@ fn keel_response<R: Encodable>(correlation_id: i32, resp: &R) -> Option<Vec<Byte
 }
 
 impl ControllerService {
+    fn links(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, (i32, i64)>> {
+        self.heartbeat_links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// A reply computed by `f` (a command that waits for its commit).
     fn later<F, Fut, R>(self: &Arc<Self>, r: Responder, f: F) -> Reply
     where

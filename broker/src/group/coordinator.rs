@@ -116,7 +116,6 @@ pub(crate) struct GroupCoordinator {
     creating: AtomicBool,
     started: Instant,
     stop: CancellationToken,
-    gauge_interval: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -129,7 +128,6 @@ impl GroupCoordinator {
         topics: Arc<Topics>,
         broker: Arc<BrokerRuntime>,
         stop: CancellationToken,
-        gauge_interval: Duration,
     ) -> Arc<Self> {
         let machine = GroupConfig {
             min_session_timeout_ms: cfg.min_session_timeout_ms,
@@ -148,7 +146,6 @@ impl GroupCoordinator {
             creating: AtomicBool::new(false),
             started: Instant::now(),
             stop,
-            gauge_interval,
         })
     }
 
@@ -1045,7 +1042,12 @@ impl GroupCoordinator {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let retention_every = Duration::from_millis(self.cfg.offsets_retention_check_interval_ms);
         let mut last_retention = Instant::now();
-        let mut last_gauges = Instant::now();
+        let me = Arc::downgrade(&self);
+        let _gauges = crate::metrics::on_scrape(move || {
+            if let Some(c) = me.upgrade() {
+                c.export_gauges();
+            }
+        });
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -1056,10 +1058,6 @@ impl GroupCoordinator {
             if last_retention.elapsed() >= retention_every {
                 last_retention = Instant::now();
                 self.expire_offsets();
-            }
-            if last_gauges.elapsed() >= self.gauge_interval {
-                last_gauges = Instant::now();
-                self.export_gauges();
             }
         }
         // Stopping: answer every held request so connections can close.

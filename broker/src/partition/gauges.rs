@@ -1,11 +1,10 @@
 //! The gauges of every replica this broker holds, of each follower of the partitions it
-//! leads, of its disk and of its request purgatories, refreshed on a timer.
+//! leads, of its disk and of its request purgatories, set at each scrape.
 
 use super::registry::Topics;
 use crate::metrics::*;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The leader-side lag of one follower, as the gauges report it.
@@ -53,25 +52,12 @@ pub(crate) fn partition_health(s: &super::ReplicaStatus) -> (bool, bool) {
     )
 }
 
-/// Refreshes the broker's gauges every `interval` until `stop`: per partition replica, per
-/// follower of the partitions led here, disk, storage and purgatories. Each refresh runs on a
-/// blocking thread (lag in bytes looks into segments).
-pub(crate) async fn broker_gauges(
-    topics: Arc<Topics>,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
-        }
-        let topics = topics.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || refresh_broker_gauges(&topics)).await {
-            tracing::warn!(error = %e, "refreshing the broker gauges failed");
-        }
-    }
+/// Sets the broker's gauges at every scrape until `stop`: per partition replica, per
+/// follower of the partitions led here, disk, storage and purgatories. Nothing runs between
+/// scrapes, so idle partitions cost nothing here.
+pub(crate) async fn broker_gauges(topics: Arc<Topics>, stop: CancellationToken) {
+    let _hook = on_scrape(move || refresh_broker_gauges(&topics));
+    stop.cancelled().await;
 }
 
 fn refresh_broker_gauges(topics: &Topics) {
@@ -129,6 +115,10 @@ fn refresh_broker_gauges(topics: &Topics) {
     let storage = keel_storage::stats();
     metrics::gauge!(keel_storage::metrics::OPEN_SEGMENTS).set(storage.open_segments as f64);
     metrics::gauge!(keel_storage::metrics::MAPPED_BYTES).set(storage.mapped_bytes as f64);
+    let cache = topics.page_cache();
+    metrics::gauge!(LOG_PAGE_CACHE_WINDOW_BYTES).set(cache.held_bytes() as f64);
+    metrics::gauge!(LOG_PAGE_CACHE_WINDOW_LIMIT_BYTES)
+        .set(cache.limit().map_or(-1.0, |l| l as f64));
     let dir = topics.data_dir();
     let labels = [("dir", dir.display().to_string())];
     metrics::gauge!(LOG_DIR_USED_BYTES, &labels).set(used as f64);

@@ -88,6 +88,11 @@ impl Topics {
         }
     }
 
+    /// The node's window of recently written data kept in the page cache.
+    pub(crate) fn page_cache(&self) -> &keel_storage::PageCache {
+        &self.defaults.page_cache
+    }
+
     /// The data directory holding every partition directory.
     pub(crate) fn data_dir(&self) -> &Path {
         &self.data_dir

@@ -50,6 +50,8 @@ pub(crate) trait Service: Send + Sync + 'static {
     fn keel_api(self: &Arc<Self>, _api_key: i16, _frame: &Bytes) -> Option<Reply> {
         None
     }
+    /// The connection from `peer` has closed (by either side, or failed).
+    fn closed(self: &Arc<Self>, _peer: SocketAddr) {}
 }
 
 /// Accepts connections until the service stops.
@@ -129,6 +131,7 @@ async fn serve_connection<S: Service>(shared: Arc<S>, stream: TcpStream, peer: S
     // Dropping the sender lets the writer finish the replies already started, in order.
     drop(tx);
     let _ = writer.await;
+    shared.closed(peer);
 }
 
 fn close_on_error(peer: SocketAddr, what: &str, e: &dyn std::fmt::Display) {

@@ -150,7 +150,6 @@ fn cluster_opts(opts: &ChaosOpts) -> ClusterOpts {
         .set("broker.session.timeout.ms", "2500")
         .set("replica.lag.time.max.ms", "2000")
         .set("log.segment.bytes", "65536")
-        .set("metrics.partition.interval.ms", "200")
 }
 
 /// Runs a chaos test and returns its report; panics only when the harness itself cannot

@@ -378,11 +378,12 @@ impl Driver {
             .set(self.snapshot_at.elapsed().as_secs_f64());
         // The cluster-wide counts come from the active controller only (0 elsewhere), so
         // sums over every voter count each broker and partition once.
-        let mut s = v.image().stats();
-        let offset = s.offset;
-        if !v.is_active() {
-            s = Default::default();
-        }
+        let offset = v.image().offset();
+        let s = if v.is_active() {
+            v.image().stats()
+        } else {
+            Default::default()
+        };
         metrics::gauge!(m::CONTROLLER_BROKERS_REGISTERED).set(s.registered as f64);
         metrics::gauge!(m::CONTROLLER_BROKERS_FENCED).set(s.fenced as f64);
         metrics::gauge!(m::CONTROLLER_BROKERS_ACTIVE).set((s.registered - s.fenced) as f64);

@@ -99,6 +99,8 @@ pub(crate) struct Voter<T> {
     inflight: Option<Inflight<T>>,
     /// The term in which this voter became the active controller; 0 while it is not.
     active_term: u64,
+    /// The latest other voter seen leading.
+    previous_leader: Option<i32>,
     tuning: Tuning,
     outcomes: Vec<(T, Result<Answer, CommandError>)>,
     /// Leader elections of partitions this voter wrote as the active controller.
@@ -152,6 +154,7 @@ impl<T> Voter<T> {
             queue: VecDeque::new(),
             inflight: None,
             active_term: 0,
+            previous_leader: None,
             tuning,
             outcomes: Vec::new(),
             elections: 0,
@@ -408,6 +411,9 @@ impl<T> Voter<T> {
     /// Becomes the active controller once an entry of its own term is applied; stops being
     /// it on losing the leadership.
     fn update_role(&mut self) {
+        if let Some(l) = self.leader().filter(|l| *l != self.node_id) {
+            self.previous_leader = Some(l);
+        }
         if !self.is_leader() {
             if self.active_term != 0 {
                 tracing::info!(
@@ -431,6 +437,15 @@ impl<T> Voter<T> {
             // one does: it has not heard their heartbeats.
             self.controller =
                 Controller::from_image(self.config.clone(), self.controller.image().clone());
+            // Except the previous active controller's broker: it stopped answering the
+            // quorum, so its process has most likely died with its connections. It gets the
+            // grace of a closed heartbeat connection; a live one heartbeats here within it.
+            if let Some(prev) = self.previous_leader.take() {
+                if let Some(epoch) = self.controller.image().broker(prev).map(|b| b.epoch) {
+                    let now = crate::clock::now_ms().max(0) as u64;
+                    self.controller.connection_lost(prev, epoch, now);
+                }
+            }
             tracing::info!(
                 node = self.node_id,
                 term,

@@ -409,3 +409,50 @@ fn a_broker_asking_to_be_fenced_waits_while_that_would_leave_a_partition_leaderl
     );
     assert_eq!(h.p("t", 0).leader, 3);
 }
+
+#[test]
+fn a_closed_heartbeat_connection_shortens_the_session_to_the_grace() {
+    // (ms after the close until the next tick, heartbeat in between, stale epoch) -> fenced
+    let cases = [
+        (2_900, false, false, false), // within the 3 s grace
+        (3_100, false, false, true),  // past it: fenced, long before the 9 s session
+        (3_100, true, false, false),  // a heartbeat after the close restores the session
+        (3_100, false, true, false),  // a close of an older incarnation changes nothing
+    ];
+    for (after, heartbeat, stale, fenced) in cases {
+        let mut h = Harness::cluster(3);
+        h.create("t", 1, 3);
+        let epoch = h.epoch(1) - i64::from(stale);
+        h.c.connection_lost(1, epoch, h.now);
+        h.now += 100;
+        if heartbeat {
+            h.heartbeat(1);
+        }
+        let records = h.pass(after - 100, &[2, 3]);
+        assert_eq!(
+            !h.image().is_unfenced(1),
+            fenced,
+            "{after} ms, heartbeat {heartbeat}, stale {stale}: {records:?}"
+        );
+    }
+    // A close never moves a session end later, and 0 turns the grace off.
+    let mut h = Harness::cluster(3);
+    h.now += 8_000;
+    h.c.connection_lost(1, h.epoch(1), h.now); // the session ends in 1 s anyway
+    h.pass(1_100, &[2, 3]);
+    assert!(!h.image().is_unfenced(1));
+    let mut h = Harness::cluster(3);
+    h.c = Controller::from_image(
+        ControllerConfig {
+            connection_grace_ms: 0,
+            ..ControllerConfig::default()
+        },
+        h.image().clone(),
+    );
+    h.c.connection_lost(1, h.epoch(1), h.now);
+    h.pass(8_000, &[2, 3]);
+    assert!(
+        h.image().is_unfenced(1),
+        "grace 0: the session timeout alone"
+    );
+}
