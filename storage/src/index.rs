@@ -41,11 +41,18 @@ pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<
     }
 }
 
-/// A memory-mapped file of fixed-size entries.
+/// An index file, opened again for an operation its mapping cannot do.
+fn reopen(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().read(true).write(true).open(path)
+}
+
+/// A memory-mapped file of fixed-size entries. It holds no file descriptor: the mapping
+/// stays valid without one, and the rare operations that need one (a resize, punching a
+/// hole) open the file again. With thousands of partitions the open-files limit would
+/// otherwise be spent on indexes (two per segment).
 #[derive(Debug)]
 pub(crate) struct IndexFile {
     path: PathBuf,
-    file: File,
     map: Option<Mapped<MmapMut>>,
     entry_size: usize,
     entries: usize,
@@ -71,13 +78,12 @@ impl IndexFile {
             .len() as usize;
         let mut idx = IndexFile {
             path: path.to_path_buf(),
-            file,
             map: None,
             entry_size,
             entries: len / entry_size,
             aligned: len % entry_size == 0,
         };
-        idx.remap(len)?;
+        idx.remap(&file, len)?;
         Ok(idx)
     }
 
@@ -85,13 +91,13 @@ impl IndexFile {
         format!("index {}", self.path.display())
     }
 
-    fn remap(&mut self, len: usize) -> Result<()> {
+    fn remap(&mut self, file: &File, len: usize) -> Result<()> {
         self.map = None;
         if len > 0 {
             // SAFETY: the index file is private to this struct (one owner behind the segment's
             // mutex); it is only resized here, after the previous mapping was dropped, so no
             // reference into a mapping ever outlives a shrink.
-            let map = unsafe { MmapOptions::new().len(len).map_mut(&self.file) }
+            let map = unsafe { MmapOptions::new().len(len).map_mut(file) }
                 .map_err(|e| StorageError::io(self.ctx(), e))?;
             self.map = Some(Mapped::new(map));
         }
@@ -105,11 +111,11 @@ impl IndexFile {
         if self.map.as_ref().map_or(0, |m| m.len()) == cap {
             return Ok(());
         }
+        let file = reopen(&self.path).map_err(|e| StorageError::io(self.ctx(), e))?;
         self.map = None;
-        self.file
-            .set_len(cap as u64)
+        file.set_len(cap as u64)
             .map_err(|e| StorageError::io(self.ctx(), e))?;
-        self.remap(cap)
+        self.remap(&file, cap)
     }
 
     pub(crate) fn capacity(&self) -> usize {
@@ -168,8 +174,9 @@ impl IndexFile {
                 // of replicas take minutes. The edges, and any file system without hole
                 // punching, get written zeros.
                 let (a, b) = (start.next_multiple_of(PAGE), end / PAGE * PAGE);
-                let punched =
-                    a + PAGE <= b && punch_hole(&self.file, a as u64, (b - a) as u64).is_ok();
+                let punched = a + PAGE <= b
+                    && reopen(&self.path)
+                        .is_ok_and(|f| punch_hole(&f, a as u64, (b - a) as u64).is_ok());
                 if punched {
                     m[start..a].fill(0);
                     m[b..end].fill(0);
