@@ -27,6 +27,7 @@ use kafka_protocol::ResponseError;
 use keel_client::connection::Connection;
 use keel_client::ClientError;
 use keel_storage::StorageError;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -171,25 +172,32 @@ pub(crate) async fn run(ctx: FetcherContext, leader: i32, stop: CancellationToke
         // Partitions are independent logs: append and fsync them side by side, so one
         // response costs about one fsync, not one per partition.
         let flush = ctx.settings.flush_always;
+        // Looked up per partition of the response: maps, not scans (thousands of partitions
+        // made the scans quadratic, the largest idle cost of a follower).
+        let replicas: HashMap<(uuid::Uuid, i32), &Arc<Replica>> = followed
+            .iter()
+            .map(|(id, r)| ((*id, r.partition), r))
+            .collect();
+        let epochs: HashMap<(uuid::Uuid, i32), i32> = req
+            .topics
+            .iter()
+            .flat_map(|ft| {
+                ft.partitions
+                    .iter()
+                    .map(|fp| ((ft.topic_id, fp.partition), fp.current_leader_epoch))
+            })
+            .collect();
         let mut work = Vec::new();
         for t in resp.responses {
             for p in t.partitions {
-                let Some((_, replica)) = followed
-                    .iter()
-                    .find(|(id, r)| *id == t.topic_id && r.partition == p.partition_index)
-                else {
+                let key = (t.topic_id, p.partition_index);
+                let Some(replica) = replicas.get(&key) else {
                     continue;
                 };
-                let r = replica.clone();
+                let (replica, r) = ((*replica).clone(), (*replica).clone());
                 // The epoch this partition was fetched in: the answer applies only if the
                 // replica still follows `leader` in it.
-                let epoch = req
-                    .topics
-                    .iter()
-                    .filter(|ft| ft.topic_id == t.topic_id)
-                    .flat_map(|ft| &ft.partitions)
-                    .find(|fp| fp.partition == p.partition_index)
-                    .map_or(-1, |fp| fp.current_leader_epoch);
+                let epoch = epochs.get(&key).copied().unwrap_or(-1);
                 let fetched = (leader, epoch);
                 // Only a partition with records or a diverging epoch does I/O; an idle one
                 // just adopts the HW, here, without a trip to the blocking pool (with many

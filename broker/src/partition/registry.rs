@@ -26,7 +26,7 @@ pub(crate) struct TopicMeta {
 
 pub(crate) struct Topic {
     pub(crate) meta: TopicMeta,
-    /// The partitions this broker holds a replica of.
+    /// The partitions this broker holds a replica of, sorted by partition.
     pub(crate) replicas: Vec<Arc<Replica>>,
 }
 
@@ -44,10 +44,11 @@ pub(crate) fn leading(replica: Option<&Arc<Replica>>) -> Result<&Arc<Replica>, R
 
 impl Topic {
     pub(crate) fn replica(&self, partition: i32) -> Option<Arc<Replica>> {
+        // Kept sorted by partition (see `ensure_replica`): a fetch looks up every partition.
         self.replicas
-            .iter()
-            .find(|r| r.partition == partition)
-            .cloned()
+            .binary_search_by_key(&partition, |r| r.partition)
+            .ok()
+            .map(|i| self.replicas[i].clone())
     }
 }
 
