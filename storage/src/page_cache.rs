@@ -16,9 +16,17 @@
 //! One window per node, not one per partition: a per-partition tail either keeps far too
 //! little for one busy partition or, multiplied by thousands of partitions, everything.
 
-use crate::segment::Segment;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
+
+/// A file whose written pages the window keeps or hands back: a segment's `.log`.
+pub(crate) trait CachedFile: Send + Sync {
+    /// Records that the file is durable up to `upto`; where the newly durable bytes start,
+    /// or `None` when none are new.
+    fn note_durable(&self, upto: u64) -> Option<u64>;
+    /// Hands the pages below `upto` back to the kernel (`u64::MAX`: the whole file).
+    fn drop_cache_below(&self, upto: u64);
+}
 
 /// Default `log.cache.bytes`: about four seconds of writes at the single-partition maximum
 /// on the development machine, a small share of any broker host's memory.
@@ -36,7 +44,7 @@ struct Window {
 
 /// Bytes `[end - bytes, end)` of a segment; `sealed` when `end` is the end of the segment.
 struct Range {
-    seg: Weak<Segment>,
+    seg: Weak<dyn CachedFile>,
     end: u64,
     bytes: u64,
     sealed: bool,
@@ -75,7 +83,13 @@ impl PageCache {
     /// newly durable bytes join the window, and whatever falls out of it is handed back to
     /// the kernel. Without `readers` (a follower replica's writes) they do not join it and
     /// go back at once.
-    pub(crate) fn durable(&self, seg: &Arc<Segment>, upto: u64, sealed: bool, readers: bool) {
+    pub(crate) fn durable<F: CachedFile + 'static>(
+        &self,
+        seg: &Arc<F>,
+        upto: u64,
+        sealed: bool,
+        readers: bool,
+    ) {
         let Some(limit) = self.0.limit else {
             return;
         };
@@ -93,13 +107,13 @@ impl PageCache {
             let mut w = self.lock();
             w.bytes += len;
             match w.ranges.back_mut() {
-                Some(r) if r.seg.as_ptr() == Arc::as_ptr(seg) => {
+                Some(r) if std::ptr::addr_eq(r.seg.as_ptr(), Arc::as_ptr(seg)) => {
                     r.end = upto;
                     r.bytes += len;
                     r.sealed = sealed;
                 }
                 _ => w.ranges.push_back(Range {
-                    seg: Arc::downgrade(seg),
+                    seg: Arc::downgrade(seg) as Weak<dyn CachedFile>,
                     end: upto,
                     bytes: len,
                     sealed,

@@ -777,6 +777,16 @@ impl Segment {
     }
 }
 
+impl crate::page_cache::CachedFile for Segment {
+    fn note_durable(&self, upto: u64) -> Option<u64> {
+        Segment::note_durable(self, upto)
+    }
+
+    fn drop_cache_below(&self, upto: u64) {
+        Segment::drop_cache_below(self, upto)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
