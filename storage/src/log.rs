@@ -117,8 +117,8 @@ pub struct Log {
     producers: Mutex<ProducerState>,
     /// A flush sealed rolled segments: [`Log::checkpoint_if_rolled`] moves the recovery point.
     rolled_since_checkpoint: AtomicBool,
-    /// The latest append came from a leader (a follower replica's log has no readers: its
-    /// written pages are not kept in the page cache).
+    /// The latest append came from the leader's fetch (a follower replica's log has no
+    /// readers: its written pages are not kept in the page cache).
     written_as_follower: AtomicBool,
     durable: AtomicI64,
     closed: AtomicBool,
@@ -250,8 +250,8 @@ impl Log {
     /// `leader_epoch` is recorded in the epoch cache; a lower one is stamped but not recorded
     /// (fencing stale leaders is the broker's job).
     pub fn append_as_leader(&self, records: &[u8], leader_epoch: i32) -> Result<AppendInfo> {
-        self.written_as_follower.store(false, Ordering::Relaxed);
         self.check_open()?;
+        self.written_as_follower.store(false, Ordering::Relaxed);
         let plan = self.validate(records)?;
         let mut buf = lock(&self.writer);
         self.check_open()?;

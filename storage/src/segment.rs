@@ -26,6 +26,7 @@ use crate::error::{Result, StorageError};
 use crate::failpoint::{self, FailAction};
 use crate::index::{punch_hole, OffsetIndex};
 use crate::metrics::{timed_sync, Mapped, OpenSegment};
+use crate::page_cache::CachedFile;
 use crate::sync_journal;
 use crate::time_index::TimeIndex;
 
@@ -140,10 +141,10 @@ pub(crate) struct Segment {
     /// under the log's state lock.
     size: AtomicU64,
     /// Pages of the log file below this position were handed back to the kernel
-    /// ([`Segment::drop_cache_below`]). Page-aligned.
+    /// ([`CachedFile::drop_cache_below`]). Page-aligned.
     cache_dropped: AtomicU64,
     /// Bytes below this position were reported durable to the node's page-cache window
-    /// ([`Segment::note_durable`]).
+    /// ([`CachedFile::note_durable`]).
     cache_noted: AtomicU64,
     created_ms: i64,
     indexes: Mutex<Indexes>,
@@ -446,67 +447,6 @@ impl Segment {
         Ok(())
     }
 
-    /// Records that the segment is durable up to `upto`; returns where the newly durable
-    /// bytes start, or `None` when none are new.
-    pub(crate) fn note_durable(&self, upto: u64) -> Option<u64> {
-        let from = self.cache_noted.fetch_max(upto, Ordering::AcqRel);
-        (from < upto).then_some(from)
-    }
-
-    /// Hands the page cache of `[cache_dropped, upto)` back to the kernel; `u64::MAX` means the
-    /// whole file (for a sealed segment). The range must be durable (clean pages; dirty ones
-    /// are simply kept). Unmaps it from this process first: the kernel keeps pages that any
-    /// mapping still uses. Readers are unaffected but for speed: their next touch of the range
-    /// faults the bytes back in from disk. Advisory: a failed call changes nothing and is not
-    /// an error.
-    ///
-    /// Ranges go in steps of [`DROP_STEP`]: the kernel keeps a multi-page folio that sticks
-    /// out of the advised range, so small steps would leave a folio behind at every boundary.
-    pub(crate) fn drop_cache_below(&self, upto: u64) {
-        let whole = upto == u64::MAX;
-        let upto = if whole {
-            u64::MAX
-        } else {
-            upto / DROP_STEP * DROP_STEP
-        };
-        let from = self.cache_dropped.load(Ordering::Acquire);
-        if upto <= from {
-            return;
-        }
-        let map = self.view();
-        let mapped_end = upto.min(map.len() as u64 / PAGE * PAGE);
-        if mapped_end > from {
-            // SAFETY: the mapping is a read-only MAP_SHARED file mapping, so MADV_DONTNEED only
-            // drops page-table entries; no data is discarded and later reads fault the same
-            // bytes back in from the page cache or the file.
-            let r = unsafe {
-                map.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    from as usize,
-                    (mapped_end - from) as usize,
-                )
-            };
-            if let Err(e) = r {
-                tracing::debug!(segment = %self.name, error = %e, "madvise(DONTNEED) failed");
-            }
-        }
-        // Length 0: up to the end of the file, partial last page included.
-        let len = if whole { 0 } else { upto - from };
-        // SAFETY: plain syscall on an open descriptor; it only advises the kernel.
-        let r = unsafe {
-            libc::posix_fadvise(
-                self.file.as_raw_fd(),
-                from as libc::off_t,
-                len as libc::off_t,
-                libc::POSIX_FADV_DONTNEED,
-            )
-        };
-        if r != 0 {
-            tracing::debug!(segment = %self.name, errno = r, "posix_fadvise(DONTNEED) failed");
-        }
-        self.cache_dropped.store(upto, Ordering::Release);
-    }
-
     /// Makes the bytes from `from` to the end of the file unreadable for recovery: shrinks the
     /// file if nobody else holds the mapping, else punches a hole (falling back to zeroing the
     /// first header). Does not sync. With the [`sync_journal`] on, lowers the recorded durable
@@ -777,13 +717,66 @@ impl Segment {
     }
 }
 
-impl crate::page_cache::CachedFile for Segment {
+impl CachedFile for Segment {
+    /// Records that the segment is durable up to `upto`; returns where the newly durable
+    /// bytes start, or `None` when none are new.
     fn note_durable(&self, upto: u64) -> Option<u64> {
-        Segment::note_durable(self, upto)
+        let from = self.cache_noted.fetch_max(upto, Ordering::AcqRel);
+        (from < upto).then_some(from)
     }
 
+    /// Hands the page cache of `[cache_dropped, upto)` back to the kernel; `u64::MAX` means the
+    /// whole file (for a sealed segment). The range must be durable (clean pages; dirty ones
+    /// are simply kept). Unmaps it from this process first: the kernel keeps pages that any
+    /// mapping still uses. Readers are unaffected but for speed: their next touch of the range
+    /// faults the bytes back in from disk. Advisory: a failed call changes nothing and is not
+    /// an error.
+    ///
+    /// Ranges go in steps of [`DROP_STEP`]: the kernel keeps a multi-page folio that sticks
+    /// out of the advised range, so small steps would leave a folio behind at every boundary.
     fn drop_cache_below(&self, upto: u64) {
-        Segment::drop_cache_below(self, upto)
+        let whole = upto == u64::MAX;
+        let upto = if whole {
+            u64::MAX
+        } else {
+            upto / DROP_STEP * DROP_STEP
+        };
+        let from = self.cache_dropped.load(Ordering::Acquire);
+        if upto <= from {
+            return;
+        }
+        let map = self.view();
+        let mapped_end = upto.min(map.len() as u64 / PAGE * PAGE);
+        if mapped_end > from {
+            // SAFETY: the mapping is a read-only MAP_SHARED file mapping, so MADV_DONTNEED only
+            // drops page-table entries; no data is discarded and later reads fault the same
+            // bytes back in from the page cache or the file.
+            let r = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    from as usize,
+                    (mapped_end - from) as usize,
+                )
+            };
+            if let Err(e) = r {
+                tracing::debug!(segment = %self.name, error = %e, "madvise(DONTNEED) failed");
+            }
+        }
+        // Length 0: up to the end of the file, partial last page included.
+        let len = if whole { 0 } else { upto - from };
+        // SAFETY: plain syscall on an open descriptor; it only advises the kernel.
+        let r = unsafe {
+            libc::posix_fadvise(
+                self.file.as_raw_fd(),
+                from as libc::off_t,
+                len as libc::off_t,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+        if r != 0 {
+            tracing::debug!(segment = %self.name, errno = r, "posix_fadvise(DONTNEED) failed");
+        }
+        self.cache_dropped.store(upto, Ordering::Release);
     }
 }
 

@@ -194,7 +194,8 @@ pub(crate) async fn run(ctx: FetcherContext, leader: i32, stop: CancellationToke
                 let Some(replica) = replicas.get(&key) else {
                     continue;
                 };
-                let (replica, r) = ((*replica).clone(), (*replica).clone());
+                let replica = Arc::clone(replica);
+                let r = replica.clone();
                 // The epoch this partition was fetched in: the answer applies only if the
                 // replica still follows `leader` in it.
                 let epoch = epochs.get(&key).copied().unwrap_or(-1);
@@ -212,7 +213,7 @@ pub(crate) async fn run(ctx: FetcherContext, leader: i32, stop: CancellationToke
                         tokio::task::spawn_blocking(move || handle_partition(&r, fetched, p, flush))
                             .await
                     };
-                    (replica.clone(), outcome)
+                    (replica, outcome)
                 });
             }
         }

@@ -267,7 +267,7 @@ impl Controller {
     /// session timeout.
     pub(crate) fn connection_lost(&mut self, id: i32, epoch: i64, now_ms: u64) {
         let grace = self.config.connection_grace_ms;
-        if grace == 0 || grace >= self.config.session_timeout_ms {
+        if grace == 0 {
             return;
         }
         if !self
@@ -296,18 +296,16 @@ impl Controller {
         for b in self.image.unfenced_brokers() {
             let last = *self.last_heartbeat_ms.entry(b.id).or_insert(now_ms);
             let silent = now_ms.saturating_sub(last);
-            if silent > self.config.session_timeout_ms {
-                tracing::warn!(broker = b.id, silent_ms = silent, "broker session expired");
-                expired.push((b.id, b.epoch));
-            } else if self
+            let closed = self
                 .lost_deadline_ms
                 .get(&b.id)
-                .is_some_and(|d| now_ms > *d)
-            {
+                .is_some_and(|d| now_ms > *d);
+            if silent > self.config.session_timeout_ms || closed {
                 tracing::warn!(
                     broker = b.id,
                     silent_ms = silent,
-                    "broker session expired: its heartbeat connection closed and it did not come back"
+                    heartbeat_connection_closed = closed,
+                    "broker session expired"
                 );
                 expired.push((b.id, b.epoch));
             }
