@@ -103,6 +103,12 @@ pub struct BrokerConfig {
     pub replica_fetch_response_max_bytes: i32,
     /// `replica.fetch.wait.max.ms`: how long a follower fetch long-polls.
     pub replica_fetch_wait_max_ms: i32,
+    /// `max.incremental.fetch.session.cache.slots`: fetch sessions (KIP-227) this broker
+    /// keeps; 0 turns them off (every fetch is a full one).
+    pub fetch_session_cache_slots: usize,
+    /// `min.incremental.fetch.session.eviction.ms`: a session unused this long may be evicted
+    /// for a new one when the cache is full.
+    pub fetch_session_eviction_ms: i64,
     /// `producer.id.expiration.ms`: an idempotent producer whose last batch in a partition
     /// is older than this is forgotten there (its next batch is accepted at any sequence).
     pub producer_id_expiration_ms: u64,
@@ -207,6 +213,8 @@ impl Default for BrokerConfig {
             replica_fetch_max_bytes: 4 << 20,
             replica_fetch_response_max_bytes: 10 << 20,
             replica_fetch_wait_max_ms: 500,
+            fetch_session_cache_slots: 1000,
+            fetch_session_eviction_ms: 120_000,
             producer_id_expiration_ms: 86_400_000,
             producer_id_expiration_check_interval_ms: 600_000,
             groups: GroupsConfig::default(),
@@ -347,6 +355,12 @@ impl BrokerConfig {
                 self.replica_fetch_response_max_bytes = parse(key, value)?
             }
             "replica.fetch.wait.max.ms" => self.replica_fetch_wait_max_ms = parse(key, value)?,
+            "max.incremental.fetch.session.cache.slots" => {
+                self.fetch_session_cache_slots = parse(key, value)?
+            }
+            "min.incremental.fetch.session.eviction.ms" => {
+                self.fetch_session_eviction_ms = parse(key, value)?
+            }
             "producer.id.expiration.ms" => self.producer_id_expiration_ms = parse(key, value)?,
             "producer.id.expiration.check.interval.ms" => {
                 self.producer_id_expiration_check_interval_ms = parse(key, value)?

@@ -14,6 +14,8 @@
 //!   truncation, the lag clock.
 //! - [`group`]: the group coordinator: consumer groups (a sans-IO state machine per group)
 //!   whose membership and committed offsets are records of `__consumer_offsets`.
+//! - [`fetch_session`]: incremental fetch sessions (KIP-227) as pure state machines: the
+//!   broker's session cache and the fetcher's side.
 //! - [`handlers`]: the Kafka listener's state and one file per Kafka API.
 //! - [`server`]: listener plumbing both listeners share: connections, replies, ApiVersions.
 //! - [`config`], [`error`], [`metrics`], [`clock`], [`limits`], [`topic_config`], [`upgrade`],
@@ -29,6 +31,7 @@ pub mod config;
 pub(crate) mod controller;
 pub(crate) mod error;
 pub mod failpoint;
+pub(crate) mod fetch_session;
 pub(crate) mod group;
 pub(crate) mod handlers;
 pub(crate) mod limits;

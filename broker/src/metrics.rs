@@ -30,6 +30,10 @@ pub const PRODUCE_OUT_OF_ORDER_TOTAL: &str = "keel_produce_out_of_order_sequence
 pub const PRODUCE_FENCED_TOTAL: &str = "keel_produce_fenced_producer_total";
 pub const FETCH_BYTES_TOTAL: &str = "keel_fetch_returned_bytes_total";
 pub const FETCH_PURGATORY_REQUESTS: &str = "keel_fetch_purgatory_requests";
+pub const FETCH_REQUESTS_TOTAL: &str = "keel_fetch_requests_total";
+pub const FETCH_SESSIONS: &str = "keel_fetch_sessions";
+pub const FETCH_SESSION_PARTITIONS: &str = "keel_fetch_session_partitions";
+pub const FETCH_SESSION_EVICTIONS_TOTAL: &str = "keel_fetch_session_evictions_total";
 
 // Partition replicas on this broker (labels: topic, partition).
 pub const PARTITION_LOG_START_OFFSET: &str = "keel_partition_log_start_offset";
@@ -159,6 +163,22 @@ fn describe() {
     describe_gauge!(
         FETCH_PURGATORY_REQUESTS,
         "Fetch requests long-polling for data."
+    );
+    describe_counter!(
+        FETCH_REQUESTS_TOTAL,
+        "Fetch requests by session kind: full (no session, or one being opened), incremental, or refused (unknown session or wrong epoch)."
+    );
+    describe_gauge!(
+        FETCH_SESSIONS,
+        "Incremental fetch sessions (KIP-227) this broker holds."
+    );
+    describe_gauge!(
+        FETCH_SESSION_PARTITIONS,
+        "Partitions held across all fetch sessions."
+    );
+    describe_counter!(
+        FETCH_SESSION_EVICTIONS_TOTAL,
+        "Fetch sessions evicted to make room for a new one (the evicted fetcher starts over with a full fetch)."
     );
     describe_gauge!(
         PARTITION_LOG_START_OFFSET,
@@ -442,6 +462,7 @@ const BROKER_COUNTERS: &[&str] = &[
     SENT_BYTES_TOTAL,
     PRODUCE_BYTES_TOTAL,
     FETCH_BYTES_TOTAL,
+    FETCH_SESSION_EVICTIONS_TOTAL,
     REPLICAS_CREATED_TOTAL,
     REPLICAS_DELETED_TOTAL,
     ISR_SHRINKS_TOTAL,

@@ -274,12 +274,19 @@ async fn start_broker(
         listeners_stop.clone(),
     );
     tasks.push(tokio::spawn(groups.clone().run()));
+    let (fetch_sessions, session_gauges) = crate::handlers::fetch_session_cache(&config);
+    let until_stopped = background.clone();
+    tasks.push(tokio::spawn(async move {
+        let _gauges = session_gauges;
+        until_stopped.cancelled().await;
+    }));
     let shared = Arc::new(Shared {
         config,
         topics: topics.clone(),
         stop: listeners_stop.clone(),
         broker: cluster.clone(),
         groups,
+        fetch_sessions,
     });
     tasks.push(tokio::spawn(server::accept_loop(
         shared,

@@ -498,8 +498,9 @@ async fn write_loop(
 
 async fn read_loop(socket: OwnedReadHalf, pending: Arc<Pending>, addr: String) {
     let mut socket = BufReader::with_capacity(64 * 1024, socket);
+    let mut buffers = FrameBuffers::default();
     let err = loop {
-        match read_frame(&mut socket, &addr).await {
+        match read_frame(&mut socket, &addr, &mut buffers).await {
             Ok(frame) => {
                 let correlation_id = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
                 match pending.take(correlation_id) {
@@ -516,9 +517,51 @@ async fn read_loop(socket: OwnedReadHalf, pending: Arc<Pending>, addr: String) {
     pending.close(err);
 }
 
+/// Buffers large responses are read into, reused once every frame read into them is dropped.
+/// A fetch response of tens of megabytes is above the allocator's mmap threshold: allocated
+/// afresh each time, its pages were faulted in and zeroed by the kernel on every response,
+/// which cost a consumer more CPU than decoding the records.
+#[derive(Default)]
+struct FrameBuffers {
+    spare: Vec<BytesMut>,
+}
+
+impl FrameBuffers {
+    /// Responses at least this large are read into reused buffers; smaller ones come from
+    /// the allocator's free lists anyway.
+    const REUSE_FROM: usize = 1 << 20;
+    /// Buffers kept per connection.
+    const KEEP: usize = 2;
+
+    /// An empty buffer with room for `size` bytes.
+    fn take(&mut self, size: usize) -> BytesMut {
+        if size < Self::REUSE_FROM {
+            return BytesMut::with_capacity(size);
+        }
+        if let Some(i) = self.spare.iter_mut().position(|b| b.try_reclaim(size)) {
+            return self.spare.swap_remove(i);
+        }
+        BytesMut::with_capacity(size)
+    }
+
+    /// Splits the frame off `buf` (its first `size` bytes) and keeps what is left of the
+    /// allocation for a later frame.
+    fn frame(&mut self, mut buf: BytesMut, size: usize) -> Bytes {
+        let frame = buf.split_to(size).freeze();
+        if size >= Self::REUSE_FROM {
+            if self.spare.len() >= Self::KEEP {
+                self.spare.remove(0);
+            }
+            self.spare.push(buf);
+        }
+        frame
+    }
+}
+
 async fn read_frame(
     socket: &mut BufReader<OwnedReadHalf>,
     addr: &str,
+    buffers: &mut FrameBuffers,
 ) -> Result<Bytes, ClientError> {
     let size = match socket.read_i32().await {
         Ok(n) => n,
@@ -538,7 +581,7 @@ async fn read_frame(
     }
     // Read into spare capacity: zeroing a fetch response's megabyte first costs as much
     // CPU as the copy from the socket.
-    let mut frame = BytesMut::with_capacity(size);
+    let mut frame = buffers.take(size);
     while frame.len() < size {
         let want = size - frame.len();
         let n = socket
@@ -551,7 +594,7 @@ async fn read_frame(
             });
         }
     }
-    Ok(frame.freeze())
+    Ok(buffers.frame(frame, size))
 }
 
 #[cfg(test)]

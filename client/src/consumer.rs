@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use futures_util::Stream;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use tracing::debug;
@@ -21,6 +21,7 @@ use tracing::debug;
 use crate::cluster::Cluster;
 use crate::config::{ClientConfig, ConsumerConfig, GroupConfig};
 use crate::error::ClientError;
+use crate::fetch_session::{is_session_error, Plan, SessionBuilder, Want};
 use crate::group::member::Membership;
 use crate::group::Rebalance;
 use crate::offsets::resolve_offsets;
@@ -33,6 +34,18 @@ const OFFSET_OUT_OF_RANGE: i16 = 1;
 const NO_LEADER_BACKOFF: Duration = Duration::from_millis(100);
 
 type TopicPartition = (String, i32);
+
+/// A consumer's fetch state of one partition: its position (no epochs: a consumer takes
+/// what the leader has below its high watermark).
+fn consumer_want(offset: i64, max_bytes: i32) -> Want {
+    Want {
+        fetch_offset: offset,
+        max_bytes,
+        current_leader_epoch: -1,
+        last_fetched_epoch: -1,
+        log_start_offset: -1,
+    }
+}
 
 /// A listener of assignment changes (see [`Consumer::on_rebalance`]); behind a mutex so
 /// the consumer stays `Sync`.
@@ -47,6 +60,10 @@ pub struct Consumer {
     high_watermarks: BTreeMap<TopicPartition, i64>,
     /// Set by [`Consumer::subscribe`].
     group: Option<Subscribed>,
+    /// One fetch session (KIP-227) per leader broker: after a full first fetch, a request
+    /// names only partitions whose position moved, and the answer only partitions with
+    /// something new.
+    sessions: BTreeMap<i32, SessionBuilder<TopicPartition>>,
 }
 
 /// A group subscription's state.
@@ -71,6 +88,7 @@ impl Consumer {
             positions: BTreeMap::new(),
             high_watermarks: BTreeMap::new(),
             group: None,
+            sessions: BTreeMap::new(),
         })
     }
 
@@ -398,20 +416,45 @@ impl Consumer {
             tokio::time::sleep(NO_LEADER_BACKOFF).await;
             return Ok(Vec::new());
         }
-        let fetches = by_leader
+        let max_bytes = self.config.max_partition_bytes;
+        let plans: Vec<(i32, Plan<TopicPartition>)> = by_leader
             .iter()
-            .map(|(&leader, parts)| self.fetch(leader, parts));
+            .map(|(&leader, parts)| {
+                let wanted: Vec<(TopicPartition, Want)> = parts
+                    .iter()
+                    .map(|(tp, offset)| (tp.clone(), consumer_want(*offset, max_bytes)))
+                    .collect();
+                (
+                    leader,
+                    self.sessions.entry(leader).or_default().plan(&wanted),
+                )
+            })
+            .collect();
+        let fetches = plans.iter().map(|(leader, plan)| self.fetch(*leader, plan));
         let results = join_all(fetches).await;
         let mut out = Vec::new();
         let mut refresh = false;
-        for result in results {
+        for ((leader, plan), result) in plans.into_iter().zip(results) {
+            let session = self.sessions.entry(leader).or_default();
             match result {
-                Ok(resp) => refresh |= self.absorb(resp, &mut out)?,
+                Ok(resp) => {
+                    let (error, id) = (resp.error_code, resp.session_id);
+                    if !session.answered(plan, error, id) && is_session_error(error) {
+                        // The broker lost or refused the session: the next fetch is full.
+                        debug!(leader, error, "fetch session lost; starting over");
+                        continue;
+                    }
+                    refresh |= self.absorb(resp, &mut out)?;
+                }
                 Err(e) if e.is_retriable() => {
+                    session.lost();
                     debug!(error = %e, "fetch failed");
                     refresh = true;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    session.lost();
+                    return Err(e);
+                }
             }
         }
         if refresh {
@@ -448,7 +491,7 @@ impl Consumer {
     async fn fetch(
         &self,
         leader: i32,
-        parts: &[(TopicPartition, i64)],
+        plan: &Plan<TopicPartition>,
     ) -> Result<FetchResponse, ClientError> {
         let conn = self.cluster.connection(leader).await?;
         let c = &self.config;
@@ -457,18 +500,31 @@ impl Consumer {
         req.min_bytes = c.min_bytes;
         req.max_bytes = c.max_bytes;
         req.isolation_level = c.isolation_level;
-        for ((topic, partition), offset) in parts {
+        req.session_id = plan.session_id;
+        req.session_epoch = plan.epoch;
+        for ((topic, partition), want) in &plan.send {
             let mut p = FetchPartition::default();
             p.partition = *partition;
-            p.fetch_offset = *offset;
-            p.partition_max_bytes = c.max_partition_bytes;
-            match req.topics.iter_mut().find(|t| *t.topic.0 == **topic) {
-                Some(t) => t.partitions.push(p),
-                None => {
+            p.fetch_offset = want.fetch_offset;
+            p.partition_max_bytes = want.max_bytes;
+            match req.topics.last_mut() {
+                Some(t) if *t.topic.0 == **topic => t.partitions.push(p),
+                _ => {
                     let mut t = FetchTopic::default();
                     t.topic = TopicName(StrBytes::from_string(topic.clone()));
                     t.partitions.push(p);
                     req.topics.push(t);
+                }
+            }
+        }
+        for (topic, partition) in &plan.forget {
+            match req.forgotten_topics_data.last_mut() {
+                Some(t) if *t.topic.0 == **topic => t.partitions.push(*partition),
+                _ => {
+                    let mut t = ForgottenTopic::default();
+                    t.topic = TopicName(StrBytes::from_string(topic.clone()));
+                    t.partitions.push(*partition);
+                    req.forgotten_topics_data.push(t);
                 }
             }
         }

@@ -50,6 +50,7 @@ pub mod config;
 pub mod connection;
 pub mod consumer;
 pub mod error;
+pub mod fetch_session;
 pub mod group;
 mod offsets;
 pub mod partitioner;

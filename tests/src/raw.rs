@@ -571,6 +571,19 @@ pub fn produce_request(topic: &str, partition: i32, records: Bytes, acks: i16) -
     req
 }
 
+/// A consumer's wish for one partition of a Fetch: from `offset`, up to `max_bytes`, no
+/// epochs.
+pub fn consumer_fetch_partition(partition: i32, offset: i64, max_bytes: i32) -> FetchPartition {
+    let mut p = FetchPartition::default();
+    p.partition = partition;
+    p.fetch_offset = offset;
+    p.current_leader_epoch = -1;
+    p.last_fetched_epoch = -1;
+    p.log_start_offset = -1;
+    p.partition_max_bytes = max_bytes;
+    p
+}
+
 /// A consumer's Fetch of one partition from `offset` (no session, up to 4 MiB of it, waiting
 /// up to 200 ms for a first byte).
 pub fn fetch_request(
@@ -579,13 +592,7 @@ pub fn fetch_request(
     partition: i32,
     offset: i64,
 ) -> FetchRequest {
-    let mut p = FetchPartition::default();
-    p.partition = partition;
-    p.fetch_offset = offset;
-    p.current_leader_epoch = -1;
-    p.last_fetched_epoch = -1;
-    p.log_start_offset = -1;
-    p.partition_max_bytes = 4 << 20;
+    let p = consumer_fetch_partition(partition, offset, 4 << 20);
     let mut t = FetchTopic::default();
     t.topic = topic_name(topic);
     t.topic_id = topic_id;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use keel_tests::inspect::metric_sum;
 use keel_tests::raw::{codec_of, used_codec, RawConn};
 use keel_tests::{
     require_python_modules, run, serial, BrokerOpts, ClusterOpts, TestBroker, TestCluster,
@@ -34,10 +35,12 @@ impl Target {
         }
     }
 
-    fn create_topic(&self, conn: &mut RawConn, topic: &str) {
+    fn create_topic(&self, conn: &mut RawConn, topic: &str, partitions: i32) {
         match self {
-            Target::Single(_) => conn.create_topic_ok(topic, 3).unwrap(),
-            Target::Cluster(c) => c.create_replicated_topic(topic, 3, Duration::from_secs(60)),
+            Target::Single(_) => conn.create_topic_ok(topic, partitions).unwrap(),
+            Target::Cluster(c) => {
+                c.create_replicated_topic(topic, partitions, Duration::from_secs(60))
+            }
         }
     }
 
@@ -59,6 +62,18 @@ impl Target {
 /// Runs `script` for each codec against a fresh topic with 3 partitions, with the client's
 /// idempotent producer.
 fn round_trips(target: Target, python: &Path, script_name: &str, codecs: &[&str], count: usize) {
+    round_trips_over(&target, python, script_name, codecs, count, 3);
+}
+
+/// [`round_trips`] over topics of `partitions` partitions.
+fn round_trips_over(
+    target: &Target,
+    python: &Path,
+    script_name: &str,
+    codecs: &[&str],
+    count: usize,
+    partitions: i32,
+) {
     let mut conn = RawConn::connect(
         target
             .bootstrap()
@@ -72,8 +87,11 @@ fn round_trips(target: Target, python: &Path, script_name: &str, codecs: &[&str]
     let path = script(script_name);
     let mut failures = Vec::new();
     for (i, codec) in codecs.iter().enumerate() {
-        let topic = format!("py-{}-{codec}", script_name.trim_end_matches(".py"));
-        target.create_topic(&mut conn, &topic);
+        let topic = format!(
+            "py-{}-{codec}-{partitions}",
+            script_name.trim_end_matches(".py")
+        );
+        target.create_topic(&mut conn, &topic, partitions);
         let out = run(
             Command::new(python)
                 .arg(&path)
@@ -91,7 +109,7 @@ fn round_trips(target: Target, python: &Path, script_name: &str, codecs: &[&str]
             continue;
         }
         // The script's own check passed; the broker agrees on how many records it holds.
-        let total: i64 = (0..3)
+        let total: i64 = (0..partitions)
             .map(|p| {
                 target
                     .leader_conn(&topic, p)
@@ -163,4 +181,60 @@ fn idempotent_clients_on_a_three_broker_cluster() {
         &["none"],
         2_000,
     );
+}
+
+/// Fetch requests of each session kind a node has answered (`keel_fetch_requests_total`).
+fn fetch_kinds(b: &TestBroker) -> (f64, f64, f64) {
+    let text = keel_tests::runtime()
+        .block_on(keel::cmd::cluster::scrape_metrics(
+            b.metrics_addr(),
+            Duration::from_secs(5),
+        ))
+        .unwrap();
+    let kind = |k: &str| metric_sum(&text, &format!("keel_fetch_requests_total{{kind=\"{k}\"}}"));
+    (kind("full"), kind("incremental"), kind("refused"))
+}
+
+/// Consumers over 60 partitions: kafka-python fetches in incremental sessions (KIP-227),
+/// librdkafka (which has no fetch sessions) with full fetches; both read back every record.
+#[test]
+fn consumers_across_many_partitions_with_and_without_fetch_sessions() {
+    let python = require_python_modules(&["confluent_kafka", "kafka", "lz4"]);
+    let target = single();
+    let Target::Single(broker) = &target else {
+        unreachable!()
+    };
+    let before = fetch_kinds(broker);
+    round_trips_over(
+        &target,
+        &python,
+        "kafka_python_roundtrip.py",
+        &["lz4"],
+        3_000,
+        60,
+    );
+    let python_done = fetch_kinds(broker);
+    round_trips_over(
+        &target,
+        &python,
+        "confluent_roundtrip.py",
+        &["lz4"],
+        3_000,
+        60,
+    );
+    let librdkafka_done = fetch_kinds(broker);
+    eprintln!(
+        "fetches (full, incremental, refused): before {before:?}, after kafka-python \
+         {python_done:?}, after librdkafka {librdkafka_done:?}"
+    );
+    assert!(
+        python_done.1 > before.1,
+        "kafka-python's consumer fetched in a session: {before:?} -> {python_done:?}"
+    );
+    assert_eq!(python_done.2, before.2, "no session refused");
+    assert!(
+        librdkafka_done.0 > python_done.0,
+        "librdkafka fetched (full fetches): {python_done:?} -> {librdkafka_done:?}"
+    );
+    assert_eq!(librdkafka_done.2, python_done.2, "no session refused");
 }

@@ -2,11 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+use kafka_protocol::messages::fetch_request::{FetchRequest, FetchTopic};
 use kafka_protocol::messages::BrokerId;
 use kafka_protocol::records::Compression;
 use keel_tests::data::generate;
-use keel_tests::raw::{topic_name, RawConn};
+use keel_tests::raw::{consumer_fetch_partition, topic_name, RawConn};
 use keel_tests::{BrokerOpts, TestBroker};
 
 fn request(
@@ -20,15 +20,7 @@ fn request(
     t.topic = topic_name(topic);
     t.partitions = partitions
         .iter()
-        .map(|&p| {
-            let mut fp = FetchPartition::default();
-            fp.partition = p;
-            fp.current_leader_epoch = -1;
-            fp.last_fetched_epoch = -1;
-            fp.log_start_offset = -1;
-            fp.partition_max_bytes = 1 << 20;
-            fp
-        })
+        .map(|&p| consumer_fetch_partition(p, 0, 1 << 20))
         .collect();
     let mut req = FetchRequest::default();
     req.replica_id = BrokerId(-1);

@@ -1,5 +1,8 @@
 //! The follower fetcher: one task per leader broker, pulling every partition this broker
-//! follows there in one long-polling Fetch (v15: topic ids and this broker's epoch).
+//! follows there in one long-polling Fetch (v15: topic ids and this broker's epoch), in a
+//! fetch session: after a full first fetch, requests name only the partitions whose fetch
+//! state changed, and answers only partitions with something new. A session the leader
+//! lost (evicted, restarted) or refused means one full fetch and a new session.
 //!
 //! Per partition and response: a diverging epoch is resolved by truncation first
 //! (`on_diverging_epoch`); otherwise the batches are appended verbatim and, under
@@ -15,7 +18,7 @@ use crate::replication::{
     on_diverging_epoch, on_offset_out_of_range, EpochEndOffset, TruncationDecision,
 };
 use kafka_protocol::messages::fetch_request::{
-    FetchPartition, FetchRequest, FetchTopic, ReplicaState,
+    FetchPartition, FetchRequest, FetchTopic, ForgottenTopic, ReplicaState,
 };
 use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::list_offsets_request::{
@@ -25,6 +28,7 @@ use kafka_protocol::messages::{BrokerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use keel_client::connection::Connection;
+use keel_client::fetch_session::{is_session_error, Plan, SessionBuilder, Want};
 use keel_client::ClientError;
 use keel_storage::StorageError;
 use std::collections::HashMap;
@@ -86,14 +90,26 @@ pub(crate) async fn run(ctx: FetcherContext, leader: i32, stop: CancellationToke
     let mut refusals = 0u32;
     let wait_ms = ctx.settings.wait_ms.max(0);
     let mut applied = ctx.applied.clone();
+    // One fetch session with the leader (KIP-227): after the first full fetch, a request
+    // names only partitions whose fetch state changed, and the answer only partitions with
+    // something new, so idle partitions cost nothing per round.
+    let mut session: SessionBuilder<Key> = SessionBuilder::default();
+    let mut followed: Vec<(uuid::Uuid, Arc<Replica>)> = Vec::new();
+    // The image the followed list was computed from (None: compute it again).
+    let mut followed_at: Option<i64> = None;
     loop {
         if stop.is_cancelled() {
             return;
         }
-        let followed = followed_partitions(&ctx.registry, leader);
+        let image = *applied.borrow();
+        if followed_at != Some(image) {
+            followed = followed_partitions(&ctx.registry, leader);
+            followed_at = Some(image);
+        }
         if followed.is_empty() {
             // Nothing to fetch from this leader (yet): the replica manager stops us when
             // it no longer leads anything of ours.
+            followed_at = None;
             if sleep_or_stop(&stop, Duration::from_millis(100)).await {
                 return;
             }
@@ -112,6 +128,8 @@ pub(crate) async fn run(ctx: FetcherContext, leader: i32, stop: CancellationToke
             continue;
         };
         if conn.as_ref().is_none_or(|c| c.is_closed()) {
+            // Whatever the leader made of the last request, start the session over.
+            session.lost();
             let timeout = Duration::from_secs(5);
             let client_id = format!("keel-fetcher-{}", ctx.node_id);
             match Connection::connect(&addr, &client_id, timeout, timeout).await {
@@ -131,7 +149,9 @@ pub(crate) async fn run(ctx: FetcherContext, leader: i32, stop: CancellationToke
             }
         }
         let Some(c) = conn.clone() else { continue };
-        let req = request(&ctx, &followed, wait_ms);
+        let wanted = wants(&ctx, &followed);
+        let plan = session.plan(&wanted);
+        let req = request(&ctx, &plan, wait_ms);
         let timeout = Duration::from_millis(wait_ms as u64) + Duration::from_secs(10);
         let send = c.send_version(&req, FETCH_VERSION, timeout);
         tokio::pin!(send);
@@ -154,6 +174,8 @@ pub(crate) async fn run(ctx: FetcherContext, leader: i32, stop: CancellationToke
         };
         let Some(resp) = resp else {
             conn = None;
+            session.lost();
+            followed_at = None;
             continue;
         };
         let resp = match resp {
@@ -162,6 +184,8 @@ pub(crate) async fn run(ctx: FetcherContext, leader: i32, stop: CancellationToke
                 tracing::debug!(leader, error = %e, "follower fetch failed");
                 metrics::counter!(m::FETCHER_BACKOFFS_TOTAL).increment(1);
                 conn = None;
+                session.lost();
+                followed_at = None;
                 attempt += 1;
                 if sleep_or_stop(&stop, backoff(attempt)).await {
                     return;
@@ -169,6 +193,27 @@ pub(crate) async fn run(ctx: FetcherContext, leader: i32, stop: CancellationToke
                 continue;
             }
         };
+        let error = resp.error_code;
+        if !session.answered(plan, error, resp.session_id) && error != 0 {
+            // The leader lost or refused the session (evicted, restarted, an epoch out of
+            // step): the next request is a full one, at once. Anything else is a bug on
+            // one side; back off so it cannot spin.
+            tracing::debug!(leader, error = %error_name(error), "fetch session refused: starting over with a full fetch");
+            if !is_session_error(error) {
+                metrics::counter!(m::FETCHER_BACKOFFS_TOTAL).increment(1);
+                attempt += 1;
+                if sleep_or_stop(&stop, backoff(attempt)).await {
+                    return;
+                }
+            }
+            continue;
+        }
+        if resp.responses.iter().all(|t| t.partitions.is_empty()) {
+            // Nothing new in the session (the usual answer of an idle one).
+            attempt = 0;
+            refusals = 0;
+            continue;
+        }
         // Partitions are independent logs: append and fsync them side by side, so one
         // response costs about one fsync, not one per partition.
         let flush = ctx.settings.flush_always;
@@ -178,14 +223,11 @@ pub(crate) async fn run(ctx: FetcherContext, leader: i32, stop: CancellationToke
             .iter()
             .map(|(id, r)| ((*id, r.partition), r))
             .collect();
-        let epochs: HashMap<(uuid::Uuid, i32), i32> = req
-            .topics
+        // The epoch each partition was fetched in: what the session holds for it, which is
+        // what this round wanted (sent now, or unchanged since it was).
+        let epochs: HashMap<Key, i32> = wanted
             .iter()
-            .flat_map(|ft| {
-                ft.partitions
-                    .iter()
-                    .map(|fp| ((ft.topic_id, fp.partition), fp.current_leader_epoch))
-            })
+            .map(|(k, w)| (*k, w.current_leader_epoch))
             .collect();
         let mut work = Vec::new();
         for t in resp.responses {
@@ -239,6 +281,7 @@ pub(crate) async fn run(ctx: FetcherContext, leader: i32, stop: CancellationToke
             }
         }
         if backed_off {
+            followed_at = None;
             // A leadership or epoch mismatch, nearly always a race: the leader applies the
             // same metadata change a moment after us (a new topic), or we after it. Retry as
             // soon as our metadata moves, or after a back-off that starts short and doubles
@@ -280,29 +323,56 @@ fn same_partitions(a: &[(uuid::Uuid, Arc<Replica>)], b: &[(uuid::Uuid, Arc<Repli
             .all(|((ia, ra), (ib, rb))| ia == ib && Arc::ptr_eq(ra, rb))
 }
 
-fn request(
-    ctx: &FetcherContext,
-    followed: &[(uuid::Uuid, Arc<Replica>)],
-    wait_ms: i32,
-) -> FetchRequest {
+/// A followed partition: topic id and partition index.
+type Key = (uuid::Uuid, i32);
+
+/// What this broker wants of each followed partition now: its log end, epochs and start.
+fn wants(ctx: &FetcherContext, followed: &[(uuid::Uuid, Arc<Replica>)]) -> Vec<(Key, Want)> {
+    followed
+        .iter()
+        .map(|(id, r)| {
+            let log = r.log();
+            let want = Want {
+                fetch_offset: log.log_end_offset(),
+                max_bytes: ctx.settings.partition_max_bytes,
+                current_leader_epoch: r.leader_epoch(),
+                last_fetched_epoch: log.latest_epoch().unwrap_or(-1),
+                log_start_offset: log.log_start_offset(),
+            };
+            ((*id, r.partition), want)
+        })
+        .collect()
+}
+
+/// The Fetch request for one round of `plan`.
+fn request(ctx: &FetcherContext, plan: &Plan<Key>, wait_ms: i32) -> FetchRequest {
     let mut topics: Vec<FetchTopic> = Vec::new();
-    for (id, r) in followed {
-        let log = r.log();
-        let mut p = FetchPartition::default();
-        p.partition = r.partition;
-        p.fetch_offset = log.log_end_offset();
-        p.current_leader_epoch = r.leader_epoch();
-        p.last_fetched_epoch = log.latest_epoch().unwrap_or(-1);
-        p.log_start_offset = log.log_start_offset();
-        p.partition_max_bytes = ctx.settings.partition_max_bytes;
-        match topics.iter_mut().find(|t| t.topic_id == *id) {
-            Some(t) => t.partitions.push(p),
-            None => {
-                let mut t = FetchTopic::default();
-                t.topic_id = *id;
-                t.partitions = vec![p];
-                topics.push(t);
-            }
+    for ((id, partition), w) in &plan.send {
+        let p = FetchPartition::default()
+            .with_partition(*partition)
+            .with_fetch_offset(w.fetch_offset)
+            .with_current_leader_epoch(w.current_leader_epoch)
+            .with_last_fetched_epoch(w.last_fetched_epoch)
+            .with_log_start_offset(w.log_start_offset)
+            .with_partition_max_bytes(w.max_bytes);
+        match topics.last_mut() {
+            Some(t) if t.topic_id == *id => t.partitions.push(p),
+            _ => topics.push(
+                FetchTopic::default()
+                    .with_topic_id(*id)
+                    .with_partitions(vec![p]),
+            ),
+        }
+    }
+    let mut forgotten: Vec<ForgottenTopic> = Vec::new();
+    for (id, partition) in &plan.forget {
+        match forgotten.last_mut() {
+            Some(t) if t.topic_id == *id => t.partitions.push(*partition),
+            _ => forgotten.push(
+                ForgottenTopic::default()
+                    .with_topic_id(*id)
+                    .with_partitions(vec![*partition]),
+            ),
         }
     }
     let mut req = FetchRequest::default();
@@ -312,8 +382,10 @@ fn request(
     req.max_wait_ms = wait_ms;
     req.min_bytes = 1;
     req.max_bytes = ctx.settings.response_max_bytes;
-    req.session_epoch = -1;
+    req.session_id = plan.session_id;
+    req.session_epoch = plan.epoch;
     req.topics = topics;
+    req.forgotten_topics_data = forgotten;
     req
 }
 

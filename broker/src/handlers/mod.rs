@@ -27,14 +27,16 @@ pub(crate) mod sync_group;
 
 use crate::broker::BrokerRuntime;
 use crate::config::BrokerConfig;
+use crate::fetch_session::SessionCache;
 use crate::group::GroupCoordinator;
+use crate::metrics as m;
 use crate::partition::registry::Topics;
 use crate::server::api_versions;
 pub(crate) use crate::server::reply::{decode, Reply, Responder, CLOSE};
 use crate::server::RequestError;
 use kafka_protocol::messages::ApiKey;
 use keel_protocol::api::{ParsedRequest, PRODUCE_MIN_SERVED, SUPPORTED_APIS};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
 
 /// A request on the Kafka listener: how to answer it, and the broker state it may read.
@@ -147,6 +149,42 @@ pub(crate) struct Shared {
     pub(crate) broker: Arc<BrokerRuntime>,
     /// The group coordinator of the offsets partitions this broker leads.
     pub(crate) groups: Arc<GroupCoordinator>,
+    /// Incremental fetch sessions (KIP-227) of consumers and followers.
+    pub(crate) fetch_sessions: Arc<Mutex<SessionCache>>,
+}
+
+impl Shared {
+    /// The fetch session cache, for one short step (never held across an await).
+    pub(crate) fn fetch_sessions(&self) -> MutexGuard<'_, SessionCache> {
+        self.fetch_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// An empty fetch session cache sized by the configuration, whose size the metrics show.
+pub(crate) fn fetch_session_cache(
+    config: &BrokerConfig,
+) -> (Arc<Mutex<SessionCache>>, crate::metrics::ScrapeGuard) {
+    let limits = crate::fetch_session::Limits {
+        slots: config.fetch_session_cache_slots,
+        eviction_ms: config.fetch_session_eviction_ms,
+    };
+    // Ids start anywhere, so a restarted broker does not hand out its predecessor's.
+    let first = (uuid::Uuid::new_v4().as_u128() as i32) & i32::MAX;
+    let cache = Arc::new(Mutex::new(SessionCache::new(limits, first)));
+    let weak = Arc::downgrade(&cache);
+    let reported = std::sync::atomic::AtomicU64::new(0);
+    let guard = crate::metrics::on_scrape(move || {
+        let Some(cache) = weak.upgrade() else { return };
+        let c = cache.lock().unwrap_or_else(|e| e.into_inner());
+        metrics::gauge!(m::FETCH_SESSIONS).set(c.len() as f64);
+        metrics::gauge!(m::FETCH_SESSION_PARTITIONS).set(c.partitions() as f64);
+        let evictions = c.evictions();
+        let before = reported.swap(evictions, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!(m::FETCH_SESSION_EVICTIONS_TOTAL).increment(evictions - before);
+    });
+    (cache, guard)
 }
 
 impl crate::server::Service for Shared {

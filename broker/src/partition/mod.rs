@@ -19,6 +19,7 @@ pub(crate) mod maintenance;
 pub(crate) mod registry;
 mod repair;
 pub(crate) mod role;
+pub(crate) mod wakeups;
 
 use crate::error::FatalSignal;
 use acks::{AckError, Acks};
@@ -33,6 +34,7 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+pub(crate) use wakeups::{Moved, Wakeups};
 
 pub(crate) struct Replica {
     pub(crate) topic: Arc<str>,
@@ -45,6 +47,10 @@ pub(crate) struct Replica {
     durable: watch::Sender<i64>,
     /// High watermark: consumers read below it, acks=all waits for it.
     hw: watch::Sender<i64>,
+    /// The node's shard wake-ups, and this replica's shard: bumped whenever `hw` or
+    /// `appended` wakes its waiters.
+    wakeups: Arc<Wakeups>,
+    shard: usize,
     deleted: AtomicBool,
     /// The leader epoch this replica leads in, or [`NOT_LEADING`]: mirrors the role for
     /// waiters that must not take the role lock.
@@ -71,11 +77,13 @@ pub(crate) struct FollowingGuard<'a> {
 }
 
 /// Per-replica settings from the topic and broker configs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ReplicaSettings {
     pub(crate) min_insync_replicas: i32,
     /// `replica.lag.time.max.ms`
     pub(crate) lag_time_max_ms: u64,
+    /// The node's shard wake-ups, bumped with this replica's HW and log end watches.
+    pub(crate) wakeups: Arc<Wakeups>,
 }
 
 /// A replica's state for the gauges and for `keel check`, read at one moment.
@@ -214,6 +222,8 @@ impl Replica {
             appended: watch::Sender::new(leo),
             durable: watch::Sender::new(durable),
             hw: watch::Sender::new(hw),
+            shard: Wakeups::shard_of(topic, partition),
+            wakeups: settings.wakeups,
             deleted: AtomicBool::new(false),
             leading_epoch: AtomicI32::new(leading_epoch(&role)),
             epoch_start: AtomicI64::new(role.epoch_start_offset()),
@@ -429,6 +439,7 @@ impl Replica {
         let info = self.log.append_as_leader(records, leader_epoch)?;
         drop(leadership);
         self.appended.send_replace(info.log_end_offset);
+        self.moved(Moved::LogEnd);
         if !self.flush_always {
             self.advance_hw();
         }
@@ -507,13 +518,16 @@ impl Replica {
             self.min_insync_replicas.max(1) as usize,
         );
         let t = self.timing();
-        self.hw.send_if_modified(|hw| {
+        let moved = self.hw.send_if_modified(|hw| {
             let new = role.high_watermark(*hw, acked, leo, min_isr, t, |id| role.is_eligible(id));
             let moved = new != *hw;
             *hw = new;
             moved
         });
         drop(role);
+        if moved {
+            self.moved(Moved::HighWatermark);
+        }
         self.log.set_high_watermark(self.high_watermark());
     }
 
@@ -540,6 +554,7 @@ impl Replica {
         }
         // Wake waiters so produce and fetch requests re-check leadership.
         self.hw.send_modify(|_| {});
+        self.moved(Moved::HighWatermark);
         transition
     }
 
@@ -616,12 +631,24 @@ impl Replica {
             self.log.log_end_offset(),
         );
         self.hw.send_replace(hw);
+        self.moved(Moved::HighWatermark);
         self.log.set_high_watermark(hw);
     }
 
     /// After a follower append, truncation or flush: wakes the flusher and waiters.
     pub(crate) fn follower_appended(&self) {
         self.appended.send_replace(self.log.log_end_offset());
+        self.moved(Moved::LogEnd);
+    }
+
+    /// Wakes the fetches that watch this replica's shard.
+    fn moved(&self, what: Moved) {
+        self.wakeups.moved(what, self.shard);
+    }
+
+    /// The shard of [`Wakeups`] this replica bumps.
+    pub(crate) fn shard(&self) -> usize {
+        self.shard
     }
 
     /// Marks the replica deleted: waiters wake up and see [`WaitError::Gone`].
@@ -630,6 +657,8 @@ impl Replica {
         self.hw.send_modify(|_| {});
         self.durable.send_modify(|_| {});
         self.appended.send_modify(|_| {});
+        self.moved(Moved::HighWatermark);
+        self.moved(Moved::LogEnd);
     }
 }
 
@@ -651,6 +680,7 @@ mod tests {
             ReplicaSettings {
                 min_insync_replicas: 1,
                 lag_time_max_ms: 30_000,
+                wakeups: Arc::default(),
             },
             Role::unassigned(1),
             stop,

@@ -7,7 +7,7 @@
 //! directory is renamed `*-delete` at once and removed in the background.
 
 use crate::error::BrokerError;
-use crate::partition::{FatalSignal, Replica};
+use crate::partition::{FatalSignal, Replica, Wakeups};
 use crate::topic_config::{topic_log_config, topic_min_insync_replicas};
 use kafka_protocol::ResponseError;
 use keel_storage::LogConfig;
@@ -62,6 +62,8 @@ pub(crate) struct Topics {
     stop: CancellationToken,
     fatal: FatalSignal,
     map: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Shard wake-ups shared by every replica (see [`Wakeups`]).
+    wakeups: Arc<Wakeups>,
 }
 
 impl Topics {
@@ -86,7 +88,13 @@ impl Topics {
             stop,
             fatal,
             map: RwLock::new(HashMap::new()),
+            wakeups: Arc::default(),
         }
+    }
+
+    /// The node's shard wake-ups, for fetches over many partitions.
+    pub(crate) fn wakeups(&self) -> &Wakeups {
+        &self.wakeups
     }
 
     /// The node's window of recently written data kept in the page cache.
@@ -196,6 +204,7 @@ impl Topics {
             crate::partition::ReplicaSettings {
                 min_insync_replicas: min_isr,
                 lag_time_max_ms: self.lag_time_max_ms,
+                wakeups: self.wakeups.clone(),
             },
             crate::partition::role::Role::unassigned(self.node_id),
             &self.stop,

@@ -150,6 +150,14 @@ pub struct BenchConsumeArgs {
     /// the start) instead of assigning every partition.
     #[arg(long, value_name = "G")]
     pub group: Option<String>,
+    /// Largest fetch answer, over all its partitions (fetch.max.bytes) [default: the
+    /// client's, 50 MiB].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(i32).range(1..))]
+    pub fetch_max_bytes: Option<i32>,
+    /// Largest fetch answer per partition (max.partition.fetch.bytes) [default: the
+    /// client's, 1 MiB].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(i32).range(1..))]
+    pub partition_max_bytes: Option<i32>,
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -595,7 +603,14 @@ async fn consume(args: BenchConsumeArgs) -> anyhow::Result<()> {
         );
     }
     let config = connect::client_config(&run.conn.bootstrap_server);
-    let mut consumer = Consumer::new(config, ConsumerConfig::default())
+    let mut consumer_config = ConsumerConfig::default();
+    if let Some(max) = args.fetch_max_bytes {
+        consumer_config.max_bytes = max;
+    }
+    if let Some(max) = args.partition_max_bytes {
+        consumer_config.max_partition_bytes = max;
+    }
+    let mut consumer = Consumer::new(config, consumer_config)
         .await
         .context("cannot create a consumer")?;
     let progress = progress_bar(run.records, run.json, "read");

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Benchmark (not CI): the broker's CPU per consumed megabyte, one partition against many.
+# One node; the same records (1 KiB each) written to a 1-partition topic and to a topic of
+# PARTITIONS partitions, in batches of the same size (16 KiB: a long linger fills them in
+# both), then read back with `keel bench consume` (which fetches in a fetch
+# session), RUNS times each, interleaved. Prints, per read, the CPU milliseconds per 10^6
+# bytes consumed of the broker (its threads' run time from /proc/PID/task/*/schedstat) and
+# of the consumer (user + system, GNU time), and the medians.
+#
+#   scripts/consume-cpu-per-mb.sh [PARTITIONS] [RECORDS] [RUNS] [--set KEY=VALUE ...]
+#
+# Extra arguments go to the broker, e.g. `--set max.incremental.fetch.session.cache.slots=0`
+# for sessionless fetches. Needs a release build (cargo build --release -p keel).
+set -euo pipefail
+PARTS=${1:-1000}
+RECORDS=${2:-200000}
+RUNS=${3:-3}
+shift $(($# < 3 ? $# : 3))
+KEEL=${KEEL:-$(dirname "$0")/../target/release/keel}
+DIR=$(mktemp -d "${TMPDIR:-/tmp}/keel-consume-cpu.XXXXXX")
+BOOT=127.0.0.1:19392
+PID=""
+cleanup() {
+    if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
+        kill -TERM "$PID"
+        for _ in $(seq 300); do kill -0 "$PID" 2>/dev/null || break; sleep 0.2; done
+    fi
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+"$KEEL" broker --listeners "$BOOT" --metrics-listener 127.0.0.1:19393 --data-dir "$DIR/data" \
+    "$@" >"$DIR/out" 2>"$DIR/err" &
+PID=$!
+for _ in $(seq 100); do grep -q KEEL_READY "$DIR/out" && break; sleep 0.2; done
+grep -q KEEL_READY "$DIR/out" || fail "the broker did not start: $(tail -5 "$DIR/err")"
+
+for p in 1 "$PARTS"; do
+    "$KEEL" bench produce --bootstrap-server "$BOOT" --topic "p$p" --partitions "$p" \
+        --replication-factor 1 --records "$RECORDS" --acks 1 --batch-size 16384 \
+        --linger-ms 200 --json >/dev/null \
+        || fail "producing to p$p"
+done
+
+# Nanoseconds on CPU over the broker's threads.
+cpu_ns() { cat /proc/"$PID"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f", s}'; }
+declare -A broker client
+for run in $(seq "$RUNS"); do
+    for p in 1 "$PARTS"; do
+        before=$(cpu_ns)
+        out=$(/usr/bin/time -f "TIME %U %S" -o "$DIR/time" "$KEEL" bench consume \
+            --bootstrap-server "$BOOT" --topic "p$p" --records "$RECORDS" --json) \
+            || fail "consuming p$p"
+        after=$(cpu_ns)
+        bytes=$(echo "$out" | sed -E 's/.*"bytes":([0-9]+).*/\1/')
+        mbs=$(echo "$out" | sed -E 's/.*"mb_per_sec":([0-9.]+).*/\1/')
+        b=$(echo "scale=4; ($after - $before) / 1000000 / ($bytes / 1000000)" | bc)
+        c=$(awk -v mb="$((bytes / 1000000))" '/^TIME/ {printf "%.4f", ($2 + $3) * 1000 / mb}' "$DIR/time")
+        broker[$p]="${broker[$p]:-} $b"
+        client[$p]="${client[$p]:-} $c"
+        printf 'run %d, %5d partition(s): %d bytes at %.0f MB/s; CPU ms per MB: broker %s, consumer %s\n' \
+            "$run" "$p" "$bytes" "$mbs" "$b" "$c"
+    done
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
+for who in broker client; do
+    declare -n m=$who
+    m1=$(echo "${m[1]}" | median)
+    mp=$(echo "${m[$PARTS]}" | median)
+    echo "median $who CPU ms per MB: 1 partition $m1, $PARTS partitions $mp ($(echo "scale=1; $mp * 100 / $m1" | bc) % of 1 partition)"
+done
