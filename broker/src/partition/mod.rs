@@ -630,15 +630,16 @@ impl Replica {
             self.log.log_start_offset(),
             self.log.log_end_offset(),
         );
+        // No shard wake-up: a follower replica answers fetches with an error at once, so
+        // no fetch waits on it (waking the shard woke every fetch in it for nothing).
         self.hw.send_replace(hw);
-        self.moved(Moved::HighWatermark);
         self.log.set_high_watermark(hw);
     }
 
     /// After a follower append, truncation or flush: wakes the flusher and waiters.
     pub(crate) fn follower_appended(&self) {
+        // No shard wake-up, as in `set_follower_hw`.
         self.appended.send_replace(self.log.log_end_offset());
-        self.moved(Moved::LogEnd);
     }
 
     /// Wakes the fetches that watch this replica's shard.

@@ -4,9 +4,11 @@
 //! (consumers) or log end (followers). One watch per partition is right for a handful of
 //! partitions; for a session of thousands, registering and dropping thousands of waiters on
 //! every fetch was most of an idle broker's work. Such a fetch instead watches the shards its
-//! partitions fall in: every replica bumps its shard's counter whenever it bumps its own
-//! watch, so a waiter may wake for another partition of the shard (it reads again and waits
-//! again) but never misses one of its own.
+//! partitions fall in: a replica bumps its shard's counter whenever it bumps its own watch
+//! as a leader (appends, HW moves) or changes role or is deleted, so a waiter may wake for
+//! another partition of the shard (it reads again and waits again) but never misses one of
+//! its own. A follower replica's appends and HW do not bump it: fetches read leaders only,
+//! and a fetch of a follower replica is answered with an error at once.
 
 use std::hash::{Hash, Hasher};
 use tokio::sync::watch;

@@ -661,9 +661,19 @@ fn read_final(
         let client = ClientConfig::new(&bootstrap);
         let admin = Admin::new(client.clone()).await?;
         let mut fin = Final::default();
+        // A leader election may still be under way (a broker fenced by a late heartbeat):
+        // retriable errors are retried for a while, not taken for an empty partition.
+        let deadline = Instant::now() + Duration::from_secs(30);
         for p in 0..partitions {
-            fin.hw
-                .insert(p, admin.list_offsets(&topic, p, Offset::Latest).await?);
+            let hw = loop {
+                match admin.list_offsets(&topic, p, Offset::Latest).await {
+                    Err(e) if e.is_retriable() && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    other => break other?,
+                }
+            };
+            fin.hw.insert(p, hw);
         }
         let mut consumer = Consumer::new(client, ConsumerConfig::default()).await?;
         let all: Vec<i32> = (0..partitions).collect();
