@@ -63,6 +63,17 @@ fn answered(resp: &FetchResponse) -> Vec<(i32, usize, i64)> {
         .collect()
 }
 
+/// Fetch requests long-polling on the broker whose metrics listen at `addr`.
+fn fetches_waiting(addr: std::net::SocketAddr) -> f64 {
+    let text = runtime()
+        .block_on(keel::cmd::cluster::scrape_metrics(
+            addr,
+            Duration::from_secs(5),
+        ))
+        .unwrap_or_default();
+    metric_sum(&text, "keel_fetch_purgatory_requests")
+}
+
 fn produce_one(c: &mut RawConn, partition: i32, seed: u64) {
     c.produce_ok(
         TOPIC,
@@ -179,8 +190,11 @@ fn a_long_poll_in_a_session_wakes_for_any_partition_it_holds() {
     let mut read: Vec<(i32, i64)> = Vec::new();
     for (epoch, partition) in [(1, 2), (2, 77), (3, 99)] {
         let addr = b.kafka_addr();
+        let metrics = b.metrics_addr();
         let producer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
+            // Produce once the fetch below is long-polling.
+            let waiting = poll_until(Duration::from_secs(10), || fetches_waiting(metrics) >= 1.0);
+            assert!(waiting, "the fetch never waited");
             let mut p = RawConn::connect(addr).unwrap();
             produce_one(&mut p, partition, 7);
         });
