@@ -4,8 +4,10 @@
 # PARTITIONS partitions, in batches of the same size (16 KiB: a long linger fills them in
 # both), then read back with `keel bench consume` (which fetches in a fetch
 # session), RUNS times each, interleaved. Prints, per read, the CPU milliseconds per 10^6
-# bytes consumed of the broker (its threads' run time from /proc/PID/task/*/schedstat) and
-# of the consumer (user + system, GNU time), and the medians.
+# bytes consumed of the broker (user + system from /proc/PID/stat, which keeps the time of
+# threads that have exited, such as idle blocking-pool threads) and of the consumer (user +
+# system, GNU time), and the medians. The host's TCP congestion control is printed too: with
+# bbr, the kernel paces large loopback answers and the broker pays for it (BENCHMARKS.md).
 #
 #   scripts/consume-cpu-per-mb.sh [PARTITIONS] [RECORDS] [RUNS] [--set KEY=VALUE ...]
 #
@@ -13,7 +15,7 @@
 # for sessionless fetches. Needs a release build (cargo build --release -p keel).
 set -euo pipefail
 PARTS=${1:-1000}
-RECORDS=${2:-200000}
+RECORDS=${2:-1000000}
 RUNS=${3:-3}
 shift $(($# < 3 ? $# : 3))
 KEEL=${KEEL:-$(dirname "$0")/../target/release/keel}
@@ -43,9 +45,18 @@ for p in 1 "$PARTS"; do
         || fail "producing to p$p"
 done
 
-# Nanoseconds on CPU over the broker's threads.
-cpu_ns() { cat /proc/"$PID"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f", s}'; }
-declare -A broker client
+# Nanoseconds on CPU of the broker process, in clock ticks: with 10 ms ticks, read enough
+# records (the default reads about 1 GB per pass) that a tick is noise.
+TICK_NS=$((1000000000 / $(getconf CLK_TCK)))
+cpu_ns() { awk -v t="$TICK_NS" '{printf "%.0f", ($14 + $15) * t}' /proc/"$PID"/stat; }
+echo "TCP congestion control: $(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo unknown)"
+# One untimed read of each topic first: the node keeps only the newest log.cache.bytes of
+# written pages, so the 1-partition topic, written first, would be read from disk once.
+for p in 1 "$PARTS"; do
+    "$KEEL" bench consume --bootstrap-server "$BOOT" --topic "p$p" --records "$RECORDS" \
+        --json >/dev/null || fail "warming p$p"
+done
+declare -A broker client both
 for run in $(seq "$RUNS"); do
     for p in 1 "$PARTS"; do
         before=$(cpu_ns)
@@ -59,12 +70,13 @@ for run in $(seq "$RUNS"); do
         c=$(awk -v mb="$((bytes / 1000000))" '/^TIME/ {printf "%.4f", ($2 + $3) * 1000 / mb}' "$DIR/time")
         broker[$p]="${broker[$p]:-} $b"
         client[$p]="${client[$p]:-} $c"
+        both[$p]="${both[$p]:-} $(echo "$b + $c" | bc)"
         printf 'run %d, %5d partition(s): %d bytes at %.0f MB/s; CPU ms per MB: broker %s, consumer %s\n' \
             "$run" "$p" "$bytes" "$mbs" "$b" "$c"
     done
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
-for who in broker client; do
+for who in broker client both; do
     declare -n m=$who
     m1=$(echo "${m[1]}" | median)
     mp=$(echo "${m[$PARTS]}" | median)

@@ -70,6 +70,34 @@ fn only_the_first_batch_may_exceed_max_bytes() {
 }
 
 #[test]
+fn an_answer_is_full_once_a_batch_does_not_fit() {
+    let b = TestBroker::start(BrokerOpts::default());
+    let mut c = RawConn::connect(b.kafka_addr()).unwrap();
+    c.create_topic_ok("full", 3).unwrap();
+    for (p, n) in [(0, 20), (1, 20), (2, 1)] {
+        c.produce_ok(
+            "full",
+            p,
+            &generate("k", n, 2000, 0, p as u64),
+            Compression::None,
+        )
+        .unwrap();
+    }
+    let whole = sizes(&mut c, &request("full", &[0, 1, 2], 50 << 20, 1, 0));
+    assert!(whole[2] > 0 && whole[2] < whole[1], "{whole:?}");
+    // Room after partition 0 for partition 2's small batch but not for partition 1's: the
+    // answer stops at partition 1, as a full answer does; partition 2 comes in the next one.
+    let cap = whole[0] + whole[2] + 100;
+    let capped = sizes(&mut c, &request("full", &[0, 1, 2], cap as i32, 1, 0));
+    assert_eq!(capped, vec![whole[0], 0, 0]);
+    // A partition cap that refuses partition 1's batch leaves the answer open for the next.
+    let mut req = request("full", &[0, 1, 2], 50 << 20, 1, 0);
+    req.topics[0].partitions[1].partition_max_bytes = 10;
+    let own_cap = sizes(&mut c, &req);
+    assert_eq!(own_cap, vec![whole[0], 0, whole[2]]);
+}
+
+#[test]
 fn min_bytes_zero_answers_without_waiting() {
     let b = TestBroker::start(BrokerOpts::default());
     let mut c = RawConn::connect(b.kafka_addr()).unwrap();

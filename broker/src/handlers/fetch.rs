@@ -433,6 +433,11 @@ fn read_all(
     let mut total = 0usize;
     let mut slices = Vec::new();
     let mut errors = false;
+    // Set once a partition's next batch did not fit in what was left of `max_bytes`: the
+    // answer is full, and the partitions after it are answered without reading their logs
+    // (a fetch over many partitions would otherwise read each of them only to drop the
+    // batch). They keep their turn: a session moves answered partitions to its back.
+    let mut full = false;
     let responses = wanted
         .iter()
         .map(|w| {
@@ -524,8 +529,9 @@ fn read_all(
                     };
                     // KIP-74: the first batch of the first non-empty partition always
                     // goes, however large; after that, the caps hold.
-                    let budget = p.max_bytes.min(max_bytes.saturating_sub(total));
-                    if budget == 0 && total > 0 {
+                    let left = max_bytes.saturating_sub(total);
+                    let budget = p.max_bytes.min(left);
+                    if full || (budget == 0 && total > 0) {
                         return data;
                     }
                     // Caught up: nothing to read (the common case of an idle partition in
@@ -534,7 +540,10 @@ fn read_all(
                         return data;
                     }
                     match log.read(p.offset, budget.max(1), bound) {
-                        Ok(read) if total > 0 && read.records.len() > budget => data,
+                        Ok(read) if total > 0 && read.records.len() > budget => {
+                            full = read.records.len() > left;
+                            data
+                        }
                         Ok(read) => {
                             total += read.records.len();
                             if !read.records.is_empty() {
