@@ -85,6 +85,40 @@ pub(crate) struct HeartbeatReply {
     pub(crate) should_shutdown: bool,
 }
 
+/// What a broker's heartbeat says (Kafka BrokerHeartbeat).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Heartbeat {
+    pub(crate) id: i32,
+    pub(crate) epoch: i64,
+    /// How far the broker has applied the metadata log.
+    pub(crate) metadata_offset: i64,
+    pub(crate) want_shutdown: bool,
+    /// Not ready to serve (a replica under repair, or recovered below its HW).
+    pub(crate) want_fence: bool,
+}
+
+impl Heartbeat {
+    /// A running broker's heartbeat that asks for nothing.
+    pub(crate) fn routine(id: i32, epoch: i64, metadata_offset: i64) -> Self {
+        Self {
+            id,
+            epoch,
+            metadata_offset,
+            want_shutdown: false,
+            want_fence: false,
+        }
+    }
+}
+
+/// What a heartbeat changes in the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeartbeatChange {
+    Nothing,
+    Shutdown,
+    Fence,
+    Unfence,
+}
+
 /// A leader's ISR change (Kafka AlterPartition, one partition).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AlterPartitionRequest {
@@ -208,7 +242,13 @@ impl Controller {
         want_shutdown: bool,
         now_ms: u64,
     ) -> Result<(HeartbeatReply, Vec<MetadataRecord>), ControllerError> {
-        self.heartbeat_with(id, epoch, metadata_offset, want_shutdown, false, now_ms)
+        self.heartbeat_with(
+            Heartbeat {
+                want_shutdown,
+                ..Heartbeat::routine(id, epoch, metadata_offset)
+            },
+            now_ms,
+        )
     }
 
     /// [`Controller::heartbeat`] with Kafka's `want_fence`: a broker that is not ready to
@@ -216,46 +256,96 @@ impl Controller {
     /// is being repaired) is fenced — out of every ISR and election — while it asks.
     pub(crate) fn heartbeat_with(
         &mut self,
-        id: i32,
-        epoch: i64,
-        metadata_offset: i64,
-        want_shutdown: bool,
-        want_fence: bool,
+        hb: Heartbeat,
         now_ms: u64,
     ) -> Result<(HeartbeatReply, Vec<MetadataRecord>), ControllerError> {
+        let Heartbeat {
+            id,
+            epoch,
+            want_shutdown,
+            ..
+        } = hb;
         let broker = check_broker(&self.image, id, epoch)?;
-        self.last_heartbeat_ms.insert(id, now_ms);
-        self.lost_deadline_ms.remove(&id);
+        let change = self.heartbeat_change(broker, hb);
+        let fenced = broker.fenced;
+        self.heard_from(id, now_ms);
         let mut changes = Changes::new(&self.image);
-        if want_shutdown {
-            self.shutting_down.insert(id, epoch);
-            if !broker.fenced {
-                tracing::info!(broker = id, "controlled shutdown");
+        match change {
+            HeartbeatChange::Shutdown => {
+                self.shutting_down.insert(id, epoch);
+                if !fenced {
+                    tracing::info!(broker = id, "controlled shutdown");
+                    changes.fence(id, epoch);
+                    self.settled.remove(&id);
+                }
+            }
+            HeartbeatChange::Fence => {
+                // A running broker is about to lack acknowledged data (a replica under
+                // repair): out of every ISR and leadership until it has it back.
+                tracing::info!(broker = id, "fenced at its own request");
                 changes.fence(id, epoch);
                 self.settled.remove(&id);
             }
-        } else if want_fence && !broker.fenced && self.image.can_fence_without_leaderless(id) {
-            // A running broker is about to lack acknowledged data (a replica under repair):
-            // out of every ISR and leadership until it has it back. Not while that would
-            // leave a partition without a leader (another broker repairing too): then it
-            // waits, keeps asking, and repairs are done one after the other.
-            tracing::info!(broker = id, "fenced at its own request");
-            changes.fence(id, epoch);
-            self.settled.remove(&id);
-        } else if broker.fenced
-            && !want_fence
-            && metadata_offset >= broker.registered_at
-            && self.shutting_down.get(&id) != Some(&epoch)
-        {
-            changes.unfence(id, epoch);
+            HeartbeatChange::Unfence => changes.unfence(id, epoch),
+            HeartbeatChange::Nothing => {}
         }
         let reply = HeartbeatReply {
             fenced: !changes.is_unfenced(id),
             should_shutdown: want_shutdown
-                && broker.fenced
+                && fenced
                 && self.image.partitions_led_by(id).next().is_none(),
         };
         Ok((reply, changes.into_records()))
+    }
+
+    /// What a heartbeat of `broker` (already checked against the image) changes.
+    fn heartbeat_change(&self, broker: &BrokerInfo, hb: Heartbeat) -> HeartbeatChange {
+        if hb.want_shutdown {
+            HeartbeatChange::Shutdown
+        } else if hb.want_fence && !broker.fenced {
+            // Not while that would leave a partition without a leader (another broker
+            // repairing too): then it waits, keeps asking, and repairs are done one after
+            // the other.
+            if self.image.can_fence_without_leaderless(broker.id) {
+                HeartbeatChange::Fence
+            } else {
+                HeartbeatChange::Nothing
+            }
+        } else if broker.fenced
+            && !hb.want_fence
+            && hb.metadata_offset >= broker.registered_at
+            && self.shutting_down.get(&broker.id) != Some(&broker.epoch)
+        {
+            HeartbeatChange::Unfence
+        } else {
+            HeartbeatChange::Nothing
+        }
+    }
+
+    /// A routine heartbeat, answered without waiting for the metadata log: when it changes
+    /// nothing (the broker runs and asks for nothing new, or still catches up), this notes
+    /// that the broker is alive and answers; `None` when it must run as a command, in
+    /// order, after the commands before it (it fences, unfences or shuts down, or is
+    /// refused). A heartbeat that queued behind a chain of commits got its answer late,
+    /// the broker's next heartbeat came later still, and under load brokers that were
+    /// alive were fenced.
+    pub(crate) fn quiet_heartbeat(&mut self, hb: Heartbeat, now_ms: u64) -> Option<HeartbeatReply> {
+        let broker = check_broker(&self.image, hb.id, hb.epoch).ok()?;
+        if self.heartbeat_change(broker, hb) != HeartbeatChange::Nothing {
+            return None;
+        }
+        let fenced = broker.fenced;
+        self.heard_from(hb.id, now_ms);
+        Some(HeartbeatReply {
+            fenced,
+            should_shutdown: false,
+        })
+    }
+
+    /// A heartbeat came from broker `id`: its session runs from now.
+    fn heard_from(&mut self, id: i32, now_ms: u64) {
+        self.last_heartbeat_ms.insert(id, now_ms);
+        self.lost_deadline_ms.remove(&id);
     }
 
     /// The connection broker `id` (incarnation `epoch`) heartbeats over has closed: its

@@ -53,7 +53,7 @@ mod tests;
 
 pub(crate) use error::ControllerError;
 pub(crate) use image::{diff, MetadataImage, ReplicaChange};
-pub(crate) use machine::{AlterPartitionRequest, ControllerConfig, NewTopic};
+pub(crate) use machine::{AlterPartitionRequest, ControllerConfig, Heartbeat, NewTopic};
 #[cfg(test)]
 pub(crate) use machine::{Controller, HeartbeatReply, MAX_PARTITIONS};
 pub(crate) use metadata_response::metadata_response;

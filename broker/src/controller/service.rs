@@ -8,7 +8,9 @@
 
 use crate::controller::quorum::driver::Quorum;
 use crate::controller::quorum::voter::{Answer, CommandError};
-use crate::controller::{AlterPartitionRequest, ControllerError, NewTopic, METADATA_TOPIC};
+use crate::controller::{
+    AlterPartitionRequest, ControllerError, Heartbeat, NewTopic, METADATA_TOPIC,
+};
 use crate::server::api_versions;
 use crate::server::reply::{decode, Reply, Responder};
 use crate::server::{RequestError, Service};
@@ -295,14 +297,21 @@ impl ControllerService {
             req.broker_epoch,
             req.current_metadata_offset,
         );
-        let (shutdown, fence) = (req.want_shut_down, req.want_fence);
+        let hb = Heartbeat {
+            want_shutdown: req.want_shut_down,
+            want_fence: req.want_fence,
+            ..Heartbeat::routine(id, epoch, offset)
+        };
         let now = now_ms();
         let answer = self
             .quorum
-            .run(Box::new(move |c| {
-                let (reply, records) = c.heartbeat_with(id, epoch, offset, shutdown, fence, now)?;
-                Ok((Answer::Heartbeat(reply), records))
-            }))
+            .run_fast(
+                Box::new(move |c| c.quiet_heartbeat(hb, now).map(Answer::Heartbeat)),
+                Box::new(move |c| {
+                    let (reply, records) = c.heartbeat_with(hb, now)?;
+                    Ok((Answer::Heartbeat(reply), records))
+                }),
+            )
             .await;
         match answer {
             Ok(Answer::Heartbeat(reply)) => resp

@@ -8,7 +8,7 @@
 
 use super::store::{RaftStore, StoreError};
 use super::transport::{PeerReport, Transport};
-use super::voter::{Answer, Command, CommandError, Tuning, Voter};
+use super::voter::{Answer, Command, CommandError, Fast, Tuning, Voter};
 use crate::controller::machine::ControllerConfig;
 use crate::controller::MetadataImage;
 use crate::error::FatalSignal;
@@ -32,6 +32,8 @@ pub(crate) type Reply = oneshot::Sender<Result<Answer, CommandError>>;
 pub(crate) enum Input {
     Message(Message),
     Command(Reply, Command),
+    /// A command with a quick way ([`Voter::submit_fast`]).
+    Fast(Reply, Fast, Command),
     Peer(PeerReport),
 }
 
@@ -163,8 +165,21 @@ impl Quorum {
 
     /// Runs `command` on the active controller, if this voter is it.
     pub(crate) async fn run(&self, command: Command) -> Result<Answer, CommandError> {
+        self.ask(|tx| Input::Command(tx, command)).await
+    }
+
+    /// [`Self::run`], answered at once when `fast` can ([`Voter::submit_fast`]).
+    pub(crate) async fn run_fast(
+        &self,
+        fast: Fast,
+        command: Command,
+    ) -> Result<Answer, CommandError> {
+        self.ask(|tx| Input::Fast(tx, fast, command)).await
+    }
+
+    async fn ask(&self, input: impl FnOnce(Reply) -> Input) -> Result<Answer, CommandError> {
         let (tx, rx) = oneshot::channel();
-        if self.input.send(Input::Command(tx, command)).is_err() {
+        if self.input.send(input(tx)).is_err() {
             return Err(CommandError::NotController { leader: None });
         }
         match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
@@ -296,6 +311,7 @@ impl Driver {
         match input {
             Input::Message(m) => self.voter.step(m),
             Input::Command(reply, command) => self.voter.submit(Some(reply), command),
+            Input::Fast(reply, fast, command) => self.voter.submit_fast(Some(reply), fast, command),
             Input::Peer(PeerReport::Unreachable(peer)) => self.voter.report_unreachable(peer),
             Input::Peer(PeerReport::Snapshot { peer, delivered }) => {
                 self.voter.report_snapshot(peer, delivered)

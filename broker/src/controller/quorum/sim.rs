@@ -12,9 +12,10 @@
 //! And at the end, with the network healed: one active controller, every voter caught up.
 
 use super::store::RaftStore;
-use super::voter::{Answer, Command, CommandError, Tuning, Voter};
+use super::voter::{Answer, Command, CommandError, Fast, Tuning, Voter};
 use super::{node_id, raft_id};
 use crate::controller::machine::{ControllerConfig, NewTopic};
+use crate::controller::Heartbeat;
 use crate::controller::{ControllerError, MetadataImage, MetadataRecord};
 use raft::prelude::Message;
 use raft::Storage;
@@ -172,7 +173,8 @@ impl Sim {
             Asked::Heartbeat(b) => Box::new(move |c| {
                 let epoch = *epochs.get(&b).unwrap_or(&-1);
                 let offset = c.image().offset();
-                let (reply, records) = c.heartbeat_with(b, epoch, offset, false, false, now)?;
+                let (reply, records) =
+                    c.heartbeat_with(Heartbeat::routine(b, epoch, offset), now)?;
                 Ok((Answer::Heartbeat(reply), records))
             }),
             Asked::Create(name) => Box::new(move |c| {
@@ -190,9 +192,24 @@ impl Sim {
                 Ok((Answer::Count(records.len()), records))
             }),
         };
+        // Heartbeats take the quick way, as the controller service sends them.
+        let fast: Option<Fast> = match asked {
+            Asked::Heartbeat(b) => {
+                let epoch = *self.broker_epochs.get(&b).unwrap_or(&-1);
+                Some(Box::new(move |c| {
+                    let offset = c.image().offset();
+                    c.quiet_heartbeat(Heartbeat::routine(b, epoch, offset), now)
+                        .map(Answer::Heartbeat)
+                }))
+            }
+            _ => None,
+        };
         self.asked.insert(token, asked);
         if let Some(v) = self.voters.get_mut(&to).and_then(Option::as_mut) {
-            v.submit(token, command);
+            match fast {
+                Some(fast) => v.submit_fast(token, fast, command),
+                None => v.submit(token, command),
+            }
             self.advance(to);
         } else {
             self.asked.remove(&token);
@@ -588,4 +605,29 @@ fn a_minority_cannot_run_commands() {
     assert_eq!(actives.len(), 1);
     assert_ne!(actives[0], active);
     let _ = ControllerError::UnknownTopic(String::new());
+}
+
+#[test]
+fn a_fast_command_is_answered_ahead_of_the_commands_waiting_for_commits() {
+    let mut sim = Sim::new(13, 3);
+    let active = sim.settle();
+    let v = sim.voters.get_mut(&active).unwrap().as_mut().unwrap();
+    let fence = |id| -> Command {
+        Box::new(move |_| {
+            Ok((
+                Answer::None,
+                vec![MetadataRecord::FenceBroker { id, epoch: 1 }],
+            ))
+        })
+    };
+    // One command in flight (its records not yet committed: nothing is delivered), one
+    // queued behind it.
+    v.submit(1, fence(1));
+    v.submit(2, fence(2));
+    // A quick answer goes out at once; a command whose quick way declines queues.
+    v.submit_fast(3, Box::new(|_| Some(Answer::Count(7))), fence(3));
+    v.submit_fast(4, Box::new(|_| None), fence(4));
+    let out = v.advance().unwrap();
+    let answered: Vec<_> = out.outcomes.iter().map(|(t, o)| (*t, o.clone())).collect();
+    assert_eq!(answered, vec![(3, Ok(Answer::Count(7)))]);
 }

@@ -351,12 +351,18 @@ fn a_broker_that_wants_fencing_stays_fenced_until_it_stops_asking() {
     h.commit(records);
     let offset = h.image().offset();
     let (reply, records) =
-        h.c.heartbeat_with(3, epoch, offset, false, true, h.now)
-            .unwrap();
+        h.c.heartbeat_with(
+            Heartbeat {
+                want_fence: true,
+                ..Heartbeat::routine(3, epoch, offset)
+            },
+            h.now,
+        )
+        .unwrap();
     assert!(reply.fenced, "asked to stay fenced");
     assert!(records.is_empty());
     let (reply, records) =
-        h.c.heartbeat_with(3, epoch, offset, false, false, h.now)
+        h.c.heartbeat_with(Heartbeat::routine(3, epoch, offset), h.now)
             .unwrap();
     assert!(!reply.fenced);
     h.commit(records);
@@ -370,8 +376,14 @@ fn an_unfenced_broker_that_asks_is_fenced_and_loses_its_isr_places() {
     let b = h.image().broker(2).cloned().expect("broker 2");
     let offset = h.image().offset();
     let (reply, records) =
-        h.c.heartbeat_with(2, b.epoch, offset, false, true, h.now)
-            .unwrap();
+        h.c.heartbeat_with(
+            Heartbeat {
+                want_fence: true,
+                ..Heartbeat::routine(2, b.epoch, offset)
+            },
+            h.now,
+        )
+        .unwrap();
     h.commit(records);
     assert!(reply.fenced, "fenced at its own request");
     assert!(!h.image().is_unfenced(2));
@@ -381,7 +393,7 @@ fn an_unfenced_broker_that_asks_is_fenced_and_loses_its_isr_places() {
     // Once it stops asking it is unfenced again (ISR expansion is the leader's business).
     let offset = h.image().offset();
     let (reply, records) =
-        h.c.heartbeat_with(2, b.epoch, offset, false, false, h.now)
+        h.c.heartbeat_with(Heartbeat::routine(2, b.epoch, offset), h.now)
             .unwrap();
     h.commit(records);
     assert!(!reply.fenced);
@@ -396,8 +408,14 @@ fn a_broker_asking_to_be_fenced_waits_while_that_would_leave_a_partition_leaderl
         let b = h.image().broker(id).cloned().expect("broker");
         let offset = h.image().offset();
         let (reply, records) =
-            h.c.heartbeat_with(id, b.epoch, offset, false, true, h.now)
-                .unwrap();
+            h.c.heartbeat_with(
+                Heartbeat {
+                    want_fence: true,
+                    ..Heartbeat::routine(id, b.epoch, offset)
+                },
+                h.now,
+            )
+            .unwrap();
         h.commit(records);
         reply.fenced
     };
@@ -455,4 +473,88 @@ fn a_closed_heartbeat_connection_shortens_the_session_to_the_grace() {
         h.image().is_unfenced(1),
         "grace 0: the session timeout alone"
     );
+}
+
+#[test]
+fn a_quiet_heartbeat_answers_exactly_when_the_full_one_changes_nothing() {
+    let mut h = Harness::cluster(3);
+    h.create("t", 1, 3);
+    // Broker 3 re-registers: fenced, and caught up only from its new registration on.
+    h.register(3);
+    let caught_up = h.image().broker(3).unwrap().registered_at;
+    let now = h.now;
+    let routine = |id| Heartbeat::routine(id, h.epoch(id), caught_up);
+    // (case, heartbeat, answered at once)
+    let table = [
+        ("running, routine", routine(1), true),
+        (
+            "fenced, catching up",
+            Heartbeat::routine(3, h.epoch(3), caught_up - 1),
+            true,
+        ),
+        ("fenced, caught up: unfences", routine(3), false),
+        (
+            "fenced, asking to stay fenced",
+            Heartbeat {
+                want_fence: true,
+                ..routine(3)
+            },
+            true,
+        ),
+        (
+            "running, asking to be fenced",
+            Heartbeat {
+                want_fence: true,
+                ..routine(1)
+            },
+            false,
+        ),
+        (
+            "shutting down",
+            Heartbeat {
+                want_shutdown: true,
+                ..routine(1)
+            },
+            false,
+        ),
+        ("unknown broker", Heartbeat::routine(9, 0, caught_up), false),
+        (
+            "stale epoch",
+            Heartbeat::routine(1, h.epoch(1) - 1, caught_up),
+            false,
+        ),
+    ];
+    for (case, hb, quick) in table {
+        let quiet = h.c.clone().quiet_heartbeat(hb, now);
+        let full = h.c.clone().heartbeat_with(hb, now);
+        assert_eq!(quiet.is_some(), quick, "{case}: {full:?}");
+        if let Some(reply) = quiet {
+            assert_eq!(full, Ok((reply, vec![])), "{case}");
+        }
+    }
+}
+
+#[test]
+fn quiet_heartbeats_keep_a_session_alive() {
+    let mut h = Harness::cluster(2);
+    for _ in 0..5 {
+        h.now += 5_000;
+        for id in [1, 2] {
+            let (epoch, offset) = (h.epoch(id), h.image().offset());
+            let reply =
+                h.c.quiet_heartbeat(Heartbeat::routine(id, epoch, offset), h.now);
+            assert_eq!(
+                reply,
+                Some(HeartbeatReply {
+                    fenced: false,
+                    should_shutdown: false
+                })
+            );
+        }
+        assert_eq!(h.tick(), vec![], "nobody expires");
+    }
+    // Without them, the session ends.
+    h.now += 10_000;
+    assert!(!h.tick().is_empty());
+    assert!(!h.image().is_unfenced(1));
 }
