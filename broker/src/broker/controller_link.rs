@@ -134,8 +134,13 @@ pub(crate) struct ControllerLink {
     active: AtomicUsize,
     /// Index in `voters` of the one the metadata follower reads from.
     polled: AtomicUsize,
-    /// For registration, heartbeats and the other calls that are answered at once.
+    /// For registration, AlterPartition and the other calls answered once committed.
     conns: Mutex<HashMap<i32, Arc<Connection>>>,
+    /// For heartbeats only: a voter answers one connection's requests in order, so a
+    /// heartbeat on `conns` waited for every AlterPartition sent before it to commit (a
+    /// burst of ISR changes then fenced the live broker that sent them). The controller
+    /// also watches this connection: its close shortens the broker's session.
+    heartbeat_conns: Mutex<HashMap<i32, Arc<Connection>>>,
     /// For the metadata follower's long polls only: a voter answers one connection's
     /// requests in order, so a heartbeat must never queue behind a poll that waits.
     poll_conns: Mutex<HashMap<i32, Arc<Connection>>>,
@@ -168,6 +173,7 @@ impl ControllerLink {
             active: AtomicUsize::new(me),
             polled: AtomicUsize::new(me),
             conns: Mutex::new(HashMap::new()),
+            heartbeat_conns: Mutex::new(HashMap::new()),
             poll_conns: Mutex::new(HashMap::new()),
             broker_epoch: AtomicI64::new(-1),
             shutting_down: AtomicBool::new(false),
@@ -250,12 +256,39 @@ impl ControllerLink {
         R: kafka_protocol::protocol::Request,
         R::Response: ControllerAnswer,
     {
+        self.call_via(&self.conns, call, req, version, timeout)
+            .await
+    }
+
+    /// A heartbeat, on its own connections.
+    async fn heartbeat_call(
+        &self,
+        req: &BrokerHeartbeatRequest,
+        timeout: Duration,
+    ) -> Result<kafka_protocol::messages::BrokerHeartbeatResponse, LinkError> {
+        self.call_via(&self.heartbeat_conns, "heartbeat", req, 0, timeout)
+            .await
+    }
+
+    /// [`Self::call`] over the connections in `conns`.
+    async fn call_via<R>(
+        &self,
+        conns: &Mutex<HashMap<i32, Arc<Connection>>>,
+        call: &'static str,
+        req: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, LinkError>
+    where
+        R: kafka_protocol::protocol::Request,
+        R::Response: ControllerAnswer,
+    {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut attempt = 0u32;
         loop {
             let voter = self.active.load(Ordering::Relaxed);
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let sent = match self.connect(&self.conns, voter).await {
+            let sent = match self.connect(conns, voter).await {
                 Ok(c) => c
                     .send_version(req, version, left.min(RPC_TIMEOUT))
                     .await
@@ -270,7 +303,7 @@ impl ControllerLink {
                 Err(e) => {
                     tracing::debug!(call, error = %e, "controller voter did not answer");
                     metrics::counter!(m::CONTROLLER_RETRIES_TOTAL, "call" => call).increment(1);
-                    self.conns
+                    conns
                         .lock()
                         .await
                         .remove(&self.voters[voter % self.voters.len()].0);
@@ -392,7 +425,7 @@ impl ControllerLink {
                 .with_current_metadata_offset(now.metadata_offset)
                 .with_want_shut_down(self.shutting_down.load(Ordering::Acquire))
                 .with_want_fence(now.want_fence);
-            match self.call("heartbeat", &req, 0, RPC_TIMEOUT).await {
+            match self.heartbeat_call(&req, RPC_TIMEOUT).await {
                 Ok(resp) if resp.error_code == ResponseError::StaleBrokerEpoch.code() => {
                     tracing::warn!(
                         node = self.node_id,
@@ -436,7 +469,7 @@ impl ControllerLink {
                 .with_current_metadata_offset(metadata_offset)
                 .with_want_shut_down(true);
             let done = self
-                .call("heartbeat", &req, 0, Duration::from_secs(2))
+                .heartbeat_call(&req, Duration::from_secs(2))
                 .await
                 .is_ok_and(|r| r.error_code != 0 || r.should_shut_down);
             if done {

@@ -266,7 +266,13 @@ impl Controller {
             ..
         } = hb;
         let broker = check_broker(&self.image, id, epoch)?;
-        let change = self.heartbeat_change(broker, hb);
+        let change = if self.heard_since(id, now_ms) {
+            // A later heartbeat of this broker was answered first (the quick way, while this
+            // one waited behind commits): what this one asked for is out of date.
+            HeartbeatChange::Nothing
+        } else {
+            self.heartbeat_change(broker, hb)
+        };
         let fenced = broker.fenced;
         self.heard_from(id, now_ms);
         let mut changes = Changes::new(&self.image);
@@ -342,10 +348,18 @@ impl Controller {
         })
     }
 
-    /// A heartbeat came from broker `id`: its session runs from now.
+    /// A heartbeat came from broker `id`: its session runs from then (never back).
     fn heard_from(&mut self, id: i32, now_ms: u64) {
-        self.last_heartbeat_ms.insert(id, now_ms);
+        let last = self.last_heartbeat_ms.entry(id).or_insert(now_ms);
+        *last = (*last).max(now_ms);
         self.lost_deadline_ms.remove(&id);
+    }
+
+    /// Whether broker `id` was heard from after `now_ms`.
+    fn heard_since(&self, id: i32, now_ms: u64) -> bool {
+        self.last_heartbeat_ms
+            .get(&id)
+            .is_some_and(|&last| last > now_ms)
     }
 
     /// The connection broker `id` (incarnation `epoch`) heartbeats over has closed: its
@@ -365,6 +379,11 @@ impl Controller {
             .broker(id)
             .is_some_and(|b| b.epoch == epoch && !b.fenced)
         {
+            return;
+        }
+        if self.heard_since(id, now_ms) {
+            // It heartbeated after the close (over a new connection), answered the quick
+            // way while this waited behind commits: it is back.
             return;
         }
         let deadline = now_ms + grace;

@@ -558,3 +558,49 @@ fn quiet_heartbeats_keep_a_session_alive() {
     assert!(!h.tick().is_empty());
     assert!(!h.image().is_unfenced(1));
 }
+
+#[test]
+fn a_close_handled_after_a_later_quick_heartbeat_changes_nothing() {
+    // (heartbeat after the close, answered before the close is handled) -> fenced
+    for (quick, fenced) in [(false, true), (true, false)] {
+        let mut h = Harness::cluster(3);
+        let closed_at = h.now;
+        h.now += 100;
+        if quick {
+            let hb = Heartbeat::routine(1, h.epoch(1), h.image().offset());
+            assert!(h.c.quiet_heartbeat(hb, h.now).is_some());
+        }
+        // The close waited in the controller's queue behind commits.
+        h.c.connection_lost(1, h.epoch(1), closed_at);
+        h.pass(3_100, &[2, 3]);
+        assert_eq!(!h.image().is_unfenced(1), fenced, "quick heartbeat {quick}");
+    }
+}
+
+#[test]
+fn a_heartbeat_overtaken_by_a_later_quick_one_asks_for_nothing() {
+    let mut h = Harness::cluster(3);
+    h.register(3); // fenced, caught up from its registration on
+    let (epoch, offset) = (h.epoch(3), h.image().offset());
+    let waited = h.now;
+    h.now += 100;
+    // The later heartbeat asks to stay fenced (a replica under repair): answered at once.
+    let later = Heartbeat {
+        want_fence: true,
+        ..Heartbeat::routine(3, epoch, offset)
+    };
+    let reply = h.c.quiet_heartbeat(later, h.now).unwrap();
+    assert!(reply.fenced);
+    // The earlier one, which would unfence it, runs after it: out of date, it changes nothing.
+    let earlier = Heartbeat::routine(3, epoch, offset);
+    let (reply, records) = h.c.heartbeat_with(earlier, waited).unwrap();
+    assert_eq!((reply.fenced, records), (true, vec![]));
+    // A heartbeat arriving after both is heard as usual.
+    h.now += 100;
+    let (reply, records) = h.c.heartbeat_with(earlier, h.now).unwrap();
+    assert!(!reply.fenced);
+    assert_eq!(
+        records,
+        vec![MetadataRecord::UnfenceBroker { id: 3, epoch }]
+    );
+}
