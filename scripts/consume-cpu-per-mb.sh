@@ -22,15 +22,10 @@ KEEL=${KEEL:-$(dirname "$0")/../target/release/keel}
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/keel-consume-cpu.XXXXXX")
 BOOT=127.0.0.1:19392
 PID=""
-cleanup() {
-    if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
-        kill -TERM "$PID"
-        for _ in $(seq 300); do kill -0 "$PID" 2>/dev/null || break; sleep 0.2; done
-    fi
-    rm -rf "$DIR"
-}
+# shellcheck source=scripts/common.sh
+. "$(dirname "$0")/common.sh"
+cleanup() { stop_pid "$PID"; rm -rf "$DIR"; }
 trap cleanup EXIT
-fail() { echo "FAIL: $*"; exit 1; }
 
 "$KEEL" broker --listeners "$BOOT" --metrics-listener 127.0.0.1:19393 --data-dir "$DIR/data" \
     "$@" >"$DIR/out" 2>"$DIR/err" &

@@ -15,16 +15,11 @@ KILLS=${3:-3}
 KEEL=${KEEL:-$(dirname "$0")/../target/release/keel}
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/keel-partitions.XXXXXX")
 PID=""
-cleanup() {
-    if [ -n "$PID" ] && kill -0 "$PID" 2>/dev/null; then
-        kill -TERM "$PID"
-        for _ in $(seq 300); do kill -0 "$PID" 2>/dev/null || break; sleep 0.2; done
-    fi
-    rm -rf "$DIR"
-}
+# shellcheck source=scripts/common.sh
+. "$(dirname "$0")/common.sh"
+cleanup() { stop_pid "$PID"; rm -rf "$DIR"; }
 trap cleanup EXIT
 ms() { date +%s%3N; }
-fail() { echo "FAIL: $*"; exit 1; }
 
 "$KEEL" cluster start --data-dir "$DIR/c" >"$DIR/cluster.out" 2>&1 &
 PID=$!
